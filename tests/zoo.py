@@ -1,0 +1,76 @@
+"""Shared helpers for model-zoo tests: torchvision import on CPU-only torch, fresh-process reload."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_DEFINED = False
+
+
+def import_torchvision() -> Any:
+    """Import torchvision on this CPU-only torch build.
+
+    torchvision's compiled ops need CUDA libraries here; it then registers fake kernels
+    for ``torchvision::nms``/``qnms``, which were never defined. Defining the two op
+    schemas first makes the model zoo importable (see DESIGN.md, environment facts).
+    """
+    global _DEFINED
+    if not _DEFINED and "torchvision" not in sys.modules:
+        lib = torch.library.Library("torchvision", "DEF")  # noqa: TOR901
+        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _LIBS.append(lib)
+        _DEFINED = True
+    import torchvision
+
+    return torchvision
+
+
+_LIBS: list[Any] = []
+
+INPUT_SIZE = {"inception_v3": 299}
+
+
+def input_size(name: str) -> int:
+    """The usual input resolution of a torchvision classifier."""
+    return INPUT_SIZE.get(name, 224)
+
+
+_CHILD = r"""
+import importlib.util, json, sys
+sys.modules["torchgraft"] = None  # the emitted code must not need torchgraft
+import torch
+from safetensors.torch import load_file, save_file
+folder, inputs_file, out_file, batches = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+spec = importlib.util.spec_from_file_location("emitted_model", folder + "/model.py")
+mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+model = mod.load().eval()
+inputs = load_file(inputs_file)
+outs = {}
+with torch.no_grad():
+    for key, x in inputs.items():
+        y = model(x)
+        outs[key] = y if isinstance(y, torch.Tensor) else y[0]
+save_file(outs, out_file)
+"""
+
+
+def run_fresh(folder: Path, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Load ``folder/model.py`` in a new Python process where ``import torchgraft`` fails; run inputs."""
+    from safetensors.torch import load_file, save_file
+
+    inputs_file, out_file = folder / "inputs.safetensors", folder / "outputs.safetensors"
+    save_file({k: v.contiguous() for k, v in inputs.items()}, str(inputs_file))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(folder), str(inputs_file), str(out_file),
+                           json.dumps(list(inputs))], capture_output=True, text=True, env=env, cwd=folder)
+    if proc.returncode != 0:
+        raise AssertionError(f"emitted model failed in a fresh process:\n{proc.stderr[-3000:]}")
+    return load_file(str(out_file))

@@ -1,0 +1,165 @@
+"""Arguments and single ops as Python expressions (code strings with a precedence)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from torchgraft.errors import EmitError
+from torchgraft.ir.activations import Spelling
+from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, MethodCall, Op, PrimCall
+from torchgraft.ir.primitives import Activation, Primitive
+from torchgraft.ir.values import Arg, Const, Ref, Seq, Slice, Training
+
+ATOM, POSTFIX, UNARY, POW, MUL, ADD, SHIFT, BAND, BXOR, BOR, CMP = 100, 90, 80, 85, 70, 60, 55, 50, 45, 40, 30
+BINARY = {"add": ("+", ADD), "sub": ("-", ADD), "mul": ("*", MUL), "truediv": ("/", MUL),
+          "floordiv": ("//", MUL), "mod": ("%", MUL), "matmul": ("@", MUL), "pow": ("**", POW),
+          "and_": ("&", BAND), "or_": ("|", BOR), "xor": ("^", BXOR), "lshift": ("<<", SHIFT),
+          "rshift": (">>", SHIFT), "eq": ("==", CMP), "ne": ("!=", CMP), "lt": ("<", CMP),
+          "le": ("<=", CMP), "gt": (">", CMP), "ge": (">=", CMP)}
+UNARY_OPS = {"neg": "-", "pos": "+", "invert": "~", "not_": "not "}
+
+
+@dataclass
+class Code:
+    """An expression and its precedence (higher binds tighter)."""
+
+    text: str
+    prec: int = ATOM
+
+    def wrap(self, at_least: int) -> str:
+        """The text, parenthesised when it binds looser than ``at_least``."""
+        return self.text if self.prec >= at_least else f"({self.text})"
+
+
+@dataclass
+class ExprContext:
+    """What rendering needs: value expressions, how to reach members, which imports got used."""
+
+    values: dict[str, Code]
+    accessor: Callable[[str], str]
+    imports: set[str] = field(default_factory=set)
+
+
+def const_code(v: Any) -> str:
+    """A literal for a constant; floats like inf/nan are written so they parse."""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return 'float("nan")'
+        if math.isinf(v):
+            return 'float("inf")' if v > 0 else '-float("inf")'
+        return repr(v)
+    if isinstance(v, torch.dtype):
+        return str(v)
+    if isinstance(v, torch.device):
+        return f"torch.device({str(v)!r})"
+    if isinstance(v, (torch.memory_format, torch.layout)):
+        return str(v)
+    if v is Ellipsis:
+        return "..."
+    if isinstance(v, (bool, int, str, type(None), complex)):
+        return repr(v)
+    raise EmitError(f"cannot write constant {v!r} of type {type(v).__name__}")
+
+
+def arg_code(a: Arg, ctx: ExprContext, in_subscript: bool = False) -> Code:
+    """Code for an argument."""
+    if isinstance(a, Ref):
+        return ctx.values[a.name]
+    if isinstance(a, Const):
+        text = const_code(a.value)
+        return Code(text, UNARY if text.startswith("-") else ATOM)
+    if isinstance(a, Training):
+        return Code("self.training")
+    if isinstance(a, Slice):
+        parts = [("" if isinstance(p, Const) and p.value is None else arg_code(p, ctx).text)
+                 for p in (a.start, a.stop, a.step)]
+        if in_subscript:
+            return Code(":".join(parts[:2]) + (f":{parts[2]}" if parts[2] else ""))
+        return Code(f"slice({', '.join(p or 'None' for p in parts)})")
+    if isinstance(a, Seq):
+        items = [arg_code(i, ctx, in_subscript).text for i in a.items]
+        if a.is_list:
+            return Code(f"[{', '.join(items)}]")
+        if in_subscript and items:
+            return Code(", ".join(items) + ("," if len(items) == 1 else ""))
+        return Code(f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})")
+    raise EmitError(f"cannot write argument {a!r}")
+
+
+def _call_args(op: Op, ctx: ExprContext, skip: int = 0) -> str:
+    pos = [arg_code(a, ctx).text for a in op.args[skip:]]
+    kw = [f"{k}={arg_code(v, ctx).text}" for k, v in op.kwargs]
+    return ", ".join(pos + kw)
+
+
+def activation_code(prim: Activation, x: Code) -> Code:
+    """``F.relu(x)``, ``torch.relu_(x)``, ``x.relu()``... as the op was spelled (functional when unknown)."""
+    k = prim.kind
+    suffix = "_" if prim.inplace else ""
+    if prim.spelling is Spelling.METHOD and k.method:
+        return Code(f"{x.wrap(POSTFIX)}.{k.method}{suffix}()", POSTFIX)
+    if prim.spelling is Spelling.TORCH and k.torch_fn:
+        return Code(f"torch.{k.torch_fn}{suffix}({x.text})")
+    if k.functional in ("sigmoid", "tanh"):
+        return Code(f"{x.wrap(POSTFIX)}.{k.functional}_()" if prim.inplace else f"torch.{k.functional}({x.text})",
+                    POSTFIX)
+    opts = [f"{n}={const_code(v)}" for n, v in prim.options if k.options.get(n) != v]
+    if prim.inplace:
+        opts.append("inplace=True")
+    return Code(f"F.{k.functional}({', '.join([x.text] + opts)})")
+
+
+def prim_call_code(prim: Primitive, op: Op, ctx: ExprContext) -> Code:
+    """A functional primitive call."""
+    if isinstance(prim, Activation) and len(op.args) == 1 and not op.kwargs:
+        return activation_code(prim, arg_code(op.args[0], ctx))
+    raise EmitError(f"op {op.name!r}: no functional form for {prim.label()}")
+
+
+def function_code(op: Op, ctx: ExprContext) -> Code:
+    """A function call, with operators written infix and getattr/getitem as attribute/subscript."""
+    assert isinstance(op.target, FunctionCall)
+    ns, _, name = op.target.qualname.rpartition(".")
+    if ns == "operator" and not op.kwargs:
+        if name in BINARY and len(op.args) == 2:
+            sym, prec = BINARY[name]
+            left, right = arg_code(op.args[0], ctx), arg_code(op.args[1], ctx)
+            rprec = prec + 1 if sym != "**" else prec
+            lprec = prec if sym != "**" else prec + 1
+            return Code(f"{left.wrap(lprec)} {sym} {right.wrap(rprec)}", prec)
+        if name in UNARY_OPS and len(op.args) == 1:
+            return Code(f"{UNARY_OPS[name]}{arg_code(op.args[0], ctx).wrap(UNARY)}", UNARY)
+        if name == "getitem" and len(op.args) == 2:
+            obj = arg_code(op.args[0], ctx)
+            return Code(f"{obj.wrap(POSTFIX)}[{arg_code(op.args[1], ctx, in_subscript=True).text}]", POSTFIX)
+    if op.target.qualname == "builtins.getattr" and len(op.args) == 2 and isinstance(op.args[1], Const):
+        attr = op.args[1].value
+        if isinstance(attr, str) and attr.isidentifier():
+            return Code(f"{arg_code(op.args[0], ctx).wrap(POSTFIX)}.{attr}", POSTFIX)
+    if ns == "torch.nn.functional":
+        prefix = "F."
+    elif ns == "builtins" or ns == "helpers":
+        prefix = ""
+    else:
+        prefix = ns + "."
+        ctx.imports.add(ns.split(".")[0])
+    return Code(f"{prefix}{name}({_call_args(op, ctx)})")
+
+
+def op_code(op: Op, ctx: ExprContext) -> Code:
+    """The expression computing ``op``."""
+    t = op.target
+    if isinstance(t, ChildCall):
+        return Code(f"{ctx.accessor(t.path)}({_call_args(op, ctx)})")
+    if isinstance(t, GetAttr):
+        return Code(ctx.accessor(t.path))
+    if isinstance(t, MethodCall):
+        recv = arg_code(op.args[0], ctx)
+        return Code(f"{recv.wrap(POSTFIX)}.{t.name}({_call_args(op, ctx, skip=1)})", POSTFIX)
+    if isinstance(t, PrimCall):
+        return prim_call_code(t.prim, op, ctx)
+    return function_code(op, ctx)

@@ -1,0 +1,194 @@
+"""Capture a live ``nn.Module`` into an ``ir.Model`` (module tree + torch.fx per block)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from torchgraft.errors import CaptureError
+from torchgraft.frontends.fx_block import TraceError, merge_training, trace_graph
+from torchgraft.frontends.interpret import Interpreter, typed_block
+from torchgraft.frontends.leaf import to_primitive, torch_layer_name
+from torchgraft.frontends.report import CaptureReport
+from torchgraft.ir.graph import Graph
+from torchgraft.ir.model import Helper, Model
+from torchgraft.ir.nodes import Block, Chain, ClassRef, Container, Node, Opaque, StateSpec
+from torchgraft.ir.traverse import join, map_tree
+from torchgraft.ir.types import ValueType, type_of
+
+
+@dataclass
+class _Ctx:
+    helpers: dict[str, Helper] = field(default_factory=dict)
+    helper_fns: dict[str, Any] = field(default_factory=dict)
+    seen: dict[int, str] = field(default_factory=dict)
+    ties: list[tuple[str, str]] = field(default_factory=list)
+    constants: dict[str, torch.Tensor] = field(default_factory=dict)
+    report: CaptureReport = field(default_factory=CaptureReport)
+
+
+def _class_ref(mod: nn.Module) -> ClassRef:
+    cls = type(mod)
+    return ClassRef(cls.__module__, cls.__qualname__)
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def own_state(mod: nn.Module) -> tuple[StateSpec, ...]:
+    """The parameters and buffers a module holds directly (not through children)."""
+    out = [StateSpec(n, tuple(p.shape), _dtype(p), True, True, p.requires_grad)
+           for n, p in mod._parameters.items() if p is not None]
+    skip = mod._non_persistent_buffers_set
+    out += [StateSpec(n, tuple(b.shape), _dtype(b), False, n not in skip, False)
+            for n, b in mod._buffers.items() if b is not None]
+    return tuple(out)
+
+
+def _opaque(mod: nn.Module, path: str, reason: str, ctx: _Ctx) -> Opaque:
+    ctx.report.add(path, "opaque", reason)
+    state = tuple(StateSpec(k, tuple(v.shape), _dtype(v), isinstance(v, nn.Parameter))
+                  for k, v in mod.state_dict(keep_vars=True).items())
+    return Opaque(_class_ref(mod), reason, state)
+
+
+def _is_plain(mod: nn.Module, base: type) -> bool:
+    return isinstance(mod, base) and type(mod).forward is base.forward
+
+
+def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
+    """The IR node for ``mod`` at ``path`` (children first)."""
+    if id(mod) in ctx.seen:
+        ctx.ties.append((path, ctx.seen[id(mod)]))
+    else:
+        ctx.seen[id(mod)] = path
+    kids = tuple((n, build_node(c, join(path, n), ctx)) for n, c in mod._modules.items() if c is not None)
+    if torch_layer_name(mod) is not None:
+        prim, why = to_primitive(mod)
+        if prim is not None:
+            ctx.report.add(path, "leaf")
+            return prim
+        return _opaque(mod, path, why, ctx)
+    if _is_plain(mod, nn.Sequential) and not own_state(mod):
+        ctx.report.add(path, "container")
+        return Chain(*(c for _, c in kids), names=tuple(n for n, _ in kids))
+    for base in (nn.ModuleList, nn.ModuleDict):
+        if isinstance(mod, base) and type(mod).forward is nn.Module.forward and type(mod) is base:
+            ctx.report.add(path, "container")
+            return Container(base.__name__, kids)
+    try:
+        train, consts = trace_graph(mod, True, ctx.helpers, ctx.helper_fns)
+        evaluation, consts2 = trace_graph(mod, False, ctx.helpers, ctx.helper_fns)
+    except TraceError as e:
+        return _opaque(mod, path, str(e), ctx)
+    body, train_body = merge_training(train, evaluation)
+    ctx.report.add(path, "fx")
+    consts.update(consts2)
+    state = own_state(mod)
+    for name, value in {**_nonpersistent(mod), **consts}.items():
+        ctx.constants[join(path, name)] = value
+    state += tuple(StateSpec(n, tuple(v.shape), _dtype(v), False, False, False) for n, v in consts.items())
+    return Block(_class_ref(mod), kids, body, state, train_body, method="fx")
+
+
+def _nonpersistent(mod: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: b.detach().clone() for n, b in mod._buffers.items()
+            if b is not None and n in mod._non_persistent_buffers_set}
+
+
+@contextlib.contextmanager
+def _restore_buffers(model: nn.Module) -> Iterator[None]:
+    """Put every buffer back afterwards, so a capture in train mode changes no BN statistics."""
+    saved = [(b, b.detach().clone()) for b in model.buffers() if b.device.type != "meta"]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
+
+
+def _eager_types(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 symbols: dict[int, str]) -> tuple[Any, dict[str, ValueType]]:
+    names = {id(m): p for p, m in model.named_modules()}
+    stack: list[str] = []
+    types: dict[str, ValueType] = {}
+
+    def pre(mod: nn.Module, _args: Any) -> None:
+        if id(mod) in names:
+            stack.append(names[id(mod)])
+
+    def post(mod: nn.Module, _args: Any, out: Any) -> None:
+        if id(mod) in names and stack:
+            types.setdefault(stack.pop(), type_of(out, symbols))
+
+    h1 = nn.modules.module.register_module_forward_pre_hook(pre)
+    h2 = nn.modules.module.register_module_forward_hook(post)
+    try:
+        out = model(*args, **kwargs)
+    except Exception as e:
+        where = stack[-1] if stack else ""
+        raise CaptureError(f"the model fails in eager mode at {where or '<root>'} "
+                           f"({type(model).__name__}): {type(e).__name__}: {e}. "
+                           "Check the example inputs: capture runs the model once on them.", where) from e
+    finally:
+        h1.remove()
+        h2.remove()
+    return out, types
+
+
+def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str, Any] | None = None) -> Model:
+    """Capture ``model`` into a typed, hierarchical ``ir.Model``.
+
+    ``args``/``kwargs`` are example inputs; the model is run once on them to infer types.
+    The model is not changed (buffers updated by a train-mode run are put back).
+
+    >>> m = capture(torchvision.models.resnet18(), (torch.randn(2, 3, 224, 224),))  # doctest: +SKIP
+    """
+    if not isinstance(model, nn.Module):
+        raise CaptureError(f"capture() needs an nn.Module, got {type(model).__name__}")
+    args = args if isinstance(args, tuple) else (args,)
+    kwargs = dict(kwargs or {})
+    first = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)), None)
+    symbols = {int(first.shape[0]): "N"} if first is not None and first.dim() > 0 else {}
+    ctx = _Ctx()
+    with torch.no_grad(), _restore_buffers(model):
+        out, mod_types = _eager_types(model, args, kwargs, symbols)
+        root = build_node(model, "", ctx)
+        op_types = _interpret(root, model, args, kwargs, ctx, symbols)
+    root = map_tree(root, lambda p, n: typed_block(n, op_types, p) if isinstance(n, Block) else n)
+    inputs = root.body.inputs if isinstance(root, Block) and isinstance(root.body, Graph) else ()
+    state = model.state_dict()
+    ties = list(ctx.ties) + _param_ties(model, ctx.ties)
+    ctx.report.account(state, ties)
+    return Model(type(model).__name__ if type(model).__name__.isidentifier() else "Model", root, inputs,
+                 type_of(out, symbols), tuple(sorted(mod_types.items())), tuple(ties),
+                 tuple(ctx.helpers[k] for k in sorted(ctx.helpers)),
+                 weights={k: v.detach() for k, v in state.items()}, report=ctx.report,
+                 constants=dict(ctx.constants))
+
+
+def _interpret(root: Node, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: _Ctx,
+               symbols: dict[int, str]) -> dict[str, dict[str, ValueType]]:
+    if not isinstance(root, Block):
+        return {}
+    interp = Interpreter(ctx.helper_fns, symbols, ctx.constants)
+    interp.run(root, model, "", args, kwargs)
+    return interp.types
+
+
+def _param_ties(model: nn.Module, module_ties: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Parameters reachable under two names that no shared module explains (tied weights)."""
+    first: dict[int, str] = {}
+    ties = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first and not any(name.startswith(a + ".") and first[id(p)] == t + name[len(a):]
+                                      for a, t in module_ties):
+            ties.append((name, first[id(p)]))
+        first.setdefault(id(p), name)
+    return ties

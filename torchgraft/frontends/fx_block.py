@@ -1,0 +1,169 @@
+"""Trace one module's own ``forward`` with torch.fx (children stay calls) into a Graph."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from torchgraft.frontends.canon import canonical_target
+from torchgraft.frontends.helpers import HelperError, collect
+from torchgraft.ir.functions import qualname_of
+from torchgraft.ir.graph import (ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op,
+                                 Target)
+from torchgraft.ir.model import Helper
+from torchgraft.ir.values import Arg, Const, Ref, Seq, Slice, Training
+
+
+class TraceError(Exception):
+    """fx could not trace the forward, or its graph uses something the IR cannot hold."""
+
+
+class _OwnCodeTracer(fx.Tracer):
+    """Treat every submodule as a leaf, so only the block's own code is traced."""
+
+    def __init__(self, root: nn.Module) -> None:
+        super().__init__()
+        self._root = root
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return m is not self._root
+
+
+def _arg(a: Any, block: nn.Module) -> Arg:
+    if isinstance(a, fx.Node):
+        return Ref(a.name)
+    if isinstance(a, (tuple, list)):
+        return Seq(tuple(_arg(x, block) for x in a), is_list=isinstance(a, list))
+    if isinstance(a, slice):
+        return Slice(_arg(a.start, block), _arg(a.stop, block), _arg(a.step, block))
+    if isinstance(a, torch.Tensor):
+        raise TraceError("the forward bakes a tensor constant into the graph")
+    try:
+        return Const(a)
+    except Exception as e:
+        raise TraceError(f"unsupported argument {a!r}: {e}") from None
+
+
+def _target(node: fx.Node, helpers: dict[str, Helper], fns: dict[str, Any]) -> Target:
+    if node.op == "call_module":
+        return ChildCall(str(node.target))
+    if node.op == "get_attr":
+        return GetAttr(str(node.target))
+    if node.op == "call_method":
+        return MethodCall(str(node.target))
+    fn = node.target
+    name = qualname_of(fn)  # type: ignore[arg-type]
+    if name is not None:
+        return FunctionCall(name)
+    try:
+        hname = collect(fn, helpers)  # type: ignore[arg-type]
+        fns[hname] = fn
+        return FunctionCall("helpers." + hname)
+    except HelperError as e:
+        raise TraceError(f"forward calls {getattr(fn, '__qualname__', fn)!r}, which cannot be copied: {e}") from None
+
+
+def _inputs(mod: nn.Module, graph: fx.Graph) -> tuple[Input, ...]:
+    sig = inspect.signature(type(mod).forward)
+    params = [p for n, p in sig.parameters.items() if n != "self"]
+    P = inspect.Parameter
+    kinds = {P.VAR_POSITIONAL: InputKind.VAR_POSITIONAL, P.VAR_KEYWORD: InputKind.VAR_KEYWORD,
+             P.KEYWORD_ONLY: InputKind.KEYWORD}
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    out = []
+    for node, p in zip(placeholders, params):
+        default = None if p.default is inspect.Parameter.empty else _arg(p.default, mod)
+        if default is not None and not isinstance(default, Const):
+            raise TraceError(f"default of forward argument {p.name!r} is not a constant")
+        out.append(Input(node.name, kind=kinds.get(p.kind, InputKind.POSITIONAL), default=default))
+    if len(placeholders) != len(params):
+        raise TraceError("forward signature does not match the traced placeholders")
+    return tuple(out)
+
+
+def to_graph(gm_graph: fx.Graph, mod: nn.Module, helpers: dict[str, Helper], fns: dict[str, Any]) -> Graph:
+    """Convert a traced fx graph of ``mod`` into an IR Graph."""
+    ops: list[Op] = []
+    output: Arg = Const(None)
+    for node in gm_graph.nodes:
+        if node.op == "placeholder":
+            continue
+        if node.op == "output":
+            output = _arg(node.args[0], mod)
+            continue
+        target = _target(node, helpers, fns)
+        args = tuple(_arg(a, mod) for a in node.args)
+        kwargs = tuple((k, _arg(v, mod)) for k, v in node.kwargs.items())
+        target, args, kwargs = canonical_target(target, args, kwargs)
+        ops.append(Op(node.name, target, args, kwargs))
+    return Graph(_inputs(mod, gm_graph), tuple(ops), output)
+
+
+def trace_graph(mod: nn.Module, training: bool, helpers: dict[str, Helper], fns: dict[str, Any]
+                ) -> tuple[Graph, dict[str, torch.Tensor]]:
+    """Trace ``mod.forward`` in the given mode, without touching ``mod`` itself.
+
+    Returns the graph and the tensor constants fx baked into it (``_tensor_constant0``),
+    which the caller keeps as non-persistent buffers.
+    """
+    view = copy.copy(mod)  # shallow: own __dict__, so setting training leaves the original alone
+    object.__setattr__(view, "training", training)
+    try:
+        graph = _OwnCodeTracer(view).trace(view)
+    except Exception as e:  # noqa: BLE001 - fx raises many kinds
+        raise TraceError(f"torch.fx could not trace {type(mod).__qualname__}.forward: {type(e).__name__}: {e}") from e
+    consts = {}
+    for node in graph.nodes:
+        if node.op == "get_attr" and "." not in str(node.target) and not hasattr(mod, str(node.target)):
+            value = getattr(view, str(node.target))
+            if not isinstance(value, torch.Tensor):
+                raise TraceError(f"forward reads a constant {node.target!r} of type {type(value).__name__}")
+            consts[str(node.target)] = value.detach().clone()
+    return to_graph(graph, mod, helpers, fns), consts
+
+
+def merge_training(train: Graph, evaluation: Graph) -> tuple[Graph, Graph | None]:
+    """One graph with ``Training()`` where the two modes differ only by a True/False constant.
+
+    Returns (body, train_body); train_body is None when one body serves both modes.
+    """
+    if train == evaluation:
+        return evaluation, None
+    if len(train.ops) != len(evaluation.ops) or train.inputs != evaluation.inputs:
+        return evaluation, train
+    merged = []
+    for a, b in zip(train.ops, evaluation.ops):
+        m = _merge_op(a, b)
+        if m is None:
+            return evaluation, train
+        merged.append(m)
+    if train.output != evaluation.output:
+        return evaluation, train
+    return Graph(evaluation.inputs, tuple(merged), evaluation.output), None
+
+
+def _merge_arg(a: Arg, b: Arg) -> Arg | None:
+    if a == b:
+        return a
+    if isinstance(a, Const) and isinstance(b, Const) and a.value is True and b.value is False:
+        return Training()
+    if isinstance(a, Seq) and isinstance(b, Seq) and len(a.items) == len(b.items) and a.is_list == b.is_list:
+        items = [_merge_arg(x, y) for x, y in zip(a.items, b.items)]
+        return None if any(i is None for i in items) else Seq(tuple(items), a.is_list)  # type: ignore[arg-type]
+    return None
+
+
+def _merge_op(a: Op, b: Op) -> Op | None:
+    if (a.name, a.target, len(a.args), [k for k, _ in a.kwargs]) != (b.name, b.target, len(b.args),
+                                                                    [k for k, _ in b.kwargs]):
+        return None
+    args = [_merge_arg(x, y) for x, y in zip(a.args, b.args)]
+    kwargs = [(k, _merge_arg(x, y)) for (k, x), (_, y) in zip(a.kwargs, b.kwargs)]
+    if any(x is None for x in args) or any(v is None for _, v in kwargs):
+        return None
+    return Op(b.name, b.target, tuple(args), tuple(kwargs), b.type)  # type: ignore[arg-type]

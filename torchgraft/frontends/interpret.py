@@ -1,0 +1,154 @@
+"""Run a captured Block's Graph on real (or fake) tensors, recording each value's type.
+
+Children that are Blocks are interpreted recursively; every other child is the
+original module, called as is. One run types every op of every traced block.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import replace
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from torchgraft.errors import CaptureError
+from torchgraft.ir.functions import resolve
+from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, InputKind, MethodCall, Op, PrimCall
+from torchgraft.ir.nodes import Block, Chain, Node, module_children
+from torchgraft.ir.types import ValueType, type_of
+from torchgraft.ir.values import Arg, Const, Ref, Seq, Slice, Training
+
+
+def child_node(node: Node, path: str) -> Node:
+    """The IR node at a dotted path below ``node``."""
+    for part in path.split("."):
+        node = dict(module_children(node))[part]
+    return node
+
+
+def call_prim(op: Op, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Call a stateless primitive functionally (``F.relu(x, inplace=...)``)."""
+    assert isinstance(op.target, PrimCall)
+    mod = op.target.prim.build()
+    return mod(*args, **kwargs)
+
+
+class Interpreter:
+    """Executes IR graphs against an original module tree; collects types per block path."""
+
+    def __init__(self, helpers: dict[str, Callable[..., Any]], symbols: dict[int, str],
+                 constants: dict[str, torch.Tensor] | None = None) -> None:
+        self.helpers = helpers
+        self.symbols = symbols
+        self.constants = constants or {}
+        self.types: dict[str, dict[str, ValueType]] = {}
+
+    def _value(self, arg: Arg, env: dict[str, Any], mod: nn.Module) -> Any:
+        if isinstance(arg, Ref):
+            return env[arg.name]
+        if isinstance(arg, Const):
+            return arg.value
+        if isinstance(arg, Seq):
+            items = [self._value(a, env, mod) for a in arg.items]
+            return items if arg.is_list else tuple(items)
+        if isinstance(arg, Slice):
+            return slice(*(self._value(p, env, mod) for p in (arg.start, arg.stop, arg.step)))
+        if isinstance(arg, Training):
+            return mod.training
+        raise TypeError(arg)
+
+    def _fn(self, qualname: str) -> Callable[..., Any]:
+        if qualname.startswith("helpers."):
+            return self.helpers[qualname[len("helpers."):]]
+        return resolve(qualname)
+
+    def run(self, block: Block, mod: nn.Module, path: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run ``block`` (captured from ``mod``) on the given inputs."""
+        body = block.train_body if (mod.training and block.train_body is not None) else block.body
+        assert isinstance(body, Graph)
+        env = self._bind(body, args, kwargs)
+        seen = self.types.setdefault(path, {})
+        for name, value in env.items():
+            seen.setdefault(name, type_of(value, self.symbols))
+        for op in body.ops:
+            a = [self._value(x, env, mod) for x in op.args]
+            kw = {k: self._value(v, env, mod) for k, v in op.kwargs}
+            try:
+                env[op.name] = self._call(op, block, mod, path, a, kw)
+            except CaptureError:
+                raise
+            except Exception as e:
+                where = path or "<root>"
+                raise CaptureError(f"{where}: op {op.name!r} failed: {type(e).__name__}: {e}", path) from e
+            seen.setdefault(op.name, type_of(env[op.name], self.symbols))
+        return self._value(body.output, env, mod)
+
+    def run_node(self, node: Node, mod: nn.Module, path: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run any module-level node: Blocks are interpreted, Chains stepped through, the rest called."""
+        if isinstance(node, Block) and node.method == "fx":
+            return self.run(node, mod, path, args, kwargs)
+        if isinstance(node, Chain) and type(mod).forward is nn.Sequential.forward and len(args) == 1 and not kwargs:
+            x = args[0]
+            for name, item in node.named():
+                x = self.run_node(item, mod._modules[name], f"{path}.{name}" if path else name, (x,), {})  # type: ignore[arg-type]
+            return x
+        return mod(*args, **kwargs)
+
+    def _call(self, op: Op, block: Block, mod: nn.Module, path: str, a: list[Any], kw: dict[str, Any]) -> Any:
+        t = op.target
+        if isinstance(t, ChildCall):
+            sub = mod.get_submodule(t.path)
+            node = child_node(block, t.path)
+            return self.run_node(node, sub, f"{path}.{t.path}" if path else t.path, tuple(a), kw)
+        if isinstance(t, GetAttr):
+            full = f"{path}.{t.path}" if path else t.path
+            if full in self.constants:
+                return self.constants[full]
+            obj: Any = mod
+            for part in t.path.split("."):
+                obj = getattr(obj, part)
+            return obj
+        if isinstance(t, MethodCall):
+            return getattr(a[0], t.name)(*a[1:], **kw)
+        if isinstance(t, PrimCall):
+            return call_prim(op, a, kw)
+        assert isinstance(t, FunctionCall)
+        return self._fn(t.qualname)(*a, **kw)
+
+    @staticmethod
+    def _bind(g: Graph, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        env: dict[str, Any] = {}
+        rest = list(args)
+        for inp in g.inputs:
+            if inp.kind is InputKind.VAR_POSITIONAL:
+                env[inp.name], rest = tuple(rest), []
+            elif inp.kind is InputKind.VAR_KEYWORD:
+                env[inp.name] = {k: v for k, v in kwargs.items() if k not in env}
+            elif rest and inp.kind is InputKind.POSITIONAL:
+                env[inp.name] = rest.pop(0)
+            elif inp.name in kwargs:
+                env[inp.name] = kwargs[inp.name]
+            elif inp.default is not None:
+                env[inp.name] = inp.default.value
+            else:
+                raise CaptureError(f"missing argument {inp.name!r}")
+        return env
+
+
+def typed_block(block: Block, types: dict[str, dict[str, ValueType]], path: str) -> Block:
+    """``block`` with op and input types filled from an interpreter run (recursing into children)."""
+    seen = types.get(path, {})
+
+    def fill(g: Node | None) -> Node | None:
+        if not isinstance(g, Graph):
+            return g
+        inputs = tuple(replace(i, type=seen[i.name]) if i.name in seen else i for i in g.inputs)
+        ops = tuple(replace(o, type=seen[o.name]) if o.name in seen else o for o in g.ops)
+        return Graph(inputs, ops, g.output)
+
+    return replace(block, body=fill(block.body), train_body=fill(block.train_body))  # type: ignore[arg-type]
+
+
+__all__ = ["Interpreter", "child_node", "typed_block", "operator", "torch"]

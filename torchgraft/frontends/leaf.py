@@ -1,0 +1,97 @@
+"""torch.nn leaf modules → primitives, by recovering constructor arguments.
+
+The arguments come from the instance's attributes, matched against the torch
+constructor's signature; the result is checked by rebuilding the layer on the meta
+device and comparing its state (names, shapes) and ``extra_repr``. A layer that does
+not survive the check is not a primitive (the caller keeps it opaque).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchgraft.ir.activations import ActKind
+from torchgraft.ir.primitives import Activation, Primitive, TorchLayer, primitive_class_for
+
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
+_ACT_BY_MODULE = {k.module: k for k in ActKind}
+
+
+def torch_layer_name(mod: nn.Module) -> str | None:
+    """The ``torch.nn`` class a module is (or behaves as), or None for user classes.
+
+    A subclass from outside torch.nn counts when it changes neither ``forward`` nor
+    ``__init__``'s signature (e.g. ``NonDynamicallyQuantizableLinear``).
+    """
+    for cls in type(mod).__mro__:
+        if cls.__module__.startswith("torch.nn.modules") and cls is not nn.Module:
+            if isinstance(mod, CONTAINERS):
+                return None
+            if type(mod).forward is not cls.forward or getattr(nn, cls.__name__, None) is not cls:
+                return None
+            return cls.__name__
+    return None
+
+
+def _recover_kwargs(mod: nn.Module, op: str) -> dict[str, Any]:
+    sig = inspect.signature(getattr(nn, op).__init__)
+    kw: dict[str, Any] = {}
+    for name, p in sig.parameters.items():
+        if name in ("self", "device", "dtype") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if name in ("bias", "add_bias_kv") and hasattr(mod, name if name == "bias" else "bias_k"):
+            attr = getattr(mod, "bias" if name == "bias" else "bias_k")
+            if attr is None or isinstance(attr, torch.Tensor):
+                kw[name] = attr is not None
+                continue
+        if name == "affine" and hasattr(mod, "affine"):
+            kw[name] = bool(mod.affine)
+            continue
+        if hasattr(mod, name):
+            val = getattr(mod, name)
+            if isinstance(val, list):
+                val = tuple(val)
+            kw[name] = val
+        elif name == "bias" and isinstance(mod, nn.MultiheadAttention):
+            kw[name] = mod.in_proj_bias is not None
+        elif p.default is inspect.Parameter.empty:
+            raise ValueError(f"cannot recover required argument {name!r} of nn.{op}")
+    return kw
+
+
+def _matches(mod: nn.Module, prim: Primitive) -> bool:
+    with torch.device("meta"):
+        rebuilt = prim.build()
+    a = {k: tuple(v.shape) for k, v in mod.state_dict(keep_vars=True).items()}
+    b = {k: tuple(v.shape) for k, v in rebuilt.state_dict(keep_vars=True).items()}
+    return a == b and rebuilt.extra_repr() == mod.extra_repr()
+
+
+def to_primitive(mod: nn.Module) -> tuple[Primitive | None, str]:
+    """The primitive for a torch.nn leaf module, or (None, reason) when it cannot be rebuilt."""
+    op = torch_layer_name(mod)
+    if op is None:
+        return None, f"{type(mod).__qualname__} is not a torch.nn layer"
+    try:
+        kw = _recover_kwargs(mod, op)
+        family = primitive_class_for(op)
+        prim: Primitive
+        if family is Activation:
+            kind = _ACT_BY_MODULE[op]
+            inplace = bool(kw.pop("inplace", False))
+            opts = {k: v for k, v in kw.items() if k in kind.options}
+            prim = Activation.of(kind, inplace=inplace, **opts)
+        elif family is TorchLayer:
+            prim = TorchLayer(op, tuple(kw.items()))
+        else:
+            fields = set(family.__dataclass_fields__)
+            prim = family(op=op, **{k: v for k, v in kw.items() if k in fields})
+    except Exception as e:  # noqa: BLE001 - any failure means "not rebuildable"
+        return None, f"could not recover constructor arguments of nn.{op}: {e}"
+    if not _matches(mod, prim):
+        return None, f"nn.{op} rebuilt from its attributes differs from the original ({mod.extra_repr()})"
+    return prim, ""

@@ -1,0 +1,48 @@
+"""The capture report: how each module was captured, what stayed opaque, where state lives."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass
+class CaptureReport:
+    """Per-module capture method (``leaf``, ``container``, ``fx``, ``opaque``) and reasons.
+
+    ``state_keys`` counts the original state_dict entries; ``tied`` lists alias → owner
+    paths of shared modules and tied parameters.
+    """
+
+    methods: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    state_keys: int = 0
+    tied: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, path: str, method: str, reason: str = "") -> None:
+        """Record how the module at ``path`` was captured."""
+        self.methods[path] = method
+        if reason:
+            self.reasons[path] = reason
+
+    def account(self, state: Mapping[str, Any], ties: list[tuple[str, str]]) -> None:
+        """Record the state_dict size and the ties found."""
+        self.state_keys = len(state)
+        self.tied = list(ties)
+
+    @property
+    def opaque(self) -> dict[str, str]:
+        """Paths of opaque modules → why."""
+        return {p: r for p, r in self.reasons.items() if self.methods.get(p) == "opaque"}
+
+    def summary(self) -> str:
+        """A short printable summary."""
+        counts = Counter(self.methods.values())
+        lines = ["capture: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+                 f"state_dict entries: {self.state_keys}, tied: {len(self.tied)}"]
+        lines += [f"  opaque {p or '<root>'}: {r}" for p, r in self.opaque.items()]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()

@@ -1,0 +1,31 @@
+"""The torchgraft IR: typed, immutable, hierarchical. Data only: no tracing, passes or codegen.
+
+Build by hand (Flux/Axon style)::
+
+    from torchgraft import ir
+    net = ir.Chain(ir.Conv2d(3, 16, 3, padding=1), ir.BatchNorm2d(16), ir.ReLU())
+"""
+
+from torchgraft.ir.activations import ActKind, Spelling
+from torchgraft.ir.build import (GELU, SiLU, AdaptiveAvgPool2d, BatchNorm1d, BatchNorm2d, Conv1d, Conv2d, Dropout,
+                                 Flatten, MaxPool2d, ReLU, Sigmoid, Tanh)
+from torchgraft.ir.build import Linear as LinearLayer
+from torchgraft.ir.graph import (ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, PrimCall)
+from torchgraft.ir.model import Helper, Model
+from torchgraft.ir.nodes import (Block, Chain, ChildRef, ClassRef, Combine, CombineKind, Container, Node, Opaque,
+                                 Parallel, SkipConnection, StateSpec, module_children)
+from torchgraft.ir.primitives import (Activation, BatchNorm, Conv, Dropout as DropoutOp, GroupNorm, Identity,
+                                      LayerNorm, Linear, Primitive, TorchLayer)
+from torchgraft.ir.traverse import find, map_tree, replace_at, walk
+from torchgraft.ir.types import UNKNOWN, Dim, ScalarType, TensorType, ValueType
+from torchgraft.ir.values import Const, Ref, Seq, Slice, Training
+
+__all__ = [
+    "GELU", "UNKNOWN", "ActKind", "Activation", "AdaptiveAvgPool2d", "BatchNorm", "BatchNorm1d", "BatchNorm2d",
+    "Block", "Chain", "ChildCall", "ChildRef", "ClassRef", "Combine", "CombineKind", "Const", "Container", "Conv",
+    "Conv1d", "Conv2d", "Dim", "Dropout", "DropoutOp", "Flatten", "FunctionCall", "GetAttr", "Graph", "GroupNorm",
+    "Helper", "Identity", "Input", "InputKind", "LayerNorm", "Linear", "LinearLayer", "MaxPool2d", "MethodCall",
+    "Model", "Node", "Op", "Opaque", "Parallel", "PrimCall", "Primitive", "ReLU", "Ref", "ScalarType", "Seq",
+    "SiLU", "Sigmoid", "SkipConnection", "Slice", "Spelling", "StateSpec", "Tanh", "TensorType", "Training",
+    "ValueType", "find", "map_tree", "module_children", "replace_at", "walk",
+]

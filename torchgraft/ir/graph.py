@@ -1,0 +1,141 @@
+"""Dataflow graphs: SSA ops over named values, for forward code no combinator fits."""
+
+from __future__ import annotations
+
+import enum
+import keyword
+from dataclasses import dataclass
+from typing import Union
+
+from torchgraft.errors import IRError
+from torchgraft.ir.primitives import Primitive
+from torchgraft.ir.types import UNKNOWN, ValueType
+from torchgraft.ir.values import Arg, Const, refs_in
+
+
+@dataclass(frozen=True, slots=True)
+class ChildCall:
+    """Call a submodule of the enclosing block; ``path`` is relative to it (``"layer1.0"``)."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCall:
+    """Call a function by qualified name: ``torch.flatten``, ``operator.add``, ``helper.fn``.
+
+    Names are resolved from an allow-list of modules (``torchgraft.ir.functions``),
+    never evaluated.
+    """
+
+    qualname: str
+
+
+@dataclass(frozen=True, slots=True)
+class MethodCall:
+    """Call a tensor method on the first argument: ``x.view(...)``."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier() or keyword.iskeyword(self.name):
+            raise IRError(f"method name {self.name!r} is not an identifier")
+
+
+@dataclass(frozen=True, slots=True)
+class GetAttr:
+    """Read a parameter, buffer or attribute of the enclosing block (``self.class_token``)."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class PrimCall:
+    """A stateless primitive called functionally: ``F.relu(x)`` is ``PrimCall(Activation(RELU, ...))``."""
+
+    prim: Primitive
+
+
+Target = Union[ChildCall, FunctionCall, MethodCall, GetAttr, PrimCall]
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One statement: ``name = target(*args, **kwargs)`` with the result's type."""
+
+    name: str
+    target: Target
+    args: tuple[Arg, ...] = ()
+    kwargs: tuple[tuple[str, Arg], ...] = ()
+    type: ValueType = UNKNOWN
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise IRError(f"op name {self.name!r} must be an identifier")
+        if isinstance(self.target, MethodCall) and not self.args:
+            raise IRError(f"method call {self.target.name!r} in op {self.name!r} needs the object as first arg")
+
+    def reads(self) -> list[str]:
+        """Names of the values this op reads."""
+        out = [n for a in self.args for n in refs_in(a)]
+        return out + [n for _, a in self.kwargs for n in refs_in(a)]
+
+
+class InputKind(enum.Enum):
+    """How a forward parameter is passed."""
+
+    POSITIONAL = "positional"
+    KEYWORD = "keyword"
+    VAR_POSITIONAL = "var_positional"
+    VAR_KEYWORD = "var_keyword"
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """A forward parameter: name, type, how it is passed, default (a Const or None for none)."""
+
+    name: str
+    type: ValueType = UNKNOWN
+    kind: InputKind = InputKind.POSITIONAL
+    default: Const | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier() or keyword.iskeyword(self.name):
+            raise IRError(f"input name {self.name!r} must be an identifier")
+
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    """A forward body in SSA form: inputs, ops in order, and the output expression."""
+
+    inputs: tuple[Input, ...]
+    ops: tuple[Op, ...]
+    output: Arg
+
+    def __post_init__(self) -> None:
+        defined: set[str] = set()
+        for inp in self.inputs:
+            if inp.name in defined:
+                raise IRError(f"graph input {inp.name!r} is defined twice")
+            defined.add(inp.name)
+        for op in self.ops:
+            for r in op.reads():
+                if r not in defined:
+                    raise IRError(f"op {op.name!r} reads {r!r} before it is defined; ops must be in dataflow order")
+            if op.name in defined:
+                raise IRError(f"value {op.name!r} is defined twice in the graph; names must be unique")
+            defined.add(op.name)
+        for r in refs_in(self.output):
+            if r not in defined:
+                raise IRError(f"graph output reads undefined value {r!r}")
+
+    def users(self) -> dict[str, list[str]]:
+        """Value name → names of ops (or ``"<output>"``) that read it."""
+        out: dict[str, list[str]] = {i.name: [] for i in self.inputs}
+        for op in self.ops:
+            out.setdefault(op.name, [])
+            for r in op.reads():
+                out[r].append(op.name)
+        for r in refs_in(self.output):
+            out[r].append("<output>")
+        return out

@@ -1,0 +1,67 @@
+"""The top-level IR value: a root node plus signature, types, ties and helper code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from torchgraft.errors import IRError
+from torchgraft.ir.graph import Input
+from torchgraft.ir.nodes import NODE_TYPES, Node
+from torchgraft.ir.types import UNKNOWN, ValueType
+
+
+@dataclass(frozen=True, slots=True)
+class Helper:
+    """A plain Python function from the model's own source that its forward calls.
+
+    ``source`` is the function's code as copied at capture (decorators removed);
+    the emitter writes it into ``model.py`` so the emitted file needs no import of it.
+    """
+
+    name: str
+    source: str
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A captured or hand-built model.
+
+    ``root`` is the top node; ``inputs``/``output_type`` the forward signature; ``types``
+    maps module paths to their output types; ``ties`` maps alias paths (modules or
+    parameters) to the path that owns them; ``weights`` holds the state_dict tensors
+    (not part of equality); ``constants`` the values of non-persistent buffers and
+    tensor constants, which are not in the state_dict; ``report`` is the capture
+    report, when captured.
+    """
+
+    name: str
+    root: Node
+    inputs: tuple[Input, ...] = ()
+    output_type: ValueType = UNKNOWN
+    types: tuple[tuple[str, ValueType], ...] = ()
+    ties: tuple[tuple[str, str], ...] = ()
+    helpers: tuple[Helper, ...] = ()
+    weights: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    report: Any = field(default=None, compare=False, hash=False, repr=False)
+    constants: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise IRError(f"model name {self.name!r} must be an identifier")
+        if not isinstance(self.root, NODE_TYPES):
+            raise IRError(f"model root {self.root!r} is not an IR node")
+
+    def type_at(self, path: str) -> ValueType:
+        """Output type of the module at ``path`` ("" is the root), UNKNOWN when not inferred."""
+        return dict(self.types).get(path, UNKNOWN)
+
+    def with_root(self, root: Node, **changes: Any) -> "Model":
+        """A copy with a new root (and any other fields changed)."""
+        return replace(self, root=root, **changes)
+
+    def __str__(self) -> str:
+        from torchgraft.ir.printer import format_model
+
+        return format_model(self)

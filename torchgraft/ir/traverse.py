@@ -1,0 +1,68 @@
+"""Walking and editing IR trees. Edits return new trees; nothing is changed in place."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable, Iterator
+
+from torchgraft.ir.graph import Graph, PrimCall
+from torchgraft.ir.model import Model
+from torchgraft.ir.nodes import Block, Chain, Container, Node, Parallel, SkipConnection, module_children
+
+
+def join(path: str, name: str) -> str:
+    """``join("layer1", "0") == "layer1.0"``; the root path is ``""``."""
+    return f"{path}.{name}" if path else name
+
+
+def walk(node: Node, path: str = "") -> Iterator[tuple[str, Node]]:
+    """Every module-level node with its dotted path, parents before children."""
+    yield path, node
+    for name, child in module_children(node):
+        yield from walk(child, join(path, name))
+
+
+def find(model: Model | Node, pred: Callable[[str, Node], bool]) -> list[tuple[str, Node]]:
+    """All (path, node) pairs in the tree for which ``pred(path, node)`` holds."""
+    root = model.root if isinstance(model, Model) else model
+    return [(p, n) for p, n in walk(root) if pred(p, n)]
+
+
+def with_children(node: Node, children: tuple[tuple[str, Node], ...]) -> Node:
+    """``node`` with its named children replaced (same names, new nodes)."""
+    if isinstance(node, Chain):
+        return Chain(*(c for _, c in children), names=tuple(n for n, _ in children))
+    if isinstance(node, Parallel):
+        return replace(node, branches=tuple(c for _, c in children), names=tuple(n for n, _ in children))
+    if isinstance(node, SkipConnection):
+        return replace(node, body=children[0][1])
+    if isinstance(node, Container):
+        return replace(node, items=children)
+    if isinstance(node, Block):
+        return replace(node, children=children)
+    return node
+
+
+def map_tree(node: Node, fn: Callable[[str, Node], Node], path: str = "") -> Node:
+    """Rebuild bottom-up: children first, then ``fn(path, node_with_new_children)``."""
+    kids = module_children(node)
+    if kids:
+        new = tuple((n, map_tree(c, fn, join(path, n))) for n, c in kids)
+        if any(a is not b for (_, a), (_, b) in zip(kids, new)):
+            node = with_children(node, new)
+    return fn(path, node)
+
+
+def replace_at(model: Model, path: str, new: Node) -> Model:
+    """A new model with the node at ``path`` replaced by ``new``."""
+    return model.with_root(map_tree(model.root, lambda p, n: new if p == path else n))
+
+
+def graph_prims(node: Node) -> Iterator[tuple[str, PrimCall]]:
+    """(op name, call) for every functional primitive inside a Block's graphs."""
+    if isinstance(node, Block):
+        for body in (node.body, node.train_body):
+            if isinstance(body, Graph):
+                for op in body.ops:
+                    if isinstance(op.target, PrimCall):
+                        yield op.name, op.target

@@ -1,0 +1,96 @@
+"""Arguments of dataflow ops: references to values, constants, sequences, ``self.training``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+
+from torchgraft.errors import IRError
+
+_CONST_TYPES = (type(None), bool, int, float, str, type(Ellipsis), complex,
+                torch.dtype, torch.device, torch.memory_format, torch.layout)
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """A use of the value named ``name`` (a graph input or an op's result)."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise IRError(f"Ref name must be a non-empty string, got {self.name!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Const:
+    """A Python constant baked into the forward: None, bool, int, float, str, slice, dtype, ..."""
+
+    value: object
+
+    def __post_init__(self) -> None:
+        v = self.value
+        if not isinstance(v, _CONST_TYPES):
+            raise IRError(f"Const of type {type(v).__name__} ({v!r}) is not supported; "
+                          "constants must be None, bool, int, float, str, or a torch dtype/device")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Const):
+            return NotImplemented
+        a, b = self.value, other.value
+        if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+            return True
+        return type(a) is type(b) and a == b
+
+    def __hash__(self) -> int:
+        return hash((type(self.value).__name__, repr(self.value)))
+
+
+@dataclass(frozen=True, slots=True)
+class Seq:
+    """A tuple or list whose items are arguments (``(x, 1)``, ``[a, b]``)."""
+
+    items: tuple["Arg", ...]
+    is_list: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """``start:stop:step`` whose bounds are arguments (``x[:, :n]``)."""
+
+    start: "Arg"
+    stop: "Arg"
+    step: "Arg"
+
+
+@dataclass(frozen=True, slots=True)
+class Training:
+    """``self.training`` of the enclosing block: keeps train/eval behaviour dynamic."""
+
+
+Arg = Union[Ref, Const, Seq, Slice, Training]
+
+
+def refs_in(arg: Arg) -> list[str]:
+    """Names of all values an argument reads, in order."""
+    if isinstance(arg, Ref):
+        return [arg.name]
+    if isinstance(arg, Seq):
+        return [n for item in arg.items for n in refs_in(item)]
+    if isinstance(arg, Slice):
+        return [n for part in (arg.start, arg.stop, arg.step) for n in refs_in(part)]
+    return []
+
+
+def rename_refs(arg: Arg, mapping: dict[str, str]) -> Arg:
+    """The argument with every Ref renamed through ``mapping`` (names not in it stay)."""
+    if isinstance(arg, Ref):
+        return Ref(mapping.get(arg.name, arg.name))
+    if isinstance(arg, Seq):
+        return Seq(tuple(rename_refs(i, mapping) for i in arg.items), arg.is_list)
+    if isinstance(arg, Slice):
+        return Slice(*(rename_refs(p, mapping) for p in (arg.start, arg.stop, arg.step)))
+    return arg
