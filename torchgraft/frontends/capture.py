@@ -12,13 +12,14 @@ from torch import nn
 from torchgraft.errors import CaptureError
 from torchgraft.frontends.fx_block import TraceError, merge_training, trace_graph
 from torchgraft.frontends.interpret import Interpreter, typed_block
-from torchgraft.frontends.leaf import to_primitive, torch_layer_name
+from torchgraft.frontends.leaf import recover_ctor, to_primitive, torch_layer_name
 from torchgraft.frontends.report import CaptureReport
 from torchgraft.ir.graph import Graph
 from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import Block, Chain, ClassRef, Container, Node, Opaque, StateSpec
 from torchgraft.ir.traverse import join, map_tree
 from torchgraft.ir.types import ValueType, type_of
+from torchgraft.ir.values import const_arg
 
 
 @dataclass
@@ -54,7 +55,9 @@ def _opaque(mod: nn.Module, path: str, reason: str, ctx: _Ctx) -> Opaque:
     ctx.report.add(path, "opaque", reason)
     state = tuple(StateSpec(k, tuple(v.shape), _dtype(v), isinstance(v, nn.Parameter))
                   for k, v in mod.state_dict(keep_vars=True).items())
-    return Opaque(_class_ref(mod), reason, state)
+    kw = recover_ctor(mod)
+    ctor = None if kw is None else tuple((k, const_arg(v)) for k, v in kw.items())
+    return Opaque(_class_ref(mod), reason, state, ctor)
 
 
 def _is_plain(mod: nn.Module, base: type) -> bool:
@@ -116,6 +119,7 @@ def _restore_buffers(model: nn.Module) -> Iterator[None]:
 def _eager_types(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
                  symbols: dict[int, str]) -> tuple[Any, dict[str, ValueType]]:
     names = {id(m): p for p, m in model.named_modules()}
+    classes = {p: type(m).__name__ for p, m in model.named_modules()}
     stack: list[str] = []
     types: dict[str, ValueType] = {}
 
@@ -134,7 +138,7 @@ def _eager_types(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     except Exception as e:
         where = stack[-1] if stack else ""
         raise CaptureError(f"the model fails in eager mode at {where or '<root>'} "
-                           f"({type(model).__name__}): {type(e).__name__}: {e}. "
+                           f"({classes.get(where, '?')}): {type(e).__name__}: {e}. "
                            "Check the example inputs: capture runs the model once on them.", where) from e
     finally:
         h1.remove()
@@ -157,10 +161,14 @@ def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str
     first = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)), None)
     symbols = {int(first.shape[0]): "N"} if first is not None and first.dim() > 0 else {}
     ctx = _Ctx()
+    root = build_node(model, "", ctx)
     with torch.no_grad(), _restore_buffers(model):
-        out, mod_types = _eager_types(model, args, kwargs, symbols)
-        root = build_node(model, "", ctx)
-        op_types = _interpret(root, model, args, kwargs, ctx, symbols)
+        try:
+            out, mod_types, op_types = _interpret(root, model, args, kwargs, ctx, symbols)
+        except CaptureError as e:
+            _eager_types(model, args, kwargs, symbols)  # the model's own failure gets the clearer error
+            raise CaptureError(f"torchgraft could not replay the captured forward ({e}); the model itself "
+                               "runs on these inputs, so this is a torchgraft bug: please report it", e.path) from e
     root = map_tree(root, lambda p, n: typed_block(n, op_types, p) if isinstance(n, Block) else n)
     inputs = root.body.inputs if isinstance(root, Block) and isinstance(root.body, Graph) else ()
     state = model.state_dict()
@@ -174,12 +182,11 @@ def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str
 
 
 def _interpret(root: Node, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: _Ctx,
-               symbols: dict[int, str]) -> dict[str, dict[str, ValueType]]:
-    if not isinstance(root, Block):
-        return {}
+               symbols: dict[int, str]) -> tuple[Any, dict[str, ValueType], dict[str, dict[str, ValueType]]]:
+    """One run of the captured IR against the original modules: output, module types, op types."""
     interp = Interpreter(ctx.helper_fns, symbols, ctx.constants)
-    interp.run(root, model, "", args, kwargs)
-    return interp.types
+    out = interp.run_node(root, model, "", args, kwargs)
+    return out, interp.module_types, interp.types
 
 
 def _param_ties(model: nn.Module, module_ties: list[tuple[str, str]]) -> list[tuple[str, str]]:

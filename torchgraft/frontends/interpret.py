@@ -44,6 +44,7 @@ class Interpreter:
         self.symbols = symbols
         self.constants = constants or {}
         self.types: dict[str, dict[str, ValueType]] = {}
+        self.module_types: dict[str, ValueType] = {}
 
     def _value(self, arg: Arg, env: dict[str, Any], mod: nn.Module) -> Any:
         if isinstance(arg, Ref):
@@ -88,13 +89,21 @@ class Interpreter:
     def run_node(self, node: Node, mod: nn.Module, path: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run any module-level node: Blocks are interpreted, Chains stepped through, the rest called."""
         if isinstance(node, Block) and node.method == "fx":
-            return self.run(node, mod, path, args, kwargs)
-        if isinstance(node, Chain) and type(mod).forward is nn.Sequential.forward and len(args) == 1 and not kwargs:
-            x = args[0]
+            out = self.run(node, mod, path, args, kwargs)
+        elif isinstance(node, Chain) and type(mod).forward is nn.Sequential.forward and len(args) == 1 and not kwargs:
+            out = args[0]
             for name, item in node.named():
-                x = self.run_node(item, mod._modules[name], f"{path}.{name}" if path else name, (x,), {})  # type: ignore[arg-type]
-            return x
-        return mod(*args, **kwargs)
+                sub = mod._modules[name]
+                assert sub is not None
+                out = self.run_node(item, sub, f"{path}.{name}" if path else name, (out,), {})
+        else:
+            try:
+                out = mod(*args, **kwargs)
+            except Exception as e:
+                raise CaptureError(f"{path or '<root>'} ({type(mod).__name__}) failed: {type(e).__name__}: {e}",
+                                   path) from e
+        self.module_types.setdefault(path, type_of(out, self.symbols))
+        return out
 
     def _call(self, op: Op, block: Block, mod: nn.Module, path: str, a: list[Any], kw: dict[str, Any]) -> Any:
         t = op.target

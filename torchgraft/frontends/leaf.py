@@ -95,3 +95,39 @@ def to_primitive(mod: nn.Module) -> tuple[Primitive | None, str]:
     if not _matches(mod, prim):
         return None, f"nn.{op} rebuilt from its attributes differs from the original ({mod.extra_repr()})"
     return prim, ""
+
+
+def recover_ctor(mod: nn.Module) -> dict[str, Any] | None:
+    """Constructor keyword arguments that rebuild a user module from its attributes, if any do.
+
+    Only plain constants are used (numbers, strings, bools, None, tuples of them); the
+    result is checked by building the class on the meta device and comparing state.
+    """
+    cls = type(mod)
+    try:
+        sig = inspect.signature(cls.__init__)
+    except (TypeError, ValueError):
+        return None
+    kw: dict[str, Any] = {}
+    for name, p in sig.parameters.items():
+        if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        value = getattr(mod, name, inspect.Parameter.empty)
+        if _is_constant(value):
+            kw[name] = tuple(value) if isinstance(value, list) else value
+        elif p.default is inspect.Parameter.empty:
+            return None
+    try:
+        with torch.device("meta"):
+            rebuilt = cls(**kw)
+    except Exception:  # noqa: BLE001 - any failure means "cannot rebuild"
+        return None
+    a = {k: tuple(v.shape) for k, v in mod.state_dict(keep_vars=True).items()}
+    b = {k: tuple(v.shape) for k, v in rebuilt.state_dict(keep_vars=True).items()}
+    return kw if a == b else None
+
+
+def _is_constant(v: Any) -> bool:
+    if isinstance(v, (tuple, list)):
+        return all(_is_constant(x) for x in v)
+    return isinstance(v, (bool, int, float, str, type(None)))

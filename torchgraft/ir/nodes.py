@@ -14,7 +14,7 @@ from typing import Union
 from torchgraft.errors import IRError
 from torchgraft.ir.graph import Graph
 from torchgraft.ir.primitives import Primitive
-from torchgraft.ir.values import Const
+from torchgraft.ir.values import Arg, Const
 
 
 class CombineKind(enum.Enum):
@@ -223,7 +223,7 @@ class Opaque:
     cls: ClassRef
     reason: str
     state: tuple[StateSpec, ...] = ()
-    ctor: tuple[tuple[str, Const], ...] | None = None
+    ctor: tuple[tuple[str, Arg], ...] | None = None
 
 
 Node = Union[Primitive, Chain, Parallel, SkipConnection, Block, Container, Opaque, ChildRef, Graph]

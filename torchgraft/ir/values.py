@@ -94,3 +94,10 @@ def rename_refs(arg: Arg, mapping: dict[str, str]) -> Arg:
     if isinstance(arg, Slice):
         return Slice(*(rename_refs(p, mapping) for p in (arg.start, arg.stop, arg.step)))
     return arg
+
+
+def const_arg(value: object) -> Arg:
+    """An argument for a plain Python value: tuples and lists become Seq, the rest Const."""
+    if isinstance(value, (tuple, list)):
+        return Seq(tuple(const_arg(v) for v in value), isinstance(value, list))
+    return Const(value)

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from torchgraft.backends.torch.body import body_lines
 from torchgraft.backends.torch.modules import accessor, fmt_call, module_expr
 from torchgraft.backends.torch.names import Namespace, is_plain_attr
-from torchgraft.ir.nodes import Block, Node, StateSpec
+from torchgraft.backends.torch.exprs import ExprContext, arg_code
+from torchgraft.errors import EmitError
+from torchgraft.ir.nodes import Block, Node, Opaque, StateSpec
 
 
 @dataclass
@@ -21,16 +23,38 @@ class ClassTable:
     extra_init: dict[int, list[str]] = field(default_factory=dict)
     reserved: set[str] = field(default_factory=set)
 
+    opaque_imports: dict[tuple[str, str], str] = field(default_factory=dict)
+    variants: dict[str, int] = field(default_factory=dict)
+
     def class_of(self, block: Node, path: str) -> str:
-        """The class name for ``block`` (emitting its definition first if new), as a call ``Name()``."""
+        """The constructor call for a Block (its class emitted first if new) or an Opaque module."""
+        if isinstance(block, Opaque):
+            return self._opaque_call(block)
         assert isinstance(block, Block)
         text = class_text(block, self, self.extra_init.get(id(block), []))
         key = (block.cls.qualname, text)
         if key not in self.by_text:
-            name = self.names.name(block.cls.name)
+            name = self._class_name(block.cls.name)
             self.by_text[key] = name
             self.defs.append(text.replace("__CLASS__", name))
         return f"{self.by_text[key]}()"
+
+    def _class_name(self, base: str) -> str:
+        """``Bottleneck``, then ``Bottleneck2``, ``Bottleneck3``... for differing instances."""
+        self.variants[base] = n = self.variants.get(base, 0) + 1
+        return self.names.name(base if n == 1 else f"{base}{n}")
+
+    def _opaque_call(self, node: Opaque) -> str:
+        mod, qual = node.cls.module, node.cls.qualname
+        if not all(p.isidentifier() for p in mod.split(".") + qual.split(".")):
+            raise EmitError(f"cannot import opaque class {node.cls}: not a valid module path")
+        key = (mod, qual)
+        if key not in self.opaque_imports:
+            self.opaque_imports[key] = self.names.name(qual.split(".")[0])
+        alias = self.opaque_imports[key]
+        rest = qual.split(".", 1)[1] if "." in qual else ""
+        args = ", ".join(f"{k}={arg_code(v, ExprContext({}, str)).text}" for k, v in node.ctor or ())
+        return f"{alias}{'.' + rest if rest else ''}({args})"
 
 
 def _state_init(s: StateSpec) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
 import sys
@@ -47,16 +48,27 @@ class EmittedCode:
             save_file(_unshared(self.constants), str(out / CONSTANTS))
         return out / "model.py"
 
-    def materialize(self, load_weights: bool = True) -> nn.Module:
-        """Import the emitted source and return the model (with the captured weights loaded)."""
+    def materialize(self, load_weights: bool = True, device: str | torch.device | None = None) -> nn.Module:
+        """Import the emitted source and return the model, with the captured weights loaded.
+
+        ``load_weights=False`` returns ``build()`` (fresh initialisation); ``device="meta"``
+        builds without allocating memory (for checking structure and state_dict keys).
+        """
         with tempfile.TemporaryDirectory() as tmp:
-            path = self.save(tmp)
-            module = import_file(path)
-            if load_weights and self.weights:
-                model = module.load(Path(tmp) / WEIGHTS)
+            if load_weights:
+                path = self.save(tmp)
             else:
-                model = module.build()
-        return model  # type: ignore[no-any-return]
+                path = Path(tmp) / "model.py"
+                path.write_text(self.source)
+            module = import_file(path)
+            with torch.device(device) if device is not None else contextlib.nullcontext():
+                if load_weights and self.weights:
+                    return module.load(Path(tmp) / WEIGHTS)  # type: ignore[no-any-return]
+                if self.constants:
+                    from safetensors.torch import save_file
+
+                    save_file(_unshared(self.constants), str(Path(tmp) / CONSTANTS))
+                return module.build()  # type: ignore[no-any-return]
 
 
 def import_file(path: Path) -> Any:
@@ -123,7 +135,11 @@ def _assemble(model: Model, table: ClassTable, runtime: list[str], root_expr: st
     imports += [f"import {m}\n" for m in sorted(table.imports - {"torch"})]
     del std
     imports += ["\nimport torch\n", "import torch.nn.functional as F\n", "from torch import Tensor, nn\n"]
-    parts = head + imports + helper_imports
+    opaque = [f"from {m} import {q.split('.')[0]}{'' if a == q.split('.')[0] else ' as ' + a}\n"
+              for (m, q), a in sorted(table.opaque_imports.items())]
+    if opaque:
+        opaque.insert(0, "\n# opaque modules: torchgraft could not see into these, so they are imported\n")
+    parts = head + imports + helper_imports + opaque
     consts = [h.source for h in model.helpers if h.name.startswith("const:")]
     if consts:
         parts += ["\n"] + consts

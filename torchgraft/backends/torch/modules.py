@@ -58,8 +58,11 @@ def module_expr(node: Node, class_of: Callable[[Node, str], str], path: str, ind
             return fmt_call("nn.Sequential(", [e for _, e in sub], indent)
         return fmt_call("nn.Sequential(OrderedDict([", [f"({n!r}, {e})" for n, e in sub], indent, "]))")
     if isinstance(node, Opaque):
-        raise EmitError(f"module at {path or '<root>'} ({node.cls}) is opaque: {node.reason}. "
-                        "It cannot be written as source; capture it with a traceable forward or replace it.")
+        if node.ctor is None:
+            raise EmitError(f"module at {path or '<root>'} ({node.cls}) is opaque ({node.reason}) and its "
+                            "constructor arguments could not be recovered from its attributes, so model.py "
+                            "cannot rebuild it. Make its forward traceable, or replace it with a pass.")
+        return class_of(node, path)
     raise EmitError(f"cannot construct {type(node).__name__} at {path or '<root>'}")
 
 
