@@ -21,6 +21,7 @@ All problems are collected and raised together as one ``IRError``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import pairwise
 
 from torchgraft.errors import IRError
 from torchgraft.ir.graph import ChildCall, GetAttr, Graph, PrimCall
@@ -38,7 +39,7 @@ from torchgraft.ir.nodes import (
 )
 from torchgraft.ir.primitives import BatchNorm, Conv, GroupNorm, LayerNorm, Linear, Primitive
 from torchgraft.ir.traverse import join, walk
-from torchgraft.ir.types import TensorType
+from torchgraft.ir.types import TensorType, ValueType
 
 MAX_LISTED = 5
 """How many keys a missing/unexpected-keys message lists before ``...``."""
@@ -180,8 +181,8 @@ def _mismatch(t: TensorType, where: str, size: int | tuple[int, ...]) -> bool:
     return isinstance(dim, int) and dim != size
 
 
-def _check_chain(chain: Chain, path: str, types: dict[str, object]) -> Iterator[str]:
-    for (prev, _), (name, item) in zip(chain.named(), chain.named()[1:]):
+def _check_chain(chain: Chain, path: str, types: dict[str, ValueType]) -> Iterator[str]:
+    for (prev, _), (name, item) in pairwise(chain.named()):
         t, need = types.get(join(path, prev)), _expected_dims(item)
         if isinstance(t, TensorType) and need is not None and _mismatch(t, need[2], need[1]):
             what, size, where = need

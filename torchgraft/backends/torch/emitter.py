@@ -125,6 +125,7 @@ def emit(model: Model) -> EmittedCode:
 
 
 def _assemble(model: Model, table: ClassTable, runtime: list[str], root_expr: str, root_name: str) -> str:
+    root_expr = root_expr.replace("\n", "\n    ")
     origin = model.report and getattr(model.report, "origin", "") or model.name
     head = [f'"""Emitted by torchgraft from {_safe_doc(origin)}. Needs only torch and safetensors."""\n\n']
     std = sorted({"collections" if "OrderedDict" in d else "" for d in table.defs} - {""})

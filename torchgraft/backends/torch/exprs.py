@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 
 from torchgraft.errors import EmitError
 from torchgraft.ir.activations import Spelling
@@ -97,20 +99,27 @@ def _call_args(op: Op, ctx: ExprContext, skip: int = 0) -> str:
 
 
 def activation_code(prim: Activation, x: Code) -> Code:
-    """``F.relu(x)``, ``torch.relu_(x)``, ``x.relu()``... as the op was spelled (functional when unknown)."""
+    """``F.relu(x)``, ``torch.relu_(x)``, ``x.relu()``... as the op was spelled (functional when unknown).
+
+    In-place sites stay in-place: ``inplace=True`` where F takes it, the tensor's ``_``
+    method where one exists, else ``x.copy_(f(x))``.
+    """
     k = prim.kind
     suffix = "_" if prim.inplace else ""
-    if prim.spelling is Spelling.METHOD and k.method:
-        return Code(f"{x.wrap(POSTFIX)}.{k.method}{suffix}()", POSTFIX)
-    if prim.spelling is Spelling.TORCH and k.torch_fn:
+    recv = x.wrap(POSTFIX)
+    if prim.spelling is Spelling.METHOD and k.method and hasattr(torch.Tensor, k.method + suffix):
+        return Code(f"{recv}.{k.method}{suffix}()", POSTFIX)
+    if prim.spelling is Spelling.TORCH and k.torch_fn and hasattr(torch, k.torch_fn + suffix):
         return Code(f"torch.{k.torch_fn}{suffix}({x.text})")
-    if k.functional in ("sigmoid", "tanh"):
-        return Code(f"{x.wrap(POSTFIX)}.{k.functional}_()" if prim.inplace else f"torch.{k.functional}({x.text})",
-                    POSTFIX)
     opts = [f"{n}={const_code(v)}" for n, v in prim.options if k.options.get(n) != v]
-    if prim.inplace:
-        opts.append("inplace=True")
-    return Code(f"F.{k.functional}({', '.join([x.text] + opts)})")
+    plain = f"torch.{k.functional}" if k.functional in ("sigmoid", "tanh") else f"F.{k.functional}"
+    if not prim.inplace:
+        return Code(f"{plain}({', '.join([x.text] + opts)})")
+    if plain.startswith("F.") and "inplace" in inspect.signature(getattr(F, k.functional)).parameters:
+        return Code(f"{plain}({', '.join([x.text] + opts + ['inplace=True'])})")
+    if not opts and hasattr(torch.Tensor, k.functional + "_"):
+        return Code(f"{recv}.{k.functional}_()", POSTFIX)
+    return Code(f"{recv}.copy_({plain}({', '.join([x.text] + opts)}))", POSTFIX)
 
 
 def prim_call_code(prim: Primitive, op: Op, ctx: ExprContext) -> Code:

@@ -7,7 +7,8 @@ from typing import Callable
 from torchgraft.backends.torch.exprs import const_code
 from torchgraft.backends.torch.names import is_plain_attr, member
 from torchgraft.errors import EmitError
-from torchgraft.ir.nodes import Block, Chain, Container, Node, Opaque, Parallel, SkipConnection, module_children
+from torchgraft.ir.nodes import (Block, Chain, Combine, CombineKind, Container, Node, Opaque, Parallel, SkipConnection,
+                                 module_children)
 from torchgraft.ir.primitives import Primitive
 
 WIDTH = 88
@@ -45,11 +46,10 @@ def module_expr(node: Node, class_of: Callable[[Node, str], str], path: str, ind
         kids = module_children(node)
         sub = [(n, module_expr(c, class_of, f"{path}.{n}" if path else n, indent + 4)) for n, c in kids]
         if isinstance(node, SkipConnection):
-            return fmt_call("SkipConnection(", [sub[0][1], repr(str(node.combine.kind.value)),
-                                                str(node.combine.dim)], indent)
+            return fmt_call("SkipConnection(", [sub[0][1]] + _combine_args(node.combine), indent)
         if isinstance(node, Parallel):
-            return fmt_call("Parallel(", [fmt_call("[", [e for _, e in sub], indent + 4, "]"),
-                                          repr(str(node.combine.kind.value)), str(node.combine.dim)], indent)
+            return fmt_call("Parallel(", [fmt_call("[", [e for _, e in sub], indent + 4, "]")]
+                            + _combine_args(node.combine), indent)
         if isinstance(node, Container) and node.kind == "ModuleDict":
             return fmt_call("nn.ModuleDict({", [f"{n!r}: {e}" for n, e in sub], indent, "})")
         if isinstance(node, Container):
@@ -64,6 +64,11 @@ def module_expr(node: Node, class_of: Callable[[Node, str], str], path: str, ind
                             "cannot rebuild it. Make its forward traceable, or replace it with a pass.")
         return class_of(node, path)
     raise EmitError(f"cannot construct {type(node).__name__} at {path or '<root>'}")
+
+
+def _combine_args(c: Combine) -> list[str]:
+    kind = c.kind.value if isinstance(c.kind, CombineKind) else str(c.kind)
+    return [f"combine={kind!r}"] + ([f"dim={c.dim}"] if kind == "cat" else [])
 
 
 def container_kind(node: Node) -> str | None:

@@ -1,0 +1,141 @@
+"""Pipelines: a text form shared by Python and the CLI, and ``run`` with a change report.
+
+    swap-activation{from=relu to=silu},fuse-conv-bn
+
+Passes are separated by commas; options go in braces as ``key=value`` separated by
+spaces. ``from`` is spelled ``from_`` in Python (a keyword).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Union, get_type_hints
+
+from torchgraft.errors import TorchgraftError
+from torchgraft.ir.model import Model
+from torchgraft.passes.base import Pass, PassReport
+from torchgraft.passes.registry import REGISTRY
+from torchgraft.passes.rewrite import count_params
+
+
+class PipelineError(TorchgraftError, ValueError):
+    """A pipeline names an unknown pass or option, or an option value of the wrong type."""
+
+
+_ITEM = re.compile(r"\s*([a-z][a-z0-9-]*)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")
+
+
+def _field_name(key: str) -> str:
+    return "from_" if key == "from" else key.replace("-", "_")
+
+
+def _convert(value: str, hint: Any, where: str) -> Any:
+    if isinstance(hint, (types.UnionType,)) or typing.get_origin(hint) is Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value in ("none", "None"):
+            return None
+        hint = args[0] if len(args) == 1 else str
+    try:
+        if hint is bool:
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        if hint in (int, float):
+            return hint(value)
+    except ValueError:
+        raise PipelineError(f"{where}: {value!r} is not a valid {hint.__name__}") from None
+    return value
+
+
+def make_pass(name: str, options: dict[str, str]) -> Pass:
+    """Instantiate a registered pass from text options (converted to the fields' types)."""
+    if name not in REGISTRY:
+        raise PipelineError(f"unknown pass {name!r}; registered passes: {', '.join(sorted(REGISTRY))}")
+    cls = REGISTRY[name]
+    hints = get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in options.items():
+        fname = _field_name(key)
+        if fname not in fields:
+            known = ", ".join(sorted("from" if f == "from_" else f for f in fields)) or "none"
+            raise PipelineError(f"pass {name!r} has no option {key!r}; its options: {known}")
+        kwargs[fname] = _convert(value, hints[fname], f"{name}{{{key}=...}}")
+    return cls(**kwargs)
+
+
+def parse_pipeline(text: str) -> list[Pass]:
+    """``"swap-activation{from=relu to=silu},fuse-conv-bn"`` → the pass objects."""
+    passes, pos = [], 0
+    text = text.strip()
+    while pos < len(text):
+        m = _ITEM.match(text, pos)
+        if not m or m.end() == pos:
+            raise PipelineError(f"cannot parse pipeline at {text[pos:]!r}; expected name{{key=value ...}}, "
+                                "passes separated by commas")
+        opts: dict[str, str] = {}
+        for part in (m.group(2) or "").split():
+            if "=" not in part:
+                raise PipelineError(f"option {part!r} of {m.group(1)!r} must be key=value")
+            k, v = part.split("=", 1)
+            opts[k] = v
+        passes.append(make_pass(m.group(1), opts))
+        pos = m.end()
+    return passes
+
+
+def pipeline_text(passes: list[Pass]) -> str:
+    """The text form of a list of passes (options that differ from the defaults only)."""
+    out = []
+    for p in passes:
+        opts = [f"{'from' if f.name == 'from_' else f.name}={getattr(p, f.name)}" for f in dataclasses.fields(p)
+                if getattr(p, f.name) != f.default]
+        out.append(p.name + (f"{{{' '.join(opts)}}}" if opts else ""))
+    return ",".join(out)
+
+
+@dataclass
+class PassResult:
+    """The rewritten model and one report per pass."""
+
+    model: Model
+    reports: list[PassReport] = field(default_factory=list)
+
+    @property
+    def report(self) -> str:
+        """All pass reports as text."""
+        return "\n".join(str(r) for r in self.reports)
+
+
+def run(model: Model, pipeline: str | Pass | list[Pass], *, dry_run: bool = False,
+        verify: bool = True) -> PassResult:
+    """Run a pipeline (text or pass objects) over ``model``; ``ir.verify`` after every pass.
+
+    With ``dry_run=True`` the report says what would change and the model is returned unchanged.
+    """
+    from torchgraft.ir.verify import verify as verify_model
+
+    passes = parse_pipeline(pipeline) if isinstance(pipeline, str) else (
+        [pipeline] if isinstance(pipeline, Pass) else list(pipeline))
+    reports = []
+    current = model
+    for p in passes:
+        new, matches = p.rewrite(current)
+        if verify:
+            try:
+                verify_model(new)
+            except Exception as e:
+                raise TorchgraftError(f"pass {p.name} produced an invalid model: {e}") from e
+        rep = PassReport(p.name, matches, params_before=count_params(current), params_after=count_params(new))
+        before, after = set(current.weights), set(new.weights)
+        renamed = p.key_map(current, new)
+        rep.keys_renamed = renamed
+        rep.keys_added = sorted(after - before - set(renamed.values()))
+        rep.keys_removed = sorted(before - after - set(renamed))
+        reports.append(rep)
+        current = new
+    return PassResult(model if dry_run else current, reports)

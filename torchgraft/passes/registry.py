@@ -1,0 +1,12 @@
+"""The one explicit registry of passes: name → class."""
+
+from __future__ import annotations
+
+from torchgraft.passes.base import Pass
+from torchgraft.passes.fuse_conv_bn import FuseConvBN
+from torchgraft.passes.swap_activation import SwapActivation
+
+REGISTRY: dict[str, type[Pass]] = {cls.name: cls for cls in (
+    SwapActivation,
+    FuseConvBN,
+)}

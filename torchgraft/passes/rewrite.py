@@ -1,0 +1,81 @@
+"""Rewrite helpers shared by passes: fmap over primitives, module-level and inside graphs.
+
+``fmap(model, fn)`` visits every primitive — a layer in the module tree (``stem.2``) or a
+functional call inside a block's graph (``blocks.0.relu_1``) — and replaces it with what
+``fn(site)`` returns (None keeps it). Edits return a new Model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+from torchgraft.ir.graph import Graph, PrimCall
+from torchgraft.ir.model import Model
+from torchgraft.ir.nodes import Block, Node, module_children
+from torchgraft.ir.primitives import Primitive
+from torchgraft.ir.traverse import join, with_children
+from torchgraft.passes.selectors import Site
+
+Rewriter = Callable[[Site, str], "Node | None"]
+"""``fn(site, spelling)``: the replacement, or None to keep the node. ``spelling`` is
+``"module"`` for layers and the op's spelling (``functional``, ``method``...) inside graphs."""
+
+
+def _graph(g: Node | None, path: str, enclosing: tuple[str, ...], fn: Rewriter) -> Node | None:
+    if not isinstance(g, Graph):
+        return g
+    ops = []
+    changed = False
+    for op in g.ops:
+        if isinstance(op.target, PrimCall):
+            prim = op.target.prim
+            spelling = getattr(prim, "spelling", None)
+            new = fn(Site(join(path, op.name), prim, enclosing), spelling.value if spelling else "functional")
+            if new is not None and new != prim:
+                if not isinstance(new, Primitive):
+                    raise TypeError(f"{join(path, op.name)}: a functional call can only become another primitive")
+                op = replace(op, target=PrimCall(new))
+                changed = True
+        ops.append(op)
+    return Graph(g.inputs, tuple(ops), g.output) if changed else g
+
+
+def fmap(model: Model, fn: Rewriter) -> Model:
+    """Apply ``fn`` to every primitive site; returns a new Model (the same one if nothing changed)."""
+
+    def visit(node: Node, path: str, enclosing: tuple[str, ...]) -> Node:
+        if isinstance(node, Primitive):
+            new = fn(Site(path, node, enclosing), "module")
+            return node if new is None else new
+        inner = enclosing + ((node.cls.name,) if isinstance(node, Block) else ())
+        kids = module_children(node)
+        new_kids = tuple((n, visit(c, join(path, n), inner)) for n, c in kids)
+        if any(a is not b for (_, a), (_, b) in zip(kids, new_kids)):
+            node = with_children(node, new_kids)
+        if isinstance(node, Block):
+            body = _graph(node.body, path, inner, fn)
+            train = _graph(node.train_body, path, inner, fn)
+            if body is not node.body or train is not node.train_body:
+                node = replace(node, body=body, train_body=train)  # type: ignore[arg-type]
+        return node
+
+    root = visit(model.root, "", ())
+    return model if root is model.root else model.with_root(root)
+
+
+def count_params(model: Model) -> int:
+    """Number of parameter elements in the model's weights (buffers excluded when known)."""
+    import math
+
+    from torchgraft.ir.traverse import walk
+
+    buffers = set()
+    for path, node in walk(model.root):
+        if isinstance(node, Primitive):
+            buffers |= {join(path, n) for n, _, is_param in node.state() if not is_param}
+        elif isinstance(node, Block):
+            buffers |= {join(path, s.name) for s in node.state if not s.parameter}
+    tied = {alias for alias, _ in model.ties}
+    return sum(math.prod(v.shape) for k, v in model.weights.items()
+               if k not in buffers and not any(k == a or k.startswith(a + ".") for a in tied))

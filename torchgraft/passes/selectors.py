@@ -1,0 +1,124 @@
+"""Selectors: which nodes a pass touches, addressed the way users think.
+
+Text forms (usable as ``where=`` in a pipeline):
+
+- ``layer1.*``, ``blocks.*.attn.qkv``, ``layer[12].*`` — a glob over dotted paths
+  (graph ops inside a block are addressed as ``<block path>.<op name>``);
+- ``kind:Conv2d`` — the torch op or original class name (``kind:Bottleneck``);
+- ``in:Bottleneck`` — anything inside a Block of that class;
+- ``*`` — everything (the default).
+
+In Python, selectors compose with ``&``, ``|`` and ``~``, and ``Where(fn)`` takes any
+predicate ``fn(path, node) -> bool``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Callable, Union
+
+from torchgraft.ir.nodes import Block, Node, Opaque
+from torchgraft.ir.primitives import Primitive
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a node sits: its path, the node, and the classes of the Blocks enclosing it."""
+
+    path: str
+    node: Node
+    enclosing: tuple[str, ...] = ()
+
+
+class Selector:
+    """Base class: ``sel(site) -> bool``; combine with ``&``, ``|``, ``~``."""
+
+    def __call__(self, site: Site) -> bool:
+        raise NotImplementedError
+
+    def __and__(self, other: "Selector") -> "Selector":
+        return Where(lambda s: self(s) and other(s), f"({self} & {other})")
+
+    def __or__(self, other: "Selector") -> "Selector":
+        return Where(lambda s: self(s) or other(s), f"({self} | {other})")
+
+    def __invert__(self) -> "Selector":
+        return Where(lambda s: not self(s), f"~{self}")
+
+
+@dataclass(frozen=True)
+class Where(Selector):
+    """Any predicate over a Site."""
+
+    fn: Callable[[Site], bool]
+    text: str = "<predicate>"
+
+    def __call__(self, site: Site) -> bool:
+        return bool(self.fn(site))
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class PathGlob(Selector):
+    """Dotted path glob: ``layer1.*``, ``blocks.*.attn.qkv``."""
+
+    pattern: str
+
+    def __call__(self, site: Site) -> bool:
+        return fnmatch.fnmatchcase(site.path, self.pattern)
+
+    def __str__(self) -> str:
+        return self.pattern
+
+
+@dataclass(frozen=True)
+class Kind(Selector):
+    """Torch op name (``Conv2d``), primitive family (``Conv``) or original class name (``Bottleneck``)."""
+
+    name: str
+
+    def __call__(self, site: Site) -> bool:
+        node = site.node
+        if isinstance(node, Primitive):
+            return self.name in (node.op, type(node).__name__)
+        if isinstance(node, (Block, Opaque)):
+            return self.name in (node.cls.name, node.cls.qualname, str(node.cls))
+        return type(node).__name__ == self.name
+
+    def __str__(self) -> str:
+        return f"kind:{self.name}"
+
+
+@dataclass(frozen=True)
+class Inside(Selector):
+    """Anything inside a Block of the given original class."""
+
+    cls: str
+
+    def __call__(self, site: Site) -> bool:
+        return self.cls in site.enclosing
+
+    def __str__(self) -> str:
+        return f"in:{self.cls}"
+
+
+EVERYTHING: Selector = Where(lambda s: True, "*")
+SelectorLike = Union[Selector, str, Callable[[Site], bool], None]
+
+
+def parse_selector(spec: SelectorLike) -> Selector:
+    """A Selector from its text form, a predicate, or None (everything)."""
+    if spec is None or spec == "*" or spec == "":
+        return EVERYTHING
+    if isinstance(spec, Selector):
+        return spec
+    if callable(spec):
+        return Where(spec)
+    if spec.startswith("kind:"):
+        return Kind(spec[5:])
+    if spec.startswith("in:"):
+        return Inside(spec[3:])
+    return PathGlob(spec)

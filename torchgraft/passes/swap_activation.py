@@ -1,0 +1,73 @@
+"""``swap-activation``: replace one activation by another at every site and in every spelling."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch.nn.functional as F
+
+from torchgraft.ir.activations import ActKind
+from torchgraft.ir.model import Model
+from torchgraft.ir.nodes import Node
+from torchgraft.ir.primitives import Activation
+from torchgraft.passes.base import Match, Pass
+from torchgraft.passes.rewrite import fmap
+from torchgraft.passes.selectors import Site, parse_selector
+
+
+def supports_inplace(kind: ActKind) -> bool:
+    """Whether ``F.<kind>`` takes ``inplace=`` (else in-place sites are written as ``x.copy_(f(x))``)."""
+    return "inplace" in inspect.signature(getattr(F, kind.functional)).parameters
+
+
+@dataclass(frozen=True)
+class SwapActivation(Pass):
+    """Swap every ``from`` activation for ``to``: modules (``nn.ReLU``), ``F.relu``, ``torch.relu``,
+    ``x.relu()`` and in-place forms alike. In-place sites stay in-place.
+
+    Options: ``from`` and ``to`` (relu, relu6, leaky_relu, gelu, silu, hardswish, hardsigmoid,
+    sigmoid, tanh, elu, mish, ...), ``where`` (a selector), and the new activation's own
+    options: ``negative_slope`` (leaky_relu), ``approximate`` (gelu: none/tanh), ``alpha`` (elu).
+
+    Before/after::
+
+        self.relu = nn.ReLU(inplace=True)    ->   self.relu = nn.SiLU(inplace=True)
+        return F.relu(out + x)               ->   return F.silu(out + x)
+    """
+
+    name: ClassVar[str] = "swap-activation"
+    keeps_semantics: ClassVar[bool] = False
+    from_: str = "relu"
+    to: str = "silu"
+    where: str | None = None
+    negative_slope: float | None = None
+    approximate: str | None = None
+    alpha: float | None = None
+
+    def _new(self, old: Activation) -> Activation:
+        kind = ActKind.parse(self.to)
+        given = {"negative_slope": self.negative_slope, "approximate": self.approximate, "alpha": self.alpha}
+        opts: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        bad = set(opts) - set(kind.options)
+        if bad:
+            raise ValueError(f"swap-activation: {kind.functional} has no option(s) {sorted(bad)}; "
+                             f"it takes {sorted(kind.options) or 'none'}")
+        return Activation.of(kind, inplace=old.inplace, spelling=old.spelling, **opts)
+
+    def rewrite(self, model: Model) -> tuple[Model, list[Match]]:
+        src = ActKind.parse(self.from_)
+        ActKind.parse(self.to)
+        sel = parse_selector(self.where)
+        matches: list[Match] = []
+
+        def fn(site: Site, spelling: str) -> Node | None:
+            node = site.node
+            if isinstance(node, Activation) and node.kind is src and sel(site):
+                matches.append(Match(site.path, node.kind.functional + (" in-place" if node.inplace else ""),
+                                     spelling))
+                return self._new(node)
+            return None
+
+        return fmap(model, fn), matches
