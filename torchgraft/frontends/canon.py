@@ -8,12 +8,9 @@ write each back the way it was.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
-import torch.nn.functional as F
-
-from torchgraft.ir.activations import FUNCTIONAL_ACTIVATIONS, ActKind, Spelling
+from torchgraft.ir.activations import FUNCTIONAL_ACTIVATIONS, ActKind, Spelling, functional_params
 from torchgraft.ir.graph import FunctionCall, MethodCall, PrimCall, Target
 from torchgraft.ir.primitives import Activation
 from torchgraft.ir.values import Arg, Const
@@ -47,12 +44,14 @@ def canonical_target(target: Target, args: tuple[Arg, ...], kwargs: tuple[tuple[
         return target, args, kwargs
     kind, spelling, inplace = found
     if spelling is Spelling.FUNCTIONAL:
-        fn = getattr(F, kind.functional)
-        try:
-            bound = inspect.signature(fn).bind(*args, **dict(kwargs))
-        except TypeError:
+        params = functional_params(kind)
+        if len(args) > len(params) or any(k not in params for k, _ in kwargs):
             return target, args, kwargs
-        extra = dict(list(bound.arguments.items())[1:])
+        extra = dict(zip(params[1:], args[1:]))
+        for k, v in kwargs:
+            if k == params[0] or k in extra:
+                return target, args, kwargs
+            extra[k] = v
     else:
         if len(args) != 1 or kwargs:
             return target, args, kwargs

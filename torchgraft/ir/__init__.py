@@ -15,7 +15,7 @@ from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import (Block, Chain, ChildRef, ClassRef, Combine, CombineKind, Container, Node, Opaque,
                                  Parallel, SkipConnection, StateSpec, module_children)
 from torchgraft.ir.primitives import (Activation, BatchNorm, Conv, Dropout as DropoutOp, GroupNorm, Identity,
-                                      LayerNorm, Linear, Primitive, TorchLayer)
+                                      LayerNorm, Linear, Primitive, TorchLayer)  # noqa: F401
 from torchgraft.ir.traverse import find, map_tree, replace_at, walk
 from torchgraft.ir.types import UNKNOWN, Dim, ScalarType, TensorType, ValueType
 from torchgraft.ir.values import Const, Ref, Seq, Slice, Training
@@ -27,5 +27,5 @@ __all__ = [
     "Helper", "Identity", "Input", "InputKind", "LayerNorm", "Linear", "LinearLayer", "MaxPool2d", "MethodCall",
     "Model", "Node", "Op", "Opaque", "Parallel", "PrimCall", "Primitive", "ReLU", "Ref", "ScalarType", "Seq",
     "SiLU", "Sigmoid", "SkipConnection", "Slice", "Spelling", "StateSpec", "Tanh", "TensorType", "Training",
-    "ValueType", "find", "map_tree", "module_children", "replace_at", "walk",
+    "TorchLayer", "ValueType", "find", "map_tree", "module_children", "replace_at", "walk",
 ]

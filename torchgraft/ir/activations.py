@@ -53,3 +53,16 @@ class ActKind(enum.Enum):
 
 FUNCTIONAL_ACTIVATIONS = {k.functional: k for k in ActKind}
 """``torch.nn.functional`` name → kind."""
+
+
+def functional_params(kind: ActKind) -> list[str]:
+    """Parameter names of ``F.<kind>`` in order (input first); builtins without a signature
+    (``F.gelu``) fall back to ``input`` plus the kind's options."""
+    import inspect
+
+    import torch.nn.functional as F
+
+    try:
+        return list(inspect.signature(getattr(F, kind.functional)).parameters)
+    except (TypeError, ValueError):
+        return ["input", *kind.options]

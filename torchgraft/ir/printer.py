@@ -70,12 +70,13 @@ def _call_text(fn: str, args: list[str]) -> str:
 def _prim_call(prim: Primitive, args: list[str]) -> str:
     if not isinstance(prim, Activation):
         return _call_text(prim.label(), args)
-    opts = [f"{k}={v!r}" for k, v in prim.options] + (["inplace=True"] if prim.inplace else [])
-    kind, how = prim.kind, prim.spelling.value
+    opts = [f"{k}={v!r}" for k, v in prim.options]
+    kind, how, under = prim.kind, prim.spelling.value, "_" if prim.inplace else ""
     if how == "method" and kind.method and args:
-        return _call_text(f"{args[0]}.{kind.method}{'_' if prim.inplace else ''}", args[1:] + opts)
+        return _call_text(f"{args[0]}.{kind.method}{under}", args[1:] + opts)
     if how == "torch" and kind.torch_fn:
-        return _call_text(f"torch.{kind.torch_fn}", args + opts)
+        return _call_text(f"torch.{kind.torch_fn}{under}", args + opts)
+    opts += ["inplace=True"] if prim.inplace else []
     return _call_text(f"F.{kind.functional}", args + opts)
 
 

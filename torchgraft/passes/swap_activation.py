@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any, ClassVar
-
-import torch.nn.functional as F
 
 from torchgraft.ir.activations import ActKind
 from torchgraft.ir.model import Model
@@ -15,11 +12,6 @@ from torchgraft.ir.primitives import Activation
 from torchgraft.passes.base import Match, Pass
 from torchgraft.passes.rewrite import fmap
 from torchgraft.passes.selectors import Site, parse_selector
-
-
-def supports_inplace(kind: ActKind) -> bool:
-    """Whether ``F.<kind>`` takes ``inplace=`` (else in-place sites are written as ``x.copy_(f(x))``)."""
-    return "inplace" in inspect.signature(getattr(F, kind.functional)).parameters
 
 
 @dataclass(frozen=True)

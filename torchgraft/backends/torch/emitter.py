@@ -124,48 +124,53 @@ def emit(model: Model) -> EmittedCode:
     return EmittedCode(source, dict(model.weights), root_name, dict(model.constants))
 
 
-def _assemble(model: Model, table: ClassTable, runtime: list[str], root_expr: str, root_name: str) -> str:
-    root_expr = root_expr.replace("\n", "\n    ")
-    origin = model.report and getattr(model.report, "origin", "") or model.name
-    head = [f'"""Emitted by torchgraft from {_safe_doc(origin)}. Needs only torch and safetensors."""\n\n']
-    std = sorted({"collections" if "OrderedDict" in d else "" for d in table.defs} - {""})
-    imports = ["from pathlib import Path\n"]
-    if any("OrderedDict(" in d for d in table.defs) or "OrderedDict(" in root_expr:
-        imports.append("from collections import OrderedDict\n")
-    helper_imports = sorted({h.source for h in model.helpers if h.name.startswith("import:")})
-    imports += [f"import {m}\n" for m in sorted(table.imports - {"torch"})]
-    del std
-    imports += ["\nimport torch\n", "import torch.nn.functional as F\n", "from torch import Tensor, nn\n"]
+def _imports(model: Model, table: ClassTable, body: str) -> str:
+    """The import block: only what the body uses."""
+    std = ["from pathlib import Path\n"]
+    if "OrderedDict(" in body:
+        std.append("from collections import OrderedDict\n")
+    std += [f"import {m}\n" for m in sorted(table.imports - {"torch"})]
+    std += sorted({h.source for h in model.helpers if h.name.startswith("import:")})
+    torch_lines = ["import torch\n"]
+    if re.search(r"\bF\.", body):
+        torch_lines.append("import torch.nn.functional as F\n")
+    names = [n for n in ("Tensor", "nn") if re.search(rf"\b{n}\b", body)]
+    if names:
+        torch_lines.append(f"from torch import {', '.join(names)}\n")
     opaque = [f"from {m} import {q.split('.')[0]}{'' if a == q.split('.')[0] else ' as ' + a}\n"
               for (m, q), a in sorted(table.opaque_imports.items())]
     if opaque:
         opaque.insert(0, "\n# opaque modules: torchgraft could not see into these, so they are imported\n")
-    parts = head + imports + helper_imports + opaque
-    consts = [h.source for h in model.helpers if h.name.startswith("const:")]
-    if consts:
-        parts += ["\n"] + consts
-    for h in model.helpers:
-        if not h.name.startswith(("import:", "const:")):
-            parts += ["\n\n", h.source]
-    for block in runtime + table.defs:
-        parts += ["\n\n", block]
-    parts += ["\n\n", f"def build() -> {root_name}:\n", '    """The model, freshly initialised."""\n']
+    return "".join(sorted(set(std), key=std.index)) + "\n" + "".join(torch_lines) + "".join(opaque)
+
+
+def _entry_points(model: Model, root_expr: str, root_name: str) -> str:
+    root_expr = root_expr.replace("\n", "\n    ")
+    build = [f"def build() -> {root_name}:\n", '    """The model, freshly initialised."""\n']
     if model.constants:
-        parts += [f"    model = {root_expr}\n", "    _load_constants(model)\n", "    return model\n"]
+        build += [f"    model = {root_expr}\n", "    _load_constants(model)\n", "    return model\n"]
     else:
-        parts.append(f"    return {root_expr}\n")
-    parts += [
-              "\n\n",
-              f'def load(weights: str | Path = Path(__file__).with_name("{WEIGHTS}")) -> {root_name}:\n',
-              '    """The model with the weights beside this file loaded (strict=True)."""\n',
-              "    from safetensors.torch import load_file\n\n",
-              "    model = build()\n",
-              "    model.load_state_dict(load_file(str(weights)), strict=True)\n",
-              "    return model\n"]
-    if model.constants:
-        parts += ["\n\n", LOAD_CONSTANTS]
-    text = "".join(parts)
-    return re.sub(r"\n{4,}", "\n\n\n", text)
+        build.append(f"    return {root_expr}\n")
+    load = [f"def load(weights: str | Path | None = None) -> {root_name}:\n",
+            '    """The model with weights loaded strict=True (default: the file beside this one)."""\n',
+            "    from safetensors.torch import load_file\n\n",
+            "    model = build()\n",
+            f'    path = weights if weights is not None else Path(__file__).with_name("{WEIGHTS}")\n',
+            "    model.load_state_dict(load_file(str(path)), strict=True)\n",
+            "    return model\n"]
+    extra = ["\n\n" + LOAD_CONSTANTS] if model.constants else []
+    return "".join(build) + "\n\n" + "".join(load) + "".join(extra)
+
+
+def _assemble(model: Model, table: ClassTable, runtime: list[str], root_expr: str, root_name: str) -> str:
+    origin = str(model.root.cls) if isinstance(model.root, Block) else model.name
+    head = f'"""Emitted by torchgraft from {_safe_doc(origin)}. Needs only torch and safetensors."""\n\n'
+    sections = [h.source for h in model.helpers if h.name.startswith("const:")]
+    sections = (["".join(sections)] if sections else [])
+    sections += [h.source for h in model.helpers if not h.name.startswith(("import:", "const:"))]
+    sections += runtime + table.defs + [_entry_points(model, root_expr, root_name)]
+    body = "\n\n".join(sections)
+    return re.sub(r"\n{4,}", "\n\n\n", head + _imports(model, table, body) + "\n\n" + body)
 
 
 LOAD_CONSTANTS = f'''def _load_constants(model: nn.Module) -> None:

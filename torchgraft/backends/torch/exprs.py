@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from torchgraft.errors import EmitError
-from torchgraft.ir.activations import Spelling
+from torchgraft.ir.activations import Spelling, functional_params
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, MethodCall, Op, PrimCall
 from torchgraft.ir.primitives import Activation, Primitive
 from torchgraft.ir.values import Arg, Const, Ref, Seq, Slice, Training
@@ -115,7 +113,7 @@ def activation_code(prim: Activation, x: Code) -> Code:
     plain = f"torch.{k.functional}" if k.functional in ("sigmoid", "tanh") else f"F.{k.functional}"
     if not prim.inplace:
         return Code(f"{plain}({', '.join([x.text] + opts)})")
-    if plain.startswith("F.") and "inplace" in inspect.signature(getattr(F, k.functional)).parameters:
+    if plain.startswith("F.") and "inplace" in functional_params(k):
         return Code(f"{plain}({', '.join([x.text] + opts + ['inplace=True'])})")
     if not opts and hasattr(torch.Tensor, k.functional + "_"):
         return Code(f"{recv}.{k.functional}_()", POSTFIX)
