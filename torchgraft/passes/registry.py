@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from torchgraft.passes.base import Pass
+from torchgraft.passes.cleanup import EliminateIdentity, FlattenChains, RemoveDropout
 from torchgraft.passes.fuse_conv_bn import FuseConvBN
 from torchgraft.passes.swap_activation import SwapActivation
 
 REGISTRY: dict[str, type[Pass]] = {cls.name: cls for cls in (
     SwapActivation,
     FuseConvBN,
+    RemoveDropout,
+    EliminateIdentity,
+    FlattenChains,
 )}

@@ -1,0 +1,217 @@
+"""Clean-up passes: ``remove-dropout``, ``eliminate-identity``, ``flatten-chains``.
+
+They tidy a model after other passes. ``remove-dropout`` keeps every state_dict key;
+the other two may rename keys (later Sequential indices shift), and say so in the
+report's ``keys_renamed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Op
+from torchgraft.ir.model import Model
+from torchgraft.ir.nodes import Block, Chain, Node
+from torchgraft.ir.primitives import Dropout, Identity
+from torchgraft.ir.traverse import join, map_tree
+from torchgraft.ir.values import Ref, rename_refs
+from torchgraft.passes.base import Match, Pass
+from torchgraft.passes.selectors import Site, parse_selector
+
+_DROPOUT_FNS = {"torch.nn.functional.dropout", "torch.dropout", "torch.nn.functional.dropout1d",
+                "torch.nn.functional.dropout2d", "torch.nn.functional.dropout3d",
+                "torch.nn.functional.alpha_dropout"}
+
+
+def drop_passthrough_ops(g: Graph, drop: set[str]) -> Graph:
+    """``g`` without the named ops, each of which returns its first argument unchanged."""
+    ren: dict[str, str] = {}
+    ops = []
+    for op in g.ops:
+        if op.name in drop and op.args and isinstance(op.args[0], Ref):
+            ren[op.name] = ren.get(op.args[0].name, op.args[0].name)
+            continue
+        ops.append(replace(op, args=tuple(rename_refs(a, ren) for a in op.args),
+                           kwargs=tuple((k, rename_refs(v, ren)) for k, v in op.kwargs)))
+    return Graph(g.inputs, tuple(ops), rename_refs(g.output, ren))
+
+
+def _block_without(block: Block, path: str, is_gone: object, matches: list[Match], what: str) -> Block:
+    """Remove children for which ``is_gone(site)`` holds, and the ops calling them (and F.dropout ops)."""
+    gone = {n for n, c in block.children if is_gone(Site(join(path, n), c))}  # type: ignore[operator]
+    graphs = [g for g in (block.body, block.train_body) if isinstance(g, Graph)]
+    if not graphs:
+        return block
+    calls = {n: [op for g in graphs for op in g.ops if isinstance(op.target, ChildCall) and op.target.path == n]
+             for n in gone}
+    gone = {n for n in gone if calls[n] and all(len(op.reads()) == 1 and not op.kwargs for op in calls[n])}
+    drop = {op.name for n in gone for op in calls[n]}
+    if what == "dropout":
+        fn_drops = {op.name for g in graphs for op in g.ops if _is_dropout_call(op)}
+        drop |= fn_drops
+        matches += [Match(join(path, n), "F.dropout", "functional") for n in sorted(fn_drops)]
+    if not drop:
+        return block
+    matches += [Match(join(path, n), what) for n in sorted(gone)]
+    body, train = (drop_passthrough_ops(g, drop) if isinstance(g, Graph) else g
+                   for g in (block.body, block.train_body))
+    return replace(block, children=tuple((n, c) for n, c in block.children if n not in gone),
+                   body=body, train_body=train)
+
+
+def _is_dropout_call(op: Op) -> bool:
+    return isinstance(op.target, FunctionCall) and op.target.qualname in _DROPOUT_FNS
+
+
+@dataclass(frozen=True)
+class RemoveDropout(Pass):
+    """Remove dropout (modules, ``F.dropout``): an inference clean-up; keys are unchanged.
+
+    Before/after::
+
+        self.fc(self.dropout(x))                 ->  self.fc(x)
+        nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.1))  ->  nn.Sequential(nn.Linear(8, 8), nn.Identity())
+    """
+
+    name: ClassVar[str] = "remove-dropout"
+    keeps_semantics: ClassVar[bool] = True
+    where: str | None = None
+
+    def rewrite(self, model: Model) -> tuple[Model, list[Match]]:
+        sel = parse_selector(self.where)
+        matches: list[Match] = []
+        is_drop = lambda s: isinstance(s.node, Dropout) and sel(s)  # noqa: E731
+
+        def fn(path: str, node: Node) -> Node:
+            if isinstance(node, Chain):
+                items = tuple(Identity() if is_drop(Site(join(path, n), c)) else c for n, c in node.named())
+                matches.extend(Match(join(path, n), "dropout") for (n, a), b in zip(node.named(), items) if a != b)
+                return Chain(*items, names=node.names) if items != node.items else node
+            if isinstance(node, Block):
+                return _block_without(node, path, is_drop, matches, "dropout")
+            return node
+
+        return model.with_root(map_tree(model.root, fn)), matches
+
+
+def _rename_prefix(keys: list[str], old: str, new: str) -> dict[str, str]:
+    return {k: new + k[len(old):] for k in keys if k == old or k.startswith(old + ".")}
+
+
+def _apply_renames(model: Model, root: Node, renames: dict[str, str]) -> Model:
+    weights = {renames.get(k, k): v for k, v in model.weights.items()}
+    constants = {renames.get(k, k): v for k, v in model.constants.items()}
+    return replace(model, root=root, weights=weights, constants=constants, types=())
+
+
+@dataclass(frozen=True)
+class EliminateIdentity(Pass):
+    """Remove ``nn.Identity`` layers: Sequential items (later indices shift: keys renamed) and
+    Block children together with the calls to them.
+
+    Before/after::
+
+        nn.Sequential(nn.Conv2d(3, 8, 3), nn.Identity(), nn.ReLU())  ->  nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
+        (key 2.* is not affected: ReLU has none; a later Conv at index 3 would become 2)
+    """
+
+    name: ClassVar[str] = "eliminate-identity"
+    renames: ClassVar[bool] = True
+    where: str | None = None
+
+    def rewrite(self, model: Model) -> tuple[Model, list[Match]]:
+        sel = parse_selector(self.where)
+        matches: list[Match] = []
+        renames: dict[str, str] = {}
+        keys = list(model.weights)
+        is_id = lambda s: isinstance(s.node, Identity) and sel(s)  # noqa: E731
+
+        def fn(path: str, node: Node) -> Node:
+            if isinstance(node, Chain):
+                return self._chain(path, node, is_id, matches, renames, keys)
+            if isinstance(node, Block):
+                return _block_without(node, path, is_id, matches, "identity")
+            return node
+
+        root = map_tree(model.root, fn)
+        return _apply_renames(model, root, renames), matches
+
+    @staticmethod
+    def _chain(path: str, node: Chain, is_id: object, matches: list[Match], renames: dict[str, str],
+               keys: list[str]) -> Node:
+        kept = [(n, c) for n, c in node.named() if not is_id(Site(join(path, n), c))]  # type: ignore[operator]
+        if len(kept) == len(node.items) or not kept:
+            return node
+        matches.extend(Match(join(path, n), "identity") for n, c in node.named() if (n, c) not in kept)
+        numbered = node.names == tuple(str(i) for i in range(len(node.items)))
+        names = tuple(str(i) for i in range(len(kept))) if numbered else tuple(n for n, _ in kept)
+        for (old, _), new in zip(kept, names):
+            if old != new:
+                renames.update(_rename_prefix(keys, join(path, old), join(path, new)))
+        return Chain(*(c for _, c in kept), names=names)
+
+    def key_map(self, before: Model, after: Model) -> dict[str, str]:
+        """Old → new keys of Sequential items whose index shifted."""
+        renames: dict[str, str] = {}
+        keys = list(before.weights)
+        sel = parse_selector(self.where)
+        is_id = lambda s: isinstance(s.node, Identity) and sel(s)  # noqa: E731
+
+        def fn(path: str, node: Node) -> Node:
+            if isinstance(node, Chain):
+                return self._chain(path, node, is_id, [], renames, keys)
+            return node
+
+        map_tree(before.root, fn)
+        return renames
+
+
+@dataclass(frozen=True)
+class FlattenChains(Pass):
+    """Splice Sequentials nested directly in Sequentials into their parent (keys renamed).
+
+    Before/after::
+
+        nn.Sequential(nn.Sequential(conv, bn), relu)  ->  nn.Sequential(conv, bn, relu)
+        keys 0.0.weight -> 0.weight, 0.1.* -> 1.*
+    """
+
+    name: ClassVar[str] = "flatten-chains"
+    renames: ClassVar[bool] = True
+
+    def rewrite(self, model: Model) -> tuple[Model, list[Match]]:
+        renames: dict[str, str] = {}
+        matches: list[Match] = []
+        root = self._flatten(model, renames, matches)
+        return _apply_renames(model, root, renames), matches
+
+    def _flatten(self, model: Model, renames: dict[str, str], matches: list[Match]) -> Node:
+        keys = list(model.weights)
+
+        def fn(path: str, node: Node) -> Node:
+            if not isinstance(node, Chain) or not any(isinstance(c, Chain) for c in node.items):
+                return node
+            if node.names != tuple(str(i) for i in range(len(node.items))):
+                return node
+            flat: list[tuple[str, Node]] = []
+            for n, c in node.named():
+                inner = c.named() if isinstance(c, Chain) and all(
+                    x == str(i) for i, x in enumerate(c.names)) else ((None, c),)
+                if isinstance(c, Chain):
+                    matches.append(Match(join(path, n), f"Chain of {len(c.items)}"))
+                for sub, item in inner:
+                    old = join(join(path, n), sub) if sub is not None else join(path, n)
+                    new = join(path, str(len(flat)))
+                    if old != new:
+                        renames.update(_rename_prefix(keys, old, new))
+                    flat.append((str(len(flat)), item))
+            return Chain(*(c for _, c in flat), names=tuple(n for n, _ in flat))
+
+        return map_tree(model.root, fn)
+
+    def key_map(self, before: Model, after: Model) -> dict[str, str]:
+        renames: dict[str, str] = {}
+        self._flatten(before, renames, [])
+        return renames
+
