@@ -86,7 +86,11 @@ class _Recognizer:
                 return src, SkipConnection(other, combine)
             if any(b == _IDENTITY for b in bodies):
                 raise _Misfit
-            return src, Parallel(tuple(bodies), combine)
+            flat: list[Node] = []
+            for b in bodies:  # (a + b) + c reads as one three-way Parallel
+                same = isinstance(b, Parallel) and b.combine == combine and combine.kind is not CombineKind.CONCAT
+                flat.extend(b.branches if same else (b,))  # type: ignore[union-attr]
+            return src, Parallel(tuple(flat), combine)
         inp = _unary_input(op)
         if inp is None:
             raise _Misfit
