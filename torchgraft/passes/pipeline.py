@@ -15,7 +15,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Union, get_type_hints
 
-from torchgraft.errors import TorchgraftError
+from torchgraft.errors import IRError, TorchgraftError
+from torchgraft.retype import retype
 from torchgraft.ir.model import Model
 from torchgraft.passes.base import Pass, PassReport
 from torchgraft.passes.registry import REGISTRY
@@ -111,6 +112,15 @@ class PassResult:
         return "\n".join(str(r) for r in self.reports)
 
 
+def _typable(model: Model) -> bool:
+    """Whether the model replays on meta tensors (so types can be re-inferred after each pass)."""
+    try:
+        retype(model)
+    except Exception:  # noqa: BLE001 - data-dependent models do not run on meta; keep their types
+        return False
+    return True
+
+
 def run(model: Model, pipeline: str | Pass | list[Pass], *, dry_run: bool = False,
         verify: bool = True) -> PassResult:
     """Run a pipeline (text or pass objects) over ``model``; ``ir.verify`` after every pass.
@@ -123,8 +133,14 @@ def run(model: Model, pipeline: str | Pass | list[Pass], *, dry_run: bool = Fals
         [pipeline] if isinstance(pipeline, Pass) else list(pipeline))
     reports = []
     current = model
+    typed = _typable(model)
     for p in passes:
         new, matches = p.rewrite(current)
+        if typed and new is not current:
+            try:
+                new = retype(new)
+            except IRError as e:
+                raise TorchgraftError(f"pass {p.name} broke the model's types: {e}") from e
         if verify:
             try:
                 verify_model(new)

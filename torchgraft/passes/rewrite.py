@@ -79,3 +79,33 @@ def count_params(model: Model) -> int:
     tied = {alias for alias, _ in model.ties}
     return sum(math.prod(v.shape) for k, v in model.weights.items()
                if k not in buffers and not any(k == a or k.startswith(a + ".") for a in tied))
+
+
+def rename_children(block: Block, renames: dict[str, str]) -> Block:
+    """``block`` with direct children renamed (``old -> new``) and every call/attr path updated.
+
+    Only for children without state: their state_dict keys do not change.
+    """
+    if not renames:
+        return block
+    from torchgraft.ir.graph import ChildCall, GetAttr
+
+    def fix(path: str) -> str:
+        head, _, rest = path.partition(".")
+        return renames.get(head, head) + ("." + rest if rest else "")
+
+    def graph(g: Node | None) -> Node | None:
+        if not isinstance(g, Graph):
+            return g
+        ops = []
+        for op in g.ops:
+            t = op.target
+            if isinstance(t, ChildCall):
+                op = replace(op, target=ChildCall(fix(t.path)))
+            elif isinstance(t, GetAttr):
+                op = replace(op, target=GetAttr(fix(t.path)))
+            ops.append(op)
+        return Graph(g.inputs, tuple(ops), g.output)
+
+    children = tuple((renames.get(n, n), c) for n, c in block.children)
+    return replace(block, children=children, body=graph(block.body), train_body=graph(block.train_body))  # type: ignore[arg-type]

@@ -10,7 +10,9 @@ from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Node
 from torchgraft.ir.primitives import Activation
 from torchgraft.passes.base import Match, Pass
-from torchgraft.passes.rewrite import fmap
+from torchgraft.ir.nodes import Block
+from torchgraft.ir.traverse import map_tree
+from torchgraft.passes.rewrite import fmap, rename_children
 from torchgraft.passes.selectors import Site, parse_selector
 
 
@@ -62,4 +64,28 @@ class SwapActivation(Pass):
                 return self._new(node)
             return None
 
-        return fmap(model, fn), matches
+        new = fmap(model, fn)
+        return self._rename(new, src, ActKind.parse(self.to)), matches
+
+    @staticmethod
+    def _rename(model: Model, src: ActKind, dst: ActKind) -> Model:
+        """Children named after the old activation (``self.relu``) take the new one's name (``self.silu``)."""
+        old, new = src.functional, dst.functional
+
+        def fn(path: str, node: Node) -> Node:
+            if not isinstance(node, Block):
+                return node
+            names = {n for n, _ in node.children} | {s.name for s in node.state}
+            renames = {}
+            for n, c in node.children:
+                if isinstance(c, Activation) and c.kind is dst and old in n and not c.state():
+                    candidate = n.replace(old, new)
+                    if candidate not in names and candidate.isidentifier():
+                        renames[n] = candidate
+                        names.add(candidate)
+            return rename_children(node, renames)
+
+        if old == new:
+            return model
+        root = map_tree(model.root, fn)
+        return model if root is model.root else model.with_root(root)
