@@ -10,11 +10,13 @@ PyTorch source plus weights that load without torchgraft::
     rebuilt = code.materialize()   # the emitted model, weights loaded
 """
 
-from torchgraft import ir
+from torchgraft import ir, passes
 from torchgraft.backends.torch.emitter import EmittedCode, emit
+from torchgraft.check import CheckReport, check
 from torchgraft.errors import CaptureError, EmitError, IRError, TorchgraftError
 from torchgraft.frontends.capture import capture
 
 __version__ = "0.1.0"
 
-__all__ = ["CaptureError", "EmitError", "EmittedCode", "IRError", "TorchgraftError", "capture", "emit", "ir"]
+__all__ = ["CaptureError", "CheckReport", "EmitError", "EmittedCode", "IRError", "TorchgraftError", "capture", "check",
+           "emit", "ir", "passes"]

@@ -18,8 +18,9 @@ neither is a Linear layer LoRA could wrap; selecting one explicitly is an error.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -141,14 +142,16 @@ class LoRA(Pass):
                     moved[join(p, key)] = join(p, f"base.{key}")
                     weights[join(p, f"base.{key}")] = weights.pop(join(p, key))
             ref = weights.get(join(p, "base.weight"))
-            like = {"dtype": ref.dtype, "device": ref.device} if isinstance(ref, torch.Tensor) else {}
+            dtype = ref.dtype if isinstance(ref, torch.Tensor) else torch.float32
+            device = ref.device if isinstance(ref, torch.Tensor) else None
             a = torch.empty(self.r, node.in_features, dtype=torch.float32)
             nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=gen)
-            weights[join(p, "lora_A.weight")] = a.to(**like)
-            weights[join(p, "lora_B.weight")] = torch.zeros(node.out_features, self.r, **like)
-            for op in block.body.ops:  # type: ignore[union-attr]
-                if isinstance(op.target, ChildCall):
-                    types[join(p, op.target.path)] = op.type
+            weights[join(p, "lora_A.weight")] = a.to(dtype=dtype, device=device)
+            weights[join(p, "lora_B.weight")] = torch.zeros(node.out_features, self.r, dtype=dtype, device=device)
+            types.update({join(p, "base"): out_type, join(p, "lora_A"): _retyped(out_type, self.r),
+                          join(p, "lora_B"): out_type})
+            if self.dropout > 0:
+                types[join(p, "lora_dropout")] = _retyped(out_type, node.in_features)
             matches.append(Match(p, f"Linear({node.in_features} -> {node.out_features}) + LoRA(r={self.r})"))
             return block
 

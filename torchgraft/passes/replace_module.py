@@ -26,9 +26,9 @@ inside it). ``tensors`` are the module's state_dict entries with keys relative t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 import torch
 
@@ -45,7 +45,7 @@ from torchgraft.passes.base import Match, Pass
 from torchgraft.passes.selectors import Site, parse_selector
 
 Tensors = dict[str, torch.Tensor]
-Factory = Callable[[Site, Tensors], Optional[tuple[Node, Tensors]]]
+Factory = Callable[[Site, Tensors], tuple[Node, Tensors] | None]
 """``fn(site, tensors) -> (new_node, new_tensors)`` or None to keep the module; keys relative to it."""
 
 BUILTIN_TARGETS = ("groupnorm", "frozenbatchnorm", "identity")
@@ -84,7 +84,7 @@ def groupnorm_for(bn: BatchNorm, tensors: Tensors, groups: int = 32) -> tuple[Gr
     """``nn.GroupNorm`` replacing ``bn``: the largest group count <= ``groups`` dividing C; affine carried."""
     c = bn.num_features
     g = max(d for d in range(1, min(groups, c) + 1) if c % d == 0)
-    kept = {k: tensors[k] for k in ("weight", "bias") if bn.affine and k in tensors}
+    kept: Tensors = {k: tensors[k] for k in ("weight", "bias") if bn.affine and k in tensors}
     return GroupNorm("GroupNorm", g, c, bn.eps, bn.affine), kept
 
 
@@ -243,7 +243,7 @@ class ReplaceModule(Pass):
             inner = enclosing + ((node.cls.name,) if isinstance(node, Block) else ())
             kids = module_children(node)
             new_kids = tuple((n, visit(c, join(path, n), inner)) for n, c in kids)
-            if any(a is not b for (_, a), (_, b) in zip(kids, new_kids)):
+            if any(a is not b for (_, a), (_, b) in zip(kids, new_kids, strict=True)):
                 node = with_children(node, new_kids)
             return node
 
@@ -266,7 +266,7 @@ class ReplaceModule(Pass):
         return []
 
 
-def _by_owner(store: dict[str, object]) -> dict[str, list[str]]:
+def _by_owner(store: Mapping[str, object]) -> dict[str, list[str]]:
     """Module path -> the keys below it (``"a.b.weight"`` is below ``"a"`` and ``"a.b"``)."""
     out: dict[str, list[str]] = {}
     for key in store:
