@@ -48,29 +48,36 @@ import importlib.util, json, sys
 sys.modules["torchgraft"] = None  # the emitted code must not need torchgraft
 import torch
 from safetensors.torch import load_file, save_file
-folder, inputs_file, out_file, batches = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-spec = importlib.util.spec_from_file_location("emitted_model", folder + "/model.py")
-mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-model = mod.load().eval()
-inputs = load_file(inputs_file)
-outs = {}
-with torch.no_grad():
-    for key, x in inputs.items():
-        y = model(x)
-        outs[key] = y if isinstance(y, torch.Tensor) else y[0]
-save_file(outs, out_file)
+for folder in json.loads(sys.argv[1]):
+    spec = importlib.util.spec_from_file_location("emitted_model", folder + "/model.py")
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    model = mod.load().eval()
+    outs = {}
+    with torch.no_grad():
+        for key, x in load_file(folder + "/inputs.safetensors").items():
+            y = model(x)
+            outs[key] = y if isinstance(y, torch.Tensor) else y[0]
+    save_file(outs, folder + "/outputs.safetensors")
+    del model, mod
 """
 
 
-def run_fresh(folder: Path, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Load ``folder/model.py`` in a new Python process where ``import torchgraft`` fails; run inputs."""
+def run_fresh_many(jobs: dict[Path, dict[str, torch.Tensor]]) -> dict[Path, dict[str, torch.Tensor]]:
+    """Load each ``folder/model.py`` in one new Python process where ``import torchgraft`` fails,
+    run its inputs through ``load()``, and return the outputs per folder."""
     from safetensors.torch import load_file, save_file
 
-    inputs_file, out_file = folder / "inputs.safetensors", folder / "outputs.safetensors"
-    save_file({k: v.contiguous() for k, v in inputs.items()}, str(inputs_file))
+    for folder, inputs in jobs.items():
+        save_file({k: v.contiguous() for k, v in inputs.items()}, str(folder / "inputs.safetensors"))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(folder), str(inputs_file), str(out_file),
-                           json.dumps(list(inputs))], capture_output=True, text=True, env=env, cwd=folder)
+    first = next(iter(jobs))
+    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps([str(f) for f in jobs])],
+                          capture_output=True, text=True, env=env, cwd=first)
     if proc.returncode != 0:
         raise AssertionError(f"emitted model failed in a fresh process:\n{proc.stderr[-3000:]}")
-    return load_file(str(out_file))
+    return {folder: load_file(str(folder / "outputs.safetensors")) for folder in jobs}
+
+
+def run_fresh(folder: Path, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``run_fresh_many`` for one folder."""
+    return run_fresh_many({folder: inputs})[folder]

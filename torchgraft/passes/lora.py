@@ -8,7 +8,9 @@ no torchgraft import needed) holding the original layer as ``base`` and two new 
 ``lora_A`` is initialised kaiming-uniform (seeded), ``lora_B`` with zeros, so the adapted
 model computes exactly what the original did. The original ``P.weight``/``P.bias`` move to
 ``P.base.weight``/``P.base.bias`` (the report's ``keys_renamed``); ``load_original`` loads a
-checkpoint of the original model into the adapted one through that key map.
+checkpoint of the original model into the adapted one through that key map. The emitted
+``build()`` initialises every layer the torch way (``lora_B`` too, so not zero): start from
+``load()`` or ``load_original`` to keep the original outputs.
 
 Only ``Linear`` layers can be wrapped. ``nn.MultiheadAttention`` keeps its input projection
 as one fused parameter (``in_proj_weight``) and calls ``out_proj.weight`` functionally, so
@@ -141,6 +143,13 @@ class LoRA(Pass):
                 if join(p, key) in weights:
                     moved[join(p, key)] = join(p, f"base.{key}")
                     weights[join(p, f"base.{key}")] = weights.pop(join(p, key))
+            matches.append(Match(p, f"Linear({node.in_features} -> {node.out_features}) + LoRA(r={self.r})"))
+            types.update({join(p, "base"): out_type, join(p, "lora_A"): _retyped(out_type, self.r),
+                          join(p, "lora_B"): out_type})
+            if self.dropout > 0:
+                types[join(p, "lora_dropout")] = _retyped(out_type, node.in_features)
+            if not model.weights:  # an IR without tensors (structure only) stays without
+                return block
             ref = weights.get(join(p, "base.weight"))
             dtype = ref.dtype if isinstance(ref, torch.Tensor) else torch.float32
             device = ref.device if isinstance(ref, torch.Tensor) else None
@@ -148,11 +157,6 @@ class LoRA(Pass):
             nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=gen)
             weights[join(p, "lora_A.weight")] = a.to(dtype=dtype, device=device)
             weights[join(p, "lora_B.weight")] = torch.zeros(node.out_features, self.r, dtype=dtype, device=device)
-            types.update({join(p, "base"): out_type, join(p, "lora_A"): _retyped(out_type, self.r),
-                          join(p, "lora_B"): out_type})
-            if self.dropout > 0:
-                types[join(p, "lora_dropout")] = _retyped(out_type, node.in_features)
-            matches.append(Match(p, f"Linear({node.in_features} -> {node.out_features}) + LoRA(r={self.r})"))
             return block
 
         new = fmap(model, fn)
@@ -228,13 +232,19 @@ def load_original(module: nn.Module, state_dict: Mapping[str, torch.Tensor],
     """Load a checkpoint of the original (pre-LoRA) model into the adapted ``module``, ``strict=True``.
 
     Keys are renamed through ``key_map`` (``LoRA().key_map(before, after)``, or the pass
-    report's ``keys_renamed``); the adapters' own ``lora_A``/``lora_B`` weights are kept as
-    they are in ``module``. Any other missing or unexpected key is an error. Returns ``module``.
+    report's ``keys_renamed``). The adapters are not in the checkpoint: ``lora_A`` keeps the
+    module's own initialisation and ``lora_B`` is set to zero, so the loaded model computes
+    exactly what the original did (whether ``module`` came from ``load()`` or a fresh
+    ``build()``). Any other missing or unexpected key is an error. Returns ``module``.
     """
     remapped = {key_map.get(k, k): v for k, v in state_dict.items()}
-    own = module.state_dict()
-    for key, value in own.items():
-        if key not in remapped and (".lora_A." in f".{key}" or ".lora_B." in f".{key}"):
+    for key, value in module.state_dict().items():
+        if key in remapped:
+            continue
+        parts = key.split(".")
+        if "lora_A" in parts[:-1]:
             remapped[key] = value
+        elif "lora_B" in parts[:-1]:
+            remapped[key] = torch.zeros_like(value)
     module.load_state_dict(remapped, strict=True)
     return module

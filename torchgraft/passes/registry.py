@@ -5,6 +5,8 @@ from __future__ import annotations
 from torchgraft.passes.base import Pass
 from torchgraft.passes.cleanup import EliminateIdentity, FlattenChains, RemoveDropout
 from torchgraft.passes.fuse_conv_bn import FuseConvBN
+from torchgraft.passes.lora import LoRA
+from torchgraft.passes.replace_module import ReplaceModule
 from torchgraft.passes.swap_activation import SwapActivation
 
 REGISTRY: dict[str, type[Pass]] = {cls.name: cls for cls in (
@@ -13,4 +15,6 @@ REGISTRY: dict[str, type[Pass]] = {cls.name: cls for cls in (
     RemoveDropout,
     EliminateIdentity,
     FlattenChains,
+    ReplaceModule,
+    LoRA,
 )}

@@ -36,8 +36,8 @@ from torchgraft.errors import TorchgraftError
 from torchgraft.ir.activations import ActKind
 from torchgraft.ir.graph import FunctionCall, GetAttr, Graph, Input, MethodCall, Op
 from torchgraft.ir.model import Model
-from torchgraft.ir.nodes import Block, ClassRef, Node, Opaque, StateSpec, module_children
-from torchgraft.ir.primitives import Activation, BatchNorm, GroupNorm, Identity, Primitive
+from torchgraft.ir.nodes import Block, Chain, ClassRef, Container, Node, Opaque, StateSpec, module_children
+from torchgraft.ir.primitives import Activation, BatchNorm, GroupNorm, Identity, Primitive, torch_defaults
 from torchgraft.ir.traverse import join, walk, with_children
 from torchgraft.ir.types import UNKNOWN, TensorType, ValueType
 from torchgraft.ir.values import Const, Ref
@@ -77,6 +77,10 @@ def _names(node: Node) -> set[str]:
         return {_key(n) for n in out}
     if isinstance(node, (Block, Opaque)):
         return {_key(node.cls.name), _key(node.cls.qualname), _key(str(node.cls))}
+    if isinstance(node, Chain):
+        return {"chain", "sequential"}
+    if isinstance(node, Container):
+        return {_key(node.kind)}
     return {_key(type(node).__name__)}
 
 
@@ -99,9 +103,12 @@ def frozen_batchnorm_for(bn: BatchNorm, tensors: Tensors, rank: int | None = Non
     if rank is None or rank < 2:
         raise ReplaceError(f"frozenbatchnorm: the input rank of this {bn.op} is unknown (it may be (N, C) or "
                            "(N, C, L)); capture with example inputs so the model is typed")
-    if "running_mean" not in tensors or "running_var" not in tensors:
+    if not bn.track_running_stats:
         raise ReplaceError(f"frozenbatchnorm: this {bn.op} has no running statistics (track_running_stats=False), "
                            "so there is nothing to freeze")
+    if "running_mean" not in tensors or "running_var" not in tensors or (bn.affine and "weight" not in tensors):
+        raise ReplaceError(f"frozenbatchnorm: the model holds no tensors for this {bn.op} (got {sorted(tensors)}); "
+                           "freezing needs its running statistics")
     mean = tensors["running_mean"]
     c = bn.num_features
     state = {
@@ -162,6 +169,9 @@ class ReplaceModule(Pass):
     def _builder(self, model: Model) -> tuple[Callable[[Site, Tensors], tuple[Node, Tensors] | None], str]:
         """The factory to use and the matching rule's description."""
         if self.factory is not None:
+            if not callable(self.factory):
+                raise ReplaceError("replace-module: factory= is a Python function (site, tensors) -> (node, tensors); "
+                                   "it has no text form")
             if self.to is not None:
                 raise ReplaceError("replace-module: give either to= or factory=, not both")
             return self.factory, "factory"
@@ -201,8 +211,14 @@ class ReplaceModule(Pass):
         if _activation(self.from_) is None:
             raise ReplaceError(f"replace-module: to={self.to} is an activation, so from= must name one "
                                f"(got {self.from_!r})")
-        return (lambda s, t: (Activation.of(kind, inplace=s.node.inplace), {})  # type: ignore[union-attr]
-                if isinstance(s.node, Activation) else None), "from"
+        can_inplace = "inplace" in torch_defaults(kind.module)
+
+        def activation(s: Site, t: Tensors) -> tuple[Node, Tensors] | None:
+            if not isinstance(s.node, Activation):
+                return None
+            return Activation.of(kind, inplace=s.node.inplace and can_inplace), {}
+
+        return activation, "from"
 
     def _source(self, node: Node, rule: str) -> bool:
         if rule == "batchnorm" and not isinstance(node, BatchNorm):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from torchgraft.ir.activations import ActKind
+from torchgraft.ir.graph import Graph, PrimCall
 from torchgraft.ir.model import Model
+from torchgraft.ir.values import rename_refs
 from torchgraft.ir.nodes import Node
 from torchgraft.ir.primitives import Activation
 from torchgraft.passes.base import Match, Pass
@@ -14,6 +16,26 @@ from torchgraft.ir.nodes import Block
 from torchgraft.ir.traverse import map_tree
 from torchgraft.passes.rewrite import fmap, rename_children
 from torchgraft.passes.selectors import Site, parse_selector
+
+
+def _rename_values(g: Node | None, old: str, new: str) -> Node | None:
+    """Graph values named after the old activation (``relu_1``) take the new name, kept unique."""
+    if not isinstance(g, Graph):
+        return g
+    taken = {i.name for i in g.inputs} | {op.name for op in g.ops}
+    ren = {}
+    for op in g.ops:
+        if old in op.name and isinstance(op.target, PrimCall):
+            cand = op.name.replace(old, new)
+            while cand in taken:
+                cand += "_"
+            ren[op.name] = cand
+            taken.add(cand)
+    if not ren:
+        return g
+    ops = tuple(replace(op, name=ren.get(op.name, op.name), args=tuple(rename_refs(a, ren) for a in op.args),
+                        kwargs=tuple((k, rename_refs(v, ren)) for k, v in op.kwargs)) for op in g.ops)
+    return Graph(g.inputs, ops, rename_refs(g.output, ren))
 
 
 @dataclass(frozen=True)
@@ -83,7 +105,9 @@ class SwapActivation(Pass):
                     if candidate not in names and candidate.isidentifier():
                         renames[n] = candidate
                         names.add(candidate)
-            return rename_children(node, renames)
+            node = rename_children(node, renames)
+            body, train = (_rename_values(g, old, new) for g in (node.body, node.train_body))
+            return replace(node, body=body, train_body=train)
 
         if old == new:
             return model
