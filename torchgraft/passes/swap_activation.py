@@ -12,7 +12,7 @@ from torchgraft.ir.values import rename_refs
 from torchgraft.ir.nodes import Node
 from torchgraft.ir.primitives import Activation
 from torchgraft.passes.base import Match, Pass
-from torchgraft.ir.nodes import Block
+from torchgraft.ir.nodes import Block, Chain
 from torchgraft.ir.traverse import map_tree
 from torchgraft.passes.rewrite import fmap, rename_children
 from torchgraft.passes.selectors import Site, parse_selector
@@ -95,6 +95,13 @@ class SwapActivation(Pass):
         old, new = src.functional, dst.functional
 
         def fn(path: str, node: Node) -> Node:
+            if isinstance(node, Chain):
+                names = list(node.names)
+                for i, (n, c) in enumerate(node.named()):
+                    cand = n.replace(old, new)
+                    if isinstance(c, Activation) and c.kind is dst and old in n and cand not in names:
+                        names[i] = cand
+                return Chain(*node.items, names=tuple(names)) if tuple(names) != node.names else node
             if not isinstance(node, Block):
                 return node
             names = {n for n, _ in node.children} | {s.name for s in node.state}
