@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from torchgraft.errors import CaptureError
+from torchgraft.frontends.concrete import concrete_trace
 from torchgraft.frontends.fx_block import TraceError, merge_training, trace_graph
 from torchgraft.frontends.interpret import Interpreter, typed_block
 from torchgraft.frontends.leaf import recover_ctor, to_primitive, torch_layer_name
@@ -29,6 +31,8 @@ class _Ctx:
     seen: dict[int, str] = field(default_factory=dict)
     ties: list[tuple[str, str]] = field(default_factory=list)
     constants: dict[str, torch.Tensor] = field(default_factory=dict)
+    untraced: dict[str, tuple[nn.Module, tuple[tuple[str, Node], ...], str]] = field(default_factory=dict)
+    inputs: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=dict)
     report: CaptureReport = field(default_factory=CaptureReport)
 
 
@@ -84,10 +88,12 @@ def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
         if isinstance(mod, base) and type(mod).forward is nn.Module.forward and type(mod) is base:
             ctx.report.add(path, "container")
             return Container(base.__name__, kids)
+    nones = _none_args(mod, ctx.inputs.get(path))
     try:
-        train, consts = trace_graph(mod, True, ctx.helpers, ctx.helper_fns)
-        evaluation, consts2 = trace_graph(mod, False, ctx.helpers, ctx.helper_fns)
+        train, consts = trace_graph(mod, True, ctx.helpers, ctx.helper_fns, nones)
+        evaluation, consts2 = trace_graph(mod, False, ctx.helpers, ctx.helper_fns, nones)
     except TraceError as e:
+        ctx.untraced[path] = (mod, kids, str(e))
         return _opaque(mod, path, str(e), ctx)
     body, train_body = merge_training(train, evaluation)
     ctx.report.add(path, "fx")
@@ -97,6 +103,81 @@ def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
         ctx.constants[join(path, name)] = value
     state += tuple(StateSpec(n, tuple(v.shape), _dtype(v), False, False, False) for n, v in consts.items())
     return Block(_class_ref(mod), kids, body, state, train_body, method="fx")
+
+
+def _none_args(mod: nn.Module, seen: tuple[tuple[Any, ...], dict[str, Any]] | None) -> tuple[str, ...]:
+    """Forward parameters that default to None and were None in the recorded call."""
+    if seen is None:
+        return ()
+    sig = inspect.signature(type(mod).forward)
+    try:
+        bound = sig.bind(mod, *seen[0], **seen[1])
+    except TypeError:
+        return ()
+    return tuple(n for n, p in list(sig.parameters.items())[1:]
+                 if p.default is None and bound.arguments.get(n) is None
+                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def _custom_paths(model: nn.Module) -> list[str]:
+    """Modules whose own forward capture traces (not torch.nn layers or plain containers)."""
+    out = []
+    for path, mod in model.named_modules():
+        if torch_layer_name(mod) is None and type(mod).forward not in (nn.Module.forward, nn.Sequential.forward):
+            out.append(path)
+    return out
+
+
+def _record_inputs(model: nn.Module, paths: list[str], args: tuple[Any, ...], kwargs: dict[str, Any]
+                   ) -> dict[str, tuple[tuple[Any, ...], dict[str, Any]]]:
+    """The (args, kwargs) each listed module receives first in one eager run."""
+    seen: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+    handles = []
+    for path in paths:
+        mod = model.get_submodule(path) if path else model
+
+        def hook(m: nn.Module, a: tuple[Any, ...], kw: dict[str, Any], path: str = path) -> None:
+            seen.setdefault(path, (a, dict(kw)))
+
+        handles.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad(), _restore_buffers(model):
+            _eager_types(model, args, kwargs, {})
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _trace_fallbacks(model: nn.Module, root: Node, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     ctx: _Ctx) -> Node:
+    """Capture the modules fx could not trace by running them (``frontends.concrete``)."""
+    inputs = ctx.inputs
+    done: dict[str, Node] = {}
+    for path, (mod, kids, fx_reason) in ctx.untraced.items():
+        if path not in inputs:
+            ctx.report.add(path, "opaque", f"{fx_reason}; it never ran on the example inputs, so it was not traced")
+            continue
+        a, kw = inputs[path]
+        try:
+            with _restore_buffers(model):
+                train = concrete_trace(mod, True, a, kw)
+                evaluation = concrete_trace(mod, False, a, kw)
+        except TraceError as e:
+            ctx.report.add(path, "opaque", f"{fx_reason}; the fallback trace failed too: {e}")
+            continue
+        body, train_body = merge_training(train, evaluation)
+        ctx.report.add(path, "trace")
+        ctx.report.reasons.pop(path, None)
+        ctx.constants.update({join(path, n): v for n, v in _nonpersistent(mod).items()})
+        done[path] = Block(_class_ref(mod), kids, body, own_state(mod), train_body, method="trace")
+
+    def swap(path: str, node: Node) -> Node:
+        if isinstance(node, Opaque) and path in done:  # its children may have been replaced too
+            return map_tree(done[path], lambda p, n: swap(p, n) if p != path else n, path)
+        return node
+
+    return map_tree(root, swap)
 
 
 def _nonpersistent(mod: nn.Module) -> dict[str, torch.Tensor]:
@@ -161,7 +242,10 @@ def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str
     first = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)), None)
     symbols = {int(first.shape[0]): "N"} if first is not None and first.dim() > 0 else {}
     ctx = _Ctx()
+    ctx.inputs = _record_inputs(model, _custom_paths(model), args, kwargs)
     root = build_node(model, "", ctx)
+    if ctx.untraced:
+        root = _trace_fallbacks(model, root, args, kwargs, ctx)
     with torch.no_grad(), _restore_buffers(model):
         try:
             out, mod_types, op_types = _interpret(root, model, args, kwargs, ctx, symbols)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+from torch.fx._symbolic_trace import _assert_is_none
 from torch import nn
 
 from torchgraft.frontends.canon import canonical_target
@@ -16,7 +17,7 @@ from torchgraft.ir.functions import qualname_of
 from torchgraft.ir.graph import (ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op,
                                  Target)
 from torchgraft.ir.model import Helper
-from torchgraft.ir.values import Arg, Const, Ref, Seq, Slice, Training
+from torchgraft.ir.values import Arg, Const, Ref, Seq, Slice, Training, rename_refs
 
 
 class TraceError(Exception):
@@ -80,7 +81,7 @@ def _inputs(mod: nn.Module, graph: fx.Graph) -> tuple[Input, ...]:
         default = None if p.default is inspect.Parameter.empty else _arg(p.default, mod)
         if default is not None and not isinstance(default, Const):
             raise TraceError(f"default of forward argument {p.name!r} is not a constant")
-        out.append(Input(node.name, kind=kinds.get(p.kind, InputKind.POSITIONAL), default=default))
+        out.append(Input(p.name, kind=kinds.get(p.kind, InputKind.POSITIONAL), default=default))
     if len(placeholders) != len(params):
         raise TraceError("forward signature does not match the traced placeholders")
     return tuple(out)
@@ -90,31 +91,36 @@ def to_graph(gm_graph: fx.Graph, mod: nn.Module, helpers: dict[str, Helper], fns
     """Convert a traced fx graph of ``mod`` into an IR Graph."""
     ops: list[Op] = []
     output: Arg = Const(None)
+    inputs = _inputs(mod, gm_graph)
+    placeholders = [n.name for n in gm_graph.nodes if n.op == "placeholder"]
+    ren = {ph: inp.name for ph, inp in zip(placeholders, inputs) if ph != inp.name}
     for node in gm_graph.nodes:
-        if node.op == "placeholder":
+        if node.op == "placeholder" or node.target is _assert_is_none:
             continue
         if node.op == "output":
-            output = _arg(node.args[0], mod)
+            output = rename_refs(_arg(node.args[0], mod), ren)
             continue
         target = _target(node, helpers, fns)
-        args = tuple(_arg(a, mod) for a in node.args)
-        kwargs = tuple((k, _arg(v, mod)) for k, v in node.kwargs.items())
+        args = tuple(rename_refs(_arg(a, mod), ren) for a in node.args)
+        kwargs = tuple((k, rename_refs(_arg(v, mod), ren)) for k, v in node.kwargs.items())
         target, args, kwargs = canonical_target(target, args, kwargs)
-        ops.append(Op(node.name, target, args, kwargs))
-    return Graph(_inputs(mod, gm_graph), tuple(ops), output)
+        ops.append(Op(node.name if node.name not in ren.values() else node.name + "_", target, args, kwargs))
+    return Graph(inputs, tuple(ops), output)
 
 
-def trace_graph(mod: nn.Module, training: bool, helpers: dict[str, Helper], fns: dict[str, Any]
-                ) -> tuple[Graph, dict[str, torch.Tensor]]:
+def trace_graph(mod: nn.Module, training: bool, helpers: dict[str, Helper], fns: dict[str, Any],
+                none_args: tuple[str, ...] = ()) -> tuple[Graph, dict[str, torch.Tensor]]:
     """Trace ``mod.forward`` in the given mode, without touching ``mod`` itself.
 
     Returns the graph and the tensor constants fx baked into it (``_tensor_constant0``),
-    which the caller keeps as non-persistent buffers.
+    which the caller keeps as non-persistent buffers. ``none_args`` are optional arguments
+    that were None when the model ran: fx specialises ``if arg is None`` branches on them
+    (every fx Proxy is "not None", so without this the other branch would be traced).
     """
     view = copy.copy(mod)  # shallow: own __dict__, so setting training leaves the original alone
     object.__setattr__(view, "training", training)
     try:
-        graph = _OwnCodeTracer(view).trace(view)
+        graph = _OwnCodeTracer(view).trace(view, concrete_args={n: None for n in none_args} or None)
     except Exception as e:  # noqa: BLE001 - fx raises many kinds
         raise TraceError(f"torch.fx could not trace {type(mod).__qualname__}.forward: {type(e).__name__}: {e}") from e
     consts = {}

@@ -18,7 +18,7 @@ from torchgraft.ir.functions import resolve
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, InputKind, MethodCall, Op, PrimCall
 from torchgraft.ir.nodes import Block, Chain, Node, module_children
 from torchgraft.ir.types import ValueType, type_of
-from torchgraft.ir.values import Arg, Const, Ref, Seq, Slice, Training
+from torchgraft.ir.values import Arg, Const, DictArg, Ref, Seq, Slice, Training
 
 
 def child_node(node: Node, path: str) -> Node:
@@ -58,6 +58,8 @@ class Interpreter:
             return slice(*(self._value(p, env, mod) for p in (arg.start, arg.stop, arg.step)))
         if isinstance(arg, Training):
             return mod.training
+        if isinstance(arg, DictArg):
+            return {k: self._value(v, env, mod) for k, v in arg.items}
         raise TypeError(arg)
 
     def _fn(self, qualname: str) -> Callable[..., Any]:
@@ -88,7 +90,7 @@ class Interpreter:
 
     def run_node(self, node: Node, mod: nn.Module, path: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run any module-level node: Blocks are interpreted, Chains stepped through, the rest called."""
-        if isinstance(node, Block) and node.method == "fx":
+        if isinstance(node, Block) and node.method in ("fx", "trace"):
             out = self.run(node, mod, path, args, kwargs)
         elif isinstance(node, Chain) and type(mod).forward is nn.Sequential.forward and len(args) == 1 and not kwargs:
             out = args[0]

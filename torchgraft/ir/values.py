@@ -67,11 +67,23 @@ class Slice:
 
 
 @dataclass(frozen=True, slots=True)
+class DictArg:
+    """A dict with string keys whose values are arguments (structured outputs: ``{"logits": x}``)."""
+
+    items: tuple[tuple[str, "Arg"], ...]
+
+    def __post_init__(self) -> None:
+        keys = [k for k, _ in self.items]
+        if any(not isinstance(k, str) for k in keys) or len(set(keys)) != len(keys):
+            raise IRError(f"DictArg keys must be unique strings, got {keys!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class Training:
     """``self.training`` of the enclosing block: keeps train/eval behaviour dynamic."""
 
 
-Arg = Union[Ref, Const, Seq, Slice, Training]
+Arg = Union[Ref, Const, Seq, Slice, DictArg, Training]
 
 
 def refs_in(arg: Arg) -> list[str]:
@@ -82,6 +94,8 @@ def refs_in(arg: Arg) -> list[str]:
         return [n for item in arg.items for n in refs_in(item)]
     if isinstance(arg, Slice):
         return [n for part in (arg.start, arg.stop, arg.step) for n in refs_in(part)]
+    if isinstance(arg, DictArg):
+        return [n for _, v in arg.items for n in refs_in(v)]
     return []
 
 
@@ -93,6 +107,8 @@ def rename_refs(arg: Arg, mapping: dict[str, str]) -> Arg:
         return Seq(tuple(rename_refs(i, mapping) for i in arg.items), arg.is_list)
     if isinstance(arg, Slice):
         return Slice(*(rename_refs(p, mapping) for p in (arg.start, arg.stop, arg.step)))
+    if isinstance(arg, DictArg):
+        return DictArg(tuple((k, rename_refs(v, mapping)) for k, v in arg.items))
     return arg
 
 

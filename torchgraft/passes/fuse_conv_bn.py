@@ -1,35 +1,61 @@
 """``fuse-conv-bn``: fold BatchNorm into the convolution or linear layer before it (inference).
 
-Sites: a Conv1d/2d/3d or ConvTranspose (any groups, with or without bias) followed by
-its BatchNorm in an ``nn.Sequential``, or called one after the other in a forward where
-the conv's output has no other user. Linear + BatchNorm1d on 2-D activations too.
+Sites:
+
+- a Conv1d/2d/3d or ConvTranspose (any groups, with or without bias) followed by its
+  BatchNorm in an ``nn.Sequential``;
+- the same two layers called one after the other in a forward, where the conv's output
+  has no other user;
+- a conv child whose only user is a functional ``F.batch_norm(y, self.running_mean,
+  self.running_var, self.weight, self.bias, training, momentum, eps)`` over the block's
+  own buffers/parameters (``training`` False, or ``self.training``: see below);
+- Linear + BatchNorm1d (module or functional) on 2-D activations.
+
+The result is an inference model: after folding, training mode no longer normalises with
+batch statistics. A functional site whose ``training`` argument is ``self.training`` is
+folded too (the report's notes list it); one with ``training=True`` is left alone.
+
+Layers reachable under two names (a shared module, tied weights) are never folded: the
+fold would change every place that uses them.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 
-from torchgraft.ir.graph import ChildCall, Graph, Op
+from torchgraft.errors import TorchgraftError
+from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Op
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Chain, Node, module_children
 from torchgraft.ir.primitives import BatchNorm, Conv, Identity, Linear, Primitive
 from torchgraft.ir.traverse import join, map_tree
 from torchgraft.ir.types import TensorType
-from torchgraft.ir.values import Ref, rename_refs
+from torchgraft.ir.values import Arg, Const, Ref, Training, rename_refs
 from torchgraft.passes.base import Match, Pass
-from torchgraft.passes.selectors import Site, parse_selector
+from torchgraft.passes.selectors import Selector, Site, parse_selector
+
+BATCH_NORM_FN = "torch.nn.functional.batch_norm"
+_BN_SIGNATURE = inspect.signature(F.batch_norm)
+_STAT_ARGS = ("running_mean", "running_var", "weight", "bias")
+_TRAINING_NOTE = "training=self.training"
 
 
-class FuseError(ValueError):
+class FuseError(TorchgraftError, ValueError):
     """A BatchNorm cannot be folded (no running statistics)."""
 
 
 def fold_weights(layer: Primitive, w: torch.Tensor, b: torch.Tensor | None, stats: dict[str, torch.Tensor],
                  bn: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """The folded (weight, bias): BN(conv(x)) == conv'(x) with running statistics."""
+    """The folded (weight, bias): BN(conv(x)) == conv'(x) with running statistics.
+
+    ``stats`` holds ``running_mean``, ``running_var`` and, when ``bn.affine``, ``weight`` and ``bias``.
+    """
     scale = stats["weight"] if bn.affine else torch.ones_like(stats["running_mean"])
     shift = stats["bias"] if bn.affine else torch.zeros_like(stats["running_mean"])
     inv = scale / torch.sqrt(stats["running_var"] + bn.eps)
@@ -44,6 +70,14 @@ def fold_weights(layer: Primitive, w: torch.Tensor, b: torch.Tensor | None, stat
     return w2.to(w.dtype), ((base - stats["running_mean"]) * inv + shift).to(w.dtype)
 
 
+def _out_features(a: Node) -> int | None:
+    if isinstance(a, Conv):
+        return a.out_channels
+    if isinstance(a, Linear):
+        return a.out_features
+    return None
+
+
 def _pairable(a: Node, b: Node, out_type: object) -> bool:
     if not isinstance(b, BatchNorm):
         return False
@@ -55,100 +89,93 @@ def _pairable(a: Node, b: Node, out_type: object) -> bool:
     return False
 
 
+def _enclosing(root: Node) -> dict[str, tuple[str, ...]]:
+    """Module path → classes of the Blocks around it (itself excluded), outermost first."""
+    out: dict[str, tuple[str, ...]] = {}
+    stack: list[tuple[Node, str, tuple[str, ...]]] = [(root, "", ())]
+    while stack:
+        node, path, enc = stack.pop()
+        out[path] = enc
+        inner = enc + ((node.cls.name,) if isinstance(node, Block) else ())
+        stack.extend((c, join(path, n), inner) for n, c in module_children(node))
+    return out
+
+
+def _tied(model: Model) -> set[str]:
+    """Every path (module or state key) that is an alias or the target of a tie."""
+    return {p for pair in model.ties for p in pair}
+
+
+def _is_tied(path: str, tied: set[str]) -> bool:
+    return any(path == t or path.startswith(t + ".") or t.startswith(path + ".") for t in tied)
+
+
 @dataclass(frozen=True)
-class FuseConvBN(Pass):
-    """Fold every BatchNorm into the Conv/Linear feeding it. Produces an inference model.
+class _FnSite:
+    """A functional ``F.batch_norm`` site over a conv child's output, in one graph."""
 
-    The folded BatchNorm disappears (inside an ``nn.Sequential`` it becomes ``nn.Identity``
-    so later indices keep their keys; run ``eliminate-identity`` to drop those); the conv
-    gains a bias. BatchNorm without running statistics is refused with an error.
+    conv_op: str
+    conv: str  # child path
+    bn_op: str
+    attrs: tuple[tuple[str, str | None], ...]  # (running_mean/var/weight/bias, own state name or None)
+    attr_ops: tuple[str, ...]
+    eps: float
+    dynamic: bool  # training=self.training
 
-    Before/after::
+    @property
+    def key(self) -> tuple[object, ...]:
+        return self.conv, self.attrs, self.eps, self.dynamic
 
-        nn.Sequential(nn.Conv2d(3, 16, 3, bias=False), nn.BatchNorm2d(16), nn.ReLU())
-        ->  nn.Sequential(nn.Conv2d(3, 16, 3), nn.Identity(), nn.ReLU())
-    """
 
-    name: ClassVar[str] = "fuse-conv-bn"
-    where: str | None = None
+def _bind(op: Op) -> dict[str, Arg] | None:
+    try:
+        bound = _BN_SIGNATURE.bind(*op.args, **dict(op.kwargs))
+    except TypeError:
+        return None
+    return dict(bound.arguments)
 
-    def rewrite(self, model: Model) -> tuple[Model, list[Match]]:
-        state = dict(model.weights)
-        matches: list[Match] = []
-        sel = parse_selector(self.where)
 
-        def fuse(path: str, node: Node) -> Node:
-            if isinstance(node, Chain):
-                return self._chain(model, path, node, state, matches, sel)
-            if isinstance(node, Block):
-                return self._block(model, path, node, state, matches, sel)
-            return node
-
-        root = map_tree(model.root, fuse)
-        return replace(model, root=root, weights=state), matches
-
-    def _fold(self, model: Model, conv_path: str, bn_path: str, conv: Primitive, bn: BatchNorm,
-              state: dict[str, torch.Tensor], matches: list[Match]) -> Primitive:
-        if not bn.track_running_stats or join(bn_path, "running_mean") not in state:
-            raise FuseError(f"fuse-conv-bn: BatchNorm at {bn_path} has no running statistics "
-                            "(track_running_stats=False), so it depends on the batch and cannot be folded. "
-                            f"Exclude it with where=, e.g. fuse-conv-bn{{where=kind:{conv.op}}} on other paths.")
-        stats = {k: state.pop(join(bn_path, k)) for k in ("weight", "bias", "running_mean", "running_var")
-                 if join(bn_path, k) in state}
-        state.pop(join(bn_path, "num_batches_tracked"), None)
-        bias_key = join(conv_path, "bias")
-        w, b = fold_weights(conv, state[join(conv_path, "weight")], state.get(bias_key), stats, bn)
-        state[join(conv_path, "weight")], state[bias_key] = w, b
-        matches.append(Match(conv_path, f"{conv.op} + {bn.op} at {bn_path}"))
-        return replace(conv, bias=True)  # type: ignore[type-var]
-
-    def _chain(self, model: Model, path: str, chain: Chain, state: dict[str, torch.Tensor],
-               matches: list[Match], sel: object) -> Node:
-        items = list(chain.items)
-        for i in range(len(items) - 1):
-            a, b = items[i], items[i + 1]
-            pa, pb = join(path, chain.names[i]), join(path, chain.names[i + 1])
-            if _pairable(a, b, model.type_at(pa)) and sel(Site(pa, a)):  # type: ignore[operator]
-                items[i] = self._fold(model, pa, pb, a, b, state, matches)  # type: ignore[arg-type]
-                items[i + 1] = Identity()
-        return chain if items == list(chain.items) else Chain(*items, names=chain.names)
-
-    def _block(self, model: Model, path: str, block: Block, state: dict[str, torch.Tensor],
-               matches: list[Match], sel: object) -> Node:
-        graphs = [g for g in (block.body, block.train_body) if isinstance(g, Graph)]
-        if not graphs:
-            return block
-        calls: dict[str, int] = {}
-        for g in graphs:
-            for op in g.ops:
-                if isinstance(op.target, ChildCall):
-                    calls[op.target.path] = calls.get(op.target.path, 0) + 1
-        per_graph = len(graphs)
-        pairs = []
-        for op, nxt in _child_pairs(graphs[0]):
-            pa, pb = op.target.path, nxt.target.path  # type: ignore[union-attr]
-            kids = dict(module_children(block))
-            a, b = kids.get(pa), kids.get(pb)
-            if a is None or b is None or calls[pa] != per_graph or calls[pb] != per_graph:
+def _functional_sites(g: Graph, block: Block) -> list[_FnSite]:
+    """``F.batch_norm`` calls over a conv/linear child's output and the block's own state."""
+    users = g.users()
+    by_name = {op.name: op for op in g.ops}
+    own = {s.name for s in block.state}
+    attr_readers = Counter(op.target.path for op in g.ops if isinstance(op.target, GetAttr))
+    out = []
+    for op in g.ops:
+        if not (isinstance(op.target, FunctionCall) and op.target.qualname == BATCH_NORM_FN):
+            continue
+        bound = _bind(op)
+        if bound is None:
+            continue
+        src = bound.get("input")
+        conv_op = by_name.get(src.name) if isinstance(src, Ref) else None
+        if (conv_op is None or not isinstance(conv_op.target, ChildCall) or "." in conv_op.target.path
+                or users[conv_op.name] != [op.name]):
+            continue
+        training = bound.get("training", Const(False))
+        if training != Const(False) and not isinstance(training, Training):
+            continue
+        eps = bound.get("eps", Const(1e-5))
+        if not (isinstance(eps, Const) and isinstance(eps.value, (int, float)) and not isinstance(eps.value, bool)):
+            continue
+        attrs: list[tuple[str, str | None]] = []
+        attr_ops: list[str] = []
+        for name in _STAT_ARGS:
+            a = bound.get(name, Const(None))
+            if a == Const(None) and name in ("weight", "bias"):
+                attrs.append((name, None))
                 continue
-            if _pairable(a, b, _op_type(op)) and sel(Site(join(path, pa), a)):  # type: ignore[operator]
-                pairs.append((pa, pb, nxt.name, op.name))
-        if not pairs:
-            return block
-        children = dict(block.children)
-        renames = {}
-        for pa, pb, bn_op, conv_op in pairs:
-            children[pa] = self._fold(model, join(path, pa), join(path, pb), children[pa], children[pb],  # type: ignore[arg-type]
-                                      state, matches)
-            del children[pb]
-            renames[bn_op] = conv_op
-        new_kids = tuple((n, children[n]) for n, _ in block.children if n in children)
-        body, train = (_drop_ops(g, renames) if isinstance(g, Graph) else g for g in (block.body, block.train_body))
-        return replace(block, children=new_kids, body=body, train_body=train)
-
-
-def _op_type(op: Op) -> object:
-    return op.type
+            getter = by_name.get(a.name) if isinstance(a, Ref) else None
+            if (getter is None or not isinstance(getter.target, GetAttr) or getter.target.path not in own
+                    or attr_readers[getter.target.path] != 1 or set(users[getter.name]) != {op.name}):
+                break
+            attrs.append((name, getter.target.path))
+            attr_ops.append(getter.name)
+        else:
+            out.append(_FnSite(conv_op.name, conv_op.target.path, op.name, tuple(attrs), tuple(attr_ops),
+                               float(eps.value), isinstance(training, Training)))
+    return out
 
 
 def _child_pairs(g: Graph) -> list[tuple[Op, Op]]:
@@ -167,11 +194,183 @@ def _child_pairs(g: Graph) -> list[tuple[Op, Op]]:
     return out
 
 
-def _drop_ops(g: Graph, renames: dict[str, str]) -> Graph:
+def _drop_ops(g: Graph, renames: dict[str, str], drop: set[str] = frozenset()) -> Graph:  # type: ignore[assignment]
+    """``g`` without the ops in ``renames`` (uses read the renamed value instead) or in ``drop``."""
     ops = []
     for op in g.ops:
-        if op.name in renames:
+        if op.name in renames or op.name in drop:
             continue
         ops.append(replace(op, args=tuple(rename_refs(a, renames) for a in op.args),
                            kwargs=tuple((k, rename_refs(v, renames)) for k, v in op.kwargs)))
     return Graph(g.inputs, tuple(ops), rename_refs(g.output, renames))
+
+
+@dataclass(frozen=True)
+class FuseConvBN(Pass):
+    """Fold every BatchNorm into the Conv/Linear feeding it. Produces an inference model.
+
+    Folds BatchNorm modules after a Conv/ConvTranspose (any groups, with or without bias) in an
+    ``nn.Sequential`` or called right after it in a forward, functional ``F.batch_norm`` over a
+    block's own buffers (``training`` False or ``self.training``), and Linear + BatchNorm1d on 2-D
+    inputs. The folded BatchNorm disappears (inside an ``nn.Sequential`` it becomes
+    ``nn.Identity`` so later indices keep their keys; run ``eliminate-identity`` to drop
+    those); the conv gains a bias. A conv whose output has another user, and shared (tied)
+    layers, are left alone. BatchNorm without running statistics is refused with an error.
+
+    Options: ``where`` (a selector over the conv/linear layers).
+
+    Before/after::
+
+        nn.Sequential(nn.Conv2d(3, 16, 3, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        ->  nn.Sequential(nn.Conv2d(3, 16, 3), nn.Identity(), nn.ReLU())
+    """
+
+    name: ClassVar[str] = "fuse-conv-bn"
+    where: str | None = None
+
+    def rewrite(self, model: Model) -> tuple[Model, list[Match]]:
+        state = dict(model.weights)
+        consts = dict(model.constants)
+        matches: list[Match] = []
+        sel = parse_selector(self.where)
+        enclosing = _enclosing(model.root)
+        tied = _tied(model)
+
+        def fuse(path: str, node: Node) -> Node:
+            if isinstance(node, Chain):
+                return self._chain(model, path, node, state, matches, sel, enclosing, tied)
+            if isinstance(node, Block):
+                return self._block(path, node, state, consts, matches, sel, enclosing, tied)
+            return node
+
+        root = map_tree(model.root, fuse)
+        if not matches:
+            return model, matches
+        return replace(model, root=root, weights=state, constants=consts), matches
+
+    def notes(self, model: Model) -> list[str]:
+        """What the report should say besides the sites: ``self.training`` sites folded."""
+        dynamic = [m.path for m in self.rewrite(model)[1] if _TRAINING_NOTE in m.what]
+        if not dynamic:
+            return []
+        return [f"F.batch_norm with training=self.training folded at {', '.join(dynamic)}: in training mode "
+                "these now use the running statistics too (the pass produces an inference model)"]
+
+    @staticmethod
+    def _selected(sel: Selector, path: str, node: Node, enclosing: dict[str, tuple[str, ...]]) -> bool:
+        return sel(Site(path, node, enclosing.get(path, ())))
+
+    @staticmethod
+    def _fold_tensors(conv_path: str, conv: Primitive, bn: BatchNorm, stats: dict[str, torch.Tensor],
+                      state: dict[str, torch.Tensor]) -> Primitive:
+        bias_key = join(conv_path, "bias")
+        w, b = fold_weights(conv, state[join(conv_path, "weight")], state.get(bias_key), stats, bn)
+        state[join(conv_path, "weight")], state[bias_key] = w, b
+        return replace(conv, bias=True)  # type: ignore[type-var]
+
+    def _fold(self, conv_path: str, bn_path: str, conv: Primitive, bn: BatchNorm,
+              state: dict[str, torch.Tensor], matches: list[Match]) -> Primitive:
+        if not bn.track_running_stats or join(bn_path, "running_mean") not in state:
+            raise FuseError(f"fuse-conv-bn: the {bn.op} at {bn_path} (after {conv.op} {conv_path}) has no running "
+                            "statistics (track_running_stats=False): it normalises with each batch's statistics, "
+                            "so it cannot be folded into a fixed weight. Leave it out with a where= selector that "
+                            f"does not select {conv_path}, e.g. where=~{conv_path}")
+        stats = {k: state.pop(join(bn_path, k)) for k in ("weight", "bias", "running_mean", "running_var")
+                 if join(bn_path, k) in state}
+        state.pop(join(bn_path, "num_batches_tracked"), None)
+        matches.append(Match(conv_path, f"{conv.op} + {bn.op} at {bn_path}"))
+        return self._fold_tensors(conv_path, conv, bn, stats, state)
+
+    def _chain(self, model: Model, path: str, chain: Chain, state: dict[str, torch.Tensor],
+               matches: list[Match], sel: Selector, enclosing: dict[str, tuple[str, ...]], tied: set[str]) -> Node:
+        items = list(chain.items)
+        for i in range(len(items) - 1):
+            a, b = items[i], items[i + 1]
+            pa, pb = join(path, chain.names[i]), join(path, chain.names[i + 1])
+            if (_pairable(a, b, model.type_at(pa)) and self._selected(sel, pa, a, enclosing)
+                    and not _is_tied(pa, tied) and not _is_tied(pb, tied)):
+                items[i] = self._fold(pa, pb, a, b, state, matches)  # type: ignore[arg-type]
+                items[i + 1] = Identity()
+        return chain if items == list(chain.items) else Chain(*items, names=chain.names)
+
+    def _block(self, path: str, block: Block, state: dict[str, torch.Tensor], consts: dict[str, torch.Tensor],
+               matches: list[Match], sel: Selector, enclosing: dict[str, tuple[str, ...]], tied: set[str]) -> Node:
+        graphs = [g for g in (block.body, block.train_body) if isinstance(g, Graph)]
+        if not graphs:
+            return block
+        calls = Counter(op.target.path for g in graphs for op in g.ops if isinstance(op.target, ChildCall))
+        per_graph = len(graphs)
+        kids = dict(module_children(block))
+
+        def usable(child: str) -> bool:
+            return calls[child] == per_graph and not _is_tied(join(path, child), tied)
+
+        # module pairs conv -> bn, present (once) in every graph of the block
+        pair_sets = [{(a.target.path, b.target.path): (a, b) for a, b in _child_pairs(g)} for g in graphs]  # type: ignore[union-attr]
+        pairs = []
+        for (pa, pb), (op, _) in pair_sets[0].items():
+            a, b = kids.get(pa), kids.get(pb)
+            if (a is None or b is None or not all((pa, pb) in s for s in pair_sets[1:])
+                    or not usable(pa) or not usable(pb)):
+                continue
+            if _pairable(a, b, op.type) and self._selected(sel, join(path, pa), a, enclosing):
+                pairs.append((pa, pb))
+        # functional F.batch_norm over the block's own state, the same in every graph
+        site_sets = [{s.key: s for s in _functional_sites(g, block)} for g in graphs]
+        fn_sites = []
+        for key, site in site_sets[0].items():
+            conv = kids.get(site.conv)
+            if (conv is None or not all(key in s for s in site_sets[1:]) or not usable(site.conv)
+                    or any(_is_tied(join(path, n), tied) for _, n in site.attrs if n)):
+                continue
+            n = _out_features(conv)
+            mean = dict(site.attrs)["running_mean"]
+            spec = next(s for s in block.state if s.name == mean)
+            if n is None or spec.shape != (n,):
+                continue
+            conv_type = next(op.type for op in graphs[0].ops if op.name == site.conv_op)
+            if isinstance(conv, Linear) and not (isinstance(conv_type, TensorType) and conv_type.rank == 2):
+                continue
+            if self._selected(sel, join(path, site.conv), conv, enclosing):
+                fn_sites.append(key)
+        if not pairs and not fn_sites:
+            return block
+
+        children = dict(block.children)
+        renames: list[dict[str, str]] = [{} for _ in graphs]
+        drops: list[set[str]] = [set() for _ in graphs]
+        gone_state: set[str] = set()
+        for pa, pb in pairs:
+            children[pa] = self._fold(join(path, pa), join(path, pb), children[pa], children[pb],  # type: ignore[arg-type]
+                                      state, matches)
+            del children[pb]
+            for i in range(len(graphs)):
+                conv_op, bn_op = pair_sets[i][(pa, pb)]
+                renames[i][bn_op.name] = conv_op.name
+        for key in fn_sites:
+            site = site_sets[0][key]
+            conv = children[site.conv]
+            stats = {}
+            for role, name in site.attrs:
+                if name is not None:
+                    k = join(path, name)
+                    stats[role] = state.pop(k) if k in state else consts.pop(k)
+                    gone_state.add(name)
+            ones = torch.ones_like(stats["running_mean"])
+            stats.setdefault("weight", ones)
+            stats.setdefault("bias", torch.zeros_like(ones))
+            bn = BatchNorm("BatchNorm1d", int(ones.numel()), eps=site.eps)
+            children[site.conv] = self._fold_tensors(join(path, site.conv), conv, bn, stats, state)  # type: ignore[arg-type]
+            call = f"F.batch_norm({_TRAINING_NOTE})" if site.dynamic else "F.batch_norm"
+            matches.append(Match(join(path, site.conv), f"{conv.op} + {call} at {join(path, site.bn_op)}",
+                                 "functional"))
+            for i in range(len(graphs)):
+                s = site_sets[i][key]
+                renames[i][s.bn_op] = s.conv_op
+                drops[i] |= set(s.attr_ops)
+        new_kids = tuple((n, children[n]) for n, _ in block.children if n in children)
+        new_graphs = iter([_drop_ops(g, renames[i], drops[i]) for i, g in enumerate(graphs)])
+        body = next(new_graphs) if isinstance(block.body, Graph) else block.body
+        train = next(new_graphs) if isinstance(block.train_body, Graph) else block.train_body
+        return replace(block, children=new_kids, body=body, train_body=train,
+                       state=tuple(s for s in block.state if s.name not in gone_state))

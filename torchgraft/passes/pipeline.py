@@ -40,6 +40,9 @@ def _convert(value: str, hint: Any, where: str) -> Any:
         if value in ("none", "None"):
             return None
         hint = args[0] if len(args) == 1 else str
+    if hint not in (str, int, float, bool):
+        raise PipelineError(f"{where}: this option takes a Python object ({getattr(hint, '__name__', hint)}), "
+                            "which has no text form; set it on the pass object in Python")
     try:
         if hint is bool:
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):

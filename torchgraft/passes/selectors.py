@@ -6,6 +6,7 @@ Text forms (usable as ``where=`` in a pipeline):
   (graph ops inside a block are addressed as ``<block path>.<op name>``);
 - ``kind:Conv2d`` — the torch op or original class name (``kind:Bottleneck``);
 - ``in:Bottleneck`` — anything inside a Block of that class;
+- ``~<selector>`` — everything the selector does not select (``~layer4.*``, ``~in:Bottleneck``);
 - ``*`` — everything (the default).
 
 In Python, selectors compose with ``&``, ``|`` and ``~``, and ``Where(fn)`` takes any
@@ -117,6 +118,8 @@ def parse_selector(spec: SelectorLike) -> Selector:
         return spec
     if callable(spec):
         return Where(spec)
+    if spec.startswith("~"):
+        return ~parse_selector(spec[1:] or "*")
     if spec.startswith("kind:"):
         return Kind(spec[5:])
     if spec.startswith("in:"):

@@ -12,7 +12,7 @@ from torchgraft.errors import EmitError
 from torchgraft.ir.activations import Spelling, functional_params
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, MethodCall, Op, PrimCall
 from torchgraft.ir.primitives import Activation, Primitive
-from torchgraft.ir.values import Arg, Const, Ref, Seq, Slice, Training
+from torchgraft.ir.values import Arg, Const, DictArg, Ref, Seq, Slice, Training
 
 ATOM, POSTFIX, UNARY, POW, MUL, ADD, SHIFT, BAND, BXOR, BOR, CMP = 100, 90, 80, 85, 70, 60, 55, 50, 45, 40, 30
 BINARY = {"add": ("+", ADD), "sub": ("-", ADD), "mul": ("*", MUL), "truediv": ("/", MUL),
@@ -74,6 +74,8 @@ def arg_code(a: Arg, ctx: ExprContext, in_subscript: bool = False) -> Code:
         return Code(text, UNARY if text.startswith("-") else ATOM)
     if isinstance(a, Training):
         return Code("self.training")
+    if isinstance(a, DictArg):
+        return Code("{" + ", ".join(f"{k!r}: {arg_code(v, ctx).text}" for k, v in a.items) + "}")
     if isinstance(a, Slice):
         parts = [("" if isinstance(p, Const) and p.value is None else arg_code(p, ctx).text)
                  for p in (a.start, a.stop, a.step)]
@@ -140,6 +142,10 @@ def function_code(op: Op, ctx: ExprContext) -> Code:
             return Code(f"{left.wrap(lprec)} {sym} {right.wrap(rprec)}", prec)
         if name in UNARY_OPS and len(op.args) == 1:
             return Code(f"{UNARY_OPS[name]}{arg_code(op.args[0], ctx).wrap(UNARY)}", UNARY)
+        if name == "setitem" and len(op.args) == 3:
+            obj = arg_code(op.args[0], ctx)
+            idx = arg_code(op.args[1], ctx, in_subscript=True).text
+            return Code(f"{obj.wrap(POSTFIX)}[{idx}] = {arg_code(op.args[2], ctx).text}", 0)
         if name == "getitem" and len(op.args) == 2:
             obj = arg_code(op.args[0], ctx)
             return Code(f"{obj.wrap(POSTFIX)}[{arg_code(op.args[1], ctx, in_subscript=True).text}]", POSTFIX)

@@ -1,0 +1,288 @@
+"""Trace a forward that torch.fx cannot: run it on real inputs and record torch-level calls.
+
+The fallback for forwards with kwargs-only inputs, input validation, cache objects or
+``len()`` on sizes (every transformers model). The block's own Python runs for real
+(its control flow is specialised to the example inputs, like ``torch.export``'s
+non-strict mode); a ``TorchFunctionMode`` records each torch call it makes at the
+public API level (``F.linear``, ``x.view``, ``a + b``), so the graph is already readable
+and needs no lifting from ATen. Children are called through spies that record one
+``ChildCall`` each and run the child unrecorded, so children stay children.
+
+Reading a tensor's value into Python (``if x.sum() > 0``, ``.item()``) raises
+``DataDependent``: such a forward is not specialised silently, it stays opaque.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import operator
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from torchgraft.frontends.canon import canonical_target
+from torchgraft.frontends.fx_block import TraceError
+from torchgraft.ir.functions import qualname_of
+from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, Target
+from torchgraft.ir.values import Arg, Const, DictArg, Ref, Seq, Slice
+
+_DATA_DEPENDENT = {"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "numpy", "__array__"}
+_REVERSED = {"__radd__": "add", "__rsub__": "sub", "__rmul__": "mul", "__rtruediv__": "truediv",
+             "__rfloordiv__": "floordiv", "__rpow__": "pow", "__rmatmul__": "matmul", "__rand__": "and_",
+             "__ror__": "or_", "__rmod__": "mod"}
+
+
+class DataDependent(TraceError):
+    """The forward read a tensor's value into Python control flow."""
+
+
+class _Recorder(TorchFunctionMode):
+    """Records top-level torch calls as Ops; values are tracked by tensor identity."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.ops: list[Op] = []
+        self.names: dict[int, str] = {}
+        self.keep: list[Any] = []
+        self.depth = 0
+        self.count: dict[str, int] = {}
+        self.pending: dict[int, tuple[str, int | str]] = {}
+        self.state = {id(t): n for n, t in list(block.named_parameters(remove_duplicate=False))
+                      + list(block.named_buffers(remove_duplicate=False))}
+
+    def fresh(self, base: str) -> str:
+        base = "".join(c if c.isalnum() or c == "_" else "_" for c in base).strip("_").lower() or "v"
+        if base[0].isdigit():
+            base = "v" + base
+        n = self.count.get(base, 0)
+        self.count[base] = n + 1
+        return base if n == 0 else f"{base}_{n}"
+
+    def bind(self, value: Any, name: str) -> None:
+        self.names[id(value)] = name
+        self.keep.append(value)
+
+    def arg(self, v: Any) -> Arg:
+        if isinstance(v, torch.Tensor):
+            return Ref(self._tensor_name(v))
+        if isinstance(v, (tuple, list)) and not isinstance(v, torch.Size):
+            return Seq(tuple(self.arg(x) for x in v), isinstance(v, list))
+        if isinstance(v, torch.Size):
+            return Seq(tuple(Const(int(x)) for x in v))
+        if isinstance(v, slice):
+            return Slice(self.arg(v.start), self.arg(v.stop), self.arg(v.step))
+        if isinstance(v, dict) and all(isinstance(k, str) for k in v):
+            return DictArg(tuple((k, self.arg(x)) for k, x in v.items()))
+        try:
+            return Const(v)
+        except Exception:
+            raise TraceError(f"the forward passes a {type(v).__name__} to a torch call; "
+                             "only tensors and plain constants can be recorded") from None
+
+    def _tensor_name(self, t: torch.Tensor) -> str:
+        if id(t) in self.names:
+            return self.names[id(t)]
+        if id(t) in self.pending:
+            src, idx = self.pending.pop(id(t))
+            name = self.fresh(idx if isinstance(idx, str) else f"{src}_{idx}")
+            self.ops.append(Op(name, FunctionCall("operator.getitem"), (Ref(src), Const(idx))))
+            self.bind(t, name)
+            return name
+        if id(t) in self.state:
+            path = self.state[id(t)]
+            name = self.fresh(path.replace(".", "_"))
+            self.ops.append(Op(name, GetAttr(path)))
+            self.bind(t, name)
+            return name
+        raise TraceError(f"the forward uses a tensor of shape {tuple(t.shape)} that is neither an input, a "
+                         "parameter/buffer, nor computed in the forward (a global or cached tensor)")
+
+    def record(self, target: Target, base: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        a = tuple(self.arg(x) for x in args)
+        kw = tuple((k, self.arg(v)) for k, v in kwargs.items())
+        target, a, kw = canonical_target(target, a, kw)
+        name = self.fresh(base)
+        self.ops.append(Op(name, target, a, kw))
+        self.register_output(out, name)
+
+    def register_output(self, out: Any, name: str) -> None:
+        """Bind a call's result; items of tuples and dicts (ModelOutput) get ``name[i]`` ops when used."""
+        if isinstance(out, torch.Tensor):
+            self.bind(out, name)
+            return
+        items: list[tuple[int | str, Any]] = []
+        if isinstance(out, (tuple, list)):
+            items = list(enumerate(out))
+        elif isinstance(out, dict):
+            items = [(k, v) for k, v in out.items() if isinstance(k, str)]
+        for key, x in items:
+            if isinstance(x, torch.Tensor) and id(x) not in self.names:
+                self.pending[id(x)] = (name, key)
+                self.keep.append(x)
+
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if self.depth:
+            return func(*args, **kwargs)
+        fname = getattr(func, "__name__", "")
+        if fname in _DATA_DEPENDENT and args and isinstance(args[0], torch.Tensor):
+            raise DataDependent(f"the forward reads a tensor's value into Python ({fname}); "
+                                "its control flow depends on the data")
+        out = func(*args, **kwargs)
+        self._record_call(func, fname, args, kwargs, out)
+        return out
+
+    def _record_call(self, func: Callable[..., Any], fname: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     out: Any) -> None:
+        if fname == "__iter__":
+            raise TraceError("the forward iterates over a tensor; not supported by the fallback tracer")
+        if fname == "__get__" and args and isinstance(args[0], torch.Tensor):
+            attr = getattr(getattr(func, "__self__", None), "__name__", "")
+            if isinstance(out, torch.Tensor) and attr.isidentifier():  # x.T, x.mT, x.real ...
+                self.record(FunctionCall("builtins.getattr"), attr, (args[0], attr), {}, out)
+            return  # other attribute reads (x.shape, x.dtype) are baked as constants
+        tensors_out = isinstance(out, torch.Tensor) or (
+            isinstance(out, (tuple, list)) and any(isinstance(x, torch.Tensor) for x in out))
+        if fname == "__setitem__":  # in place: later uses keep reading the same (mutated) value
+            self.record(FunctionCall("operator.setitem"), "setitem", args, kwargs, None)
+        elif tensors_out:
+            target, call_args, base = self._target(func, fname, args)
+            self.record(target, base, call_args, kwargs, out)
+
+    def _target(self, func: Callable[..., Any], fname: str, args: tuple[Any, ...]
+                ) -> tuple[Target, tuple[Any, ...], str]:
+        qual = qualname_of(func)
+        if qual is not None:
+            return FunctionCall(qual), args, fname
+        if fname in _REVERSED and len(args) == 2:
+            return FunctionCall(f"operator.{_REVERSED[fname]}"), (args[1], args[0]), _REVERSED[fname]
+        if fname.startswith("__") and fname.endswith("__"):
+            op_name = fname.strip("_")
+            if op_name.startswith("i") and hasattr(operator, op_name):
+                return FunctionCall(f"operator.{op_name}"), args, op_name[1:]
+            if hasattr(operator, op_name) or hasattr(operator, op_name + "_"):
+                op_name = op_name if hasattr(operator, op_name) else op_name + "_"
+                return FunctionCall(f"operator.{op_name}"), args, op_name.rstrip("_")
+        if getattr(torch.Tensor, fname, None) is not None and args and isinstance(args[0], torch.Tensor):
+            return MethodCall(fname), args, fname
+        raise TraceError(f"the forward calls {getattr(func, '__qualname__', func)!r}, which is not a public "
+                         "torch function torchgraft can write back")
+
+
+class _Spy:
+    """Stands in for a child while the parent is traced: records the call, runs it unrecorded."""
+
+    def __init__(self, target: nn.Module, path: str, rec: _Recorder) -> None:
+        object.__setattr__(self, "_target", target)
+        object.__setattr__(self, "_path", path)
+        object.__setattr__(self, "_rec", rec)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        rec: _Recorder = self._rec
+        a = tuple(rec.arg(x) for x in args)
+        kw = tuple((k, rec.arg(v)) for k, v in kwargs.items())
+        rec.depth += 1
+        try:
+            out = self._target(*args, **kwargs)
+        finally:
+            rec.depth -= 1
+        name = rec.fresh(self._path.replace(".", "_"))
+        rec.ops.append(Op(name, ChildCall(self._path), a, kw))
+        rec.register_output(out, name)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+
+def _spied(mod: nn.Module, rec: _Recorder, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, child in mod._modules.items():
+        if child is None:
+            out[name] = None
+            continue
+        path = f"{prefix}{name}"
+        if type(child) in (nn.ModuleList, nn.ModuleDict):
+            box = copy.copy(child)
+            object.__setattr__(box, "_modules", _spied(child, rec, path + "."))
+            out[name] = box
+        else:
+            out[name] = _Spy(child, path, rec)
+    return out
+
+
+def _inputs(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], rec: _Recorder) -> tuple[Input, ...]:
+    sig = inspect.signature(type(mod).forward)
+    bound = sig.bind(mod, *args, **kwargs)
+    P = inspect.Parameter
+    out = []
+    for pname in list(sig.parameters)[1:]:
+        rec.count[pname] = 1  # inputs keep their names; ops named alike get a suffix
+    for pname, p in list(sig.parameters.items())[1:]:
+        kind = {P.VAR_POSITIONAL: InputKind.VAR_POSITIONAL, P.VAR_KEYWORD: InputKind.VAR_KEYWORD,
+                P.KEYWORD_ONLY: InputKind.KEYWORD}.get(p.kind, InputKind.POSITIONAL)
+        value = bound.arguments.get(pname, p.default)
+        if isinstance(value, torch.Tensor):
+            rec.bind(value, pname)
+            default = None if pname in bound.arguments or p.default is P.empty else Const(None)
+            out.append(Input(pname, kind=kind, default=default))
+        elif kind in (InputKind.VAR_POSITIONAL, InputKind.VAR_KEYWORD):
+            out.append(Input(pname, kind=kind))
+            items = value.items() if isinstance(value, dict) else enumerate(value if value is not P.empty else ())
+            for key, x in items:  # tensors passed through *args/**kwargs are read back by index/key
+                if isinstance(x, torch.Tensor):
+                    rec.pending[id(x)] = (pname, key)
+                    rec.keep.append(x)
+        else:
+            try:  # non-tensor arguments specialise the trace; keep them, defaulting to the traced value
+                out.append(Input(pname, kind=kind, default=Const(value if value is not P.empty else None)))
+            except Exception:
+                out.append(Input(pname, kind=kind, default=Const(None)))
+    return tuple(out)
+
+
+def _output(out: Any, rec: _Recorder) -> Arg:
+    if hasattr(out, "to_tuple") and hasattr(out, "keys"):  # transformers ModelOutput: a dict, keys in order
+        return DictArg(tuple((k, rec.arg(v)) for k, v in out.items()))
+    if isinstance(out, tuple) and hasattr(out, "_fields"):
+        return Seq(tuple(rec.arg(v) for v in out))
+    return rec.arg(out)
+
+
+@contextlib.contextmanager
+def _export_flags() -> Iterator[None]:
+    """Tell library code it is being exported (as non-strict torch.export does), so it takes its
+    trace-friendly paths instead of data-dependent fast paths (transformers' mask checks)."""
+    import torch.compiler as tc
+
+    saved = tc._is_compiling_flag, tc._is_exporting_flag
+    tc._is_compiling_flag = tc._is_exporting_flag = True
+    try:
+        yield
+    finally:
+        tc._is_compiling_flag, tc._is_exporting_flag = saved
+
+
+def concrete_trace(mod: nn.Module, training: bool, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Graph:
+    """Run ``mod.forward`` on the recorded inputs with torch calls recorded; the Graph of its own code."""
+    view = copy.copy(mod)
+    object.__setattr__(view, "training", training)
+    rec = _Recorder(mod)
+    object.__setattr__(view, "_modules", _spied(mod, rec))
+    inputs = _inputs(mod, args, kwargs, rec)
+    try:
+        with torch.no_grad(), _export_flags(), rec:
+            out = type(mod).forward(view, *args, **kwargs)
+        output = _output(out, rec)
+        return Graph(inputs, tuple(rec.ops), output)
+    except TraceError:
+        raise
+    except Exception as e:
+        raise TraceError(f"tracing {type(mod).__qualname__}.forward on its recorded inputs failed: "
+                         f"{type(e).__name__}: {e}") from e
