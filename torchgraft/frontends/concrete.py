@@ -27,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 
 from torchgraft.frontends.canon import canonical_target
 from torchgraft.frontends.fx_block import TraceError
+from torchgraft.frontends.symsize import _RECORDER, SymInt, SymSize
 from torchgraft.ir.functions import qualname_of
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, Target
 from torchgraft.ir.values import Arg, Const, DictArg, Ref, Seq, Slice
@@ -68,12 +69,14 @@ class _Recorder(TorchFunctionMode):
         self.keep.append(value)
 
     def arg(self, v: Any) -> Arg:
+        if isinstance(v, SymInt):
+            return Ref(v.name())
         if isinstance(v, torch.Tensor):
             return Ref(self._tensor_name(v))
         if isinstance(v, (tuple, list)) and not isinstance(v, torch.Size):
             return Seq(tuple(self.arg(x) for x in v), isinstance(v, list))
         if isinstance(v, torch.Size):
-            return Seq(tuple(Const(int(x)) for x in v))
+            return Seq(tuple(self.arg(x) for x in v))
         if isinstance(v, slice):
             return Slice(self.arg(v.start), self.arg(v.stop), self.arg(v.step))
         if isinstance(v, dict) and all(isinstance(k, str) for k in v):
@@ -101,6 +104,25 @@ class _Recorder(TorchFunctionMode):
             return name
         raise TraceError(f"the forward uses a tensor of shape {tuple(t.shape)} that is neither an input, a "
                          "parameter/buffer, nor computed in the forward (a global or cached tensor)")
+
+    def int_op(self, opname: str, a: Any, b: Any) -> str:
+        """Record ``a <op> b`` on sizes; returns the value's name."""
+        name = self.fresh(opname)
+        self.ops.append(Op(name, FunctionCall(f"operator.{opname}"), (self.arg(a), self.arg(b))))
+        return name
+
+    def size_of(self, t: torch.Tensor, dim: int) -> str:
+        """Record ``t.size(dim)``; returns the value's name."""
+        name = self.fresh("size")
+        self.ops.append(Op(name, MethodCall("size"), (Ref(self._tensor_name(t)), Const(dim))))
+        return name
+
+    def sym_size(self, t: torch.Tensor, out: Any, dim: Any = None) -> Any:
+        """Wrap what ``x.shape``/``x.size(...)`` returned so the sizes stay symbolic."""
+        if isinstance(out, int):
+            d = dim if dim >= 0 else t.dim() + dim
+            return SymInt(out, lambda: self.size_of(t, d))
+        return SymSize(tuple(SymInt(n, (lambda d=d: self.size_of(t, d))) for d, n in enumerate(out)))
 
     def record(self, target: Target, base: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
         a = tuple(self.arg(x) for x in args)
@@ -135,6 +157,10 @@ class _Recorder(TorchFunctionMode):
             raise DataDependent(f"the forward reads a tensor's value into Python ({fname}); "
                                 "its control flow depends on the data")
         out = func(*args, **kwargs)
+        if args and isinstance(args[0], torch.Tensor) and (fname == "size" or (
+                fname == "__get__" and getattr(getattr(func, "__self__", None), "__name__", "") == "shape")):
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            return self.sym_size(args[0], out, dim)
         self._record_call(func, fname, args, kwargs, out)
         return out
 
@@ -276,6 +302,7 @@ def concrete_trace(mod: nn.Module, training: bool, args: tuple[Any, ...], kwargs
     rec = _Recorder(mod)
     object.__setattr__(view, "_modules", _spied(mod, rec))
     inputs = _inputs(mod, args, kwargs, rec)
+    _RECORDER[0] = rec
     try:
         with torch.no_grad(), _export_flags(), rec:
             out = type(mod).forward(view, *args, **kwargs)
@@ -286,3 +313,5 @@ def concrete_trace(mod: nn.Module, training: bool, args: tuple[Any, ...], kwargs
     except Exception as e:
         raise TraceError(f"tracing {type(mod).__qualname__}.forward on its recorded inputs failed: "
                          f"{type(e).__name__}: {e}") from e
+    finally:
+        _RECORDER[0] = None

@@ -1,0 +1,148 @@
+"""Constructor expressions as small trees, so that instances can be compared and generalised.
+
+Every module-level IR node becomes an expression tree (``nn.Conv2d(64, 64, kernel_size=3)``
+is ``Call("nn.Conv2d", (Lit(64), Lit(64)), (("kernel_size", Lit(3)),))``). Two instances of a
+class are compared position by position on these trees (``unify.py``); where their literals
+differ, a ``Param`` takes the literal's place and becomes a constructor argument.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Callable, Union
+
+from torchgraft.errors import EmitError
+from torchgraft.ir.nodes import Block, Chain, Combine, CombineKind, Container, Node, Opaque, Parallel, SkipConnection
+from torchgraft.ir.primitives import Dropout, Primitive, torch_defaults
+from torchgraft.ir.values import Arg, Const, Seq
+
+
+@dataclass(frozen=True, eq=False)
+class Lit:
+    """A literal: int, float, bool, str, None, dtype, or a tuple/list of those."""
+
+    value: object
+
+    def key(self) -> tuple[str, str]:
+        """Equality key: type and repr, so that ``1``, ``1.0`` and ``True`` stay different."""
+        return type(self.value).__name__, repr(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Lit) and self.key() == other.key()
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
+
+@dataclass(frozen=True)
+class Call:
+    """``head(*args, **kwargs)``.
+
+    ``arg_names`` name the positional parameters (for naming constructor arguments);
+    ``defaults`` are keyword defaults: they fill a keyword one instance leaves out, and
+    arguments equal to them are left out when written.
+    """
+
+    head: str
+    args: tuple[CExpr, ...] = ()
+    kwargs: tuple[tuple[str, CExpr], ...] = ()
+    arg_names: tuple[str, ...] = ()
+    defaults: tuple[tuple[str, Lit], ...] = ()
+
+
+@dataclass(frozen=True)
+class Items:
+    """Container contents: ``Sequential``/``ModuleList``/``ModuleDict`` members or a plain ``list``."""
+
+    kind: str
+    keys: tuple[str, ...]
+    items: tuple[CExpr, ...]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A constructor argument of the class being written (a generalised position)."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class Raw:
+    """Code written as is (a call already rendered elsewhere)."""
+
+    text: str
+
+
+CExpr = Union[Lit, Call, Items, Param, Raw]
+ClassCall = Callable[[Node, str], "Call | Raw"]
+
+
+def lit_of(arg: Arg) -> Lit:
+    """A literal for a constant IR argument (Const, or a Seq of constants)."""
+    if isinstance(arg, Const):
+        return Lit(arg.value)
+    if isinstance(arg, Seq):
+        vals = tuple(lit_of(a).value for a in arg.items)
+        return Lit(list(vals) if arg.is_list else vals)
+    raise EmitError(f"constructor argument {arg!r} is not a constant")
+
+
+def _positional_names(p: Primitive) -> tuple[str, ...]:
+    names = tuple(f.name for f in fields(p) if f.name not in ("op", "spelling"))
+    return names[: 1 if isinstance(p, Dropout) else type(p).positional]
+
+
+def prim_call(p: Primitive) -> Call:
+    """``nn.<op>(...)`` for a primitive; leading positional arguments padded with their defaults."""
+    pos, kw = p.ctor()
+    names = _positional_names(p)
+    defaults = torch_defaults(p.op)
+    values = list(pos) + [defaults[n] for n in names[len(pos):] if n in defaults]
+    return Call(f"nn.{p.op}", tuple(Lit(v) for v in values), tuple((k, Lit(v)) for k, v in kw.items()),
+                names[: len(values)], tuple((k, Lit(v)) for k, v in defaults.items()))
+
+
+def _combine_kwargs(c: Combine) -> tuple[tuple[str, CExpr], ...]:
+    kind = c.kind.value if isinstance(c.kind, CombineKind) else str(c.kind)
+    return (("combine", Lit(kind)),) + ((("dim", Lit(c.dim)),) if kind == "cat" else ())
+
+
+_COMBINE_DEFAULTS = (("combine", Lit("add")), ("dim", Lit(1)))
+
+
+def node_expr(node: Node, path: str, call_of: ClassCall) -> CExpr:
+    """The constructor expression for a module-level node; ``call_of`` gives Block/Opaque calls."""
+    if isinstance(node, Primitive):
+        return prim_call(node)
+    if isinstance(node, (Block, Opaque)):
+        if isinstance(node, Opaque) and node.ctor is None:
+            raise EmitError(f"module at {path or '<root>'} ({node.cls}) is opaque ({node.reason}) and its "
+                            "constructor arguments could not be recovered from its attributes, so model.py "
+                            "cannot rebuild it. Make its forward traceable, or replace it with a pass.")
+        return call_of(node, path)
+
+    def sub(name: str, child: Node) -> CExpr:
+        return node_expr(child, f"{path}.{name}" if path else name, call_of)
+
+    if isinstance(node, Chain):
+        return Items("Sequential", node.names, tuple(sub(n, c) for n, c in node.named()))
+    if isinstance(node, Container):
+        return Items(node.kind, tuple(n for n, _ in node.items), tuple(sub(n, c) for n, c in node.items))
+    if isinstance(node, Parallel):
+        branches = Items("list", node.names, tuple(sub(n, c) for n, c in node.named()))
+        return Call("Parallel", (branches,), _combine_kwargs(node.combine), (), _COMBINE_DEFAULTS)
+    if isinstance(node, SkipConnection):
+        return Call("SkipConnection", (sub("body", node.body),), _combine_kwargs(node.combine), (),
+                    _COMBINE_DEFAULTS)
+    raise EmitError(f"cannot construct {type(node).__name__} at {path or '<root>'}")
+
+
+def params_in(e: CExpr) -> list[int]:
+    """Indices of the Params in ``e``, in order of appearance."""
+    if isinstance(e, Param):
+        return [e.index]
+    if isinstance(e, Call):
+        return [i for a in e.args for i in params_in(a)] + [i for _, v in e.kwargs for i in params_in(v)]
+    if isinstance(e, Items):
+        return [i for it in e.items for i in params_in(it)]
+    return []

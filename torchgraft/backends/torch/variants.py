@@ -1,0 +1,209 @@
+"""The forwards of one class's instances: compared with constants abstracted, and merged.
+
+Two instances share a forward when their Graphs are equal up to value names, types and
+the values of constants (constants that differ become constructor arguments). Two forwards
+that differ in one of two ways still make one class:
+
+- an optional child: one variant calls ``self.downsample(x)`` where the other uses ``x``
+  (fx specialised ``if self.downsample is not None``) and only the first has that child;
+  the class writes ``identity = self.downsample(x) if self.downsample is not None else x``;
+- a conditional tail: one variant is the other plus ops at the end (``if self.use_res_connect:``);
+  the class takes a flag and writes those ops under ``if self.<flag>:``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torchgraft.backends.torch.combinators import combinator_graph
+from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Op
+from torchgraft.ir.nodes import Block
+from torchgraft.ir.values import Const, Ref
+
+OpMap = list[int | None]
+"""For each op of a merged graph, the index of the same op in one variant (None: not there)."""
+
+
+def lowered(block: Block) -> tuple[Graph, Graph | None]:
+    """A Block's forward and training-mode forward as Graphs (combinator bodies lowered)."""
+    body = block.body if isinstance(block.body, Graph) else combinator_graph(block)
+    train = block.train_body if isinstance(block.train_body, Graph) else None
+    return body, train
+
+
+def map_arg(a: Any, on_ref: Callable[[Ref], Any], on_const: Callable[[Const], Any]) -> Any:
+    """Rebuild an argument with Refs and Consts replaced (any Arg kind, nested in tuples too)."""
+    if isinstance(a, Ref):
+        return on_ref(a)
+    if isinstance(a, Const):
+        return on_const(a)
+    if isinstance(a, tuple):
+        return tuple(map_arg(x, on_ref, on_const) for x in a)
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        changes = {f.name: map_arg(getattr(a, f.name), on_ref, on_const) for f in dataclasses.fields(a)}
+        return dataclasses.replace(a, **changes)
+    return a
+
+
+def arg_key(a: Any, names: dict[str, object], concrete: bool = False) -> object:
+    """A hashable form of an argument: value names by position, constants by type (or value)."""
+    if isinstance(a, Ref):
+        return "ref", names.get(a.name, a.name)
+    if isinstance(a, Const):
+        return ("const", a) if concrete else ("const", type(a.value).__name__)
+    if isinstance(a, tuple):
+        return tuple(arg_key(x, names, concrete) for x in a)
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        return (type(a).__name__,) + tuple(arg_key(getattr(a, f.name), names, concrete)
+                                           for f in dataclasses.fields(a))
+    return a
+
+
+def op_consts(op: Op) -> list[Const]:
+    """The constants in an op's arguments, in a fixed order."""
+    found: list[Const] = []
+
+    def keep(c: Const) -> Const:
+        found.append(c)
+        return c
+
+    map_arg((op.args, tuple(v for _, v in op.kwargs)), lambda r: r, keep)
+    return found
+
+
+def graph_key(g: Graph) -> object:
+    """``g`` up to value names, types and constant values (the output's constants count)."""
+    names: dict[str, object] = {inp.name: ("in", i) for i, inp in enumerate(g.inputs)}
+    ops = []
+    for i, op in enumerate(g.ops):
+        ops.append((op.target, arg_key(op.args, names), tuple((k, arg_key(v, names)) for k, v in op.kwargs)))
+        names[op.name] = ("op", i)
+    inputs = tuple((i.name, i.kind, i.default) for i in g.inputs)
+    return inputs, tuple(ops), arg_key(g.output, names, concrete=True)
+
+
+def rename(g: Graph, ops: tuple[Op, ...], mapping: dict[str, str], output: Any = None) -> Graph:
+    """A graph over ``ops`` with references renamed through ``mapping``."""
+    def ren(r: Ref) -> Ref:
+        return Ref(mapping.get(r.name, r.name))
+
+    new = tuple(dataclasses.replace(op, args=map_arg(op.args, ren, lambda c: c),
+                                    kwargs=tuple((k, map_arg(v, ren, lambda c: c)) for k, v in op.kwargs))
+                for op in ops)
+    return Graph(g.inputs, new, map_arg(g.output if output is None else output, ren, lambda c: c))
+
+
+@dataclass
+class Variant:
+    """One distinct forward (and child set) among a class's instances."""
+
+    body: Graph
+    train: Graph | None
+    children: tuple[str, ...]
+
+
+@dataclass
+class Family:
+    """Variants written as one class: the merged forward and how each variant maps onto it."""
+
+    body: Graph
+    train: Graph | None
+    base: int
+    maps: dict[int, tuple[OpMap, OpMap]] = field(default_factory=dict)
+    optional_ops: dict[str, str] = field(default_factory=dict)
+    flag_at: int | None = None
+    flag_result: str = ""
+    flag_name: str = ""
+    flagged: set[int] = field(default_factory=set)
+
+    @property
+    def variants(self) -> list[int]:
+        """Indices of the variants this family covers."""
+        return list(self.maps)
+
+
+def _identity_map(v: Variant) -> tuple[OpMap, OpMap]:
+    return list(range(len(v.body.ops))), list(range(len(v.train.ops))) if v.train is not None else []
+
+
+def _optional(w: Variant, wo: Variant) -> tuple[str, str, OpMap] | None:
+    """(op, child, map of wo) when ``w`` is ``wo`` plus one call of a child only ``w`` has."""
+    extra = [c for c in w.children if c not in wo.children]
+    if len(extra) != 1 or [c for c in w.children if c in wo.children] != list(wo.children):
+        return None
+    target = graph_key(wo.body)
+    for idx, op in enumerate(w.body.ops):
+        if (isinstance(op.target, ChildCall) and op.target.path == extra[0] and len(op.args) == 1
+                and isinstance(op.args[0], Ref) and not op.kwargs):
+            reduced = rename(w.body, w.body.ops[:idx] + w.body.ops[idx + 1:], {op.name: op.args[0].name})
+            if graph_key(reduced) == target:
+                return op.name, extra[0], [None if i == idx else i - (i > idx) for i in range(len(w.body.ops))]
+    return None
+
+
+def _suffix(a: Variant, b: Variant) -> tuple[str, OpMap] | None:
+    """(result value in b, map of a) when ``b`` is ``a`` plus ops at the end."""
+    k = len(a.body.ops)
+    if a.children != b.children or k >= len(b.body.ops) or not isinstance(a.body.output, Ref):
+        return None
+    if not isinstance(b.body.output, Ref) or b.body.output.name != b.body.ops[-1].name:
+        return None
+    position = {i.name: j for j, i in enumerate(a.body.inputs)}
+    names_b = [i.name for i in b.body.inputs]
+    out = a.body.output.name
+    if out in position:
+        result = names_b[position[out]]
+    else:
+        result = b.body.ops[next(j for j, op in enumerate(a.body.ops) if op.name == out)].name
+    prefix = Graph(b.body.inputs, b.body.ops[:k], Ref(result))
+    if graph_key(prefix) != graph_key(a.body):
+        return None
+    return result, list(range(k)) + [None] * (len(b.body.ops) - k)
+
+
+def flag_name(g: Graph, start: int) -> str:
+    """A name for the flag guarding ``g.ops[start:]``: ``residual`` for an add of an input, else ``use_<child>``."""
+    last = g.ops[-1]
+    inputs = {i.name for i in g.inputs}
+    if (isinstance(last.target, FunctionCall) and last.target.qualname in ("operator.add", "operator.iadd", "torch.add")
+            and any(isinstance(a, Ref) and a.name in inputs for a in last.args)):
+        return "residual"
+    child = next((op.target.path for op in g.ops[start:] if isinstance(op.target, ChildCall)), None)
+    return f"use_{child.split('.')[0]}" if child else "extra"
+
+
+def _try_merge(fam: Family, vs: list[Variant], j: int) -> bool:
+    """Merge variant ``j`` into a one-variant family when one of the two patterns fits."""
+    i = fam.base
+    a, b = vs[i], vs[j]
+    if len(fam.maps) != 1 or a.train is not None or b.train is not None:
+        return False
+    for w, wo in ((i, j), (j, i)):
+        found = _optional(vs[w], vs[wo])
+        if found is not None:
+            op, child, m = found
+            fam.body, fam.base = vs[w].body, w
+            fam.maps = {w: _identity_map(vs[w]), wo: (m, [])}
+            fam.optional_ops = {op: child}
+            return True
+    for short, long in ((i, j), (j, i)):
+        found2 = _suffix(vs[short], vs[long])
+        if found2 is not None:
+            result, m = found2
+            fam.body, fam.base = vs[long].body, long
+            fam.maps = {long: _identity_map(vs[long]), short: (m, [])}
+            fam.flag_at, fam.flag_result, fam.flagged = len(vs[short].body.ops), result, {long}
+            fam.flag_name = flag_name(vs[long].body, len(vs[short].body.ops))
+            return True
+    return False
+
+
+def families(vs: list[Variant]) -> list[Family]:
+    """Group variants into families, merging pairs where a pattern fits (first variant first)."""
+    fams: list[Family] = []
+    for j, v in enumerate(vs):
+        if not any(_try_merge(f, vs, j) for f in fams):
+            fams.append(Family(v.body, v.train, j, {j: _identity_map(v)}))
+    return fams
