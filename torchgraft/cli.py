@@ -191,7 +191,12 @@ def _run_pipeline(model: Any, passes: list[Any]) -> Any:
     from torchgraft.progress import step
 
     with step("running passes"):
-        return run(model, passes)
+        try:
+            return run(model, passes)
+        except ValueError as e:  # passes check option values as they run (e.g. an unknown activation)
+            if isinstance(e, TorchgraftError):
+                raise
+            raise UsageError(f"{' '.join(str(e).split())}; check the pass options with 'torchgraft passes'") from e
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -389,7 +394,7 @@ def _level(path: str) -> int:
 
 def summary_rows(model: Any, depth: int | None = 3) -> list[tuple[str, str, str, str]]:
     """(indented path, kind, output type, params) for every module down to ``depth`` levels."""
-    from torchgraft.backends.graph import param_counts, short
+    from torchgraft.backends.graph import param_counts, printable, short
     from torchgraft.ir.printer import kind_label
     from torchgraft.ir.traverse import walk
     from torchgraft.ir.types import UNKNOWN
@@ -399,7 +404,7 @@ def summary_rows(model: Any, depth: int | None = 3) -> list[tuple[str, str, str,
     for path, node in walk(model.root):
         if depth is None or _level(path) <= depth:
             t = model.type_at(path)
-            rows.append((f"{'  ' * _level(path)}{path or model.name}", short(kind_label(node), 60),
+            rows.append((f"{'  ' * _level(path)}{printable(path or model.name)}", short(kind_label(node), 60),
                          "" if t == UNKNOWN else str(t), _fmt_params(params.get(path, 0))))
     return rows
 

@@ -3,7 +3,8 @@
 Changes are found by drawing both models (``backends.graph.picture``) and comparing
 what is drawn, node by node: a node whose label (name, kind, type) differs is
 *changed*, one only in the new model is *added*, one only in the old model is
-*removed*. Node ids are module paths (``stem.1``) and op paths (``blocks.0.relu_1``),
+*removed*. Types are left out of the comparison: a type that changes because an
+earlier node changed is a consequence, not a change of its own. Node ids are module paths (``stem.1``) and op paths (``blocks.0.relu_1``),
 so a functional ``F.relu`` swapped inside a Block shows up as well as a layer.
 
 ::
@@ -41,8 +42,9 @@ def text_diff(before: Model, after: Model, context: int = 3) -> str:
 
 
 def _labels(pic: Picture) -> dict[str, tuple[str, ...]]:
-    out = {nid: (n.role, *n.label) for nid, n in pic.nodes.items()}
-    out.update({cid: ("cluster", c.label, c.type) for cid, c in pic.clusters.items()})
+    """What identifies a drawn thing, types left out (a changed type follows from a changed node)."""
+    out = {nid: (n.role, n.kind, *(x for x in n.label if x != n.type)) for nid, n in pic.nodes.items()}
+    out.update({cid: ("cluster", c.label) for cid, c in pic.clusters.items()})
     return out
 
 
@@ -116,7 +118,7 @@ def _drawn(pic: Picture, nid: str) -> str | None:
     while True:
         if cut in pic.nodes or cut in pic.clusters:
             return cut
-        cut = cut.split("#", 1)[0]
+        cut = cut.split("#", 1)[0].split("@", 1)[0]
         pos = max(cut.rfind("."), cut.rfind("/"))
         if pos < 0:
             return "" if "" in pic.nodes else None

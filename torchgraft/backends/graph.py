@@ -51,6 +51,8 @@ from torchgraft.ir.values import refs_in
 MAX_LABEL = 56
 STYLES = {"changed": "#fde68a", "added": "#bbf7d0", "removed": "#fecaca"}
 """Fill colours of highlighted nodes, by highlight kind."""
+BORDERS = {"changed": "#d97706", "added": "#16a34a", "removed": "#dc2626"}
+"""Border colours of highlighted clusters, by highlight kind."""
 
 Highlight = Mapping[str, str] | Iterable[str] | None
 """Node ids to highlight: an iterable (all "changed") or a mapping id → "changed"/"added"/"removed"."""
@@ -95,6 +97,11 @@ class Picture:
     nodes: dict[str, PicNode] = field(default_factory=dict)
     clusters: dict[str, Cluster] = field(default_factory=dict)
     edges: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def printable(name: str) -> str:
+    """A name with line breaks and tabs shown as ``\\n``, ``\\r``, ``\\t``, so one name stays one line."""
+    return str(name).replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
 
 
 def short(text: str, limit: int = MAX_LABEL) -> str:
@@ -159,6 +166,7 @@ class _Builder:
         self.params = param_counts(model)
         self.pic = Picture(model.name)
         self.extra = 0
+        self.calls: dict[str, int] = {}
 
     def build(self) -> Picture:
         root = self.model.root
@@ -172,6 +180,8 @@ class _Builder:
                 kwargs[inp.name] = [nid]
             else:
                 args.append([nid])
+        if not self.model.inputs:  # a captured Chain root: the signature is not recorded
+            args.append([self.add(PicNode("input", ("input",), "input", "input"))])
         self.draw("", root, 0, None)
         out = self.call("", root, args, kwargs)
         out_type = "" if self.model.output_type == UNKNOWN else str(self.model.output_type)
@@ -192,7 +202,7 @@ class _Builder:
         return node.id
 
     def draw(self, path: str, node: Node, level: int, parent: str | None) -> None:
-        name = path.rsplit(".", 1)[-1] if path else self.model.name
+        name = printable(path.rsplit(".", 1)[-1] if path else self.model.name)
         kind = kind_label(node)
         if self.expanded(node, level):
             if path:
@@ -218,8 +228,9 @@ class _Builder:
     def call(self, path: str, node: Node, args: list[Producers], kwargs: dict[str, Producers]) -> Producers:
         """Edges for one call of the module at ``path``; returns the ids producing its output."""
         if path in self.pic.nodes:
-            self.connect([p for a in [*args, *kwargs.values()] for p in a], path)
-            return [path]
+            nid = self.again(path)
+            self.connect([p for a in [*args, *kwargs.values()] for p in a], nid)
+            return [nid]
         if path and path not in self.pic.clusters:  # below the drawn depth: the nearest drawn ancestor
             return self.call(path.rsplit(".", 1)[0] if "." in path else "", self._drawn_ancestor(path), args, kwargs)
         if isinstance(node, Chain):
@@ -236,6 +247,16 @@ class _Builder:
         if isinstance(node, Block):
             return self.flow(node.body, path, node, args, kwargs)
         return [p for a in args for p in a]
+
+    def again(self, path: str) -> str:
+        """The node for this call of a layer: a second call (a module used twice) gets its own node."""
+        self.calls[path] = self.calls.get(path, 0) + 1
+        if self.calls[path] == 1:
+            return path
+        first = self.pic.nodes[path]
+        label = (f"{first.label[0]} (call {self.calls[path]})", *first.label[1:])
+        return self.add(PicNode(f"{path}@{self.calls[path]}", label, first.role, first.kind, first.type, 0,
+                                first.parent))
 
     def _drawn_ancestor(self, path: str) -> Node:
         parent = path.rsplit(".", 1)[0] if "." in path else ""
@@ -364,7 +385,7 @@ def dot_lines(pic: Picture, prefix: str = "", highlight: Highlight = None, inden
                 lines.append(f'{pad}{ids[key]} [label="{label}", tooltip="{dot_escape(key)}", {style}];')
             else:
                 c = pic.clusters[key]
-                color = f'style="rounded,filled", fillcolor="{STYLES[marks[key]]}"' if key in marks else \
+                color = f'style="rounded,bold", penwidth=2, color="{BORDERS[marks[key]]}"' if key in marks else \
                     'style=rounded, color="#94a3b8"'
                 lines += [f"{pad}subgraph {cids[key]} {{",
                           f'{pad}  graph [label="{dot_escape(c.label)}", tooltip="{dot_escape(key)}", {color}];']
@@ -434,7 +455,8 @@ def mermaid_lines(pic: Picture, prefix: str = "", highlight: Highlight = None, i
         if nodes:
             lines += [f"{indent}classDef {kind} fill:{color},stroke:#334155,stroke-width:2px",
                       f"{indent}class {','.join(nodes)} {kind}"]
-        lines += [f"{indent}style {cids[k]} fill:{color}" for k, v in marks.items() if v == kind and k in cids]
+        lines += [f"{indent}style {cids[k]} stroke:{BORDERS[kind]},stroke-width:2px"
+                  for k, v in marks.items() if v == kind and k in cids]
     return lines
 
 

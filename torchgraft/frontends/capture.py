@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from torchgraft.errors import CaptureError
-from torchgraft.frontends.concrete import concrete_trace
+from torchgraft.frontends.concrete import concrete_trace, export_flags
 from torchgraft.frontends.fx_block import TraceError, merge_training, trace_graph
 from torchgraft.frontends.interpret import Interpreter, typed_block
 from torchgraft.frontends.leaf import recover_ctor, to_primitive, torch_layer_name
@@ -128,6 +128,12 @@ def _custom_paths(model: nn.Module) -> list[str]:
     return out
 
 
+def _meta_flags(args: tuple[Any, ...], kwargs: dict[str, Any]) -> contextlib.AbstractContextManager[None]:
+    """On meta inputs values cannot be read: let library code take its export paths, as torch.export does."""
+    on_meta = any(isinstance(a, torch.Tensor) and a.device.type == "meta" for a in (*args, *kwargs.values()))
+    return export_flags() if on_meta else contextlib.nullcontext()
+
+
 def _record_inputs(model: nn.Module, paths: list[str], args: tuple[Any, ...], kwargs: dict[str, Any]
                    ) -> dict[str, tuple[tuple[Any, ...], dict[str, Any]]]:
     """The (args, kwargs) each listed module receives first in one eager run."""
@@ -141,7 +147,7 @@ def _record_inputs(model: nn.Module, paths: list[str], args: tuple[Any, ...], kw
 
         handles.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
     try:
-        with torch.no_grad(), _restore_buffers(model):
+        with torch.no_grad(), _restore_buffers(model), _meta_flags(args, kwargs):
             _eager_types(model, args, kwargs, {})
     finally:
         for h in handles:
@@ -246,7 +252,7 @@ def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str
     root = build_node(model, "", ctx)
     if ctx.untraced:
         root = _trace_fallbacks(model, root, args, kwargs, ctx)
-    with torch.no_grad(), _restore_buffers(model):
+    with torch.no_grad(), _restore_buffers(model), _meta_flags(args, kwargs):
         try:
             out, mod_types, op_types = _interpret(root, model, args, kwargs, ctx, symbols)
         except CaptureError as e:

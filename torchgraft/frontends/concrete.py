@@ -201,10 +201,14 @@ class _Recorder(TorchFunctionMode):
                          "torch function torchgraft can write back")
 
 
-class _Spy:
-    """Stands in for a child while the parent is traced: records the call, runs it unrecorded."""
+class _Spy(nn.Module):
+    """Stands in for a child while the parent is traced: records the call, runs it unrecorded.
+
+    A Module itself, so containers can hold it (``self.layers[:n]`` builds a new ModuleList).
+    """
 
     def __init__(self, target: nn.Module, path: str, rec: _Recorder) -> None:
+        super().__init__()
         object.__setattr__(self, "_target", target)
         object.__setattr__(self, "_path", path)
         object.__setattr__(self, "_rec", rec)
@@ -265,6 +269,12 @@ def _inputs(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], rec: 
                 if isinstance(x, torch.Tensor):
                     rec.pending[id(x)] = (pname, key)
                     rec.keep.append(x)
+        elif isinstance(value, (tuple, list)) and any(isinstance(x, torch.Tensor) for x in value):
+            out.append(Input(pname, kind=kind, default=None if pname in bound.arguments else Const(None)))
+            for i, x in enumerate(value):  # tuples of tensors (rotary cos/sin): read back by index
+                if isinstance(x, torch.Tensor):
+                    rec.pending[id(x)] = (pname, i)
+                    rec.keep.append(x)
         else:
             try:  # non-tensor arguments specialise the trace; keep them, defaulting to the traced value
                 out.append(Input(pname, kind=kind, default=Const(value if value is not P.empty else None)))
@@ -282,7 +292,7 @@ def _output(out: Any, rec: _Recorder) -> Arg:
 
 
 @contextlib.contextmanager
-def _export_flags() -> Iterator[None]:
+def export_flags() -> Iterator[None]:
     """Tell library code it is being exported (as non-strict torch.export does), so it takes its
     trace-friendly paths instead of data-dependent fast paths (transformers' mask checks)."""
     import torch.compiler as tc
@@ -304,7 +314,7 @@ def concrete_trace(mod: nn.Module, training: bool, args: tuple[Any, ...], kwargs
     inputs = _inputs(mod, args, kwargs, rec)
     _RECORDER[0] = rec
     try:
-        with torch.no_grad(), _export_flags(), rec:
+        with torch.no_grad(), export_flags(), rec:
             out = type(mod).forward(view, *args, **kwargs)
         output = _output(out, rec)
         return Graph(inputs, tuple(rec.ops), output)

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any, Union, get_type_hints
 
 from torchgraft.errors import IRError, TorchgraftError
-from torchgraft.retype import retype
 from torchgraft.ir.model import Model
 from torchgraft.passes.base import Pass, PassReport
 from torchgraft.passes.registry import REGISTRY
 from torchgraft.passes.rewrite import count_params
+from torchgraft.retype import retype
 
 
 class PipelineError(TorchgraftError, ValueError):

@@ -10,14 +10,16 @@ Text forms (usable as ``where=`` in a pipeline):
 - ``*`` — everything (the default).
 
 In Python, selectors compose with ``&``, ``|`` and ``~``, and ``Where(fn)`` takes any
-predicate ``fn(path, node) -> bool``.
+predicate ``fn(site) -> bool`` over a ``Site`` (``site.path``, ``site.node``, and
+``site.enclosing``: the classes of the Blocks around it).
 """
 
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Union
 
 from torchgraft.ir.nodes import Block, Node, Opaque
 from torchgraft.ir.primitives import Primitive
@@ -38,13 +40,13 @@ class Selector:
     def __call__(self, site: Site) -> bool:
         raise NotImplementedError
 
-    def __and__(self, other: "Selector") -> "Selector":
+    def __and__(self, other: Selector) -> Selector:
         return Where(lambda s: self(s) and other(s), f"({self} & {other})")
 
-    def __or__(self, other: "Selector") -> "Selector":
+    def __or__(self, other: Selector) -> Selector:
         return Where(lambda s: self(s) or other(s), f"({self} | {other})")
 
-    def __invert__(self) -> "Selector":
+    def __invert__(self) -> Selector:
         return Where(lambda s: not self(s), f"~{self}")
 
 

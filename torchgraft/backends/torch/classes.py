@@ -1,90 +1,145 @@
-"""One Python class per distinct Block: ``__init__`` builds children, ``forward`` replays the body."""
+"""One Python class per original class: ``__init__`` takes what differs between instances.
+
+``groups.py`` decides which instances share a class; here their constructor expressions
+are anti-unified (``unify.py``), the differing literals become arguments (``params.py``),
+constants that differ in the forward become attributes (``self.p``), and the class is
+written (``classtext.py``). Each instance's call (``Bottleneck(64, 64, 256, downsample=True)``)
+is kept for its parent.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from torchgraft.backends.torch.body import body_lines
-from torchgraft.backends.torch.modules import accessor, fmt_call, module_expr
-from torchgraft.backends.torch.names import Namespace, is_plain_attr
-from torchgraft.backends.torch.exprs import ExprContext, arg_code
+from torchgraft.backends.torch.classtext import Member, class_text
+from torchgraft.backends.torch.ctor import Call, CExpr, Lit, Param, lit_of, node_expr
+from torchgraft.backends.torch.groups import Group, plan
+from torchgraft.backends.torch.lifting import Lifted, lift_consts
+from torchgraft.backends.torch.modules import render
+from torchgraft.backends.torch.names import Namespace
+from torchgraft.backends.torch.params import ParamSpec, build_params, instance_call
+from torchgraft.backends.torch.unify import Unifier
 from torchgraft.errors import EmitError
+from torchgraft.ir.model import Helper
 from torchgraft.ir.nodes import Block, Node, Opaque, StateSpec
+from torchgraft.ir.traverse import join
+
+_LOCAL = {"self", "i", "_", "super"}
 
 
 @dataclass
 class ClassTable:
-    """Collects class definitions; identical definitions of one original class share a name."""
+    """Collects class definitions for every Block under a root, and each instance's constructor call."""
 
     names: Namespace = field(default_factory=Namespace)
-    by_text: dict[tuple[str, str], str] = field(default_factory=dict)
     defs: list[str] = field(default_factory=list)
     imports: set[str] = field(default_factory=set)
     extra_init: dict[int, list[str]] = field(default_factory=dict)
     reserved: set[str] = field(default_factory=set)
-
     opaque_imports: dict[tuple[str, str], str] = field(default_factory=dict)
-    variants: dict[str, int] = field(default_factory=dict)
+    helpers: tuple[Helper, ...] = ()
+    calls: dict[str, CExpr] = field(default_factory=dict)
+    prepared: bool = False
 
-    def class_of(self, block: Node, path: str) -> str:
-        """The constructor call for a Block (its class emitted first if new) or an Opaque module."""
-        if isinstance(block, Opaque):
-            return self._opaque_call(block)
-        assert isinstance(block, Block)
-        text = class_text(block, self, self.extra_init.get(id(block), []))
-        key = (block.cls.qualname, text)
-        if key not in self.by_text:
-            name = self._class_name(block.cls.name)
-            self.by_text[key] = name
-            self.defs.append(text.replace("__CLASS__", name))
-        return f"{self.by_text[key]}()"
+    def prepare(self, root: Node) -> None:
+        """Plan and write the classes for every Block under ``root`` (once)."""
+        if self.prepared:
+            return
+        self.prepared = True
+        for group in plan(root, self.names):
+            self._emit(group)
 
-    def _class_name(self, base: str) -> str:
-        """``Bottleneck``, then ``Bottleneck2``, ``Bottleneck3``... for differing instances."""
-        self.variants[base] = n = self.variants.get(base, 0) + 1
-        return self.names.name(base if n == 1 else f"{base}{n}")
+    def class_of(self, node: Node, path: str) -> str:
+        """The constructor call for the Block or Opaque module at ``path`` (the root: prepares first)."""
+        if not self.prepared:
+            self.prepare(node)
+        return render(self.call_of(node, path), {}, 4)
 
-    def _opaque_call(self, node: Opaque) -> str:
+    def call_of(self, node: Node, path: str) -> CExpr:
+        """The constructor call as an expression tree."""
+        if isinstance(node, Opaque):
+            return self._opaque_call(node)
+        if path not in self.calls:
+            raise EmitError(f"internal: no class was planned for the Block at {path or '<root>'}")
+        return self.calls[path]
+
+    def _opaque_call(self, node: Opaque) -> Call:
         mod, qual = node.cls.module, node.cls.qualname
-        if not all(p.isidentifier() for p in mod.split(".") + qual.split(".")):
+        parts = mod.split(".") + qual.split(".")
+        if not all(p.isidentifier() and p.isascii() and not _keyword(p) for p in parts):
             raise EmitError(f"cannot import opaque class {node.cls}: not a valid module path")
         key = (mod, qual)
         if key not in self.opaque_imports:
             self.opaque_imports[key] = self.names.name(qual.split(".")[0])
         alias = self.opaque_imports[key]
         rest = qual.split(".", 1)[1] if "." in qual else ""
-        args = ", ".join(f"{k}={arg_code(v, ExprContext({}, str)).text}" for k, v in node.ctor or ())
-        return f"{alias}{'.' + rest if rest else ''}({args})"
+        kwargs = tuple((k, lit_of(v)) for k, v in node.ctor or ())
+        if not all(k.isidentifier() and not _keyword(k) for k, _ in kwargs):
+            raise EmitError(f"cannot rebuild opaque {node.cls}: constructor argument names are not identifiers")
+        return Call(f"{alias}{'.' + rest if rest else ''}", (), kwargs)
+
+    def _emit(self, group: Group) -> None:
+        u = Unifier(len(group.insts))
+        members = self._members(group, u)
+        lifted = lift_consts(group, u, self.helpers)
+        fam = group.family
+        if fam.flag_at is not None:
+            flags = [Lit(v in fam.flagged) for v in group.variant_of]
+            u.hole(flags, ("forward", fam.flag_name), flag=fam.flag_name)  # type: ignore[arg-type]
+        specs, index = build_params(u.holes, self.names.used() | self.reserved | _LOCAL)
+        names = {h: specs[index[h]].name for h in range(len(u.holes))}
+        root = group.insts[0][1]
+        text = class_text(group, specs, names, members, lifted, self.extra_init.get(id(root), []), self)
+        self.defs.append(text)
+        for k, (path, _) in enumerate(group.insts):
+            self.calls[path] = instance_call(group.name, specs, k)
+
+    def _members(self, group: Group, u: Unifier) -> list[Member]:
+        per_inst = [self._member_exprs(path, b) for path, b in group.insts]
+        order: dict[str, str] = {}
+        for ms in sorted(per_inst, key=len, reverse=True):
+            for kind, name, _ in ms:
+                order.setdefault(name, kind)
+        out = []
+        for name, kind in order.items():
+            exprs: list[CExpr | None] = [next((e for _, n, e in ms if n == name), None) for ms in per_inst]
+            flag = None
+            if any(e is None for e in exprs):
+                flag = u.hole([Lit(e is not None) for e in exprs], (name, name), flag=name).index
+            out.append(Member(kind, name, u.unify(exprs, (name, name)), flag))
+        return out
+
+    def _member_exprs(self, path: str, b: Block) -> list[tuple[str, str, CExpr]]:
+        out: list[tuple[str, str, CExpr]] = [("param" if s.parameter else "buffer", s.name, _state_expr(s))
+                                             for s in b.state]
+        out += [("attr", n, Lit(c.value)) for n, c in b.constants]
+        out += [("child", n, node_expr(c, join(path, n), self.call_of)) for n, c in b.children]
+        return out
 
 
-def _state_init(s: StateSpec) -> str:
-    shape = ", ".join(str(d) for d in s.shape)
-    dtype = "" if s.dtype == "float32" else f", dtype=torch.{s.dtype}"
-    tensor = f"torch.zeros(({shape}{',' if len(s.shape) == 1 else ''}){dtype})"
-    if s.parameter:
-        grad = "" if s.requires_grad else ", requires_grad=False"
-        value = f"nn.Parameter({tensor}{grad})"
-        return f"self.{s.name} = {value}" if is_plain_attr(s.name) else \
-            f"self.register_parameter({s.name!r}, {value})"
-    persistent = "" if s.persistent else ", persistent=False"
-    return f"self.register_buffer({s.name!r}, {tensor}{persistent})"
+def _keyword(name: str) -> bool:
+    import keyword
+
+    return keyword.iskeyword(name)
 
 
-def class_text(block: Block, table: ClassTable, extra_init: list[str]) -> str:
-    """The class definition (named ``__CLASS__``) for one Block."""
-    init = ["super().__init__()"] + [_state_init(s) for s in block.state]
-    for name, child in block.children:
-        expr = module_expr(child, table.class_of, name, 8)
-        if is_plain_attr(name):
-            init.append(f"self.{name} = {expr}")
-        else:
-            init.append(fmt_call("self.add_module(", [repr(name), expr], 8))
-    init += extra_init
-    reach = accessor(block)
-    forward = body_lines(block, reach, table.imports, frozenset(table.reserved))
-    doc = f'    """From {block.cls}."""\n\n'
-    lines = [f"class __CLASS__(nn.Module):\n", doc, "    def __init__(self) -> None:\n"]
-    lines += [f"        {ln}\n" for stmt in init for ln in stmt.split("\n")]
-    lines.append("\n")
-    lines += [f"    {ln}\n" if ln else "\n" for ln in forward]
-    return "".join(lines)
+def _state_expr(s: StateSpec) -> CExpr:
+    dims = tuple(Lit(d) for d in s.shape) or (Lit(()),)
+    dtype = () if s.dtype == "float32" else (("dtype", Lit(_dtype(s.dtype))),)
+    tensor = Call("torch.zeros", dims, dtype)  # type: ignore[arg-type]
+    if not s.parameter:
+        return tensor
+    grad = () if s.requires_grad else (("requires_grad", Lit(False)),)
+    return Call("nn.Parameter", (tensor,), grad)  # type: ignore[arg-type]
+
+
+def _dtype(name: str) -> object:
+    import torch
+
+    value = getattr(torch, name, None)
+    if not isinstance(value, torch.dtype):
+        raise EmitError(f"unknown dtype {name!r} for a parameter or buffer")
+    return value
+
+
+__all__ = ["ClassTable", "Lifted", "Param", "ParamSpec"]

@@ -8,6 +8,7 @@ import re
 import sys
 import tempfile
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -35,13 +36,25 @@ class EmittedCode:
     class_name: str = "Model"
     constants: Mapping[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
+    @property
+    def on_meta(self) -> bool:
+        """True when the weights live on the meta device (a model captured without memory)."""
+        return any(t.device.type == "meta" for t in (*self.weights.values(), *self.constants.values()))
+
     def save(self, directory: str | Path) -> Path:
-        """Write ``model.py`` and ``weights.safetensors`` into ``directory``; returns the model.py path."""
+        """Write ``model.py`` and ``weights.safetensors`` into ``directory``; returns the model.py path.
+
+        Meta-device weights have no values: only ``model.py`` is written, with a warning.
+        """
         from safetensors.torch import save_file
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         (out / "model.py").write_text(self.source)
+        if self.on_meta:
+            warnings.warn(f"the model's weights are on the meta device: wrote {out / 'model.py'} and no weights; "
+                          "load a checkpoint into build() yourself", stacklevel=2)
+            return out / "model.py"
         if self.weights:
             save_file(_unshared(self.weights), str(out / WEIGHTS))
         if self.constants:

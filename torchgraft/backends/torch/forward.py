@@ -1,20 +1,29 @@
 """A Block's forward body (Graph) as readable Python statements.
 
 A value used once, by the very next op, is written inline (``self.bn1(self.conv1(x))``),
-which keeps the original evaluation order exactly; everything else gets a name.
+up to three nested calls per line, which keeps the original evaluation order exactly;
+everything else gets a name (``valnames.py``). Pure ops whose result is never used
+(``x.shape`` fx recorded for an assert message) are left out. Long lines are wrapped.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable
 
 from torchgraft.backends.torch.exprs import Code, ExprContext, arg_code, op_code
-from torchgraft.backends.torch.names import Namespace
-from torchgraft.ir.graph import FunctionCall, GetAttr, Graph, Input, InputKind
-from torchgraft.ir.types import ScalarType, TensorType, ValueType
+from torchgraft.backends.torch.valnames import GENERIC, ValueNamer, hint, shape_source, specific
+from torchgraft.backends.torch.wrap import WIDTH, wrap
+from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, PrimCall
+from torchgraft.ir.types import UNKNOWN, ScalarType, TensorType, ValueType
 from torchgraft.ir.values import Ref, refs_in
 
 MAX_INLINE = 72
+MAX_DEPTH = 3
+MODULE_GLOBALS = frozenset({"self", "torch", "nn", "F", "Tensor", "math", "operator", "collections",
+                            "OrderedDict", "Path", "typing"})
+_PURE_FUNCTIONS = frozenset({"builtins.getattr", "operator.getitem", "builtins.len"})
+_PURE_METHODS = frozenset({"size", "dim", "numel"})
 
 
 def annotation(t: ValueType) -> str:
@@ -46,37 +55,178 @@ def signature(inputs: tuple[Input, ...], names: dict[str, str], ctx: ExprContext
     return ", ".join(parts)
 
 
-def graph_lines(g: Graph, accessor: Callable[[str], str], ns: Namespace, imports: set[str]) -> list[str]:
-    """Statements computing ``g`` (ending in ``return``), without indentation."""
-    users = g.users()
+def is_pure(op: Op) -> bool:
+    """True for ops without side effects whose result may be dropped when unused."""
+    t = op.target
+    return (isinstance(t, GetAttr) or (isinstance(t, FunctionCall) and t.qualname in _PURE_FUNCTIONS)
+            or (isinstance(t, MethodCall) and t.name in _PURE_METHODS))
+
+
+def prune(g: Graph) -> Graph:
+    """``g`` without pure ops nobody reads (repeated until none is left)."""
+    while True:
+        users = g.users()
+        dead = {op.name for op in g.ops if is_pure(op) and not users.get(op.name)}
+        if not dead:
+            return g
+        g = Graph(g.inputs, tuple(op for op in g.ops if op.name not in dead), g.output)
+
+
+@dataclass
+class Special:
+    """What a merged forward adds to a plain graph (see ``variants.py``).
+
+    ``attrs``: graph inputs that stand for attributes (``self.p``), not parameters;
+    ``optional``: op name -> child, written ``self.c(v) if self.c is not None else v``;
+    ``flag``: (index of the first conditional op, condition code, value the tail replaces).
+    """
+
+    attrs: dict[str, str] = field(default_factory=dict)
+    optional: dict[str, str] = field(default_factory=dict)
+    flag: tuple[int, str, str] | None = None
+
+
+class _Writer:
+    """Writes one graph's statements, deciding what to inline and what to name."""
+
+    def __init__(self, g: Graph, ctx: ExprContext, reserved: frozenset[str], special: Special, width: int) -> None:
+        self.g, self.ctx, self.special, self.width = g, ctx, special, width
+        self.users = g.users()
+        self.index = {op.name: i for i, op in enumerate(g.ops)}
+        self.pending: dict[str, set[str]] = {}  # inlined value -> values it reads that are variables
+        self.depth: dict[str, int] = {}
+        self.shapes: dict[str, int] = {}
+        self.types = {i.name: i.type for i in g.inputs} | {op.name: op.type for op in g.ops}
+        self.pos = -1
+        self.inline_args: dict[str, list[str]] = {}
+        self.namer = ValueNamer(reserved, self._dead)
+        for inp in g.inputs:
+            if inp.name in special.attrs:
+                ctx.values[inp.name] = Code(special.attrs[inp.name])
+            else:
+                ctx.values[inp.name] = Code(self.namer.input(inp.name, MODULE_GLOBALS | reserved))
+
+    def _dead(self, value: str) -> bool:
+        """True if nothing reads ``value`` after the statement at ``self.pos``."""
+        if value in self.pending:
+            return False
+        for u in self.users.get(value, []):
+            if u == "<output>" or self.index[u] > self.pos or u in self.pending:
+                return False
+        return True
+
+    def _reads(self, op: Op) -> list[str]:
+        """Variables (not inlined values) the statement for ``op`` reads, in order."""
+        out: list[str] = []
+        for r in op.reads():
+            out += sorted(self.pending[r]) if r in self.pending else [r]
+        return [r for r in dict.fromkeys(out) if r not in self.special.attrs]
+
+    def _consume(self, op: Op) -> None:
+        stack = list(op.reads())
+        while stack:
+            r = stack.pop()
+            if r in self.pending:
+                self.pending.pop(r)
+                stack += self.inline_args.get(r, [])
+
+    def lines(self) -> list[str]:
+        """All statements, ending in ``return``."""
+        out: list[str] = []
+        indent = ""
+        flag = self.special.flag
+        for i, op in enumerate(self.g.ops):
+            self.pos = i
+            if flag is not None and i == flag[0]:
+                out.append(f"if {flag[1]}:")
+                indent = "    "
+            out += [indent + ln for ln in self._op(i, op, self.width - len(indent))]
+        if flag is not None:
+            return out + [f"return {self.ctx.values[flag[2]].text}"]
+        return out + wrap(f"return {arg_code(self.g.output, self.ctx).text}", self.width)
+
+    def _inline_ok(self, i: int, op: Op, code: Code) -> bool:
+        uses = self.users.get(op.name, [])
+        flag = self.special.flag
+        if len(uses) != 1 or op.name in self.special.optional:
+            return False
+        if flag is not None and (op.name == flag[2] or i == len(self.g.ops) - 1):
+            return False
+        if flag is not None and not is_pure(op) and (i < flag[0] <= self.index.get(uses[0], i)):
+            return False
+        if uses[0] == "<output>":
+            return (i == len(self.g.ops) - 1 or is_pure(op)) and refs_in(self.g.output).count(op.name) == 1
+        nxt = self.g.ops[i + 1].name if i + 1 < len(self.g.ops) else None
+        return ((uses[0] == nxt or is_pure(op)) and len(code.text) <= MAX_INLINE
+                and self.depth[op.name] < MAX_DEPTH)
+
+    def _op(self, i: int, op: Op, width: int) -> list[str]:
+        code = self._code(op)
+        rank = shape_source(op, self.types)
+        if rank is not None:
+            self.shapes[op.name] = rank
+        self.depth[op.name] = _calls(op) + max((self.depth.get(r, 0) for r in op.reads() if r in self.pending),
+                                               default=0)
+        if not self.users.get(op.name):
+            self._consume(op)
+            return wrap(code.text, width)
+        if self._inline_ok(i, op, code):
+            self.inline_args[op.name] = [r for r in op.reads() if r in self.pending]
+            self.pending[op.name] = set(self._reads(op))
+            self.ctx.values[op.name] = code
+            return []
+        reads = self._reads(op)
+        self._consume(op)
+        var = self._name(i, op, reads)
+        self.ctx.values[op.name] = Code(var)
+        return wrap(f"{var} = {code.text}", width)
+
+    def _code(self, op: Op) -> Code:
+        child = self.special.optional.get(op.name)
+        if child is None:
+            return op_code(op, self.ctx)
+        member = self.ctx.accessor(child)
+        arg = arg_code(op.args[0], self.ctx).text
+        return Code(f"{member}({arg}) if {member} is not None else {arg}", 0)
+
+    def _name(self, i: int, op: Op, reads: list[str]) -> str:
+        flag = self.special.flag
+        if flag is not None and i == len(self.g.ops) - 1:
+            return self.namer.take(op.name, self.ctx.values[flag[2]].text)
+        own = specific(op, self.shapes)
+        cands: list[str] = []
+        if op.name in self.special.optional:
+            cands.append("identity")
+        if own is None:
+            cands += [self.namer.var_of[r] for r in reads if self._dead(r) and _same_kind(self.types, r, op.name)][:1]
+        cands += [own or GENERIC, f"{hint(op)}_{own or GENERIC}" if hint(op) else ""]
+        return self.namer.pick(op.name, [c for c in cands if c])
+
+
+def _calls(op: Op) -> int:
+    """1 for a call (it nests visibly), 0 for operators, attribute reads and subscripts."""
+    t = op.target
+    if isinstance(t, (ChildCall, MethodCall, PrimCall)):
+        return 1
+    if isinstance(t, FunctionCall):
+        return 0 if t.qualname.startswith("operator.") or t.qualname == "builtins.getattr" else 1
+    return 0
+
+
+def _same_kind(types: dict[str, ValueType], a: str, b: str) -> bool:
+    ka, kb = (None if types.get(v) in (None, UNKNOWN) else isinstance(types.get(v), TensorType) for v in (a, b))
+    return ka is None or kb is None or ka == kb
+
+
+def graph_lines(g: Graph, accessor: Callable[[str], str], reserved: frozenset[str], imports: set[str],
+                special: Special | None = None, width: int = WIDTH) -> list[str]:
+    """Statements computing ``g`` (ending in ``return``), without indentation, wrapped to ``width``."""
     ctx = ExprContext({}, accessor, imports)
-    for inp in g.inputs:
-        ctx.values[inp.name] = Code(ns.name(inp.name, key=("in", inp.name)))
-    lines: list[str] = []
-    for i, op in enumerate(g.ops):
-        code = op_code(op, ctx)
-        uses = users.get(op.name, [])
-        nxt = g.ops[i + 1].name if i + 1 < len(g.ops) else "<output>"
-        out_is_ref = isinstance(g.output, Ref) and g.output.name == op.name
-        pure = isinstance(op.target, GetAttr) or (isinstance(op.target, FunctionCall)
-                                                   and op.target.qualname == "builtins.getattr")
-        inline = len(uses) == 1 and (uses[0] == nxt or pure) and len(code.text) <= MAX_INLINE
-        if nxt == "<output>" and out_is_ref:
-            inline = len(uses) == 1
-        if not uses:
-            lines.append(code.text)
-            ctx.values[op.name] = Code("None")
-            continue
-        if inline and (nxt != "<output>" or out_is_ref or refs_in(g.output).count(op.name) == 1):
-            ctx.values[op.name] = code
-            continue
-        var = ns.name(op.name, key=("op", op.name))
-        lines.append(f"{var} = {code.text}")
-        ctx.values[op.name] = Code(var)
-    lines.append(f"return {arg_code(g.output, ctx).text}")
-    return lines
+    return _Writer(prune(g), ctx, reserved, special or Special(), width).lines()
 
 
-def input_names(g: Graph, ns: Namespace) -> dict[str, str]:
-    """The emitted names of the graph's inputs (reserved before the body is written)."""
-    return {i.name: ns.name(i.name, key=("in", i.name)) for i in g.inputs}
+def input_names(g: Graph, reserved: frozenset[str], special: Special | None = None) -> dict[str, str]:
+    """The emitted names of the graph's (parameter) inputs, as ``graph_lines`` gives them."""
+    attrs = special.attrs if special is not None else {}
+    namer = ValueNamer(reserved, lambda v: False)
+    return {i.name: namer.input(i.name, MODULE_GLOBALS | reserved) for i in g.inputs if i.name not in attrs}

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import itertools
+import re
+from typing import Callable, Mapping
 
+from torchgraft.backends.torch.ctor import Call, CExpr, Items, Lit, Param, Raw, node_expr, prim_call
 from torchgraft.backends.torch.exprs import const_code
-from torchgraft.backends.torch.names import is_plain_attr, member
+from torchgraft.backends.torch.names import is_plain_attr, member, str_lit
 from torchgraft.errors import EmitError
-from torchgraft.ir.nodes import (Block, Chain, Combine, CombineKind, Container, Node, Opaque, Parallel, SkipConnection,
-                                 module_children)
+from torchgraft.ir.nodes import Block, Chain, Container, Node, Parallel, module_children
 from torchgraft.ir.primitives import Primitive
 
 WIDTH = 88
+_KEY_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*?(?=\d+$)")
 
 
 def fmt_call(head: str, args: list[str], indent: int, tail: str = ")") -> str:
@@ -23,52 +26,79 @@ def fmt_call(head: str, args: list[str], indent: int, tail: str = ")") -> str:
     return f"{head}\n{body}{tail}"
 
 
+def lit_code(v: object) -> str:
+    """A literal: constants as ``const_code`` writes them, tuples and lists item by item."""
+    if isinstance(v, tuple):
+        items = [lit_code(x) for x in v]
+        return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+    if isinstance(v, list):
+        return f"[{', '.join(lit_code(x) for x in v)}]"
+    return const_code(v)
+
+
 def prim_expr(p: Primitive) -> str:
     """``nn.Conv2d(3, 16, kernel_size=3, padding=1)``."""
-    pos, kw = p.ctor()
-    args = [const_code(v) if not isinstance(v, tuple) else _tuple(v) for v in pos]
-    args += [f"{k}={_tuple(v) if isinstance(v, tuple) else const_code(v)}" for k, v in kw.items()]
-    return f"nn.{p.op}({', '.join(args)})"
+    return render(prim_call(p), {}, 0)
 
 
-def _tuple(v: tuple[object, ...]) -> str:
-    items = [_tuple(x) if isinstance(x, tuple) else const_code(x) for x in v]
-    return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+def render(e: CExpr, names: Mapping[int, str], indent: int, head: str = "") -> str:
+    """Code for a constructor expression; ``Param(i)`` is written ``names[i]``; ``head`` goes in front."""
+    if isinstance(e, Param):
+        return head + names[e.index]
+    if isinstance(e, Lit):
+        return head + lit_code(e.value)
+    if isinstance(e, Raw):
+        return head + e.text
+    if isinstance(e, Items):
+        return _render_items(e, names, indent, head)
+    return fmt_call(f"{head}{e.head}(", _call_args(e, names, indent + 4), indent)
+
+
+def _call_args(e: Call, names: Mapping[int, str], indent: int) -> list[str]:
+    defaults = dict(e.defaults)
+    args = list(e.args)
+    while args and len(args) <= len(e.arg_names) and defaults.get(e.arg_names[len(args) - 1]) == args[-1]:
+        args.pop()
+    out = [render(a, names, indent) for a in args]
+    return out + [render(v, names, indent, f"{k}=") for k, v in e.kwargs if defaults.get(k) != v]
+
+
+def _runs(items: list[str], indent: int, head: str, tail: str) -> list[str]:
+    """Items, with runs of identical ones written ``*[item for _ in range(n)]`` when that reads better."""
+    one = f"{head}{', '.join(items)}{tail}"
+    short = indent + len(one) <= WIDTH and "\n" not in one
+    out: list[str] = []
+    for item, group in itertools.groupby(items):
+        n = len(list(group))
+        if n >= 3 or (n == 2 and not short):
+            out.append(f"*[{item} for _ in range(n)]".replace("range(n)", f"range({n})"))
+        else:
+            out += [item] * n
+    return out
+
+
+def _render_items(e: Items, names: Mapping[int, str], indent: int, head: str) -> str:
+    sub = [render(i, names, indent + 4) for i in e.items]
+    if e.kind == "ModuleDict":
+        return fmt_call(f"{head}nn.ModuleDict({{", [f"{str_lit(k)}: {x}" for k, x in zip(e.keys, sub)], indent, "})")
+    if e.kind == "ModuleList":
+        return fmt_call(f"{head}nn.ModuleList([", _runs(sub, indent, f"{head}nn.ModuleList([", "])"), indent, "])")
+    if e.kind == "list":
+        return fmt_call(f"{head}[", _runs(sub, indent, f"{head}[", "]"), indent, "]")
+    if list(e.keys) == [str(i) for i in range(len(sub))]:
+        return fmt_call(f"{head}nn.Sequential(", _runs(sub, indent, f"{head}nn.Sequential(", ")"), indent)
+    prefix = _KEY_PREFIX.match(e.keys[0]) if e.keys else None
+    if (prefix and len(set(sub)) == 1 and len(sub) > 1
+            and list(e.keys) == [f"{prefix.group(0)}{i}" for i in range(len(sub))]):
+        pairs = f'(f"{prefix.group(0)}{{i}}", {sub[0]}) for i in range({len(sub)})'
+        return fmt_call(f"{head}nn.Sequential(OrderedDict(", [pairs], indent, "))")
+    return fmt_call(f"{head}nn.Sequential(OrderedDict([", [f"({str_lit(k)}, {x})" for k, x in zip(e.keys, sub)],
+                    indent, "]))")
 
 
 def module_expr(node: Node, class_of: Callable[[Node, str], str], path: str, indent: int) -> str:
-    """The constructor expression building ``node`` (``class_of`` names Block classes)."""
-    if isinstance(node, Primitive):
-        return prim_expr(node)
-    if isinstance(node, Block):
-        return class_of(node, path)
-    if isinstance(node, (Chain, Container, Parallel, SkipConnection)):
-        kids = module_children(node)
-        sub = [(n, module_expr(c, class_of, f"{path}.{n}" if path else n, indent + 4)) for n, c in kids]
-        if isinstance(node, SkipConnection):
-            return fmt_call("SkipConnection(", [sub[0][1]] + _combine_args(node.combine), indent)
-        if isinstance(node, Parallel):
-            return fmt_call("Parallel(", [fmt_call("[", [e for _, e in sub], indent + 4, "]")]
-                            + _combine_args(node.combine), indent)
-        if isinstance(node, Container) and node.kind == "ModuleDict":
-            return fmt_call("nn.ModuleDict({", [f"{n!r}: {e}" for n, e in sub], indent, "})")
-        if isinstance(node, Container):
-            return fmt_call("nn.ModuleList([", [e for _, e in sub], indent, "])")
-        if [n for n, _ in sub] == [str(i) for i in range(len(sub))]:
-            return fmt_call("nn.Sequential(", [e for _, e in sub], indent)
-        return fmt_call("nn.Sequential(OrderedDict([", [f"({n!r}, {e})" for n, e in sub], indent, "]))")
-    if isinstance(node, Opaque):
-        if node.ctor is None:
-            raise EmitError(f"module at {path or '<root>'} ({node.cls}) is opaque ({node.reason}) and its "
-                            "constructor arguments could not be recovered from its attributes, so model.py "
-                            "cannot rebuild it. Make its forward traceable, or replace it with a pass.")
-        return class_of(node, path)
-    raise EmitError(f"cannot construct {type(node).__name__} at {path or '<root>'}")
-
-
-def _combine_args(c: Combine) -> list[str]:
-    kind = c.kind.value if isinstance(c.kind, CombineKind) else str(c.kind)
-    return [f"combine={kind!r}"] + ([f"dim={c.dim}"] if kind == "cat" else [])
+    """The constructor expression building ``node`` (``class_of`` writes Block and Opaque calls)."""
+    return render(node_expr(node, path, lambda n, p: Raw(class_of(n, p))), {}, indent)
 
 
 def container_kind(node: Node) -> str | None:
@@ -97,7 +127,7 @@ def accessor(root: Node, base: str = "self") -> Callable[[str], str]:
             if is_plain_attr(part):
                 return f"{code}.{part}"
             store = "_buffers" if _is_buffer(node, part) else "_parameters"
-            return f"{code}.{store}[{part!r}]"
+            return f"{code}.{store}[{str_lit(part)}]"
         return code
 
     return reach

@@ -39,7 +39,7 @@ class Namespace:
         base = re.sub(r"\W", "_", candidate.encode("ascii", "ignore").decode()) or "v"
         if base[0].isdigit():
             base = "_" + base
-        if keyword.iskeyword(base) or base in self._used:
+        if keyword.iskeyword(base) or base in RESERVED:
             base = base + "_"
         out, i = base, 1
         while out in self._used:
@@ -54,6 +54,15 @@ class Namespace:
         """Mark ``name`` as used."""
         self._used.add(name)
 
+    def used(self) -> set[str]:
+        """Every name handed out or reserved so far (a copy)."""
+        return set(self._used)
+
+
+def str_lit(text: str) -> str:
+    """A string literal for text that came from a model: pure ASCII, escapes for everything else."""
+    return ascii(text)
+
 
 def member(owner: str, name: str, container: str | None = None) -> str:
     """Code that reads member ``name`` of ``owner``: ``self.conv1``, ``self.layers[0]``, ``self._modules['1st']``.
@@ -64,7 +73,7 @@ def member(owner: str, name: str, container: str | None = None) -> str:
     if container in ("Sequential", "ModuleList") and name.isdigit():
         return f"{owner}[{int(name)}]"
     if container == "ModuleDict":
-        return f"{owner}[{name!r}]"
+        return f"{owner}[{str_lit(name)}]"
     if is_plain_attr(name):
         return f"{owner}.{name}"
-    return f"{owner}._modules[{name!r}]"
+    return f"{owner}._modules[{str_lit(name)}]"

@@ -1,0 +1,182 @@
+"""swap-activation (torchgraft) vs torch.fx's subgraph_rewriter on a model of N blocks.
+
+Run as a script (not a test)::
+
+    python benchmarks/passes_vs_fx.py --blocks 1000 4000 --repeat 1
+
+The model is an ``nn.Sequential`` of N small blocks, each ``F.relu(self.linear(x))``, under a root
+module whose forward calls it.
+torchgraft: the model is captured once (time reported), then timed are
+
+- ``pass``: ``SwapActivation(from_="relu", to="silu").rewrite(model)``, the rewrite alone;
+- ``run``: ``torchgraft.passes.run(model, "swap-activation{from=relu to=silu}", verify=False)``,
+  which also re-infers every type (emit + build on meta + replay) and builds the report.
+
+torch.fx: ``symbolic_trace`` of the whole model (time reported), then timed is
+``torch.fx.subgraph_rewriter.replace_pattern(gm, F.relu(x) -> F.silu(x))`` on a fresh trace.
+
+Both rewrites are checked to produce a model whose output equals the original with silu.
+Prints a Markdown table; the ratio is fx rewrite time / torchgraft time (higher: torchgraft faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import io
+import pstats
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.fx
+import torch.fx.subgraph_rewriter
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torchgraft  # noqa: E402
+from torchgraft.passes.swap_activation import SwapActivation  # noqa: E402
+
+PIPELINE = "swap-activation{from=relu to=silu}"
+
+
+class Block(nn.Module):
+    """One small block: ``relu(linear(x))`` written with ``F.relu``."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.linear(x))
+
+
+class Net(nn.Module):
+    """The N blocks in an ``nn.Sequential``, under a root module with a forward (a root that is itself a
+    Sequential has no typed signature in the IR, and ``passes.run`` would skip re-inferring types)."""
+
+    def __init__(self, blocks: int, width: int) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*(Block(width) for _ in range(blocks)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+def build(blocks: int, width: int = 4) -> Net:
+    torch.manual_seed(0)
+    return Net(blocks, width).eval()
+
+
+def pattern(x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x)
+
+
+def replacement(x: torch.Tensor) -> torch.Tensor:
+    return F.silu(x)
+
+
+def best(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
+    """The fastest of ``repeat`` runs (seconds) and the last result."""
+    times, out = [], None
+    for _ in range(repeat):
+        gc.collect()
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return min(times), out
+
+
+def reference(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    saved = F.relu
+    F.relu = lambda t, inplace=False: F.silu(t)  # type: ignore[assignment]
+    try:
+        return net(x)
+    finally:
+        F.relu = saved
+
+
+def profile(fn: Callable[[], object], top: int) -> str:
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(top)
+    return out.getvalue()
+
+
+def measure(blocks: int, repeat: int, check: bool) -> dict[str, float]:
+    net = build(blocks)
+    x = torch.randn(2, 4)
+    row: dict[str, float] = {"blocks": blocks}
+
+    t = time.perf_counter()
+    model = torchgraft.capture(net, (x,))
+    row["capture"] = time.perf_counter() - t
+    swap = SwapActivation(from_="relu", to="silu")
+    row["pass"], (new, matches) = best(lambda: swap.rewrite(model), repeat)  # type: ignore[misc]
+    assert len(matches) == blocks, (len(matches), blocks)
+    row["run"], result = best(lambda: torchgraft.passes.run(model, PIPELINE, verify=False), repeat)
+
+    t = time.perf_counter()
+    gm = torch.fx.symbolic_trace(net)
+    row["trace"] = time.perf_counter() - t
+
+    times = []
+    for _ in range(repeat):  # a fresh trace each time (replace_pattern edits in place); only the rewrite timed
+        g = gm if not times else torch.fx.symbolic_trace(net)
+        gc.collect()
+        t = time.perf_counter()
+        replaced = torch.fx.subgraph_rewriter.replace_pattern(g, pattern, replacement)
+        times.append(time.perf_counter() - t)
+        assert len(replaced) == blocks, (len(replaced), blocks)
+        gm = g
+    row["fx"] = min(times)
+
+    if check:
+        with torch.no_grad():
+            ref = reference(net, x)
+            ours = torchgraft.emit(result.model).materialize().eval()(x)  # type: ignore[attr-defined]
+            theirs = gm(x)
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(theirs, ref, rtol=1e-5, atol=1e-6)
+    return row
+
+
+def table(rows: list[dict[str, float]]) -> str:
+    head = ("| blocks | capture (s) | fx trace (s) | torchgraft pass (s) | torchgraft run (s) "
+            "| fx replace_pattern (s) | fx / pass | fx / run |")
+    lines = [head, "|---:" * 8 + "|"]
+    for r in rows:
+        lines.append(f"| {int(r['blocks']):,} | {r['capture']:.2f} | {r['trace']:.3f} | {r['pass']:.4f} | "
+                     f"{r['run']:.3f} | {r['fx']:.3f} | {r['fx'] / r['pass']:.0f}x | {r['fx'] / r['run']:.1f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--blocks", type=int, nargs="+", default=[1000, 4000], help="model sizes (number of blocks)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per measurement (the fastest is reported)")
+    ap.add_argument("--no-check", action="store_true", help="skip the numerical check of both rewrites")
+    ap.add_argument("--profile", type=int, metavar="BLOCKS", help="also profile passes.run at this size")
+    args = ap.parse_args(argv)
+
+    rows = []
+    for n in args.blocks:
+        rows.append(measure(n, args.repeat, not args.no_check))
+        print(f"done: {n} blocks", file=sys.stderr)
+    print(table(rows))
+    if args.profile:
+        model = torchgraft.capture(build(args.profile), (torch.randn(2, 4),))
+        print(f"\npasses.run profile at {args.profile} blocks (cumulative):\n")
+        print(profile(lambda: torchgraft.passes.run(model, PIPELINE, verify=False), 30))
+
+
+if __name__ == "__main__":
+    main()
