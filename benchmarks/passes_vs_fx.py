@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.fx
@@ -43,6 +44,7 @@ import torchgraft  # noqa: E402
 from torchgraft.passes.swap_activation import SwapActivation  # noqa: E402
 
 PIPELINE = "swap-activation{from=relu to=silu}"
+T = TypeVar("T")
 
 
 class Block(nn.Module):
@@ -81,10 +83,10 @@ def replacement(x: torch.Tensor) -> torch.Tensor:
     return F.silu(x)
 
 
-def best(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
+def best(fn: Callable[[], T], repeat: int) -> tuple[float, T]:
     """The fastest of ``repeat`` runs (seconds) and the last result."""
-    times, out = [], None
-    for _ in range(repeat):
+    times: list[float] = []
+    for _ in range(max(repeat, 1)):
         gc.collect()
         t = time.perf_counter()
         out = fn()
@@ -120,7 +122,7 @@ def measure(blocks: int, repeat: int, check: bool) -> dict[str, float]:
     model = torchgraft.capture(net, (x,))
     row["capture"] = time.perf_counter() - t
     swap = SwapActivation(from_="relu", to="silu")
-    row["pass"], (new, matches) = best(lambda: swap.rewrite(model), repeat)  # type: ignore[misc]
+    row["pass"], (_, matches) = best(lambda: swap.rewrite(model), repeat)
     assert len(matches) == blocks, (len(matches), blocks)
     row["run"], result = best(lambda: torchgraft.passes.run(model, PIPELINE, verify=False), repeat)
 
@@ -128,8 +130,8 @@ def measure(blocks: int, repeat: int, check: bool) -> dict[str, float]:
     gm = torch.fx.symbolic_trace(net)
     row["trace"] = time.perf_counter() - t
 
-    times = []
-    for _ in range(repeat):  # a fresh trace each time (replace_pattern edits in place); only the rewrite timed
+    times: list[float] = []
+    for _ in range(max(repeat, 1)):  # a fresh trace each time (replace_pattern edits in place); only the rewrite timed
         g = gm if not times else torch.fx.symbolic_trace(net)
         gc.collect()
         t = time.perf_counter()
@@ -142,7 +144,7 @@ def measure(blocks: int, repeat: int, check: bool) -> dict[str, float]:
     if check:
         with torch.no_grad():
             ref = reference(net, x)
-            ours = torchgraft.emit(result.model).materialize().eval()(x)  # type: ignore[attr-defined]
+            ours = torchgraft.emit(result.model).materialize().eval()(x)
             theirs = gm(x)
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(theirs, ref, rtol=1e-5, atol=1e-6)

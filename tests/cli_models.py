@@ -63,4 +63,4 @@ def weird_names() -> tuple[nn.Module, tuple[torch.Tensor]]:
     names = ['a"b', "c\nd", "<e>&", "f{g}|h", "i\\j", "end"]
     layers = [nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2), nn.Identity()]
     torch.manual_seed(0)
-    return nn.Sequential(OrderedDict(zip(names, layers))).eval(), (torch.randn(2, 4),)
+    return nn.Sequential(OrderedDict(zip(names, layers, strict=True))).eval(), (torch.randn(2, 4),)

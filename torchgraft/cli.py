@@ -361,7 +361,7 @@ def pass_options(cls: type) -> list[str]:
         if f.default is not dataclasses.MISSING:
             out.append(f"{name}: {kind} = {f.default!r}")
         elif f.default_factory is not dataclasses.MISSING:
-            out.append(f"{name}: {kind} = {f.default_factory.__name__}()")
+            out.append(f"{name}: {kind} = {getattr(f.default_factory, '__name__', 'factory')}()")
         else:
             out.append(f"{name}: {kind} (required)")
     return out

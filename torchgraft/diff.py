@@ -4,8 +4,9 @@ Changes are found by drawing both models (``backends.graph.picture``) and compar
 what is drawn, node by node: a node whose label (name, kind, type) differs is
 *changed*, one only in the new model is *added*, one only in the old model is
 *removed*. Types are left out of the comparison: a type that changes because an
-earlier node changed is a consequence, not a change of its own. Node ids are module paths (``stem.1``) and op paths (``blocks.0.relu_1``),
-so a functional ``F.relu`` swapped inside a Block shows up as well as a layer.
+earlier node changed is a consequence, not a change of its own. Node ids are module
+paths (``stem.1``) and op paths (``blocks.0.relu_1``), so a functional ``F.relu``
+swapped inside a Block shows up as well as a layer.
 
 ::
 

@@ -68,9 +68,18 @@ def retype(model: Model) -> Model:
             out = interp.run_node(model.root, built.eval(), "", args, kwargs)
     except CaptureError as e:
         raise IRError(f"the rewritten model no longer runs: {e}") from e
-    root = map_tree(model.root, lambda p, n: typed_block(n, interp.types, p) if isinstance(n, Block) else n)
-    return replace(model, root=root, output_type=type_of(out, symbols),
-                   types=tuple(sorted(interp.module_types.items())))
+    device = next((i.type.device for i in model.inputs if isinstance(i.type, TensorType)), "cpu")
+    op_types = {p: {k: _on(t, device) for k, t in ts.items()} for p, ts in interp.types.items()}
+    root = map_tree(model.root, lambda p, n: typed_block(n, op_types, p) if isinstance(n, Block) else n)
+    return replace(model, root=root, output_type=_on(type_of(out, symbols), device),
+                   types=tuple(sorted((k, _on(t, device)) for k, t in interp.module_types.items())))
+
+
+def _on(t: Any, device: str) -> Any:
+    """The type as it is on the real device (the replay ran on meta)."""
+    if isinstance(t, TensorType) and t.device == "meta":
+        return TensorType(t.shape, t.dtype, device)
+    return t
 
 
 def _build(module: Any) -> torch.nn.Module:

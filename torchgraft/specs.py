@@ -209,8 +209,8 @@ def _zoo(spec: str, zoo: str, name: str) -> LoadedModel:
         known = tv.models.list_models(tv.models)
         raise SpecError(f"bad model spec {spec!r}: torchvision has no classification model {name!r}; "
                         f"e.g. {', '.join(known[:8])} ({len(known)} in all)") from None
-    size = ZOO_INPUT_SIZE.get(name, 224)
-    return LoadedModel(spec, model, (example_input((1, 3, size, size)),))
+    side = ZOO_INPUT_SIZE.get(name, 224)
+    return LoadedModel(spec, model, (example_input((1, 3, side, side)),))
 
 
 def _folder(spec: str, folder: Path) -> LoadedModel:

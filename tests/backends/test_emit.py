@@ -33,6 +33,14 @@ def test_resnet18_golden_source(torchvision) -> None:  # noqa: ANN001
     _golden("resnet18_model.py", code.source)
 
 
+def test_mobilenet_v2_golden_source(torchvision) -> None:  # noqa: ANN001
+    """Generalised classes: an optional expand layer, a conditional residual, runs of equal blocks."""
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2().eval()
+    code = torchgraft.emit(torchgraft.capture(model, (torch.randn(2, 3, 64, 64),)))
+    _golden("mobilenet_v2_model.py", code.source)
+
+
 def test_bundled_net_golden_source() -> None:
     net, args = example()
     _golden("net_model.py", torchgraft.emit(torchgraft.capture(net, args)).source)

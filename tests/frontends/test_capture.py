@@ -129,15 +129,44 @@ class Outer(nn.Module):
         return self.branchy(self.pre(x))
 
 
-def test_untraceable_module_becomes_opaque_and_capture_goes_on() -> None:
+def test_data_dependent_branch_keeps_both_branches_as_copied_source() -> None:
     model = Outer().eval()
     m = torchgraft.capture(model, (torch.randn(3, 4),))
     node = m.root.child("branchy")
-    assert isinstance(node, ir.Opaque)
-    assert "fx could not trace" in node.reason and "branchy" in m.report.opaque
-    assert m.report.methods["pre"] == "leaf"
-    rebuilt = torchgraft.emit(m).materialize()
+    assert isinstance(node, ir.Block) and isinstance(node.body, ir.PySource)
+    assert m.report.methods["branchy"] == "source" and "reads a tensor's value" in m.report.copied["branchy"]
+    assert m.report.methods["pre"] == "leaf" and not m.report.opaque
+    code = torchgraft.emit(m)
+    assert "if x.sum() > 0:" in code.source and "self.scale = 2.0" in code.source
+    assert "import" not in code.source.split("class DataDependent")[0].split("from torch import")[1]
+    rebuilt = code.materialize()
     for x in (torch.ones(2, 4) * 3, -torch.ones(2, 4) * 3):  # both branches
+        torch.testing.assert_close(rebuilt(x), model(x), atol=1e-6, rtol=0)
+
+
+class Untraceable(nn.Module):
+    """Data-dependent, and reads an attribute that is not a constant: only Opaque is left."""
+
+    def __init__(self, dim: int = 4) -> None:
+        super().__init__()
+        self.dim = dim
+        self.lin = nn.Linear(dim, dim)
+        self.table = {"scale": 2.0}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return self.lin(x) * self.table["scale"]
+        return self.lin(x)
+
+
+def test_module_nothing_can_capture_becomes_opaque_and_capture_goes_on() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), Untraceable()).eval()
+    m = torchgraft.capture(model, (torch.randn(3, 4),))
+    node = m.root.items[1]
+    assert isinstance(node, ir.Opaque) and "1" in m.report.opaque
+    assert "fx could not trace" in node.reason and "copying its source failed" in node.reason
+    rebuilt = torchgraft.emit(m).materialize()  # rebuilt from its class: Untraceable(dim=4)
+    for x in (torch.ones(2, 4) * 3, -torch.ones(2, 4) * 3):
         torch.testing.assert_close(rebuilt(x), model(x), atol=1e-6, rtol=0)
 
 

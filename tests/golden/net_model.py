@@ -19,7 +19,8 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(16)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))) + x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + x)
 
 
 class Net(nn.Module):
@@ -38,7 +39,8 @@ class Net(nn.Module):
         self.fc = nn.Linear(16, 10)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.dropout(torch.flatten(self.pool(self.blocks(self.stem(x))), 1)))
+        x = self.pool(self.blocks(self.stem(x)))
+        return self.fc(self.dropout(torch.flatten(x, 1)))
 
 
 def build() -> Net:

@@ -178,8 +178,8 @@ class InPlaceLater(nn.Module):
 
 
 @pytest.mark.parametrize("to, fn, spelled", [
-    ("silu", F.silu, "F.silu(mul, inplace=True)"),
-    ("gelu", F.gelu, "mul.copy_(F.gelu(mul))"),  # F.gelu has no inplace: the emitter writes into x
+    ("silu", F.silu, r"F\.silu\((\w+), inplace=True\)"),
+    ("gelu", F.gelu, r"(\w+)\.copy_\(F\.gelu\(\1\)\)"),  # F.gelu has no inplace: the emitter writes into x
 ])
 def test_in_place_semantics_kept(to: str, fn: Fn, spelled: str) -> None:
     x = torch.randn(4, 8)
@@ -188,7 +188,7 @@ def test_in_place_semantics_kept(to: str, fn: Fn, spelled: str) -> None:
         model = torchgraft.capture(net, (x,))
         result, source, emitted = _swapped(model, f"swap-activation{{from=relu to={to}}}")
         assert [m.what for m in result.reports[0].matches] == ["relu in-place"]
-        assert spelled in source.replace("torch.relu_", "")
+        assert re.search(spelled, source), source
         # by hand: every read of x after the in-place call sees fn(x)
         _close(emitted(x.clone()), factor * fn(x))
         with _relu_is(fn):
@@ -233,7 +233,8 @@ def test_leaky_relu_negative_slope(spellings: Any) -> None:
     _, source, emitted = _swapped(model, "swap-activation{from=relu to=leaky_relu negative_slope=0.2}")
     assert "nn.LeakyReLU(negative_slope=0.2)" in source
     assert "nn.LeakyReLU(negative_slope=0.2, inplace=True)" in source
-    assert "F.leaky_relu(x - 0.1, negative_slope=0.2)" in source
+    functional = r"F\.leaky_relu\([^()]*(\([^()]*\))?, negative_slope=0\.2(, inplace=True)?\)"
+    assert len(re.findall(functional, source)) == 6  # the six functional sites
     assert "negative_slope=0.01" not in source
     fn = lambda t: F.leaky_relu(t, 0.2)  # noqa: E731
     with torch.no_grad(), _relu_is(fn):
@@ -245,7 +246,7 @@ def test_gelu_approximate_tanh(spellings: Any) -> None:
     net, x, model = spellings
     _, source, emitted = _swapped(model, "swap-activation{from=relu to=gelu approximate=tanh}")
     assert "nn.GELU(approximate='tanh')" in source
-    assert "F.gelu(x - 0.1, approximate='tanh')" in source
+    assert re.search(r"F\.gelu\([^()]*, approximate='tanh'\)", source)
     with torch.no_grad():
         with _relu_is(lambda t: F.gelu(t, approximate="tanh")):
             ref = net(x.clone())

@@ -39,7 +39,7 @@ def _containers_as_dicts(module: nn.Module) -> None:
             continue
         _containers_as_dicts(child)
         if type(child) is nn.Module and not child._parameters and not child._buffers:
-            module._modules[name] = nn.ModuleDict(child._modules)
+            module._modules[name] = nn.ModuleDict({k: v for k, v in child._modules.items() if v is not None})
 
 
 def from_fx(gm: torch.fx.GraphModule, args: tuple[Any, ...] | Any = (), kwargs: dict[str, Any] | None = None,

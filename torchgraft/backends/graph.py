@@ -8,6 +8,10 @@ skip of a SkipConnection. ``highlight`` marks node ids (module paths such as
 ``blocks.0.conv1``, op paths such as ``blocks.0.relu_1``) as changed/added/removed,
 which is how ``torchgraft diff`` shows a pass's effect.
 
+A Block whose forward differs in training is drawn with its eval forward: layers only
+the training forward calls (auxiliary heads) stand unconnected. A layer called twice
+(a shared ``nn.ReLU``) gets one node per call, so the flow stays acyclic.
+
 Every label is escaped: names come from models, and quotes, newlines, ``<`` or ``>``
 in them cannot break the DOT, Mermaid or HTML text. Node ids in the output are
 generated (``n0``, ``n1``, ...); the module path is kept as the DOT tooltip.
@@ -97,6 +101,8 @@ class Picture:
     nodes: dict[str, PicNode] = field(default_factory=dict)
     clusters: dict[str, Cluster] = field(default_factory=dict)
     edges: dict[tuple[str, str], str] = field(default_factory=dict)
+    order: list[tuple[str, str]] = field(default_factory=list)
+    """("node" | "cluster", id) in drawing order."""
 
 
 def printable(name: str) -> str:
@@ -199,6 +205,7 @@ class _Builder:
             self.extra += 1
             node.id = f"{node.id}#{self.extra}"
         self.pic.nodes[node.id] = node
+        self.pic.order.append(("node", node.id))
         return node.id
 
     def draw(self, path: str, node: Node, level: int, parent: str | None) -> None:
@@ -209,14 +216,15 @@ class _Builder:
                 label = short(f"{name}: {kind}", MAX_LABEL + 20)
                 self.pic.clusters[path] = Cluster(path, label, kind, self.types.get(path, ""),
                                                   self.params.get(path, 0), parent)
+                self.pic.order.append(("cluster", path))
             inner = path if path else None
             for child_name, child in module_children(node):
                 self.draw(join(path, child_name), child, level + 1, inner)
             return
         role = "opaque" if isinstance(node, Opaque) else "collapsed" if isinstance(node, _COMPOSITE) else "module"
         t = self.types.get(path, "")
-        label = tuple(x for x in (name, short(kind), t) if x)
-        self.add(PicNode(path, label, role, kind, t, self.params.get(path, 0), parent))
+        lines = tuple(x for x in (name, short(kind), t) if x)
+        self.add(PicNode(path, lines, role, kind, t, self.params.get(path, 0), parent))
 
     def connect(self, sources: Iterable[str], dst: str) -> None:
         for src in sources:
@@ -242,8 +250,8 @@ class _Builder:
             outs = [self.call(join(path, n), b, args, kwargs) for n, b in node.named()]
             return self.combine(path, str(node.combine), [p for o in outs for p in o])
         if isinstance(node, SkipConnection):
-            out = self.call(join(path, "body"), node.body, args, kwargs)
-            return self.combine(path, str(node.combine), out + (args[0] if args else []))
+            body = self.call(join(path, "body"), node.body, args, kwargs)
+            return self.combine(path, str(node.combine), body + (args[0] if args else []))
         if isinstance(node, Block):
             return self.flow(node.body, path, node, args, kwargs)
         return [p for a in args for p in a]
@@ -257,6 +265,14 @@ class _Builder:
         label = (f"{first.label[0]} (call {self.calls[path]})", *first.label[1:])
         return self.add(PicNode(f"{path}@{self.calls[path]}", label, first.role, first.kind, first.type, 0,
                                 first.parent))
+
+    def _owner(self, path: str) -> str:
+        """The drawn layer that owns the attribute at ``path`` (``attn.qkv.weight`` → ``attn.qkv``), or ""."""
+        while "." in path:
+            path = path.rsplit(".", 1)[0]
+            if path in self.pic.nodes:
+                return path
+        return ""
 
     def _drawn_ancestor(self, path: str) -> Node:
         parent = path.rsplit(".", 1)[0] if "." in path else ""
@@ -285,8 +301,8 @@ class _Builder:
             outs = [self.flow(b, path, block, args, kwargs) for b in body.branches]
             return self.combine(path, str(body.combine), [p for o in outs for p in o])
         if isinstance(body, SkipConnection):
-            out = self.flow(body.body, path, block, args, kwargs)
-            return self.combine(path, str(body.combine), out + (args[0] if args else []))
+            inner = self.flow(body.body, path, block, args, kwargs)
+            return self.combine(path, str(body.combine), inner + (args[0] if args else []))
         if isinstance(body, Primitive):
             nid = self.add(PicNode(f"{path}/{body.op}", (body.label(),), "op", body.op, "", 0, path or None))
             self.connect([p for a in args for p in a], nid)
@@ -316,7 +332,9 @@ class _Builder:
                 kw = {k: producers(v) for k, v in op.kwargs}
                 return self.call(join(path, t.path), child, [producers(a) for a in op.args], kw)
         if isinstance(t, FunctionCall) and t.qualname == "operator.getitem" and op.args:
-            return producers(op.args[0])  # indexing a tuple: the value flows through
+            return [p for a in op.args for p in producers(a)]  # indexing: the values flow through
+        if isinstance(t, GetAttr) and self._owner(join(path, t.path)):
+            return [self._owner(join(path, t.path))]  # a child layer's weight, used functionally
         t_text = "" if op.type == UNKNOWN else str(op.type)
         role = "attr" if isinstance(t, GetAttr) else "op"
         nid = self.add(PicNode(join(path, op.name), (short(format_op(op)), t_text) if t_text else
@@ -343,11 +361,9 @@ def _highlights(highlight: Highlight) -> dict[str, str]:
 def _children(pic: Picture) -> dict[str | None, list[tuple[str, str]]]:
     """Cluster id (None = top) → its ("node"|"cluster", id) members in drawing order."""
     out: dict[str | None, list[tuple[str, str]]] = {}
-    for cid, c in pic.clusters.items():
-        out.setdefault(c.parent, []).append(("cluster", cid))
-    for nid, n in pic.nodes.items():
-        parent = n.parent if n.parent in pic.clusters else None
-        out.setdefault(parent, []).append(("node", nid))
+    for what, key in pic.order:
+        parent = pic.clusters[key].parent if what == "cluster" else pic.nodes[key].parent
+        out.setdefault(parent if parent in pic.clusters else None, []).append((what, key))
     return out
 
 

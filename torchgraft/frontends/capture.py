@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from torchgraft.frontends.fx_block import TraceError, merge_training, trace_grap
 from torchgraft.frontends.interpret import Interpreter, typed_block
 from torchgraft.frontends.leaf import recover_ctor, to_primitive, torch_layer_name
 from torchgraft.frontends.report import CaptureReport
+from torchgraft.frontends.source_copy import copy_forward
 from torchgraft.ir.graph import Graph
 from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import Block, Chain, ClassRef, Container, Node, Opaque, StateSpec
@@ -65,7 +67,7 @@ def _opaque(mod: nn.Module, path: str, reason: str, ctx: _Ctx) -> Opaque:
 
 
 def _is_plain(mod: nn.Module, base: type) -> bool:
-    return isinstance(mod, base) and type(mod).forward is base.forward
+    return isinstance(mod, base) and type(mod).forward is getattr(base, "forward", None)
 
 
 def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
@@ -84,6 +86,9 @@ def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
     if _is_plain(mod, nn.Sequential) and not own_state(mod):
         ctx.report.add(path, "container")
         return Chain(*(c for _, c in kids), names=tuple(n for n, _ in kids))
+    if type(mod) is nn.Module and not own_state(mod):  # a bare holder (fx GraphModule levels): its keys stay
+        ctx.report.add(path, "container")
+        return Container("ModuleDict", kids)
     for base in (nn.ModuleList, nn.ModuleDict):
         if isinstance(mod, base) and type(mod).forward is nn.Module.forward and type(mod) is base:
             ctx.report.add(path, "container")
@@ -158,32 +163,45 @@ def _record_inputs(model: nn.Module, paths: list[str], args: tuple[Any, ...], kw
 def _trace_fallbacks(model: nn.Module, root: Node, args: tuple[Any, ...], kwargs: dict[str, Any],
                      ctx: _Ctx) -> Node:
     """Capture the modules fx could not trace by running them (``frontends.concrete``)."""
-    inputs = ctx.inputs
     done: dict[str, Node] = {}
+    failed: dict[str, str] = {}
     for path, (mod, kids, fx_reason) in ctx.untraced.items():
-        if path not in inputs:
-            ctx.report.add(path, "opaque", f"{fx_reason}; it never ran on the example inputs, so it was not traced")
+        method, body, train_body, why = _fallback(model, mod, ctx.inputs.get(path), fx_reason, ctx)
+        if body is None:
+            ctx.report.add(path, "opaque", why)
+            failed[path] = why
             continue
-        a, kw = inputs[path]
-        try:
-            with _restore_buffers(model):
-                train = concrete_trace(mod, True, a, kw)
-                evaluation = concrete_trace(mod, False, a, kw)
-        except TraceError as e:
-            ctx.report.add(path, "opaque", f"{fx_reason}; the fallback trace failed too: {e}")
-            continue
-        body, train_body = merge_training(train, evaluation)
-        ctx.report.add(path, "trace")
-        ctx.report.reasons.pop(path, None)
+        ctx.report.add(path, method, why)
         ctx.constants.update({join(path, n): v for n, v in _nonpersistent(mod).items()})
-        done[path] = Block(_class_ref(mod), kids, body, own_state(mod), train_body, method="trace")
+        done[path] = Block(_class_ref(mod), kids, body, own_state(mod), train_body, method=method)
 
     def swap(path: str, node: Node) -> Node:
         if isinstance(node, Opaque) and path in done:  # its children may have been replaced too
             return map_tree(done[path], lambda p, n: swap(p, n) if p != path else n, path)
+        if isinstance(node, Opaque) and path in failed:
+            return replace(node, reason=failed[path])
         return node
 
     return map_tree(root, swap)
+
+
+def _fallback(model: nn.Module, mod: nn.Module, seen: tuple[tuple[Any, ...], dict[str, Any]] | None,
+              fx_reason: str, ctx: _Ctx) -> tuple[str, Node | None, Node | None, str]:
+    """(method, body, train_body, note): the concrete trace, else the copied source, else nothing."""
+    reason = f"{fx_reason}; it never ran on the example inputs, so it was not traced"
+    if seen is not None:
+        try:
+            with _restore_buffers(model):
+                train = concrete_trace(mod, True, *seen)
+                evaluation = concrete_trace(mod, False, *seen)
+            body, train_body = merge_training(train, evaluation)
+            return "trace", body, train_body, ""
+        except TraceError as e:
+            reason = f"{fx_reason}; the fallback trace failed too: {e}"
+    try:
+        return "source", copy_forward(mod, ctx.helpers), None, f"{reason}; its forward source was copied"
+    except TraceError as e:
+        return "opaque", None, None, f"{reason}; copying its source failed: {e}"
 
 
 def _nonpersistent(mod: nn.Module) -> dict[str, torch.Tensor]:

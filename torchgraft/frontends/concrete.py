@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
 import operator
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from torchgraft.frontends.canon import canonical_target
-from torchgraft.frontends.fx_block import TraceError
+from torchgraft.frontends.fx_block import TraceError, input_kind
 from torchgraft.frontends.symsize import _RECORDER, SymInt, SymSize
 from torchgraft.ir.functions import qualname_of
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, Target
@@ -121,8 +122,8 @@ class _Recorder(TorchFunctionMode):
         """Wrap what ``x.shape``/``x.size(...)`` returned so the sizes stay symbolic."""
         if isinstance(out, int):
             d = dim if dim >= 0 else t.dim() + dim
-            return SymInt(out, lambda: self.size_of(t, d))
-        return SymSize(tuple(SymInt(n, (lambda d=d: self.size_of(t, d))) for d, n in enumerate(out)))
+            return SymInt(out, functools.partial(self.size_of, t, d))
+        return SymSize(tuple(SymInt(n, functools.partial(self.size_of, t, d)) for d, n in enumerate(out)))
 
     def record(self, target: Target, base: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
         a = tuple(self.arg(x) for x in args)
@@ -255,8 +256,7 @@ def _inputs(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], rec: 
     for pname in list(sig.parameters)[1:]:
         rec.count[pname] = 1  # inputs keep their names; ops named alike get a suffix
     for pname, p in list(sig.parameters.items())[1:]:
-        kind = {P.VAR_POSITIONAL: InputKind.VAR_POSITIONAL, P.VAR_KEYWORD: InputKind.VAR_KEYWORD,
-                P.KEYWORD_ONLY: InputKind.KEYWORD}.get(p.kind, InputKind.POSITIONAL)
+        kind = input_kind(p)
         value = bound.arguments.get(pname, p.default)
         if isinstance(value, torch.Tensor):
             rec.bind(value, pname)

@@ -8,14 +8,13 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from torch.fx._symbolic_trace import _assert_is_none
 from torch import nn
+from torch.fx._symbolic_trace import _assert_is_none
 
 from torchgraft.frontends.canon import canonical_target
 from torchgraft.frontends.helpers import HelperError, collect
 from torchgraft.ir.functions import qualname_of
-from torchgraft.ir.graph import (ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op,
-                                 Target)
+from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, Target
 from torchgraft.ir.model import Helper
 from torchgraft.ir.values import Arg, Const, Ref, Seq, Slice, Training, rename_refs
 
@@ -69,19 +68,24 @@ def _target(node: fx.Node, helpers: dict[str, Helper], fns: dict[str, Any]) -> T
         raise TraceError(f"forward calls {getattr(fn, '__qualname__', fn)!r}, which cannot be copied: {e}") from None
 
 
+def input_kind(p: inspect.Parameter) -> InputKind:
+    """How a forward parameter is passed, as an IR InputKind."""
+    kinds: dict[inspect._ParameterKind, InputKind] = {inspect.Parameter.VAR_POSITIONAL: InputKind.VAR_POSITIONAL,
+             inspect.Parameter.VAR_KEYWORD: InputKind.VAR_KEYWORD,
+             inspect.Parameter.KEYWORD_ONLY: InputKind.KEYWORD}
+    return kinds.get(p.kind, InputKind.POSITIONAL)
+
+
 def _inputs(mod: nn.Module, graph: fx.Graph) -> tuple[Input, ...]:
     sig = inspect.signature(type(mod).forward)
     params = [p for n, p in sig.parameters.items() if n != "self"]
-    P = inspect.Parameter
-    kinds = {P.VAR_POSITIONAL: InputKind.VAR_POSITIONAL, P.VAR_KEYWORD: InputKind.VAR_KEYWORD,
-             P.KEYWORD_ONLY: InputKind.KEYWORD}
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     out = []
-    for node, p in zip(placeholders, params):
+    for _node, p in zip(placeholders, params):
         default = None if p.default is inspect.Parameter.empty else _arg(p.default, mod)
         if default is not None and not isinstance(default, Const):
             raise TraceError(f"default of forward argument {p.name!r} is not a constant")
-        out.append(Input(p.name, kind=kinds.get(p.kind, InputKind.POSITIONAL), default=default))
+        out.append(Input(p.name, kind=input_kind(p), default=default))
     if len(placeholders) != len(params):
         raise TraceError("forward signature does not match the traced placeholders")
     return tuple(out)

@@ -17,7 +17,8 @@ import inspect
 import textwrap
 import types
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -118,9 +119,10 @@ def _resolve_global(name: str, value: Any, fn: Callable[..., Any], out: dict[str
         out.setdefault(f"import:{name}", Helper(f"import:{name}", f"from typing import {name}\n", ""))
         return
     mod = getattr(value, "__module__", "") or ""
-    if mod in _STDLIB and getattr(__import__(mod), getattr(value, "__name__", ""), None) is value:
-        alias = "" if value.__name__ == name else f" as {name}"
-        out.setdefault(f"import:{name}", Helper(f"import:{name}", f"from {mod} import {value.__name__}{alias}\n", ""))
+    vname = str(getattr(value, "__name__", ""))
+    if mod in _STDLIB and vname and getattr(__import__(mod), vname, None) is value:
+        alias = "" if vname == name else f" as {name}"
+        out.setdefault(f"import:{name}", Helper(f"import:{name}", f"from {mod} import {vname}{alias}\n", ""))
         return
     if callable(value) and (mod == "torch" or mod.startswith("torch.")):
         raise HelperError(f"{fn.__qualname__} uses {name} from {value.__module__}; only torch, F and nn are "

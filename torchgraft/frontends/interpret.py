@@ -7,8 +7,9 @@ original module, called as is. One run types every op of every traced block.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

@@ -31,7 +31,7 @@ def torch_layer_name(mod: nn.Module) -> str | None:
         if cls.__module__.startswith("torch.nn.modules") and cls is not nn.Module:
             if isinstance(mod, CONTAINERS):
                 return None
-            if type(mod).forward is not cls.forward or getattr(nn, cls.__name__, None) is not cls:
+            if type(mod).forward is not getattr(cls, "forward", None) or getattr(nn, cls.__name__, None) is not cls:
                 return None
             return cls.__name__
     return None

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass
 class CaptureReport:
-    """Per-module capture method (``leaf``, ``container``, ``fx``, ``opaque``) and reasons.
+    """Per-module capture method and reasons: ``leaf`` (a torch.nn layer), ``container``
+    (Sequential/ModuleList/ModuleDict), ``fx`` (own forward traced with torch.fx), ``trace``
+    (run on its recorded inputs with torch calls recorded), ``source`` (forward source copied,
+    e.g. for data-dependent control flow), ``opaque`` (kept whole, rebuilt from its class).
 
     ``state_keys`` counts the original state_dict entries; ``tied`` lists alias → owner
     paths of shared modules and tied parameters.
@@ -36,12 +40,18 @@ class CaptureReport:
         """Paths of opaque modules → why."""
         return {p: r for p, r in self.reasons.items() if self.methods.get(p) == "opaque"}
 
+    @property
+    def copied(self) -> dict[str, str]:
+        """Paths of modules whose forward source was copied (data-dependent control flow) → why."""
+        return {p: r for p, r in self.reasons.items() if self.methods.get(p) == "source"}
+
     def summary(self) -> str:
         """A short printable summary."""
         counts = Counter(self.methods.values())
         lines = ["capture: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
                  f"state_dict entries: {self.state_keys}, tied: {len(self.tied)}"]
         lines += [f"  opaque {p or '<root>'}: {r}" for p, r in self.opaque.items()]
+        lines += [f"  source copied {p or '<root>'}: {r}" for p, r in self.copied.items()]
         return "\n".join(lines)
 
     def __str__(self) -> str:

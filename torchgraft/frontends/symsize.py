@@ -11,7 +11,8 @@ bools: a branch on a size is specialised to the example inputs.
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 Materialize = Callable[[], str]
 """Writes the ops computing a value into the graph (once) and returns its name."""
@@ -23,7 +24,7 @@ class SymInt(int):
     _thunk: Materialize
     _name: str | None
 
-    def __new__(cls, value: int, thunk: Materialize) -> "SymInt":
+    def __new__(cls, value: int, thunk: Materialize) -> SymInt:
         obj = int.__new__(cls, value)
         obj._thunk = thunk
         obj._name = None

@@ -7,15 +7,52 @@ Build by hand (Flux/Axon style)::
 """
 
 from torchgraft.ir.activations import ActKind, Spelling
-from torchgraft.ir.build import (GELU, SiLU, AdaptiveAvgPool2d, BatchNorm1d, BatchNorm2d, Conv1d, Conv2d, Dropout,
-                                 Flatten, MaxPool2d, ReLU, Sigmoid, Tanh)
+from torchgraft.ir.build import (
+                                 GELU,
+                                 AdaptiveAvgPool2d,
+                                 BatchNorm1d,
+                                 BatchNorm2d,
+                                 Conv1d,
+                                 Conv2d,
+                                 Dropout,
+                                 Flatten,
+                                 MaxPool2d,
+                                 ReLU,
+                                 Sigmoid,
+                                 SiLU,
+                                 Tanh,
+)
 from torchgraft.ir.build import Linear as LinearLayer
-from torchgraft.ir.graph import (ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, PrimCall)
+from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, PrimCall
 from torchgraft.ir.model import Helper, Model
-from torchgraft.ir.nodes import (Block, Chain, ChildRef, ClassRef, Combine, CombineKind, Container, Node, Opaque,
-                                 Parallel, SkipConnection, StateSpec, module_children)
-from torchgraft.ir.primitives import (Activation, BatchNorm, Conv, Dropout as DropoutOp, GroupNorm, Identity,
-                                      LayerNorm, Linear, Primitive, TorchLayer)  # noqa: F401
+from torchgraft.ir.nodes import (
+                                 Block,
+                                 Chain,
+                                 ChildRef,
+                                 ClassRef,
+                                 Combine,
+                                 CombineKind,
+                                 Container,
+                                 Node,
+                                 Opaque,
+                                 Parallel,
+                                 PySource,
+                                 SkipConnection,
+                                 StateSpec,
+                                 module_children,
+)
+from torchgraft.ir.primitives import (
+                                 Activation,
+                                 BatchNorm,
+                                 Conv,
+                                 GroupNorm,
+                                 Identity,
+                                 LayerNorm,  # noqa: F401
+                                 Linear,
+                                 Primitive,
+                                 TorchLayer,
+)
+from torchgraft.ir.primitives import Dropout as DropoutOp
 from torchgraft.ir.traverse import find, map_tree, replace_at, walk
 from torchgraft.ir.types import UNKNOWN, Dim, ScalarType, TensorType, ValueType
 from torchgraft.ir.values import Const, Ref, Seq, Slice, Training
@@ -25,7 +62,8 @@ __all__ = [
     "Block", "Chain", "ChildCall", "ChildRef", "ClassRef", "Combine", "CombineKind", "Const", "Container", "Conv",
     "Conv1d", "Conv2d", "Dim", "Dropout", "DropoutOp", "Flatten", "FunctionCall", "GetAttr", "Graph", "GroupNorm",
     "Helper", "Identity", "Input", "InputKind", "LayerNorm", "Linear", "LinearLayer", "MaxPool2d", "MethodCall",
-    "Model", "Node", "Op", "Opaque", "Parallel", "PrimCall", "Primitive", "ReLU", "Ref", "ScalarType", "Seq",
+    "Model", "Node", "Op", "Opaque", "Parallel", "PySource", "PrimCall", "Primitive", "ReLU", "Ref", "ScalarType",
+    "Seq",
     "SiLU", "Sigmoid", "SkipConnection", "Slice", "Spelling", "StateSpec", "Tanh", "TensorType", "Training",
     "TorchLayer", "ValueType", "find", "map_tree", "module_children", "replace_at", "walk",
 ]

@@ -42,7 +42,7 @@ class ActKind(enum.Enum):
         self.options = dict(options)
 
     @classmethod
-    def parse(cls, name: str) -> "ActKind":
+    def parse(cls, name: str) -> ActKind:
         """``"relu"``, ``"ReLU"``, ``"leaky_relu"`` or ``"LEAKY_RELU"`` → the kind; a clear error otherwise."""
         key = name.strip().lower().replace("-", "_")
         for k in cls:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from torchgraft.ir.activations import ActKind
-from torchgraft.ir.primitives import Activation, BatchNorm, Conv, Dropout as _Dropout, Primitive, TorchLayer
+from torchgraft.ir.primitives import Activation, BatchNorm, Conv, Primitive, TorchLayer
+from torchgraft.ir.primitives import Dropout as _Dropout
 from torchgraft.ir.primitives import Linear as _Linear
 
 

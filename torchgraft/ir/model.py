@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 from torchgraft.errors import IRError
 from torchgraft.ir.graph import Input
@@ -57,7 +58,7 @@ class Model:
         """Output type of the module at ``path`` ("" is the root), UNKNOWN when not inferred."""
         return dict(self.types).get(path, UNKNOWN)
 
-    def with_root(self, root: Node, **changes: Any) -> "Model":
+    def with_root(self, root: Node, **changes: Any) -> Model:
         """A copy with a new root (and any other fields changed)."""
         return replace(self, root=root, **changes)
 

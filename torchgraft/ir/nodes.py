@@ -88,10 +88,10 @@ class Chain:
     """
 
     __slots__ = ("items", "names")
-    items: tuple["Node", ...]
+    items: tuple[Node, ...]
     names: tuple[str, ...]
 
-    def __init__(self, *items: "Node", names: tuple[str, ...] = ()) -> None:
+    def __init__(self, *items: Node, names: tuple[str, ...] = ()) -> None:
         if len(items) == 1 and isinstance(items[0], (list, tuple)):
             items = tuple(items[0])
         for it in items:
@@ -112,7 +112,7 @@ class Chain:
     def __repr__(self) -> str:
         return f"Chain({', '.join(map(repr, self.items))})"
 
-    def named(self) -> tuple[tuple[str, "Node"], ...]:
+    def named(self) -> tuple[tuple[str, Node], ...]:
         """(name, item) pairs."""
         return tuple(zip(self.names, self.items))
 
@@ -121,7 +121,7 @@ class Chain:
 class Parallel:
     """Fan-out then reduce: ``combine(b1(x), b2(x), ...)``."""
 
-    branches: tuple["Node", ...]
+    branches: tuple[Node, ...]
     combine: Combine = field(default_factory=Combine)
     names: tuple[str, ...] = ()
 
@@ -131,7 +131,7 @@ class Parallel:
         object.__setattr__(self, "combine", _combine(self.combine))
         object.__setattr__(self, "names", _names(self.names, len(self.branches), "Parallel"))
 
-    def named(self) -> tuple[tuple[str, "Node"], ...]:
+    def named(self) -> tuple[tuple[str, Node], ...]:
         """(name, branch) pairs."""
         return tuple(zip(self.names, self.branches))
 
@@ -140,7 +140,7 @@ class Parallel:
 class SkipConnection:
     """``combine(x, body(x))``: a residual connection when combine is add."""
 
-    body: "Node"
+    body: Node
     combine: Combine = field(default_factory=Combine)
 
     def __post_init__(self) -> None:
@@ -171,10 +171,10 @@ class Block:
     """
 
     cls: ClassRef
-    children: tuple[tuple[str, "Node"], ...]
-    body: "Node"
+    children: tuple[tuple[str, Node], ...]
+    body: Node
     state: tuple[StateSpec, ...] = ()
-    train_body: "Node | None" = None
+    train_body: Node | None = None
     method: str = "hand"
     constants: tuple[tuple[str, Const], ...] = ()
 
@@ -186,7 +186,7 @@ class Block:
         if not isinstance(self.body, NODE_TYPES):
             raise IRError(f"Block<{self.cls.name}> body {self.body!r} is not an IR node")
 
-    def child(self, name: str) -> "Node":
+    def child(self, name: str) -> Node:
         """The child called ``name`` (KeyError naming the known children otherwise)."""
         for n, c in self.children:
             if n == name:
@@ -199,7 +199,7 @@ class Container:
     """An ``nn.ModuleList`` or ``nn.ModuleDict``: keeps its children, has no forward."""
 
     kind: str
-    items: tuple[tuple[str, "Node"], ...]
+    items: tuple[tuple[str, Node], ...]
 
     def __post_init__(self) -> None:
         if self.kind not in ("ModuleList", "ModuleDict"):
@@ -207,7 +207,7 @@ class Container:
         if self.kind == "ModuleList" and [n for n, _ in self.items] != [str(i) for i in range(len(self.items))]:
             raise IRError("ModuleList items must be named '0', '1', ... in order")
 
-    def named(self) -> tuple[tuple[str, "Node"], ...]:
+    def named(self) -> tuple[tuple[str, Node], ...]:
         """(key, item) pairs."""
         return self.items
 
@@ -226,8 +226,28 @@ class Opaque:
     ctor: tuple[tuple[str, Arg], ...] | None = None
 
 
-Node = Union[Primitive, Chain, Parallel, SkipConnection, Block, Container, Opaque, ChildRef, Graph]
-NODE_TYPES = (Primitive, Chain, Parallel, SkipConnection, Block, Container, Opaque, ChildRef, Graph)
+@dataclass(frozen=True, slots=True)
+class PySource:
+    """A Block body kept as Python source: the original ``forward`` (and methods it calls), copied.
+
+    The last resort before Opaque, for forwards with data-dependent control flow
+    (``if x.sum() > 0``): the emitted class runs the same Python. ``attrs`` are the plain
+    attributes the code reads (``self.scale = 2.0``). Passes cannot see inside.
+    """
+
+    source: str
+    attrs: tuple[tuple[str, Arg], ...] = ()
+
+    def __post_init__(self) -> None:
+        if "def forward(" not in self.source:
+            raise IRError("PySource must define forward(self, ...)")
+        for name, _ in self.attrs:
+            if not name.isidentifier():
+                raise IRError(f"PySource attribute name {name!r} is not an identifier")
+
+
+Node = Union[Primitive, Chain, Parallel, SkipConnection, Block, Container, Opaque, ChildRef, Graph, PySource]
+NODE_TYPES = (Primitive, Chain, Parallel, SkipConnection, Block, Container, Opaque, ChildRef, Graph, PySource)
 
 
 def module_children(node: Node) -> tuple[tuple[str, Node], ...]:

@@ -20,7 +20,7 @@ from torchgraft.errors import IRError
 from torchgraft.ir.activations import ActKind, Spelling
 
 
-def _check_op(obj: "Primitive") -> None:
+def _check_op(obj: Primitive) -> None:
     if obj.op not in obj.ops:
         raise IRError(f"{type(obj).__name__}.op={obj.op!r} is not one of {sorted(obj.ops)}")
     if not hasattr(nn, obj.op):
@@ -33,7 +33,7 @@ def _positive(name: str, value: Any) -> None:
         raise IRError(f"{name} must be a positive int (or tuple of them), got {value!r}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def torch_defaults(op: str) -> dict[str, Any]:
     """Constructor defaults of ``torch.nn.<op>`` (used to omit default arguments)."""
     sig = inspect.signature(getattr(nn, op).__init__)
@@ -254,7 +254,7 @@ class Activation(Primitive):
 
     @staticmethod
     def of(kind: ActKind, *, inplace: bool = False, spelling: Spelling = Spelling.MODULE,
-           **options: Any) -> "Activation":
+           **options: Any) -> Activation:
         """Build an activation of ``kind`` (options such as ``negative_slope=0.2``)."""
         return Activation(kind.module, kind, inplace, tuple(sorted(options.items())), spelling)
 

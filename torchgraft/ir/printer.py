@@ -26,6 +26,7 @@ from torchgraft.ir.nodes import (
     Node,
     Opaque,
     Parallel,
+    PySource,
     SkipConnection,
     module_children,
 )
@@ -145,6 +146,8 @@ def format_body(node: Node) -> str:
         return f"SkipConnection({node.combine}, {format_body(node.body)})"
     if isinstance(node, Graph):
         return f"Graph({len(node.ops)} ops)"
+    if isinstance(node, PySource):
+        return f"python source ({len(node.source.splitlines())} lines, copied)"
     return kind_label(node)
 
 

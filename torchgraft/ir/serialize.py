@@ -44,6 +44,7 @@ from torchgraft.ir.nodes import (
     Container,
     Opaque,
     Parallel,
+    PySource,
     SkipConnection,
     StateSpec,
 )
@@ -59,6 +60,7 @@ CONSTANTS_FILE = "constants.safetensors"
 
 _CLASSES: tuple[type, ...] = (
     *PRIMITIVE_CLASSES, Chain, Parallel, SkipConnection, Combine, Block, Container, Opaque, ChildRef, ClassRef,
+    PySource,
     StateSpec, Graph, Op, Input, ChildCall, FunctionCall, MethodCall, GetAttr, PrimCall,
     Ref, Const, Seq, Slice, DictArg, Training, TensorType, ScalarType, Model, Helper)
 NODE_TAGS: dict[str, type] = {c.__name__: c for c in _CLASSES}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import Callable, Iterator
 
 from torchgraft.ir.graph import Graph, PrimCall
 from torchgraft.ir.model import Model

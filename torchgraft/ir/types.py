@@ -58,7 +58,7 @@ class ScalarType:
     """
 
     name: str
-    items: tuple["ValueType", ...] = ()
+    items: tuple[ValueType, ...] = ()
 
     def __str__(self) -> str:
         if self.items:

@@ -53,7 +53,7 @@ class Const:
 class Seq:
     """A tuple or list whose items are arguments (``(x, 1)``, ``[a, b]``)."""
 
-    items: tuple["Arg", ...]
+    items: tuple[Arg, ...]
     is_list: bool = False
 
 
@@ -61,16 +61,16 @@ class Seq:
 class Slice:
     """``start:stop:step`` whose bounds are arguments (``x[:, :n]``)."""
 
-    start: "Arg"
-    stop: "Arg"
-    step: "Arg"
+    start: Arg
+    stop: Arg
+    step: Arg
 
 
 @dataclass(frozen=True, slots=True)
 class DictArg:
     """A dict with string keys whose values are arguments (structured outputs: ``{"logits": x}``)."""
 
-    items: tuple[tuple[str, "Arg"], ...]
+    items: tuple[tuple[str, Arg], ...]
 
     def __post_init__(self) -> None:
         keys = [k for k, _ in self.items]

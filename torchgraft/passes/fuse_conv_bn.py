@@ -266,7 +266,7 @@ class FuseConvBN(Pass):
         bias_key = join(conv_path, "bias")
         w, b = fold_weights(conv, state[join(conv_path, "weight")], state.get(bias_key), stats, bn)
         state[join(conv_path, "weight")], state[bias_key] = w, b
-        return replace(conv, bias=True)  # type: ignore[type-var]
+        return replace(conv, bias=True)  # type: ignore[call-arg, type-var]
 
     def _fold(self, conv_path: str, bn_path: str, conv: Primitive, bn: BatchNorm,
               state: dict[str, torch.Tensor], matches: list[Match]) -> Primitive:
@@ -350,6 +350,7 @@ class FuseConvBN(Pass):
         for key in fn_sites:
             site = site_sets[0][key]
             conv = children[site.conv]
+            assert isinstance(conv, (Conv, Linear))
             stats = {}
             for role, name in site.attrs:
                 if name is not None:
@@ -360,7 +361,7 @@ class FuseConvBN(Pass):
             stats.setdefault("weight", ones)
             stats.setdefault("bias", torch.zeros_like(ones))
             bn = BatchNorm("BatchNorm1d", int(ones.numel()), eps=site.eps)
-            children[site.conv] = self._fold_tensors(join(path, site.conv), conv, bn, stats, state)  # type: ignore[arg-type]
+            children[site.conv] = self._fold_tensors(join(path, site.conv), conv, bn, stats, state)
             call = f"F.batch_norm({_TRAINING_NOTE})" if site.dynamic else "F.batch_norm"
             matches.append(Match(join(path, site.conv), f"{conv.op} + {call} at {join(path, site.bn_op)}",
                                  "functional"))

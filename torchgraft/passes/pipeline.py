@@ -69,7 +69,10 @@ def make_pass(name: str, options: dict[str, str]) -> Pass:
             known = ", ".join(sorted("from" if f == "from_" else f for f in fields)) or "none"
             raise PipelineError(f"pass {name!r} has no option {key!r}; its options: {known}")
         kwargs[fname] = _convert(value, hints[fname], f"{name}{{{key}=...}}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise PipelineError(f"{name}: {e}") from None
 
 
 def parse_pipeline(text: str) -> list[Pass]:
@@ -115,19 +118,27 @@ class PassResult:
         return "\n".join(str(r) for r in self.reports)
 
 
-def _typable(model: Model) -> bool:
-    """Whether the model replays on meta tensors (so types can be re-inferred after each pass)."""
+def _retyped(before: Model, after: Model, name: str) -> Model:
+    """``after`` with its types re-inferred; an error naming the pass if the pass broke them.
+
+    Models that never replayed on the meta device (data-dependent code) keep their types.
+    """
     try:
-        retype(model)
-    except Exception:  # noqa: BLE001 - data-dependent models do not run on meta; keep their types
-        return False
-    return True
+        return retype(after)
+    except IRError as e:
+        try:
+            retype(before)
+        except Exception:  # noqa: BLE001 - the model did not replay before the pass either
+            return after
+        raise TorchgraftError(f"pass {name} broke the model's types: {e}") from e
 
 
 def run(model: Model, pipeline: str | Pass | list[Pass], *, dry_run: bool = False,
-        verify: bool = True) -> PassResult:
+        verify: bool = True, retype_after: bool = True) -> PassResult:
     """Run a pipeline (text or pass objects) over ``model``; ``ir.verify`` after every pass.
 
+    After a pass that changed the model, its types are re-inferred by replaying it on the
+    meta device (``retype_after``); a pass that breaks a shape fails there with the path.
     With ``dry_run=True`` the report says what would change and the model is returned unchanged.
     """
     from torchgraft.ir.verify import verify as verify_model
@@ -136,14 +147,10 @@ def run(model: Model, pipeline: str | Pass | list[Pass], *, dry_run: bool = Fals
         [pipeline] if isinstance(pipeline, Pass) else list(pipeline))
     reports = []
     current = model
-    typed = _typable(model)
     for p in passes:
         new, matches = p.rewrite(current)
-        if typed and new is not current:
-            try:
-                new = retype(new)
-            except IRError as e:
-                raise TorchgraftError(f"pass {p.name} broke the model's types: {e}") from e
+        if retype_after and new is not current and matches:
+            new = _retyped(current, new, p.name)
         if verify:
             try:
                 verify_model(new)

@@ -62,6 +62,10 @@ class SwapActivation(Pass):
     approximate: str | None = None
     alpha: float | None = None
 
+    def __post_init__(self) -> None:
+        ActKind.parse(self.from_)  # unknown names fail here, naming the known ones
+        ActKind.parse(self.to)
+
     def _new(self, old: Activation) -> Activation:
         kind = ActKind.parse(self.to)
         given = {"negative_slope": self.negative_slope, "approximate": self.approximate, "alpha": self.alpha}

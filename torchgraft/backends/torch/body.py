@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torchgraft.backends.torch.exprs import ExprContext
 from torchgraft.backends.torch.forward import Special, annotation, graph_lines, input_names, signature

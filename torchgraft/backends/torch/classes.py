@@ -12,16 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from torchgraft.backends.torch.classtext import Member, class_text
-from torchgraft.backends.torch.ctor import Call, CExpr, Lit, Param, lit_of, node_expr
+from torchgraft.backends.torch.ctor import Call, CExpr, Lit, lit_of, node_expr
 from torchgraft.backends.torch.groups import Group, plan
-from torchgraft.backends.torch.lifting import Lifted, lift_consts
+from torchgraft.backends.torch.lifting import lift_consts
 from torchgraft.backends.torch.modules import render
-from torchgraft.backends.torch.names import Namespace
-from torchgraft.backends.torch.params import ParamSpec, build_params, instance_call
+from torchgraft.backends.torch.names import Namespace, str_lit
+from torchgraft.backends.torch.params import build_params, instance_call
 from torchgraft.backends.torch.unify import Unifier
 from torchgraft.errors import EmitError
+from torchgraft.ir.graph import FunctionCall
 from torchgraft.ir.model import Helper
-from torchgraft.ir.nodes import Block, Node, Opaque, StateSpec
+from torchgraft.ir.nodes import Block, Node, Opaque, PySource, StateSpec
 from torchgraft.ir.traverse import join
 
 _LOCAL = {"self", "i", "_", "super"}
@@ -39,6 +40,7 @@ class ClassTable:
     opaque_imports: dict[tuple[str, str], str] = field(default_factory=dict)
     helpers: tuple[Helper, ...] = ()
     calls: dict[str, CExpr] = field(default_factory=dict)
+    called_helpers: set[str] = field(default_factory=set)
     prepared: bool = False
 
     def prepare(self, root: Node) -> None:
@@ -48,6 +50,15 @@ class ClassTable:
         self.prepared = True
         for group in plan(root, self.names):
             self._emit(group)
+            for g in (group.family.body, group.family.train):
+                self.called_helpers |= {op.target.qualname.split(".", 1)[1] for op in (g.ops if g else ())
+                                        if isinstance(op.target, FunctionCall)
+                                        and op.target.qualname.startswith("helpers.")}
+
+    def fx_wrap(self, helper: str) -> str:
+        """``torch.fx.wrap("f")`` after a copied helper the forwards call, as the original module did
+        (fx then keeps the call, so capturing ``model.py`` again gives the same graph)."""
+        return f"\n\ntorch.fx.wrap({str_lit(helper)})\n" if helper in self.called_helpers else ""
 
     def class_of(self, node: Node, path: str) -> str:
         """The constructor call for the Block or Opaque module at ``path`` (the root: prepares first)."""
@@ -83,13 +94,16 @@ class ClassTable:
         members = self._members(group, u)
         lifted = lift_consts(group, u, self.helpers)
         fam = group.family
+        flag_hole = None
         if fam.flag_at is not None:
-            flags = [Lit(v in fam.flagged) for v in group.variant_of]
-            u.hole(flags, ("forward", fam.flag_name), flag=fam.flag_name)  # type: ignore[arg-type]
+            flags: list[CExpr | None] = [Lit(v in fam.flagged) for v in group.variant_of]
+            flag_hole = u.hole(flags, ("forward", fam.flag_name), flag=fam.flag_name).index
         specs, index = build_params(u.holes, self.names.used() | self.reserved | _LOCAL)
         names = {h: specs[index[h]].name for h in range(len(u.holes))}
-        root = group.insts[0][1]
-        text = class_text(group, specs, names, members, lifted, self.extra_init.get(id(root), []), self)
+        first = group.insts[0][1]
+        persistent = {s.name: s.persistent for s in first.state}
+        text = class_text(group, specs, names, members, lifted, flag_hole, self.extra_init.get(id(first), []),
+                          self, persistent)
         self.defs.append(text)
         for k, (path, _) in enumerate(group.insts):
             self.calls[path] = instance_call(group.name, specs, k)
@@ -113,6 +127,8 @@ class ClassTable:
         out: list[tuple[str, str, CExpr]] = [("param" if s.parameter else "buffer", s.name, _state_expr(s))
                                              for s in b.state]
         out += [("attr", n, Lit(c.value)) for n, c in b.constants]
+        if isinstance(b.body, PySource):
+            out += [("attr", n, lit_of(v)) for n, v in b.body.attrs]
         out += [("child", n, node_expr(c, join(path, n), self.call_of)) for n, c in b.children]
         return out
 
@@ -126,7 +142,7 @@ def _keyword(name: str) -> bool:
 def _state_expr(s: StateSpec) -> CExpr:
     dims = tuple(Lit(d) for d in s.shape) or (Lit(()),)
     dtype = () if s.dtype == "float32" else (("dtype", Lit(_dtype(s.dtype))),)
-    tensor = Call("torch.zeros", dims, dtype)  # type: ignore[arg-type]
+    tensor = Call("torch.zeros", dims, dtype, ("size",) * len(dims))  # type: ignore[arg-type]
     if not s.parameter:
         return tensor
     grad = () if s.requires_grad else (("requires_grad", Lit(False)),)
@@ -140,6 +156,3 @@ def _dtype(name: str) -> object:
     if not isinstance(value, torch.dtype):
         raise EmitError(f"unknown dtype {name!r} for a parameter or buffer")
     return value
-
-
-__all__ = ["ClassTable", "Lifted", "Param", "ParamSpec"]

@@ -8,8 +8,9 @@ differ, a ``Param`` takes the literal's place and becomes a constructor argument
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Callable, Union
+from typing import Union
 
 from torchgraft.errors import EmitError
 from torchgraft.ir.nodes import Block, Chain, Combine, CombineKind, Container, Node, Opaque, Parallel, SkipConnection
@@ -38,12 +39,13 @@ class Lit:
 class Call:
     """``head(*args, **kwargs)``.
 
-    ``arg_names`` name the positional parameters (for naming constructor arguments);
+    ``head`` is code, or a ``Param`` when instances build different torch layers the same way
+    (``activation_layer(inplace=True)``). ``arg_names`` name the positional parameters;
     ``defaults`` are keyword defaults: they fill a keyword one instance leaves out, and
     arguments equal to them are left out when written.
     """
 
-    head: str
+    head: str | Param
     args: tuple[CExpr, ...] = ()
     kwargs: tuple[tuple[str, CExpr], ...] = ()
     arg_names: tuple[str, ...] = ()
@@ -73,8 +75,16 @@ class Raw:
     text: str
 
 
-CExpr = Union[Lit, Call, Items, Param, Raw]
-ClassCall = Callable[[Node, str], "Call | Raw"]
+@dataclass(frozen=True)
+class Guarded:
+    """A container item only some instances have: written ``*([item] if flag else [])``."""
+
+    flag: int
+    expr: CExpr
+
+
+CExpr = Union[Lit, Call, Items, Param, Raw, Guarded]
+ClassCall = Callable[[Node, str], "CExpr"]
 
 
 def lit_of(arg: Arg) -> Lit:
@@ -135,14 +145,3 @@ def node_expr(node: Node, path: str, call_of: ClassCall) -> CExpr:
         return Call("SkipConnection", (sub("body", node.body),), _combine_kwargs(node.combine), (),
                     _COMBINE_DEFAULTS)
     raise EmitError(f"cannot construct {type(node).__name__} at {path or '<root>'}")
-
-
-def params_in(e: CExpr) -> list[int]:
-    """Indices of the Params in ``e``, in order of appearance."""
-    if isinstance(e, Param):
-        return [e.index]
-    if isinstance(e, Call):
-        return [i for a in e.args for i in params_in(a)] + [i for _, v in e.kwargs for i in params_in(v)]
-    if isinstance(e, Items):
-        return [i for it in e.items for i in params_in(it)]
-    return []

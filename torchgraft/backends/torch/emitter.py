@@ -74,10 +74,12 @@ class EmittedCode:
                 path = Path(tmp) / "model.py"
                 path.write_text(self.source)
             module = import_file(path)
+            if str(device) == "meta" and hasattr(module, "_load_constants"):
+                module._load_constants = lambda model: None  # meta tensors hold no values to fill
             with torch.device(device) if device is not None else contextlib.nullcontext():
                 if load_weights and self.weights:
                     return module.load(Path(tmp) / WEIGHTS)  # type: ignore[no-any-return]
-                if self.constants:
+                if self.constants and str(device) != "meta":
                     from safetensors.torch import save_file
 
                     save_file(_unshared(self.constants), str(Path(tmp) / CONSTANTS))
@@ -117,7 +119,7 @@ def emit(model: Model) -> EmittedCode:
     With no pass applied, the emitted model's state_dict keys are exactly the
     original's and its outputs match.
     """
-    table = ClassTable()
+    table = ClassTable(helpers=model.helpers)
     for h in model.helpers:
         name = h.name.split(":", 1)[-1]
         table.names.reserve(name)
@@ -129,6 +131,7 @@ def emit(model: Model) -> EmittedCode:
         root_expr = table.class_of(model.root, "")
         root_name = root_expr[:-2]
     else:
+        table.prepare(model.root)
         root_expr = module_expr(model.root, table.class_of, "", 4)
         root_name = "nn.Module"
     runtime = [src for name, src in RUNTIME_CLASSES.items()
@@ -154,7 +157,8 @@ def _imports(model: Model, table: ClassTable, body: str) -> str:
               for (m, q), a in sorted(table.opaque_imports.items())]
     if opaque:
         opaque.insert(0, "\n# opaque modules: torchgraft could not see into these, so they are imported\n")
-    return "".join(sorted(set(std), key=std.index)) + "\n" + "".join(torch_lines) + "".join(opaque)
+    std = sorted(set(std), key=lambda line: (line.startswith("from "), line.lower()))  # isort order
+    return "".join(std) + "\n" + "".join(torch_lines) + "".join(opaque)
 
 
 def _entry_points(model: Model, root_expr: str, root_name: str) -> str:
@@ -180,7 +184,8 @@ def _assemble(model: Model, table: ClassTable, runtime: list[str], root_expr: st
     head = f'"""Emitted by torchgraft from {_safe_doc(origin)}. Needs only torch and safetensors."""\n\n'
     sections = [h.source for h in model.helpers if h.name.startswith("const:")]
     sections = (["".join(sections)] if sections else [])
-    sections += [h.source for h in model.helpers if not h.name.startswith(("import:", "const:"))]
+    sections += [h.source + table.fx_wrap(h.name) for h in model.helpers
+                 if not h.name.startswith(("import:", "const:"))]
     sections += runtime + table.defs + [_entry_points(model, root_expr, root_name)]
     body = "\n\n".join(sections)
     return re.sub(r"\n{4,}", "\n\n\n", head + _imports(model, table, body) + "\n\n" + body)

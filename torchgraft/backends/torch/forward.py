@@ -8,22 +8,25 @@ everything else gets a name (``valnames.py``). Pure ops whose result is never us
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from torchgraft.backends.torch.exprs import Code, ExprContext, arg_code, op_code
-from torchgraft.backends.torch.valnames import GENERIC, ValueNamer, hint, shape_source, specific
+from torchgraft.backends.torch.valnames import GENERIC, ValueNamer, chosen, hint, shape_source, specific
 from torchgraft.backends.torch.wrap import WIDTH, wrap
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, PrimCall
 from torchgraft.ir.types import UNKNOWN, ScalarType, TensorType, ValueType
-from torchgraft.ir.values import Ref, refs_in
+from torchgraft.ir.values import Const, Ref, refs_in
 
 MAX_INLINE = 72
 MAX_DEPTH = 3
 MODULE_GLOBALS = frozenset({"self", "torch", "nn", "F", "Tensor", "math", "operator", "collections",
                             "OrderedDict", "Path", "typing"})
-_PURE_FUNCTIONS = frozenset({"builtins.getattr", "operator.getitem", "builtins.len"})
-_PURE_METHODS = frozenset({"size", "dim", "numel"})
+_PURE_FUNCTIONS = frozenset({"builtins.getattr", "builtins.len", "builtins.int", "builtins.float", "builtins.bool",
+                             "builtins.tuple", "builtins.min", "builtins.max", "builtins.abs"})
+_IMPURE_OPERATORS = frozenset({"operator.setitem", "operator.delitem"})
+_PURE_METHODS = frozenset({"size", "dim", "numel", "view", "reshape", "permute", "transpose", "flatten",
+                           "contiguous", "unsqueeze", "squeeze", "expand", "t"})
 
 
 def annotation(t: ValueType) -> str:
@@ -38,7 +41,7 @@ def annotation(t: ValueType) -> str:
 def signature(inputs: tuple[Input, ...], names: dict[str, str], ctx: ExprContext) -> str:
     """``self, x: Tensor, mask: Tensor | None = None`` for the forward's inputs."""
     parts = ["self"]
-    star = False
+    star = defaulted = False
     for inp in inputs:
         ann = annotation(inp.type)
         text = names[inp.name] + (f": {ann}" if ann else "")
@@ -49,8 +52,12 @@ def signature(inputs: tuple[Input, ...], names: dict[str, str], ctx: ExprContext
         elif inp.kind is InputKind.KEYWORD and not star:
             parts.append("*")
             star = True
-        if inp.default is not None and inp.kind in (InputKind.POSITIONAL, InputKind.KEYWORD):
-            text += f" = {arg_code(inp.default, ctx).text}" if ann else f"={arg_code(inp.default, ctx).text}"
+        default = inp.default
+        if default is None and defaulted and inp.kind is InputKind.POSITIONAL and not star:
+            default = Const(None)  # a required parameter cannot follow a defaulted one
+        if default is not None and inp.kind in (InputKind.POSITIONAL, InputKind.KEYWORD):
+            text += f" = {arg_code(default, ctx).text}" if ann else f"={arg_code(default, ctx).text}"
+            defaulted = defaulted or inp.kind is InputKind.POSITIONAL
         parts.append(text)
     return ", ".join(parts)
 
@@ -58,8 +65,25 @@ def signature(inputs: tuple[Input, ...], names: dict[str, str], ctx: ExprContext
 def is_pure(op: Op) -> bool:
     """True for ops without side effects whose result may be dropped when unused."""
     t = op.target
+    if isinstance(t, FunctionCall) and t.qualname.startswith("operator."):
+        name = t.qualname.split(".", 1)[1]
+        return t.qualname not in _IMPURE_OPERATORS and not (name.startswith("i") and name not in ("invert", "index"))
     return (isinstance(t, GetAttr) or (isinstance(t, FunctionCall) and t.qualname in _PURE_FUNCTIONS)
             or (isinstance(t, MethodCall) and t.name in _PURE_METHODS))
+
+
+def is_movable(op: Op, g_ops: dict[str, Op]) -> bool:
+    """True for reads of metadata (``self.p``, ``x.shape``, ``x.size(1)``, ``shape[0]``): they may be
+    written where they are used, after other ops, without changing what they compute."""
+    t = op.target
+    if isinstance(t, GetAttr) or (isinstance(t, MethodCall) and t.name in ("size", "dim", "numel")):
+        return True
+    if isinstance(t, FunctionCall) and t.qualname in ("builtins.getattr", "builtins.len"):
+        return True
+    if isinstance(t, FunctionCall) and t.qualname == "operator.getitem" and op.args:
+        src = op.args[0]
+        return isinstance(src, Ref) and src.name in g_ops and is_movable(g_ops[src.name], g_ops)
+    return False
 
 
 def prune(g: Graph) -> Graph:
@@ -93,6 +117,7 @@ class _Writer:
         self.g, self.ctx, self.special, self.width = g, ctx, special, width
         self.users = g.users()
         self.index = {op.name: i for i, op in enumerate(g.ops)}
+        self.ops = {op.name: op for op in g.ops}
         self.pending: dict[str, set[str]] = {}  # inlined value -> values it reads that are variables
         self.depth: dict[str, int] = {}
         self.shapes: dict[str, int] = {}
@@ -143,6 +168,8 @@ class _Writer:
             out += [indent + ln for ln in self._op(i, op, self.width - len(indent))]
         if flag is not None:
             return out + [f"return {self.ctx.values[flag[2]].text}"]
+        if self.g.output == Const(None):
+            return out or ["pass"]
         return out + wrap(f"return {arg_code(self.g.output, self.ctx).text}", self.width)
 
     def _inline_ok(self, i: int, op: Op, code: Code) -> bool:
@@ -152,13 +179,15 @@ class _Writer:
             return False
         if flag is not None and (op.name == flag[2] or i == len(self.g.ops) - 1):
             return False
-        if flag is not None and not is_pure(op) and (i < flag[0] <= self.index.get(uses[0], i)):
+        movable = is_movable(op, self.ops)
+        if flag is not None and not movable and (i < flag[0] <= self.index.get(uses[0], i)):
             return False
         if uses[0] == "<output>":
-            return (i == len(self.g.ops) - 1 or is_pure(op)) and refs_in(self.g.output).count(op.name) == 1
+            return (i == len(self.g.ops) - 1 or movable) and refs_in(self.g.output).count(op.name) == 1
         nxt = self.g.ops[i + 1].name if i + 1 < len(self.g.ops) else None
-        return ((uses[0] == nxt or is_pure(op)) and len(code.text) <= MAX_INLINE
-                and self.depth[op.name] < MAX_DEPTH)
+        depth = self.depth[op.name]
+        deep_ok = depth < MAX_DEPTH or (depth == MAX_DEPTH and _calls(self.ops[uses[0]]) == 0)  # `f(g(h(x))) * 2`
+        return (uses[0] == nxt or movable) and len(code.text) <= min(MAX_INLINE, self.width - 16) and deep_ok
 
     def _op(self, i: int, op: Op, width: int) -> list[str]:
         code = self._code(op)
@@ -194,12 +223,17 @@ class _Writer:
         if flag is not None and i == len(self.g.ops) - 1:
             return self.namer.take(op.name, self.ctx.values[flag[2]].text)
         own = specific(op, self.shapes)
-        cands: list[str] = []
+        cands: list[str] = [c for c in (chosen(op),) if c]
         if op.name in self.special.optional:
             cands.append("identity")
-        if own is None:
-            cands += [self.namer.var_of[r] for r in reads if self._dead(r) and _same_kind(self.types, r, op.name)][:1]
-        cands += [own or GENERIC, f"{hint(op)}_{own or GENERIC}" if hint(op) else ""]
+        if own is None and reads and self._dead(reads[0]) and _same_kind(self.types, reads[0], op.name):
+            cands.append(self.namer.var_of[reads[0]])  # carries on from its (now dead) main input
+        word = hint(op)
+        word = word if word in ("", "item") else f"{word}_{own or GENERIC}"
+        if own is None and isinstance(op.target, ChildCall) and len(set(self.users[op.name])) > 1:
+            cands += [word, GENERIC]  # a child's output used in several places keeps the child's name
+        else:
+            cands += [own or GENERIC, word]
         return self.namer.pick(op.name, [c for c in cands if c])
 
 

@@ -11,14 +11,15 @@ when a difference can be named.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from torchgraft.backends.torch.names import Namespace
 from torchgraft.backends.torch.variants import Family, Variant, families, graph_key, lowered
-from torchgraft.ir.graph import ChildCall
-from torchgraft.ir.nodes import Block, ClassRef, Node, module_children
+from torchgraft.ir.graph import ChildCall, Graph
+from torchgraft.ir.nodes import Block, ClassRef, Node, PySource, module_children
 from torchgraft.ir.traverse import join, walk
+from torchgraft.ir.types import UNKNOWN
 
 
 @dataclass
@@ -52,8 +53,9 @@ def _heights(blocks: dict[str, Block]) -> dict[str, int]:
 
 
 def _member_key(b: Block) -> tuple[object, ...]:
+    source = (b.body.source, tuple(n for n, _ in b.body.attrs)) if isinstance(b.body, PySource) else None
     return (tuple((s.name, s.parameter, s.persistent, s.dtype, s.requires_grad) for s in b.state),
-            tuple(n for n, _ in b.constants))
+            tuple(n for n, _ in b.constants), source)
 
 
 def _groups(blocks: dict[str, Block], by_height: bool) -> list[Group]:
@@ -69,16 +71,23 @@ def _groups(blocks: dict[str, Block], by_height: bool) -> list[Group]:
         variant_of = []
         for _, b in insts:
             body, train = lowered(b)
-            key = (graph_key(body), None if train is None else graph_key(train), tuple(n for n, _ in b.children))
-            if key not in index:
-                index[key] = len(variants)
-                variants.append(Variant(body, train, key[2]))
-            variant_of.append(index[key])
+            names = tuple(n for n, _ in b.children)
+            vkey = (graph_key(body), None if train is None else graph_key(train), names)
+            if vkey not in index:
+                index[vkey] = len(variants)
+                variants.append(Variant(body, train, names))
+            elif _typed(body) > _typed(variants[index[vkey]].body):  # annotations from the best-typed instance
+                variants[index[vkey]] = Variant(body, train, names)
+            variant_of.append(index[vkey])
         for fam in families(variants):
             members = [k for k, v in enumerate(variant_of) if v in fam.maps]
             out.append(Group(insts[0][1].cls, [insts[k] for k in members], variants, fam,
                              [variant_of[k] for k in members]))
     return out
+
+
+def _typed(g: Graph) -> int:
+    return sum(i.type != UNKNOWN for i in g.inputs) + sum(op.type != UNKNOWN for op in g.ops)
 
 
 def _order(groups: list[Group]) -> list[Group] | None:
@@ -113,6 +122,10 @@ def camel(name: str) -> str:
 def _suffix(g: Group, primary: Group) -> str:
     mine, theirs = g.variants[g.family.base].children, primary.variants[primary.family.base].children
     extra = [c for c in mine if c not in theirs]
+    stem = {re.sub(r"\d+$", "", c) for c in extra}
+    if len(extra) > 1 and len(stem) == 1 and camel(next(iter(stem))):  # denselayer7..denselayer12
+        prefix = stem.pop()
+        return f"{sum(re.sub(r'[0-9]+$', '', c) == prefix for c in mine)}{camel(prefix)}s"
     if extra and camel(extra[0]):
         return camel(extra[0])
     missing = [c for c in theirs if c not in mine]
@@ -143,5 +156,6 @@ def plan(root: Node, names: Namespace) -> list[Group]:
     if groups is None:  # a class nested in itself: group by height so that order exists
         groups = _order(_groups(blocks, True))
     assert groups is not None
-    _name(sorted(groups, key=lambda g: list(blocks).index(g.insts[0][0])), names)
+    first = {path: i for i, path in enumerate(blocks)}
+    _name(sorted(groups, key=lambda g: first[g.insts[0][0]]), names)
     return groups

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
-from torchgraft.backends.torch.ctor import Call, CExpr, Items, Lit, Param, Raw, node_expr, prim_call
+from torchgraft.backends.torch.ctor import Call, CExpr, Guarded, Items, Lit, Param, Raw, node_expr, prim_call
 from torchgraft.backends.torch.exprs import const_code
 from torchgraft.backends.torch.names import is_plain_attr, member, str_lit
 from torchgraft.errors import EmitError
@@ -22,6 +22,9 @@ def fmt_call(head: str, args: list[str], indent: int, tail: str = ")") -> str:
     one = f"{head}{', '.join(args)}{tail}"
     if indent + len(one) <= WIDTH and "\n" not in one:
         return one
+    inner = ", ".join(args)
+    if indent + 4 + len(inner) <= WIDTH and "\n" not in inner and not inner.startswith("*"):
+        return f"{head}\n    {inner}\n{tail}"
     body = "".join(f"    {a.replace(chr(10), chr(10) + '    ')},\n" for a in args)
     return f"{head}\n{body}{tail}"
 
@@ -51,7 +54,10 @@ def render(e: CExpr, names: Mapping[int, str], indent: int, head: str = "") -> s
         return head + e.text
     if isinstance(e, Items):
         return _render_items(e, names, indent, head)
-    return fmt_call(f"{head}{e.head}(", _call_args(e, names, indent + 4), indent)
+    if isinstance(e, Guarded):
+        return f"{head}*([{render(e.expr, names, indent)}] if {names[e.flag]} else [])"
+    callee = names[e.head.index] if isinstance(e.head, Param) else e.head
+    return fmt_call(f"{head}{callee}(", _call_args(e, names, indent + 4), indent)
 
 
 def _call_args(e: Call, names: Mapping[int, str], indent: int) -> list[str]:
@@ -70,8 +76,11 @@ def _runs(items: list[str], indent: int, head: str, tail: str) -> list[str]:
     out: list[str] = []
     for item, group in itertools.groupby(items):
         n = len(list(group))
-        if n >= 3 or (n == 2 and not short):
-            out.append(f"*[{item} for _ in range(n)]".replace("range(n)", f"range({n})"))
+        if not item.startswith("*") and (n >= 3 or (n == 2 and not short)):
+            text = f"*[{item} for _ in range({n})]"
+            if indent + 5 + len(text) > WIDTH or "\n" in item:
+                text = f"*[\n    {item.replace(chr(10), chr(10) + '    ')}\n    for _ in range({n})\n]"
+            out.append(text)
         else:
             out += [item] * n
     return out
@@ -79,21 +88,20 @@ def _runs(items: list[str], indent: int, head: str, tail: str) -> list[str]:
 
 def _render_items(e: Items, names: Mapping[int, str], indent: int, head: str) -> str:
     sub = [render(i, names, indent + 4) for i in e.items]
+    pairs = list(zip(e.keys, sub, strict=True))
     if e.kind == "ModuleDict":
-        return fmt_call(f"{head}nn.ModuleDict({{", [f"{str_lit(k)}: {x}" for k, x in zip(e.keys, sub)], indent, "})")
-    if e.kind == "ModuleList":
-        return fmt_call(f"{head}nn.ModuleList([", _runs(sub, indent, f"{head}nn.ModuleList([", "])"), indent, "])")
-    if e.kind == "list":
-        return fmt_call(f"{head}[", _runs(sub, indent, f"{head}[", "]"), indent, "]")
-    if list(e.keys) == [str(i) for i in range(len(sub))]:
-        return fmt_call(f"{head}nn.Sequential(", _runs(sub, indent, f"{head}nn.Sequential(", ")"), indent)
+        return fmt_call(f"{head}nn.ModuleDict({{", [f"{str_lit(k)}: {x}" for k, x in pairs], indent, "})")
+    opening = {"ModuleList": "nn.ModuleList([", "list": "["}.get(e.kind, "nn.Sequential(")
+    closing = {"ModuleList": "])", "list": "]"}.get(e.kind, ")")
+    if e.kind != "Sequential" or list(e.keys) == [str(i) for i in range(len(sub))]:
+        return fmt_call(head + opening, _runs(sub, indent, head + opening, closing), indent, closing)
     prefix = _KEY_PREFIX.match(e.keys[0]) if e.keys else None
     if (prefix and len(set(sub)) == 1 and len(sub) > 1
             and list(e.keys) == [f"{prefix.group(0)}{i}" for i in range(len(sub))]):
-        pairs = f'(f"{prefix.group(0)}{{i}}", {sub[0]}) for i in range({len(sub)})'
-        return fmt_call(f"{head}nn.Sequential(OrderedDict(", [pairs], indent, "))")
-    return fmt_call(f"{head}nn.Sequential(OrderedDict([", [f"({str_lit(k)}, {x})" for k, x in zip(e.keys, sub)],
-                    indent, "]))")
+        gen = f'(f"{prefix.group(0)}{{i}}", {sub[0]}) for i in range({len(sub)})'
+        return fmt_call(f"{head}nn.Sequential(OrderedDict(", [gen], indent, "))")
+    items = [f"({str_lit(k)}, {x})" for k, x in pairs]
+    return fmt_call(f"{head}nn.Sequential(OrderedDict([", items, indent, "]))")
 
 
 def module_expr(node: Node, class_of: Callable[[Node, str], str], path: str, indent: int) -> str:

@@ -11,12 +11,14 @@ import builtins
 import keyword
 import re
 
+from torch import nn
+
 RESERVED = frozenset(dir(builtins)) | frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | {
     "self", "torch", "nn", "F", "Tensor", "math", "collections", "OrderedDict", "Path", "build", "load",
     "operator", "typing", "load_file",
 }
 # attributes nn.Module itself defines: a child with one of these names cannot be `self.<name>`
-_MODULE_ATTRS = frozenset(n for n in dir(__import__("torch").nn.Module) if not n.startswith("__"))
+_MODULE_ATTRS = frozenset(n for n in dir(nn.Module) if not n.startswith("__"))
 
 
 def is_plain_attr(name: str) -> bool:
@@ -57,6 +59,11 @@ class Namespace:
     def used(self) -> set[str]:
         """Every name handed out or reserved so far (a copy)."""
         return set(self._used)
+
+
+def safe_doc(text: str) -> str:
+    """Text that may go inside a docstring: ASCII letters, digits and ``_.<>-``; the rest becomes ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.<>-]", "_", text)
 
 
 def str_lit(text: str) -> str:

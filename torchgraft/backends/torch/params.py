@@ -10,10 +10,11 @@ the class takes one ``stride``. Names come from where the argument is used: the 
 from __future__ import annotations
 
 import keyword
+import math
 from collections import Counter
 from dataclasses import dataclass
 
-from torchgraft.backends.torch.ctor import Call, CExpr, Lit
+from torchgraft.backends.torch.ctor import Call, CExpr, Lit, Raw
 from torchgraft.backends.torch.unify import Hole, Site
 
 _CHANNELS = frozenset({"in_channels", "out_channels", "num_features", "num_channels", "channels", "in_planes",
@@ -37,7 +38,14 @@ class ParamSpec:
 
 
 def _compatible(a: list[CExpr | None], b: list[CExpr | None]) -> bool:
-    return all(x is None or y is None or x == y for x, y in zip(a, b))
+    return all(x is None or y is None or x == y for x, y in zip(a, b, strict=True))
+
+
+def _related(a: set[str], b: set[str]) -> bool:
+    """Whether values used as ``a`` and as ``b`` may be one argument when they agree: the same
+    keyword, or sizes (channel counts, dims) on both sides; a shape dim or ``groups`` goes with any."""
+    a, b = a - _NEUTRAL, b - _NEUTRAL
+    return not a or not b or bool(a & b) or (a <= SIZES and b <= SIZES)
 
 
 def _group(holes: list[Hole]) -> list[list[int]]:
@@ -46,30 +54,38 @@ def _group(holes: list[Hole]) -> list[list[int]]:
     vectors: list[list[CExpr | None]] = []
     for i, h in enumerate(holes):
         target = None
-        if h.literal and h.flag is None:
+        if h.flag is not None:
+            target = next((g for g, grp in enumerate(groups) if holes[grp[0]].flag is not None
+                           and vectors[g] == h.values), None)
+        elif h.literal:
             names = {a for _, a in h.sites}
             candidates = [g for g, grp in enumerate(groups)
-                          if holes[grp[0]].literal and holes[grp[0]].flag is None and _compatible(vectors[g], h.values)]
+                          if holes[grp[0]].literal and holes[grp[0]].flag is None and _compatible(vectors[g], h.values)
+                          and _related(names, {a for j in grp for _, a in holes[j].sites})]
             same = [g for g in candidates if names & {a for j in groups[g] for _, a in holes[j].sites}]
-            target = (same or candidates or [None])[0]
+            target = (same or candidates)[0] if same or candidates else None
         if target is None:
             groups.append([i])
             vectors.append(list(h.values))
         else:
             groups[target].append(i)
-            vectors[target] = [x if x is not None else y for x, y in zip(vectors[target], h.values)]
+            vectors[target] = [x if x is not None else y for x, y in zip(vectors[target], h.values, strict=True)]
     return groups
 
 
+_NEUTRAL = frozenset({"groups", "size"})
+
+
 def _is_size(sites: list[Site]) -> bool:
-    return all(a in SIZES for _, a in sites)
+    names = {a for _, a in sites} - _NEUTRAL
+    return bool(names) and names <= SIZES
 
 
 def _candidates(sites: list[Site], flag: str | None) -> list[str]:
     """Names to try for an argument, best first."""
     if flag is not None:
         return [flag]
-    names = list(dict.fromkeys(a for _, a in sites))
+    names = list(dict.fromkeys(a for _, a in sites if a not in _NEUTRAL)) or [sites[0][1]]
     member, first = sites[0]
     out = []
     if len(names) == 1:
@@ -77,11 +93,16 @@ def _candidates(sites: list[Site], flag: str | None) -> list[str]:
     elif _is_size(sites):
         term = "dim" if _DIMS & set(names) else "channels" if _CHANNELS & set(names) else "features"
         has_in, has_out = any(n.startswith("in") for n in names), any(n.startswith("out") for n in names)
-        out.append(f"in_{term}" if has_in and not has_out else f"out_{term}" if has_out and not has_in else term)
-    return out + [f"{member}_{first}", f"{member}_{first}_arg"]
+        if has_in != has_out:
+            out.append(f"in_{term}" if has_in else f"out_{term}")
+        else:
+            out += [term, f"hidden_{term}"]
+    return out + ([member] if first == member else [f"{member}_{first}", f"{member}_{first}_arg"])
 
 
 def _annotation(values: list[CExpr], default: CExpr | None) -> str:
+    if all(isinstance(v, Raw) for v in values):
+        return "type[nn.Module]"
     if not all(isinstance(v, Lit) for v in values):
         return "nn.Module | None" if default == Lit(None) else "nn.Module"
     kinds = {type(v.value).__name__ for v in values if isinstance(v, Lit)}  # type: ignore[union-attr]
@@ -94,8 +115,9 @@ def _annotation(values: list[CExpr], default: CExpr | None) -> str:
     elif len(kinds) == 1 and kinds <= {"bool", "str"}:
         base = kinds.pop()
     elif kinds == {"tuple"}:
-        base = "tuple[int, ...]" if all(all(type(x) is int for x in v.value)  # type: ignore[union-attr]
-                                        for v in values if isinstance(v, Lit) and v.value is not None) else "tuple"
+        ints = all(isinstance(v.value, tuple) and all(type(x) is int for x in v.value)
+                   for v in values if isinstance(v, Lit) and v.value is not None)
+        base = "tuple[int, ...]" if ints else "tuple"
     else:
         return ""
     return f"{base} | None" if none else base
@@ -105,12 +127,23 @@ def _default(h: list[CExpr | None], flag: str | None, size: bool) -> CExpr | Non
     if flag is not None:
         return Lit(False)
     present = [v for v in h if v is not None]
-    if not all(isinstance(v, Lit) for v in present):
-        return Lit(None) if len(present) < len(h) else None
+    if len(present) < len(h):
+        return Lit(None)
+    if not all(isinstance(v, (Lit, Raw)) for v in present):
+        return None
     mode, count = Counter(present).most_common(1)[0]
-    if len(present) < len(h) or (not size and 2 * count > len(h)):
+    if not size and 2 * count > len(h) and (isinstance(mode, Raw) or _plain(mode.value)):  # type: ignore[union-attr]
         return mode
     return None
+
+
+def _plain(v: object) -> bool:
+    """True for values fine as a default: immutable literals written without a call."""
+    if isinstance(v, tuple):
+        return all(_plain(x) for x in v)
+    if isinstance(v, float):
+        return math.isfinite(v)
+    return v is None or isinstance(v, (bool, int, str))
 
 
 def build_params(holes: list[Hole], taken: set[str]) -> tuple[list[ParamSpec], dict[int, int]]:
@@ -119,7 +152,7 @@ def build_params(holes: list[Hole], taken: set[str]) -> tuple[list[ParamSpec], d
     for grp in _group(holes):
         vector: list[CExpr | None] = [None] * len(holes[grp[0]].values)
         for j in grp:
-            vector = [x if x is not None else y for x, y in zip(vector, holes[j].values)]
+            vector = [x if x is not None else y for x, y in zip(vector, holes[j].values, strict=True)]
         sites = [s for j in grp for s in holes[j].sites]
         flag = holes[grp[0]].flag
         default = _default(vector, flag, _is_size(sites))

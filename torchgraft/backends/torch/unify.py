@@ -9,9 +9,11 @@ whose values vary together become one constructor argument (``params.py`` names 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
-from torchgraft.backends.torch.ctor import CExpr, Call, Items, Lit, Param
+from torchgraft.backends.torch.ctor import Call, CExpr, Guarded, Items, Lit, Param, Raw
+from torchgraft.ir.primitives import primitive_class_for
 
 Site = tuple[str, str]
 """(member, argument name): where a hole occurs, e.g. ``("conv2", "stride")``."""
@@ -27,8 +29,8 @@ class Hole:
 
     @property
     def literal(self) -> bool:
-        """True when every present value is a literal (a module-valued hole is False)."""
-        return all(isinstance(v, Lit) for v in self.values if v is not None)
+        """True when every present value is a literal or a class (may be shared; a module may not)."""
+        return all(isinstance(v, (Lit, Raw)) for v in self.values if v is not None)
 
     @property
     def partial(self) -> bool:
@@ -67,10 +69,18 @@ class Unifier:
     def _calls(self, exprs: list[Call | None], site: Site) -> Call | None:
         present = [e for e in exprs if e is not None]
         first = present[0]
-        if any(e.head != first.head or len(e.args) != len(first.args) for e in present):
+        if any(len(e.args) != len(first.args) for e in present):
             return None
+        head: str | Param = first.head
+        if any(e.head != first.head for e in present):
+            if not all(_torch_layer(e.head) for e in present):
+                return None
+            heads: list[CExpr | None] = [None if e is None else Raw(str(e.head)) for e in exprs]
+            head = self.hole(heads, (site[0], layer_role(present)))
         defaults = dict(first.defaults)
-        keys = list(dict.fromkeys(k for e in present for k, _ in e.kwargs))
+        order = {k: i for i, (k, _) in enumerate(first.defaults)}
+        seen = list(dict.fromkeys(k for e in present for k, _ in e.kwargs))
+        keys = sorted(seen, key=lambda k: (order.get(k, -1), seen.index(k)))
         filled: list[dict[str, CExpr] | None] = []
         for e in exprs:
             if e is None:
@@ -85,25 +95,105 @@ class Unifier:
                                 (site[0], names[i] if i < len(names) else site[1]))
                      for i in range(len(first.args)))
         kwargs = tuple((k, self.unify([None if f is None else f[k] for f in filled], (site[0], k))) for k in keys)
-        return Call(first.head, args, kwargs, names, first.defaults)
+        return Call(head, args, kwargs, names, first.defaults)
 
     def _items(self, exprs: list[Items | None], site: Site) -> Items | None:
         present = [e for e in exprs if e is not None]
-        first = present[0]
-        if any(e.kind != first.kind or e.keys != first.keys for e in present):
+        first = max(present, key=lambda e: len(e.items))
+        if any(e.kind != first.kind for e in present):
             return None
-        items = tuple(self.unify([None if e is None else e.items[i] for e in exprs], site)
-                      for i in range(len(first.items)))
-        return Items(first.kind, first.keys, items)
+        if all(e.keys == first.keys for e in present):
+            items = tuple(self.unify([None if e is None else e.items[i] for e in exprs], site)
+                          for i in range(len(first.items)))
+            return Items(first.kind, first.keys, items)
+        if not all(_numbered(e) for e in present) or first.kind == "ModuleDict":
+            return None
+        matches = [None if e is None else align(e.items, first.items) for e in exprs]
+        if any(m is None for e, m in zip(exprs, matches, strict=True) if e is not None):
+            return None
+        out: list[CExpr] = []
+        for p in range(len(first.items)):
+            got: list[CExpr | None] = [None if e is None or m is None or p not in m else e.items[m[p]]
+                                       for e, m in zip(exprs, matches, strict=True)]
+            item = self.unify(got, site)
+            if any(g is None for e, g in zip(exprs, got, strict=True) if e is not None):
+                flags: list[CExpr | None] = [None if e is None else Lit(g is not None)
+                                             for e, g in zip(exprs, got, strict=True)]
+                item = Guarded(self.hole(flags, site, flag=_flag_name(item, site, p)).index, item)
+            out.append(item)
+        return Items(first.kind, tuple(str(i) for i in range(len(out))), tuple(out))
 
 
-def substitute(e: CExpr, table: dict[int, CExpr]) -> CExpr:
-    """``e`` with every ``Param(i)`` replaced by ``table[i]`` (used to renumber holes into params)."""
-    if isinstance(e, Param):
-        return table.get(e.index, e)
+def _torch_layer(head: str | Param) -> bool:
+    return isinstance(head, str) and head.startswith("nn.") and head[3:].isidentifier()
+
+
+def layer_role(calls: list[Call]) -> str:
+    """``activation_layer``, ``norm_layer``... for a constructor argument that is a torch layer class."""
+    kinds = {primitive_class_for(str(c.head)[3:]).__name__ for c in calls}
+    role = {"Activation": "activation", "BatchNorm": "norm", "LayerNorm": "norm", "GroupNorm": "norm",
+            "Conv": "conv", "Dropout": "dropout"}.get(kinds.pop() if len(kinds) == 1 else "", "")
+    return f"{role}_layer" if role else "layer"
+
+
+def _numbered(e: Items) -> bool:
+    return list(e.keys) == [str(i) for i in range(len(e.items))]
+
+
+def _flag_name(item: CExpr, site: Site, index: int) -> str:
+    head = item.head if isinstance(item, Call) else None
+    if isinstance(head, str) and head.isidentifier():  # a class of the model: use_squeeze_excitation
+        return "use_" + re.sub(r"(?<!^)(?=[A-Z])", "_", head).lower()
+    return f"use_{site[0]}_{index}" if site[0].isidentifier() else f"use_item_{index}"
+
+
+def similarity(a: CExpr, b: CExpr) -> int | None:
+    """How alike two expressions are (equal literals in the same places), None if they cannot unify."""
+    if a == b:
+        return 1 + _size(a)
+    if isinstance(a, Lit) and isinstance(b, Lit):
+        return 0
+    heads_ok = isinstance(a, Call) and isinstance(b, Call) and (a.head == b.head or _torch_layer(a.head)
+                                                                  and _torch_layer(b.head))
+    if heads_ok and isinstance(a, Call) and isinstance(b, Call) and len(a.args) == len(b.args):
+        kb = dict(b.kwargs)
+        parts = [similarity(x, y) for x, y in zip(a.args, b.args, strict=True)]
+        parts += [similarity(v, kb[k]) for k, v in a.kwargs if k in kb]
+        shared = sum(k in kb for k, _ in a.kwargs) - sum(k not in kb for k, _ in a.kwargs)
+        return None if any(p is None for p in parts) else 1 + shared + sum(p for p in parts if p)
+    if isinstance(a, Items) and isinstance(b, Items) and a.kind == b.kind and len(a.items) == len(b.items):
+        parts = [similarity(x, y) for x, y in zip(a.items, b.items, strict=True)]
+        return None if any(p is None for p in parts) else 1 + sum(p for p in parts if p)
+    return None
+
+
+def _size(e: CExpr) -> int:
     if isinstance(e, Call):
-        return Call(e.head, tuple(substitute(a, table) for a in e.args),
-                    tuple((k, substitute(v, table)) for k, v in e.kwargs), e.arg_names, e.defaults)
+        return 1 + sum(_size(a) for a in e.args) + sum(_size(v) for _, v in e.kwargs)
     if isinstance(e, Items):
-        return Items(e.kind, e.keys, tuple(substitute(i, table) for i in e.items))
-    return e
+        return 1 + sum(_size(i) for i in e.items)
+    return 1
+
+
+def align(short: tuple[CExpr, ...], long: tuple[CExpr, ...]) -> dict[int, int] | None:
+    """Map positions of ``long`` to positions of ``short`` (an order-keeping, most-alike matching of
+    every item of ``short``), or None when ``short`` does not fit into ``long``."""
+    m, n = len(short), len(long)
+    neg = float("-inf")
+    best = [[0.0] * (n + 1)] + [[neg] * (n + 1) for _ in range(m)]
+    for i in range(1, m + 1):
+        for j in range(i, n + 1):
+            sim = similarity(short[i - 1], long[j - 1])
+            take = best[i - 1][j - 1] + sim if sim is not None else neg
+            best[i][j] = max(best[i][j - 1], take)
+    if best[m][n] == neg:
+        return None
+    out: dict[int, int] = {}
+    i, j = m, n
+    while i > 0:
+        if best[i][j] == best[i][j - 1] and j > i:
+            j -= 1
+            continue
+        out[j - 1] = i - 1
+        i, j = i - 1, j - 1
+    return out

@@ -8,12 +8,19 @@ names (``add_7``, ``getitem_2``) never appear.
 
 from __future__ import annotations
 
+import builtins
 import keyword
+import operator
 import re
-from typing import Callable
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
 
 from torchgraft.backends.torch.names import RESERVED
+from torchgraft.ir.activations import ActKind
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, MethodCall, Op, PrimCall
+from torchgraft.ir.primitives import Activation
 from torchgraft.ir.types import TensorType, ValueType
 from torchgraft.ir.values import Const, Ref
 
@@ -34,11 +41,47 @@ def hint(op: Op) -> str:
         return ident(t.path.replace(".", "_"))
     if isinstance(t, MethodCall):
         return ident(t.name)
+    if isinstance(t, FunctionCall) and t.qualname.startswith("operator."):
+        return "item" if t.qualname == "operator.getitem" else ""
     if isinstance(t, FunctionCall):
         return ident(t.qualname.rsplit(".", 1)[-1])
     if isinstance(t, PrimCall):
         return ident(t.prim.op.lower())
     return ""
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z]", "", name.lower())
+
+
+def chosen(op: Op) -> str | None:
+    """The op's own name when a person or a pass chose it (``scale``, ``shift``), None when it only
+    repeats the call, as the names torch.fx makes do (``add_7``, ``layer1_0``, ``getitem_2``)."""
+    t = op.target
+    if isinstance(t, (ChildCall, GetAttr)):
+        natural = [t.path]
+    elif isinstance(t, FunctionCall):
+        natural = [t.qualname.rsplit(".", 1)[-1]]
+    elif isinstance(t, MethodCall):
+        natural = [t.name]
+    else:
+        k = t.prim.kind if isinstance(t.prim, Activation) else None
+        natural = [t.prim.op] + ([k.functional, k.method or "", k.torch_fn or ""] if k is not None else [])
+    own = _norm(op.name)
+    if not own or own in {_norm(n) for n in natural} or _generated(op.name):
+        return None
+    return ident(op.name) or None
+
+
+def _generated(name: str) -> bool:
+    """True for a name fx would derive from some call (``relu_1``, ``getitem``, ``cat``): kept in a
+    graph whose call a pass changed, it would name the old call (``relu1`` after relu became silu)."""
+    base = re.sub(r"_?\d+$", "", name).rstrip("_")
+    return (not base or base.lower() in _ACT_WORDS or base in dir(builtins)
+            or any(hasattr(ns, base) for ns in (torch, torch.Tensor, F, operator)))
+
+
+_ACT_WORDS = frozenset(w.lower() for k in ActKind for w in (k.module, k.functional, k.method, k.torch_fn) if w)
 
 
 def specific(op: Op, shapes: dict[str, int]) -> str | None:

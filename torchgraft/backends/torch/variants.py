@@ -14,20 +14,27 @@ that differ in one of two ways still make one class:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from torchgraft.backends.torch.combinators import combinator_graph
 from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Op
-from torchgraft.ir.nodes import Block
+from torchgraft.ir.nodes import Block, PySource
 from torchgraft.ir.values import Const, Ref
 
 OpMap = list[int | None]
 """For each op of a merged graph, the index of the same op in one variant (None: not there)."""
 
 
+EMPTY = Graph((), (), Const(None))
+"""Stands in for a forward kept as Python source (``PySource``): nothing to compare or merge."""
+
+
 def lowered(block: Block) -> tuple[Graph, Graph | None]:
     """A Block's forward and training-mode forward as Graphs (combinator bodies lowered)."""
+    if isinstance(block.body, PySource):
+        return EMPTY, None
     body = block.body if isinstance(block.body, Graph) else combinator_graph(block)
     train = block.train_body if isinstance(block.train_body, Graph) else None
     return body, train

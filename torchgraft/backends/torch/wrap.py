@@ -79,6 +79,9 @@ def wrap(line: str, width: int = WIDTH) -> list[str]:
         if not inner[-1]:
             inner.pop()
     out = [indent + head]
+    joined = ", ".join(inner)
+    if len(inner) > 1 and len(indent) + 4 + len(joined) <= width:
+        return out + [f"{indent}    {joined}", indent + tail]
     for item in inner:
         out += wrap(f"{indent}    {item}{comma}", width)
     return out + [indent + tail]

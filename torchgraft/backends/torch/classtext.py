@@ -1,0 +1,110 @@
+"""The text of one emitted class: signature, ``__init__`` statements and ``forward``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from torchgraft.backends.torch.body import body_lines
+from torchgraft.backends.torch.ctor import Call, CExpr, Lit, Raw
+from torchgraft.backends.torch.forward import Special
+from torchgraft.backends.torch.lifting import Lifted, apply_lifting
+from torchgraft.backends.torch.modules import accessor, render
+from torchgraft.backends.torch.names import Namespace, is_plain_attr, safe_doc, str_lit
+from torchgraft.backends.torch.params import ParamSpec
+from torchgraft.backends.torch.wrap import wrap
+from torchgraft.ir.nodes import PySource
+
+if TYPE_CHECKING:
+    from torchgraft.backends.torch.classes import ClassTable
+    from torchgraft.backends.torch.groups import Group
+
+
+@dataclass
+class Member:
+    """A parameter, buffer, attribute or child built in ``__init__``; ``flag``: the hole that guards it."""
+
+    kind: str
+    name: str
+    expr: CExpr
+    flag: int | None = None
+
+
+def _statement(m: Member, persistent: bool) -> CExpr:
+    """The ``__init__`` statement setting member ``m``, as an expression tree."""
+    if m.kind == "buffer":
+        extra = () if persistent else (("persistent", Lit(False)),)
+        return Call("self.register_buffer", (Raw(str_lit(m.name)), m.expr), extra)
+    how = {"param": "self.register_parameter", "child": "self.add_module"}.get(m.kind, "setattr")
+    first = (Raw("self"),) if how == "setattr" else ()
+    return Call(how, first + (Raw(str_lit(m.name)), m.expr))
+
+
+def member_lines(m: Member, names: Mapping[int, str], persistent: bool = True) -> list[str]:
+    """Statements (at the indentation of ``__init__``'s body) building one member."""
+    plain = is_plain_attr(m.name) and m.kind != "buffer"
+    indent = 8 if m.flag is None else 12
+    text = (render(m.expr, names, indent, f"self.{m.name} = ") if plain
+            else render(_statement(m, persistent), names, indent))
+    if m.flag is None:
+        return [text]
+    none = f"self.{m.name} = None" if is_plain_attr(m.name) else f"self.add_module({str_lit(m.name)}, None)"
+    return [none, f"if {names[m.flag]}:", "    " + text.replace("\n", "\n    ")]
+
+
+def _signature(specs: list[ParamSpec]) -> str:
+    parts = ["self"]
+    for s in specs:
+        text = s.name + (f": {s.annotation}" if s.annotation else "")
+        if s.default is not None:
+            default = render(s.default, {}, 0)
+            text += f" = {default}" if s.annotation else f"={default}"
+        parts.append(text)
+    return "\n".join(wrap(f"    def __init__({', '.join(parts)}) -> None:"))
+
+
+def _attr_names(used: list[int], names: Mapping[int, str], members: list[Member]) -> dict[int, str]:
+    """Attribute names for the arguments the forward reads (``self.stride``)."""
+    ns = Namespace({m.name for m in members})
+    out: dict[int, str] = {}
+    by_param: dict[str, str] = {}
+    for h in used:
+        p = names[h]
+        if p not in by_param:
+            by_param[p] = ns.name(p if is_plain_attr(p) else p + "_value")
+        out[h] = by_param[p]
+    return out
+
+
+def class_text(group: Group, specs: list[ParamSpec], names: Mapping[int, str], members: list[Member],
+               lifted: Lifted, flag_hole: int | None, extra: list[str], table: ClassTable,
+               persistent: Mapping[str, bool]) -> str:
+    """The whole class definition."""
+    fam = group.family
+    used = sorted(set(lifted.positions.values())) + ([flag_hole] if flag_hole is not None else [])
+    attrs = _attr_names(used, names, members)
+    init = list(dict.fromkeys(["super().__init__()"] + [f"self.{attrs[h]} = {names[h]}" for h in used]))
+    for m in members:
+        init += member_lines(m, names, persistent.get(m.name, True))
+    init += extra
+    body, syn = apply_lifting(fam.body, "body", lifted, attrs)
+    train = None
+    if fam.train is not None:
+        train, train_syn = apply_lifting(fam.train, "train", lifted, attrs)
+        syn = {**syn, **train_syn}
+    special = Special(syn, dict(fam.optional_ops))
+    if fam.flag_at is not None and flag_hole is not None:
+        special.flag = (fam.flag_at, f"self.{attrs[flag_hole]}", fam.flag_result)
+    rep = max((b for k, (_, b) in enumerate(group.insts) if group.variant_of[k] == fam.base),
+              key=lambda b: len(b.children))
+    if isinstance(rep.body, PySource):  # the original forward (and methods it calls), copied
+        forward = rep.body.source.rstrip("\n").split("\n")
+    else:
+        forward = body_lines(body, train, accessor(rep), table.imports, frozenset(table.reserved), special)
+    lines = [f"class {group.name}(nn.Module):", f'    """From {safe_doc(str(group.cls))}."""', "",
+             _signature(specs)]
+    lines += [f"        {ln}" for stmt in init for ln in stmt.split("\n")]
+    lines.append("")
+    lines += [f"    {ln}" if ln else "" for ln in forward]
+    return "\n".join(lines) + "\n"

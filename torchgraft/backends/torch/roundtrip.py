@@ -1,0 +1,154 @@
+"""Structural equality of an IR and the capture of the model emitted from it.
+
+``capture(emit(model).materialize())`` gives back the same structure, up to what emission
+writes differently by design. ``normal_form`` removes exactly those differences:
+
+- value names and types (emission renames values; types are re-inferred at capture);
+- the class's module (the emitted file's name) — class names are compared, and an emitted
+  variant class (``BottleneckDownsample``) matches the original name it starts with;
+- pure ops whose result nobody reads (emission leaves them out, ``forward.prune``), and the
+  order of metadata reads (``x.shape[0]``, ``self.p``: emission writes them where they are
+  used, so they compare as part of the expression that reads them);
+- functional activations written from a combinator body (``Activation`` spelled as a module
+  call there is written ``F.relu(x)``, which captures with the functional spelling);
+- module-level ``SkipConnection``/``Parallel`` nodes, which ``model.py`` writes as small
+  runtime classes of those names: they compare as the Blocks capture makes of those classes;
+- how a primitive's fields are spelled: primitives compare by the constructor call written for
+  them (``Conv2d(..., output_padding=(0, 0))`` and ``output_padding=0`` are the same layer);
+- how a forward was captured (``Block.method``) and ``Block.constants``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torchgraft.backends.torch.forward import is_movable, prune
+from torchgraft.backends.torch.modules import prim_expr
+from torchgraft.backends.torch.variants import arg_key, lowered
+from torchgraft.ir.activations import Spelling
+from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Input, Op, PrimCall
+from torchgraft.ir.model import Model
+from torchgraft.ir.nodes import (
+    Block,
+    Chain,
+    ChildRef,
+    ClassRef,
+    CombineKind,
+    Container,
+    Node,
+    Opaque,
+    Parallel,
+    PySource,
+    SkipConnection,
+)
+from torchgraft.ir.primitives import Activation
+from torchgraft.ir.values import Const, Ref, Seq
+
+_FN = {CombineKind.ADD: "operator.add", CombineKind.MUL: "operator.mul"}
+
+
+def _target(op: Op) -> object:
+    t = op.target
+    if isinstance(t, PrimCall) and isinstance(t.prim, Activation) and t.prim.spelling is Spelling.MODULE:
+        return PrimCall(dataclasses.replace(t.prim, spelling=Spelling.FUNCTIONAL))
+    return t
+
+
+def graph_form(g: Graph) -> tuple[Any, ...]:
+    """A Graph up to value names and types, without unread pure ops."""
+    g = prune(g)
+    by_name = {op.name: op for op in g.ops}
+    names: dict[str, object] = {inp.name: ("in", i) for i, inp in enumerate(g.inputs)}
+    ops: list[object] = []
+    for op in g.ops:
+        form = (_target(op), arg_key(op.args, names, True), tuple((k, arg_key(v, names, True)) for k, v in op.kwargs))
+        if is_movable(op, by_name):  # written where used: compared as part of the expression that reads it
+            names[op.name] = ("expr", form)
+        else:
+            names[op.name] = ("op", len(ops))
+            ops.append(form)
+    inputs = tuple((i.kind, i.default) for i in g.inputs)
+    return "graph", inputs, tuple(ops), arg_key(g.output, names, True)
+
+
+def _combine(kind: CombineKind, dim: int, values: list[str], ops: list[Op]) -> str:
+    if kind is CombineKind.CONCAT:
+        ops.append(Op("cat", FunctionCall("torch.cat"), (Seq(tuple(Ref(v) for v in values), True), Const(dim))))
+        return "cat"
+    acc = values[0]
+    for i, v in enumerate(values[1:]):
+        ops.append(Op(f"acc{i}", FunctionCall(_FN[kind]), (Ref(acc), Ref(v))))
+        acc = f"acc{i}"
+    return acc
+
+
+def runtime_block(node: SkipConnection | Parallel) -> Block:
+    """The Block that capture makes of the runtime class ``model.py`` writes for ``node``."""
+    ops: list[Op] = []
+    if isinstance(node, SkipConnection):
+        ops.append(Op("body", ChildCall("body"), (Ref("x"),)))
+        out = _combine(node.combine.kind, node.combine.dim, ["x", "body"], ops)  # type: ignore[arg-type]
+        kids: tuple[tuple[str, Node], ...] = (("body", node.body),)
+    else:
+        ops += [Op(f"b{n}", ChildCall(n), (Ref("x"),)) for n in node.names]
+        out = _combine(node.combine.kind, node.combine.dim, [f"b{n}" for n in node.names], ops)  # type: ignore[arg-type]
+        kids = node.named()
+    name = "SkipConnection" if isinstance(node, SkipConnection) else "Parallel"
+    return Block(ClassRef("", name), kids, Graph((Input("x"),), tuple(ops), Ref(out)))
+
+
+def normal_form(node: Node | Model) -> Any:
+    """A comparable value for a model or node (see the module docstring for what it ignores)."""
+    if isinstance(node, Model):
+        return normal_form(node.root)
+    if isinstance(node, (SkipConnection, Parallel)):
+        return normal_form(runtime_block(node))
+    if isinstance(node, Block) and isinstance(node.body, PySource):
+        kids = tuple((n, normal_form(c)) for n, c in node.children)
+        return "block", node.cls.name, kids, node.state, ("source", node.body.source), node.body.attrs
+    if isinstance(node, Block):
+        body, train = lowered(node)
+        state = tuple((s.name, s.shape, s.dtype, s.parameter, s.persistent) for s in node.state)
+        kids = tuple((n, normal_form(c)) for n, c in node.children)
+        return "block", node.cls.name, kids, state, graph_form(body), None if train is None else graph_form(train)
+    if isinstance(node, Chain):
+        return "chain", node.names, tuple(normal_form(i) for i in node.items)
+    if isinstance(node, Container):
+        return "container", node.kind, tuple((n, normal_form(c)) for n, c in node.items)
+    if isinstance(node, Opaque):
+        return "opaque", node.cls.name, node.state
+    if isinstance(node, ChildRef):
+        return "ref", node.path
+    return "prim", prim_expr(node)  # type: ignore[arg-type]
+
+
+def first_difference(original: Any, recaptured: Any, path: str = "") -> str | None:
+    """Where two normal forms differ first ("" for the root), None when they are equal.
+
+    Block class names match when the recaptured one starts with the original's (variant classes).
+    """
+    a, b = original, recaptured
+    if (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b) == 6 and a[:1] == b[:1] == ("block",)
+            and isinstance(a[1], str) and isinstance(b[1], str)):
+        if not b[1].startswith(a[1]):
+            return f"{path or '<root>'}: class {a[1]} became {b[1]}"
+        return first_difference(a[2:], b[2:], path)
+    if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            sub = _child_path(path, x, y, i)
+            found = first_difference(x, y, sub)
+            if found is not None:
+                return found
+        return None
+    return None if a == b else f"{path or '<root>'}: {a!r} != {b!r}"
+
+
+_TAGS = frozenset({"block", "chain", "container", "opaque", "ref", "prim", "graph", "in", "op", "const", "expr"})
+
+
+def _child_path(path: str, x: object, y: object, i: int) -> str:
+    """``path`` extended by a child's name when ``x`` is a (name, form) pair."""
+    if isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) and x[0] not in _TAGS:
+        return f"{path}.{x[0]}" if path else x[0]
+    return path

@@ -1,0 +1,93 @@
+"""Copy a block's ``forward`` source into the IR when no tracer can capture it.
+
+For forwards whose control flow depends on the data (``if x.sum() > 0:``), tracing
+would bake one branch in. Copying the method keeps both: ``forward`` and the methods
+it calls on ``self`` are copied (decorators dropped), the plain attributes it reads
+(``self.scale``) become constructor-time constants, and the globals it uses resolve
+like helper functions (torch imports, constants, further copied functions). Anything
+else (``super()``, closures, objects that are not constants) is refused with a reason.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+import types
+from typing import Any
+
+from torch import nn
+
+from torchgraft.frontends.fx_block import TraceError
+from torchgraft.frontends.helpers import HelperError, _resolve_global
+from torchgraft.ir.model import Helper
+from torchgraft.ir.nodes import PySource
+from torchgraft.ir.values import Arg, const_arg
+
+
+def _method_source(fn: types.FunctionType) -> ast.FunctionDef:
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError) as e:
+        raise TraceError(f"the source of {fn.__qualname__} is not available: {e}") from None
+    fdef = tree.body[0]
+    if not isinstance(fdef, ast.FunctionDef):
+        raise TraceError(f"{fn.__qualname__} is not a plain def")
+    fdef.decorator_list = []
+    return fdef
+
+
+def _self_attrs(fdef: ast.FunctionDef) -> list[str]:
+    return list(dict.fromkeys(n.attr for n in ast.walk(fdef) if isinstance(n, ast.Attribute)
+                              and isinstance(n.value, ast.Name) and n.value.id == "self"))
+
+
+def copy_forward(mod: nn.Module, helpers: dict[str, Helper]) -> PySource:
+    """The PySource body for ``mod`` (TraceError with the reason when it cannot be copied)."""
+    cls = type(mod)
+    todo: list[str] = ["forward"]
+    defs: dict[str, ast.FunctionDef] = {}
+    attrs: dict[str, Arg] = {}
+    while todo:
+        name = todo.pop()
+        fn = getattr(cls, name, None)
+        if not isinstance(fn, types.FunctionType) or fn.__closure__:
+            raise TraceError(f"{cls.__qualname__}.{name} is not a plain method")
+        fdef = _method_source(fn)
+        if any(isinstance(n, ast.Name) and n.id == "super" for n in ast.walk(fdef)):
+            raise TraceError(f"{cls.__qualname__}.{name} calls super(); its source cannot stand alone")
+        defs[name] = fdef
+        for attr in _self_attrs(fdef):
+            _classify(mod, attr, todo, defs, attrs)
+        _globals(fdef, fn, helpers)
+    source = "\n\n".join(ast.unparse(defs[n]) for n in ["forward", *sorted(set(defs) - {"forward"})])
+    return PySource(source + "\n", tuple(sorted(attrs.items())))
+
+
+def _classify(mod: nn.Module, attr: str, todo: list[str], defs: dict[str, Any], attrs: dict[str, Arg]) -> None:
+    if attr in mod._modules or attr in mod._parameters or attr in mod._buffers or attr == "training":
+        return
+    cls_attr = getattr(type(mod), attr, None)
+    if isinstance(cls_attr, types.FunctionType) and cls_attr.__qualname__.split(".")[0] not in ("Module",):
+        if attr not in defs and attr not in todo:
+            todo.append(attr)
+        return
+    if attr in mod.__dict__:
+        try:
+            attrs[attr] = const_arg(mod.__dict__[attr])
+            return
+        except Exception:
+            pass
+    if hasattr(nn.Module, attr):
+        return  # nn.Module API (self.register_buffer, self.modules, ...)
+    raise TraceError(f"the forward reads self.{attr}, a {type(getattr(mod, attr, None)).__name__} that is "
+                     "not a constant, child, parameter or buffer")
+
+
+def _globals(fdef: ast.FunctionDef, fn: types.FunctionType, helpers: dict[str, Helper]) -> None:
+    for name in dict.fromkeys(n.id for n in ast.walk(fdef) if isinstance(n, ast.Name)):
+        if name in fn.__globals__:
+            try:
+                _resolve_global(name, fn.__globals__[name], fn, helpers)
+            except HelperError as e:
+                raise TraceError(str(e)) from None
