@@ -18,8 +18,9 @@ import copy
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.fx
@@ -50,8 +51,8 @@ def capture_rows(names: list[str]) -> list[tuple[str, float, float]]:
     for name in names:
         model = tv.models.get_model(name).eval()
         x = torch.randn(1, 3, 224, 224)
-        ours = best(lambda: torchgraft.capture(model, (x,)), 2)
-        fx = best(lambda: torch.fx.symbolic_trace(model), 2)
+        ours = best(lambda m=model, x=x: torchgraft.capture(m, (x,)), 2)
+        fx = best(lambda m=model: torch.fx.symbolic_trace(m), 2)
         rows.append((f"capture {name}", ours, fx))
     return rows
 

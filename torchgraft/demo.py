@@ -64,7 +64,7 @@ def _reference(net: torch.nn.Module, x: torch.Tensor, rewritten: bool) -> torch.
 
     ref = copy.deepcopy(net)
     if rewritten:
-        for name, m in list(ref.named_modules()):
+        for m in list(ref.modules()):
             for child_name, child in list(m.named_children()):
                 if isinstance(child, torch.nn.ReLU):
                     setattr(m, child_name, torch.nn.SiLU())

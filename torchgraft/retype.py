@@ -34,7 +34,8 @@ def _meta_inputs(model: Model) -> tuple[tuple[Any, ...], dict[str, Any], dict[in
                 return None
             continue
         shape = [BATCH if isinstance(d, str) else d for d in inp.type.shape]
-        symbols.update({BATCH: d for d in inp.type.shape[:1] if isinstance(d, str)})
+        if inp.type.shape and isinstance(inp.type.shape[0], str):
+            symbols[BATCH] = inp.type.shape[0]
         t = torch.empty(shape, dtype=getattr(torch, inp.type.dtype), device="meta")
         if inp.kind is InputKind.KEYWORD:
             kwargs[inp.name] = t

@@ -24,7 +24,8 @@ def _golden(name: str, text: str) -> None:
     path = GOLDEN / name
     if os.environ.get("TORCHGRAFT_UPDATE_GOLDEN") or not path.exists():
         path.write_text(text)
-    assert text == path.read_text(), f"emitted source changed; review and rerun with TORCHGRAFT_UPDATE_GOLDEN=1 ({path})"
+    assert text == path.read_text(), (
+        f"emitted source changed; review and rerun with TORCHGRAFT_UPDATE_GOLDEN=1 ({path})")
 
 
 def test_resnet18_golden_source(torchvision) -> None:  # noqa: ANN001
@@ -100,7 +101,8 @@ def test_hand_built_block_with_combinator_body() -> None:
     model = build_model(block, ir.TensorType(("N", 8, 5, 5)), name="Residual")
     code = torchgraft.emit(model)
     assert "class Residual(nn.Module)" in code.source
-    assert "F.relu(self.bn(self.conv(x)) + x)" in code.source.replace("x + self.bn(self.conv(x))", "self.bn(self.conv(x)) + x")
+    source = code.source.replace("x + self.bn(self.conv(x))", "self.bn(self.conv(x)) + x")
+    assert "F.relu(self.bn(self.conv(x)) + x)" in source
     mod = code.materialize().eval()
     x = torch.randn(2, 8, 5, 5)
     torch.testing.assert_close(mod(x), torch.relu(mod.bn(mod.conv(x)) + x))

@@ -21,8 +21,9 @@ pattern alternative: linear in model size.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping, Union
+from typing import Union
 
 import torch
 
@@ -46,9 +47,9 @@ class Kind:
 class Seq:
     """A Chain whose items match in order."""
 
-    items: tuple["Pattern", ...]
+    items: tuple[Pattern, ...]
 
-    def __init__(self, *items: "Pattern") -> None:
+    def __init__(self, *items: Pattern) -> None:
         object.__setattr__(self, "items", items)
 
 
@@ -56,10 +57,10 @@ class Seq:
 class Branches:
     """A Parallel (any branch order) joined by ``combine``; ``Kind("Identity")`` matches a skip."""
 
-    branches: tuple["Pattern", ...]
+    branches: tuple[Pattern, ...]
     combine: str = "add"
 
-    def __init__(self, *branches: "Pattern", combine: str = "add") -> None:
+    def __init__(self, *branches: Pattern, combine: str = "add") -> None:
         object.__setattr__(self, "branches", branches)
         object.__setattr__(self, "combine", combine)
 
@@ -69,7 +70,7 @@ class Cap:
     """Bind what ``pattern`` matched under ``name`` (the builder receives it)."""
 
     name: str
-    pattern: "Pattern"
+    pattern: Pattern
 
 
 Pattern = Union[Kind, Seq, Branches, Cap]

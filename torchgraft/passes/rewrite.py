@@ -7,8 +7,8 @@ functional call inside a block's graph (``blocks.0.relu_1``) — and replaces it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 from torchgraft.ir.graph import Graph, PrimCall
 from torchgraft.ir.model import Model

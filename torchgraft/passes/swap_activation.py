@@ -8,12 +8,11 @@ from typing import Any, ClassVar
 from torchgraft.ir.activations import ActKind
 from torchgraft.ir.graph import Graph, PrimCall
 from torchgraft.ir.model import Model
-from torchgraft.ir.values import rename_refs
-from torchgraft.ir.nodes import Node
+from torchgraft.ir.nodes import Block, Chain, Node
 from torchgraft.ir.primitives import Activation
-from torchgraft.passes.base import Match, Pass
-from torchgraft.ir.nodes import Block, Chain
 from torchgraft.ir.traverse import map_tree
+from torchgraft.ir.values import rename_refs
+from torchgraft.passes.base import Match, Pass
 from torchgraft.passes.rewrite import fmap, rename_children
 from torchgraft.passes.selectors import Site, parse_selector
 

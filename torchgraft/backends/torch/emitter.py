@@ -9,9 +9,10 @@ import sys
 import tempfile
 import uuid
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -135,7 +136,8 @@ def emit(model: Model) -> EmittedCode:
         root_expr = module_expr(model.root, table.class_of, "", 4)
         root_name = "nn.Module"
     runtime = [src for name, src in RUNTIME_CLASSES.items()
-               if any(isinstance(n, SkipConnection if name == "SkipConnection" else Parallel) for _, n in walk(model.root))]
+               if any(isinstance(n, SkipConnection if name == "SkipConnection" else Parallel)
+                      for _, n in walk(model.root))]
     source = _assemble(model, table, runtime, root_expr, root_name)
     return EmittedCode(source, dict(model.weights), root_name, dict(model.constants))
 
