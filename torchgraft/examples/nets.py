@@ -46,7 +46,7 @@ def example() -> tuple[Net, tuple[Tensor]]:
     net = Net().eval()
     with torch.no_grad():
         for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None:
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     return net, (torch.randn(4, 3, 32, 32),)

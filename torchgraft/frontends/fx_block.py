@@ -16,7 +16,7 @@ from torchgraft.frontends.helpers import HelperError, collect
 from torchgraft.ir.functions import qualname_of
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, Target
 from torchgraft.ir.model import Helper
-from torchgraft.ir.values import Arg, Const, Ref, Seq, Slice, Training, rename_refs
+from torchgraft.ir.values import Arg, ByMode, Const, Ref, Seq, Slice, Training, rename_refs
 
 
 class TraceError(Exception):
@@ -108,8 +108,19 @@ def to_graph(gm_graph: fx.Graph, mod: nn.Module, helpers: dict[str, Helper], fns
         args = tuple(rename_refs(_arg(a, mod), ren) for a in node.args)
         kwargs = tuple((k, rename_refs(_arg(v, mod), ren)) for k, v in node.kwargs.items())
         target, args, kwargs = canonical_target(target, args, kwargs)
+        if target == FunctionCall("torch._assert"):
+            args = tuple(_clean_message(a) for a in args)
         ops.append(Op(node.name if node.name not in ren.values() else node.name + "_", target, args, kwargs))
     return Graph(inputs, tuple(ops), output)
+
+
+def _clean_message(a: Arg) -> Arg:
+    """An assert message that an f-string formatted with fx Proxies ("Proxy(getitem_2)") reads wrong: drop those."""
+    if isinstance(a, Const) and isinstance(a.value, str) and "Proxy(" in a.value:
+        import re
+
+        return Const(re.sub(r"Proxy\([^)]*\)", "?", a.value))
+    return a
 
 
 def trace_graph(mod: nn.Module, training: bool, helpers: dict[str, Helper], fns: dict[str, Any],
@@ -162,6 +173,9 @@ def _merge_arg(a: Arg, b: Arg) -> Arg | None:
         return a
     if isinstance(a, Const) and isinstance(b, Const) and a.value is True and b.value is False:
         return Training()
+    if isinstance(a, Const) and isinstance(b, Const) and type(a.value) is type(b.value) and \
+            isinstance(a.value, (int, float)) and not isinstance(a.value, bool):
+        return ByMode(a, b)  # dropout_p=0.1 in training, 0.0 in eval
     if isinstance(a, Seq) and isinstance(b, Seq) and len(a.items) == len(b.items) and a.is_list == b.is_list:
         items = [_merge_arg(x, y) for x, y in zip(a.items, b.items)]
         return None if any(i is None for i in items) else Seq(tuple(items), a.is_list)  # type: ignore[arg-type]

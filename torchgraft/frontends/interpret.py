@@ -19,7 +19,7 @@ from torchgraft.ir.functions import resolve
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, InputKind, MethodCall, Op, PrimCall
 from torchgraft.ir.nodes import Block, Chain, Node, module_children
 from torchgraft.ir.types import ValueType, type_of
-from torchgraft.ir.values import Arg, Const, DictArg, Ref, Seq, Slice, Training
+from torchgraft.ir.values import Arg, ByMode, Const, DictArg, Ref, Seq, Slice, Training
 
 
 def child_node(node: Node, path: str) -> Node:
@@ -59,6 +59,8 @@ class Interpreter:
             return slice(*(self._value(p, env, mod) for p in (arg.start, arg.stop, arg.step)))
         if isinstance(arg, Training):
             return mod.training
+        if isinstance(arg, ByMode):
+            return arg.train.value if mod.training else arg.eval.value
         if isinstance(arg, DictArg):
             return {k: self._value(v, env, mod) for k, v in arg.items}
         raise TypeError(arg)

@@ -55,7 +55,7 @@ from torchgraft.ir.primitives import (
 from torchgraft.ir.primitives import Dropout as DropoutOp
 from torchgraft.ir.traverse import find, map_tree, replace_at, walk
 from torchgraft.ir.types import UNKNOWN, Dim, ScalarType, TensorType, ValueType
-from torchgraft.ir.values import Const, Ref, Seq, Slice, Training
+from torchgraft.ir.values import ByMode, Const, Ref, Seq, Slice, Training
 
 __all__ = [
     "GELU", "UNKNOWN", "ActKind", "Activation", "AdaptiveAvgPool2d", "BatchNorm", "BatchNorm1d", "BatchNorm2d",
@@ -64,6 +64,6 @@ __all__ = [
     "Helper", "Identity", "Input", "InputKind", "LayerNorm", "Linear", "LinearLayer", "MaxPool2d", "MethodCall",
     "Model", "Node", "Op", "Opaque", "Parallel", "PySource", "PrimCall", "Primitive", "ReLU", "Ref", "ScalarType",
     "Seq",
-    "SiLU", "Sigmoid", "SkipConnection", "Slice", "Spelling", "StateSpec", "Tanh", "TensorType", "Training",
+    "SiLU", "Sigmoid", "SkipConnection", "Slice", "Spelling", "StateSpec", "Tanh", "TensorType", "Training", "ByMode",
     "TorchLayer", "ValueType", "find", "map_tree", "module_children", "replace_at", "walk",
 ]

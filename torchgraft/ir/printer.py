@@ -32,7 +32,7 @@ from torchgraft.ir.nodes import (
 )
 from torchgraft.ir.primitives import Activation, Primitive
 from torchgraft.ir.types import UNKNOWN, ValueType
-from torchgraft.ir.values import Arg, Const, Ref, Seq, Slice, Training
+from torchgraft.ir.values import Arg, ByMode, Const, Ref, Seq, Slice, Training
 
 MAX_OPS = 12
 SHOWN_OPS = 10
@@ -59,6 +59,8 @@ def format_arg(arg: Arg) -> str:
         parts = ["" if isinstance(p, Const) and p.value is None else format_arg(p)
                  for p in (arg.start, arg.stop, arg.step)]
         return ":".join(parts[:2]) + (f":{parts[2]}" if parts[2] else "")
+    if isinstance(arg, ByMode):
+        return f"({format_arg(arg.train)} if training else {format_arg(arg.eval)})"
     if isinstance(arg, Training):
         return "self.training"
     return repr(arg)

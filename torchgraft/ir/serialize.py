@@ -50,7 +50,7 @@ from torchgraft.ir.nodes import (
 )
 from torchgraft.ir.primitives import PRIMITIVE_CLASSES
 from torchgraft.ir.types import ScalarType, TensorType
-from torchgraft.ir.values import Const, DictArg, Ref, Seq, Slice, Training
+from torchgraft.ir.values import ByMode, Const, DictArg, Ref, Seq, Slice, Training
 
 FORMAT = "torchgraft-ir"
 VERSION = 1
@@ -62,7 +62,7 @@ _CLASSES: tuple[type, ...] = (
     *PRIMITIVE_CLASSES, Chain, Parallel, SkipConnection, Combine, Block, Container, Opaque, ChildRef, ClassRef,
     PySource,
     StateSpec, Graph, Op, Input, ChildCall, FunctionCall, MethodCall, GetAttr, PrimCall,
-    Ref, Const, Seq, Slice, DictArg, Training, TensorType, ScalarType, Model, Helper)
+    Ref, Const, Seq, Slice, DictArg, Training, ByMode, TensorType, ScalarType, Model, Helper)
 NODE_TAGS: dict[str, type] = {c.__name__: c for c in _CLASSES}
 """Tag → IR class: the only classes the decoder constructs."""
 

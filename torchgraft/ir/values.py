@@ -83,7 +83,15 @@ class Training:
     """``self.training`` of the enclosing block: keeps train/eval behaviour dynamic."""
 
 
-Arg = Union[Ref, Const, Seq, Slice, DictArg, Training]
+@dataclass(frozen=True, slots=True)
+class ByMode:
+    """A constant that differs between modes: ``train if self.training else eval`` (``dropout_p``)."""
+
+    train: Const
+    eval: Const
+
+
+Arg = Union[Ref, Const, Seq, Slice, DictArg, Training, ByMode]
 
 
 def refs_in(arg: Arg) -> list[str]:

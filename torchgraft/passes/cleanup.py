@@ -54,8 +54,8 @@ def _block_without(block: Block, path: str, is_gone: object, matches: list[Match
     if not drop:
         return block
     matches += [Match(join(path, n), what) for n in sorted(gone)]
-    body, train = (drop_passthrough_ops(g, drop) if isinstance(g, Graph) else g
-                   for g in (block.body, block.train_body))
+    body = drop_passthrough_ops(block.body, drop) if isinstance(block.body, Graph) else block.body
+    train = drop_passthrough_ops(block.train_body, drop) if isinstance(block.train_body, Graph) else block.train_body
     return replace(block, children=tuple((n, c) for n, c in block.children if n not in gone),
                    body=body, train_body=train)
 

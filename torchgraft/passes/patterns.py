@@ -201,7 +201,8 @@ def _windows(chain: Chain, path: str, attempt: Callable[..., object], install: C
         if got is None:
             i += 1
             continue
-        new, tensors = got  # type: ignore[misc]
+        new: Node = got[0]  # type: ignore[index]
+        tensors: Mapping[str, torch.Tensor] = got[1]  # type: ignore[index]
         first = join(path, chain.names[i])
         install(first, new, tensors, [join(path, n) for n in chain.names[i:i + width]])
         items[i:i + width] = [new] + [Identity()] * (width - 1)

@@ -61,7 +61,7 @@ def make_pass(name: str, options: dict[str, str]) -> Pass:
         raise PipelineError(f"unknown pass {name!r}; registered passes: {', '.join(sorted(REGISTRY))}")
     cls = REGISTRY[name]
     hints = get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs = {}
     for key, value in options.items():
         fname = _field_name(key)
@@ -99,7 +99,8 @@ def pipeline_text(passes: list[Pass]) -> str:
     """The text form of a list of passes (options that differ from the defaults only)."""
     out = []
     for p in passes:
-        opts = [f"{'from' if f.name == 'from_' else f.name}={getattr(p, f.name)}" for f in dataclasses.fields(p)
+        opts = [f"{'from' if f.name == 'from_' else f.name}={getattr(p, f.name)}"
+                for f in dataclasses.fields(p)  # type: ignore[arg-type]
                 if getattr(p, f.name) != f.default]
         out.append(p.name + (f"{{{' '.join(opts)}}}" if opts else ""))
     return ",".join(out)

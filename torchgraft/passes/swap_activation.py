@@ -107,17 +107,18 @@ class SwapActivation(Pass):
                 return Chain(*node.items, names=tuple(names)) if tuple(names) != node.names else node
             if not isinstance(node, Block):
                 return node
-            names = {n for n, _ in node.children} | {s.name for s in node.state}
-            renames = {}
+            taken = {n for n, _ in node.children} | {s.name for s in node.state}
+            renames: dict[str, str] = {}
             for n, c in node.children:
                 if isinstance(c, Activation) and c.kind is dst and old in n and not c.state():
                     candidate = n.replace(old, new)
-                    if candidate not in names and candidate.isidentifier():
+                    if candidate not in taken and candidate.isidentifier():
                         renames[n] = candidate
-                        names.add(candidate)
+                        taken.add(candidate)
             node = rename_children(node, renames)
-            body, train = (_rename_values(g, old, new) for g in (node.body, node.train_body))
-            return replace(node, body=body, train_body=train)
+            body = _rename_values(node.body, old, new)
+            assert body is not None
+            return replace(node, body=body, train_body=_rename_values(node.train_body, old, new))
 
         if old == new:
             return model

@@ -99,7 +99,7 @@ def import_file(path: Path) -> Any:
 
 
 def _unshared(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    seen: set[tuple[int, int]] = set()
+    seen: set[tuple[int, object]] = set()
     out = {}
     for k, v in weights.items():
         t = v.detach()

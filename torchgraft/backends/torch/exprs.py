@@ -13,7 +13,7 @@ from torchgraft.errors import EmitError
 from torchgraft.ir.activations import Spelling, functional_params
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, MethodCall, Op, PrimCall
 from torchgraft.ir.primitives import Activation, Primitive
-from torchgraft.ir.values import Arg, Const, DictArg, Ref, Seq, Slice, Training
+from torchgraft.ir.values import Arg, ByMode, Const, DictArg, Ref, Seq, Slice, Training
 
 ATOM, POSTFIX, UNARY, POW, MUL, ADD, SHIFT, BAND, BXOR, BOR, CMP = 100, 90, 80, 85, 70, 60, 55, 50, 45, 40, 30
 BINARY = {"add": ("+", ADD), "sub": ("-", ADD), "mul": ("*", MUL), "truediv": ("/", MUL),
@@ -75,6 +75,8 @@ def arg_code(a: Arg, ctx: ExprContext, in_subscript: bool = False) -> Code:
         return Code(text, UNARY if text.startswith("-") else ATOM)
     if isinstance(a, Training):
         return Code("self.training")
+    if isinstance(a, ByMode):
+        return Code(f"{const_code(a.train.value)} if self.training else {const_code(a.eval.value)}", 5)
     if isinstance(a, DictArg):
         return Code("{" + ", ".join(f"{k!r}: {arg_code(v, ctx).text}" for k, v in a.items) + "}")
     if isinstance(a, Slice):
