@@ -7,6 +7,7 @@ report's ``keys_renamed``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -17,6 +18,7 @@ from torchgraft.ir.primitives import Dropout, Identity
 from torchgraft.ir.traverse import join, map_tree
 from torchgraft.ir.values import Ref, rename_refs
 from torchgraft.passes.base import Match, Pass
+from torchgraft.passes.rewrite import enclosing_map
 from torchgraft.passes.selectors import Site, parse_selector
 
 _DROPOUT_FNS = {"torch.nn.functional.dropout", "torch.dropout", "torch.nn.functional.dropout1d",
@@ -37,9 +39,11 @@ def drop_passthrough_ops(g: Graph, drop: set[str]) -> Graph:
     return Graph(g.inputs, tuple(ops), rename_refs(g.output, ren))
 
 
-def _block_without(block: Block, path: str, is_gone: object, matches: list[Match], what: str) -> Block:
-    """Remove children for which ``is_gone(site)`` holds, and the ops calling them (and F.dropout ops)."""
-    gone = {n for n, c in block.children if is_gone(Site(join(path, n), c))}  # type: ignore[operator]
+def _block_without(block: Block, path: str, is_gone: Callable[[str, Node], bool], matches: list[Match],
+                   what: str) -> Block:
+    """Remove children for which ``is_gone(path, node)`` holds, the ops calling them, and (for
+    dropout) ``F.dropout`` calls the selector admits."""
+    gone = {n for n, c in block.children if is_gone(join(path, n), c)}
     graphs = [g for g in (block.body, block.train_body) if isinstance(g, Graph)]
     if not graphs:
         return block
@@ -48,7 +52,8 @@ def _block_without(block: Block, path: str, is_gone: object, matches: list[Match
     gone = {n for n in gone if calls[n] and all(len(op.reads()) == 1 and not op.kwargs for op in calls[n])}
     drop = {op.name for n in gone for op in calls[n]}
     if what == "dropout":
-        fn_drops = {op.name for g in graphs for op in g.ops if _is_dropout_call(op)}
+        fn_drops = {op.name for g in graphs for op in g.ops
+                    if _is_dropout_call(op) and is_gone(join(path, op.name), Dropout())}
         drop |= fn_drops
         matches += [Match(join(path, n), "F.dropout", "functional") for n in sorted(fn_drops)]
     if not drop:
@@ -81,11 +86,12 @@ class RemoveDropout(Pass):
     def rewrite(self, model: Model) -> tuple[Model, list[Match]]:
         sel = parse_selector(self.where)
         matches: list[Match] = []
-        is_drop = lambda s: isinstance(s.node, Dropout) and sel(s)  # noqa: E731
+        enc = enclosing_map(model.root)
+        is_drop = lambda p, c: isinstance(c, Dropout) and sel(Site(p, c, enc.get(p, ())))  # noqa: E731
 
         def fn(path: str, node: Node) -> Node:
             if isinstance(node, Chain):
-                items = tuple(Identity() if is_drop(Site(join(path, n), c)) else c for n, c in node.named())
+                items = tuple(Identity() if is_drop(join(path, n), c) else c for n, c in node.named())
                 matches.extend(Match(join(path, n), "dropout") for (n, a), b in zip(node.named(), items) if a != b)
                 return Chain(*items, names=node.names) if items != node.items else node
             if isinstance(node, Block):
@@ -125,7 +131,8 @@ class EliminateIdentity(Pass):
         matches: list[Match] = []
         renames: dict[str, str] = {}
         keys = list(model.weights)
-        is_id = lambda s: isinstance(s.node, Identity) and sel(s)  # noqa: E731
+        enc = enclosing_map(model.root)
+        is_id = lambda p, c: isinstance(c, Identity) and sel(Site(p, c, enc.get(p, ())))  # noqa: E731
 
         def fn(path: str, node: Node) -> Node:
             if isinstance(node, Chain):
@@ -138,9 +145,9 @@ class EliminateIdentity(Pass):
         return _apply_renames(model, root, renames), matches
 
     @staticmethod
-    def _chain(path: str, node: Chain, is_id: object, matches: list[Match], renames: dict[str, str],
-               keys: list[str]) -> Node:
-        kept = [(n, c) for n, c in node.named() if not is_id(Site(join(path, n), c))]  # type: ignore[operator]
+    def _chain(path: str, node: Chain, is_id: Callable[[str, Node], bool], matches: list[Match],
+               renames: dict[str, str], keys: list[str]) -> Node:
+        kept = [(n, c) for n, c in node.named() if not is_id(join(path, n), c)]
         if len(kept) == len(node.items) or not kept:
             return node
         matches.extend(Match(join(path, n), "identity") for n, c in node.named() if (n, c) not in kept)
@@ -156,7 +163,8 @@ class EliminateIdentity(Pass):
         renames: dict[str, str] = {}
         keys = list(before.weights)
         sel = parse_selector(self.where)
-        is_id = lambda s: isinstance(s.node, Identity) and sel(s)  # noqa: E731
+        enc = enclosing_map(before.root)
+        is_id = lambda p, c: isinstance(c, Identity) and sel(Site(p, c, enc.get(p, ())))  # noqa: E731
 
         def fn(path: str, node: Node) -> Node:
             if isinstance(node, Chain):

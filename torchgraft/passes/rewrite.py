@@ -109,3 +109,24 @@ def rename_children(block: Block, renames: dict[str, str]) -> Block:
 
     children = tuple((renames.get(n, n), c) for n, c in block.children)
     return replace(block, children=children, body=graph(block.body), train_body=graph(block.train_body))  # type: ignore[arg-type]
+
+
+def enclosing_map(root: Node) -> dict[str, tuple[str, ...]]:
+    """Path → classes of the Blocks enclosing it (outermost first), for ``in:`` selectors.
+
+    A graph op inside a Block at ``p`` is addressed ``p.<op>`` and is enclosed by that Block too.
+    """
+    out: dict[str, tuple[str, ...]] = {}
+
+    def visit(node: Node, path: str, enclosing: tuple[str, ...]) -> None:
+        out[path] = enclosing
+        inner = enclosing + ((node.cls.name,) if isinstance(node, Block) else ())
+        if isinstance(node, Block):
+            for g in (node.body, node.train_body):
+                if isinstance(g, Graph):
+                    out.update({join(path, op.name): inner for op in g.ops})
+        for name, child in module_children(node):
+            visit(child, join(path, name), inner)
+
+    visit(root, "", ())
+    return out
