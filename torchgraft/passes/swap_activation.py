@@ -6,12 +6,12 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from torchgraft.ir.activations import ActKind
-from torchgraft.ir.graph import Graph, PrimCall
+from torchgraft.ir.graph import ChildCall, Graph, MethodCall, Op, PrimCall
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Chain, Node
-from torchgraft.ir.primitives import Activation
+from torchgraft.ir.primitives import Activation, torch_defaults
 from torchgraft.ir.traverse import map_tree
-from torchgraft.ir.values import rename_refs
+from torchgraft.ir.values import Ref, rename_refs
 from torchgraft.passes.base import Match, Pass
 from torchgraft.passes.rewrite import fmap, rename_children
 from torchgraft.passes.selectors import Site, parse_selector
@@ -35,6 +35,34 @@ def _rename_values(g: Node | None, old: str, new: str) -> Node | None:
     ops = tuple(replace(op, name=ren.get(op.name, op.name), args=tuple(rename_refs(a, ren) for a in op.args),
                         kwargs=tuple((k, rename_refs(v, ren)) for k, v in op.kwargs)) for op in g.ops)
     return Graph(g.inputs, ops, rename_refs(g.output, ren))
+
+
+def _write_back_in_place(path: str, node: Node) -> Node:
+    """Calls of in-place activation modules whose new kind has no ``inplace`` (``nn.GELU``) become
+    ``x.copy_(self.act(x))`` where ``x`` is read again, so the mutation the original relied on stays."""
+    if not isinstance(node, Block) or not isinstance(node.body, Graph):
+        return node
+    lost = {n for n, c in node.children if isinstance(c, Activation) and c.inplace and "inplace" not in
+            torch_defaults(c.op)}
+    if not lost:
+        return node
+    body = _copy_back(node.body, lost)
+    train = _copy_back(node.train_body, lost) if isinstance(node.train_body, Graph) else node.train_body
+    return replace(node, body=body, train_body=train)
+
+
+def _copy_back(g: Graph, lost: set[str]) -> Graph:
+    users = g.users()
+    ops: list[Op] = []
+    for op in g.ops:
+        arg = op.args[0] if op.args else None
+        if (isinstance(op.target, ChildCall) and op.target.path in lost and isinstance(arg, Ref)
+                and len(users.get(arg.name, [])) > 1):
+            ops.append(replace(op, name=op.name + "_out"))
+            ops.append(Op(op.name, MethodCall("copy_"), (arg, Ref(op.name + "_out")), type=op.type))
+        else:
+            ops.append(op)
+    return Graph(g.inputs, tuple(ops), g.output)
 
 
 @dataclass(frozen=True)
@@ -89,8 +117,8 @@ class SwapActivation(Pass):
                 return self._new(node)
             return None
 
-        new = fmap(model, fn)
-        return self._rename(new, src, ActKind.parse(self.to)), matches
+        new = map_tree(fmap(model, fn).root, _write_back_in_place)
+        return self._rename(model.with_root(new) if matches else model, src, ActKind.parse(self.to)), matches
 
     @staticmethod
     def _rename(model: Model, src: ActKind, dst: ActKind) -> Model:
