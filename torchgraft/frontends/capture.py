@@ -124,12 +124,18 @@ def _none_args(mod: nn.Module, seen: tuple[tuple[Any, ...], dict[str, Any]] | No
                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
-def _custom_paths(model: nn.Module) -> list[str]:
-    """Modules whose own forward capture traces (not torch.nn layers or plain containers)."""
+def _optional_arg_paths(model: nn.Module) -> list[str]:
+    """Modules whose forward has arguments defaulting to None: fx needs to know which were None."""
     out = []
     for path, mod in model.named_modules():
-        if torch_layer_name(mod) is None and type(mod).forward not in (nn.Module.forward, nn.Sequential.forward):
-            out.append(path)
+        fwd = type(mod).forward
+        if torch_layer_name(mod) is None and fwd not in (nn.Module.forward, nn.Sequential.forward):
+            try:
+                params = list(inspect.signature(fwd).parameters.values())[1:]
+            except (TypeError, ValueError):
+                continue
+            if any(p.default is None for p in params):
+                out.append(path)
     return out
 
 
@@ -266,9 +272,13 @@ def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str
     first = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)), None)
     symbols = {int(first.shape[0]): "N"} if first is not None and first.dim() > 0 else {}
     ctx = _Ctx()
-    ctx.inputs = _record_inputs(model, _custom_paths(model), args, kwargs)
+    optional = _optional_arg_paths(model)  # one eager run only when some module needs its inputs
+    ctx.inputs = _record_inputs(model, optional, args, kwargs) if optional else {}
     root = build_node(model, "", ctx)
     if ctx.untraced:
+        missing = [p for p in ctx.untraced if p not in ctx.inputs]
+        if missing:
+            ctx.inputs.update(_record_inputs(model, missing, args, kwargs))
         root = _trace_fallbacks(model, root, args, kwargs, ctx)
     with torch.no_grad(), _restore_buffers(model), _meta_flags(args, kwargs):
         try:
