@@ -146,10 +146,6 @@ def format_body(node: Node) -> str:
         return f"Parallel({node.combine}, {', '.join(format_body(b) for b in node.branches)})"
     if isinstance(node, SkipConnection):
         return f"SkipConnection({node.combine}, {format_body(node.body)})"
-    if isinstance(node, Graph):
-        return f"Graph({len(node.ops)} ops)"
-    if isinstance(node, PySource):
-        return f"python source ({len(node.source.splitlines())} lines, copied)"
     return kind_label(node)
 
 
@@ -180,6 +176,8 @@ def kind_label(node: Node) -> str:
         return f"-> {node.path}"
     if isinstance(node, Graph):
         return f"Graph({len(node.ops)} ops)"
+    if isinstance(node, PySource):
+        return f"python source ({len(node.source.splitlines())} lines, copied)"
     return type(node).__name__
 
 
