@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from typing import Any
 
 
@@ -44,11 +45,16 @@ class ActKind(enum.Enum):
     @classmethod
     def parse(cls, name: str) -> ActKind:
         """``"relu"``, ``"ReLU"``, ``"leaky_relu"`` or ``"LEAKY_RELU"`` → the kind; a clear error otherwise."""
-        key = name.strip().lower().replace("-", "_")
-        for k in cls:
-            if key in (k.name.lower(), k.module.lower(), k.functional):
-                return k
-        raise ValueError(f"unknown activation {name!r}; known: {', '.join(k.functional for k in cls)}")
+        return _parse(name)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse(name: str) -> ActKind:
+    key = name.strip().lower().replace("-", "_")
+    for k in ActKind:
+        if key in (k.name.lower(), k.module.lower(), k.functional):
+            return k
+    raise ValueError(f"unknown activation {name!r}; known: {', '.join(k.functional for k in ActKind)}")
 
 
 FUNCTIONAL_ACTIVATIONS = {k.functional: k for k in ActKind}

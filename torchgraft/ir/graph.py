@@ -10,7 +10,7 @@ from typing import Union
 from torchgraft.errors import IRError
 from torchgraft.ir.primitives import Primitive
 from torchgraft.ir.types import UNKNOWN, ValueType
-from torchgraft.ir.values import Arg, Const, refs_in
+from torchgraft.ir.values import Arg, Const, Ref, refs_in
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +77,16 @@ class Op:
 
     def reads(self) -> list[str]:
         """Names of the values this op reads."""
-        out = [n for a in self.args for n in refs_in(a)]
-        return out + [n for _, a in self.kwargs for n in refs_in(a)]
+        out: list[str] = []
+        for a in self.args:
+            if isinstance(a, Ref):
+                out.append(a.name)
+            elif not isinstance(a, Const):
+                out += refs_in(a)
+        for _, a in self.kwargs:
+            if not isinstance(a, Const):
+                out += refs_in(a)
+        return out
 
 
 class InputKind(enum.Enum):
