@@ -219,8 +219,6 @@ def test_eliminate_identity_report_renames_shifted_keys() -> None:
         _close(emitted(x), module(x))
 
 
-@pytest.mark.xfail(strict=True, reason="eliminate-identity in nested Sequentials: the outer rename overwrites the "
-                                       "inner one (body.1.2.* should become body.0.1.*), so weights and IR disagree")
 def test_eliminate_identity_nested_sequentials() -> None:
     module = nn.Sequential(nn.Identity(), nn.Sequential(nn.Linear(3, 3), nn.Identity(), nn.Linear(3, 3))).eval()
     x = torch.randn(2, 3)

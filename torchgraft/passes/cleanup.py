@@ -101,6 +101,14 @@ class RemoveDropout(Pass):
         return model.with_root(map_tree(model.root, fn)), matches
 
 
+def _compose_prefix(renames: dict[str, str], keys: list[str], old: str, new: str) -> None:
+    """Rename ``old.*`` to ``new.*`` on top of the renames already made (inner Sequentials go first)."""
+    for k in keys:
+        cur = renames.get(k, k)
+        if cur == old or cur.startswith(old + "."):
+            renames[k] = new + cur[len(old):]
+
+
 def _rename_prefix(keys: list[str], old: str, new: str) -> dict[str, str]:
     return {k: new + k[len(old):] for k in keys if k == old or k.startswith(old + ".")}
 
@@ -153,9 +161,9 @@ class EliminateIdentity(Pass):
         matches.extend(Match(join(path, n), "identity") for n, c in node.named() if (n, c) not in kept)
         numbered = node.names == tuple(str(i) for i in range(len(node.items)))
         names = tuple(str(i) for i in range(len(kept))) if numbered else tuple(n for n, _ in kept)
-        for (old, _), new in zip(kept, names):
+        for (old, _), new in zip(kept, names):  # ascending: a name never shifts onto one still to move
             if old != new:
-                renames.update(_rename_prefix(keys, join(path, old), join(path, new)))
+                _compose_prefix(renames, keys, join(path, old), join(path, new))
         return Chain(*(c for _, c in kept), names=names)
 
     def key_map(self, before: Model, after: Model) -> dict[str, str]:
