@@ -29,7 +29,7 @@ import math
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from torchgraft.errors import TorchgraftError
@@ -382,6 +382,18 @@ _DOT_SHAPES = {"input": 'shape=oval, fillcolor="#e2e8f0"', "output": 'shape=oval
                "combine": 'shape=circle, style=filled, fillcolor="#f1f5f9", fontsize=9, margin=0.02'}
 
 
+def _nest(members: dict[str | None, list[tuple[str, str]]], parent: str | None, pad: str,
+          node: Callable[[str, str], list[str]], cluster: Callable[[str, str, list[str]], list[str]]) -> list[str]:
+    """Nodes and clusters under ``parent``, clusters wrapping their members (one walk for DOT and Mermaid)."""
+    lines: list[str] = []
+    for what, key in members.get(parent, []):
+        if what == "node":
+            lines += node(key, pad)
+        else:
+            lines += cluster(key, pad, _nest(members, key, pad + "  ", node, cluster))
+    return lines
+
+
 def dot_lines(pic: Picture, prefix: str = "", highlight: Highlight = None, indent: str = "  ") -> list[str]:
     """The DOT statements for one picture (nodes, clusters, edges); ids start with ``prefix``."""
     marks = _highlights(highlight)
@@ -389,27 +401,22 @@ def dot_lines(pic: Picture, prefix: str = "", highlight: Highlight = None, inden
     cids = {cid: f"cluster_{prefix}{i}" for i, cid in enumerate(pic.clusters)}
     members = _children(pic)
 
-    def emit(parent: str | None, pad: str) -> list[str]:
-        lines = []
-        for what, key in members.get(parent, []):
-            if what == "node":
-                n = pic.nodes[key]
-                style = _DOT_SHAPES.get(n.role, "")
-                if key in marks:
-                    style += f', style="filled,bold", penwidth=2, fillcolor="{STYLES[marks[key]]}"'
-                label = dot_escape("\n".join(n.label))
-                lines.append(f'{pad}{ids[key]} [label="{label}", tooltip="{dot_escape(key)}", {style}];')
-            else:
-                c = pic.clusters[key]
-                color = f'style="rounded,bold", penwidth=2, color="{BORDERS[marks[key]]}"' if key in marks else \
-                    'style=rounded, color="#94a3b8"'
-                lines += [f"{pad}subgraph {cids[key]} {{",
-                          f'{pad}  graph [label="{dot_escape(c.label)}", tooltip="{dot_escape(key)}", {color}];']
-                lines += emit(key, pad + "  ")
-                lines.append(f"{pad}}}")
-        return lines
+    def node(key: str, pad: str) -> list[str]:
+        n = pic.nodes[key]
+        style = _DOT_SHAPES.get(n.role, "")
+        if key in marks:
+            style += f', style="filled,bold", penwidth=2, fillcolor="{STYLES[marks[key]]}"'
+        label = dot_escape("\n".join(n.label))
+        return [f'{pad}{ids[key]} [label="{label}", tooltip="{dot_escape(key)}", {style}];']
 
-    lines = emit(None, indent)
+    def cluster(key: str, pad: str, inner: list[str]) -> list[str]:
+        color = f'style="rounded,bold", penwidth=2, color="{BORDERS[marks[key]]}"' if key in marks else \
+            'style=rounded, color="#94a3b8"'
+        head = [f"{pad}subgraph {cids[key]} {{",
+                f'{pad}  graph [label="{dot_escape(pic.clusters[key].label)}", tooltip="{dot_escape(key)}", {color}];']
+        return head + inner + [f"{pad}}}"]
+
+    lines = _nest(members, None, indent, node, cluster)
     lines += [f"{indent}{ids[a]} -> {ids[b]};" for (a, b) in pic.edges]
     return lines
 
@@ -452,19 +459,14 @@ def mermaid_lines(pic: Picture, prefix: str = "", highlight: Highlight = None, i
     cids = {cid: f"{prefix}c{i}" for i, cid in enumerate(pic.clusters)}
     members = _children(pic)
 
-    def emit(parent: str | None, pad: str) -> list[str]:
-        lines = []
-        for what, key in members.get(parent, []):
-            if what == "node":
-                n = pic.nodes[key]
-                left, right = _MERMAID_SHAPES.get(n.role, ('["', '"]'))
-                lines.append(f"{pad}{ids[key]}{left}{mermaid_escape(chr(10).join(n.label))}{right}")
-            else:
-                lines.append(f'{pad}subgraph {cids[key]}["{mermaid_escape(pic.clusters[key].label)}"]')
-                lines += emit(key, pad + "  ") + [f"{pad}end"]
-        return lines
+    def node(key: str, pad: str) -> list[str]:
+        left, right = _MERMAID_SHAPES.get(pic.nodes[key].role, ('["', '"]'))
+        return [f"{pad}{ids[key]}{left}{mermaid_escape(chr(10).join(pic.nodes[key].label))}{right}"]
 
-    lines = emit(None, indent)
+    def cluster(key: str, pad: str, inner: list[str]) -> list[str]:
+        return [f'{pad}subgraph {cids[key]}["{mermaid_escape(pic.clusters[key].label)}"]'] + inner + [f"{pad}end"]
+
+    lines = _nest(members, None, indent, node, cluster)
     lines += [f"{indent}{ids[a]} --> {ids[b]}" for (a, b) in pic.edges]
     for kind, color in STYLES.items():
         nodes = [ids[k] for k, v in marks.items() if v == kind and k in ids]
