@@ -13,16 +13,17 @@ from torch import nn
 
 from torchgraft.errors import CaptureError
 from torchgraft.frontends.concrete import concrete_trace, export_flags
-from torchgraft.frontends.fx_block import TraceError, merge_training, trace_graph
+from torchgraft.frontends.fx_block import ModeRead, TraceError, merge_training, trace_graph
 from torchgraft.frontends.interpret import Interpreter, typed_block
 from torchgraft.frontends.leaf import recover_ctor, to_primitive, torch_layer_name
+from torchgraft.frontends.meta_replay import MetaReplay, replay_device, to_meta, types_on
 from torchgraft.frontends.report import CaptureReport
 from torchgraft.frontends.source_copy import copy_forward
 from torchgraft.ir.graph import Graph
 from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import Block, Chain, ClassRef, Container, Node, Opaque, StateSpec
 from torchgraft.ir.traverse import join, map_tree
-from torchgraft.ir.types import ValueType, type_of
+from torchgraft.ir.types import ValueType, on_device, type_of
 from torchgraft.ir.values import const_arg
 
 
@@ -95,19 +96,31 @@ def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
             return Container(base.__name__, kids)
     nones = _none_args(mod, ctx.inputs.get(path))
     try:
-        train, consts = trace_graph(mod, True, ctx.helpers, ctx.helper_fns, nones)
-        evaluation, consts2 = trace_graph(mod, False, ctx.helpers, ctx.helper_fns, nones)
+        body, train_body, consts = _trace_modes(mod, ctx, nones)
     except TraceError as e:
         ctx.untraced[path] = (mod, kids, str(e))
         return _opaque(mod, path, str(e), ctx)
-    body, train_body = merge_training(train, evaluation)
     ctx.report.add(path, "fx")
-    consts.update(consts2)
     state = own_state(mod)
     for name, value in {**_nonpersistent(mod), **consts}.items():
         ctx.constants[join(path, name)] = value
     state += tuple(StateSpec(n, tuple(v.shape), _dtype(v), False, False, False) for n, v in consts.items())
     return Block(_class_ref(mod), kids, body, state, train_body, method="fx")
+
+
+def _trace_modes(mod: nn.Module, ctx: _Ctx, nones: tuple[str, ...]
+                 ) -> tuple[Graph, Graph | None, dict[str, torch.Tensor]]:
+    """(body, train_body, constants): one trace when the forward never reads ``self.training``,
+    else one per mode, merged where they differ only by the flag."""
+    try:
+        body, consts = trace_graph(mod, None, ctx.helpers, ctx.helper_fns, nones)
+        return body, None, consts
+    except ModeRead:
+        pass
+    train, consts = trace_graph(mod, True, ctx.helpers, ctx.helper_fns, nones)
+    evaluation, consts2 = trace_graph(mod, False, ctx.helpers, ctx.helper_fns, nones)
+    body, train_body = merge_training(train, evaluation)
+    return body, train_body, {**consts, **consts2}
 
 
 def _none_args(mod: nn.Module, seen: tuple[tuple[Any, ...], dict[str, Any]] | None) -> tuple[str, ...]:
@@ -280,31 +293,48 @@ def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str
         if missing:
             ctx.inputs.update(_record_inputs(model, missing, args, kwargs))
         root = _trace_fallbacks(model, root, args, kwargs, ctx)
-    with torch.no_grad(), _restore_buffers(model), _meta_flags(args, kwargs):
-        try:
-            out, mod_types, op_types = _interpret(root, model, args, kwargs, ctx, symbols)
-        except CaptureError as e:
-            _eager_types(model, args, kwargs, symbols)  # the model's own failure gets the clearer error
-            raise CaptureError(f"torchgraft could not replay the captured forward ({e}); the model itself "
-                               "runs on these inputs, so this is a torchgraft bug: please report it", e.path) from e
+    out_type, mod_types, op_types = _types(root, model, args, kwargs, ctx, symbols)
     root = map_tree(root, lambda p, n: typed_block(n, op_types, p) if isinstance(n, Block) else n)
     inputs = root.body.inputs if isinstance(root, Block) and isinstance(root.body, Graph) else ()
     state = model.state_dict()
     ties = list(ctx.ties) + _param_ties(model, ctx.ties)
     ctx.report.account(state, ties)
     return Model(type(model).__name__ if type(model).__name__.isidentifier() else "Model", root, inputs,
-                 type_of(out, symbols), tuple(sorted(mod_types.items())), tuple(ties),
+                 out_type, tuple(sorted(mod_types.items())), tuple(ties),
                  tuple(ctx.helpers[k] for k in sorted(ctx.helpers)),
                  weights={k: v.detach() for k, v in state.items()}, report=ctx.report,
                  constants=dict(ctx.constants))
 
 
-def _interpret(root: Node, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: _Ctx,
-               symbols: dict[int, str]) -> tuple[Any, dict[str, ValueType], dict[str, dict[str, ValueType]]]:
-    """One run of the captured IR against the original modules: output, module types, op types."""
-    interp = Interpreter(ctx.helper_fns, symbols, ctx.constants)
-    out = interp.run_node(root, model, "", args, kwargs)
-    return out, interp.module_types, interp.types
+Types = tuple[ValueType, dict[str, ValueType], dict[str, dict[str, ValueType]]]
+
+
+def _types(root: Node, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: _Ctx,
+           symbols: dict[int, str]) -> Types:
+    """Output, module and op types: from a meta replay of the IR where it gives the real types
+    (no arithmetic, no weight copies), else from a replay against the original modules."""
+    device = replay_device(model, args, kwargs)
+    if device is not None and device != "meta":
+        interp = MetaReplay(ctx.helper_fns, symbols, ctx.constants)
+        try:
+            with torch.no_grad(), export_flags():
+                out = interp.run_node(root, model, "", *to_meta((args, kwargs)))
+        except Exception:  # noqa: BLE001 - it needs real values: replay for real below
+            pass
+        else:
+            ctx.report.typing = "meta"
+            return (on_device(type_of(out, symbols), device), types_on(interp.module_types, device),
+                    {p: types_on(ts, device) for p, ts in interp.types.items()})
+    with torch.no_grad(), _restore_buffers(model), _meta_flags(args, kwargs):
+        try:
+            interp = Interpreter(ctx.helper_fns, symbols, ctx.constants)
+            out = interp.run_node(root, model, "", args, kwargs)
+        except CaptureError as e:
+            _eager_types(model, args, kwargs, symbols)  # the model's own failure gets the clearer error
+            raise CaptureError(f"torchgraft could not replay the captured forward ({e}); the model itself "
+                               "runs on these inputs, so this is a torchgraft bug: please report it", e.path) from e
+    ctx.report.typing = "meta" if device == "meta" else "eager"
+    return type_of(out, symbols), interp.module_types, interp.types
 
 
 def _param_ties(model: nn.Module, module_ties: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -23,6 +23,10 @@ class TraceError(Exception):
     """fx could not trace the forward, or its graph uses something the IR cannot hold."""
 
 
+class ModeRead(TraceError):
+    """The forward reads ``self.training``: it must be traced once per mode."""
+
+
 class _OwnCodeTracer(fx.Tracer):
     """Treat every submodule as a leaf, so only the block's own code is traced."""
 
@@ -123,20 +127,28 @@ def _clean_message(a: Arg) -> Arg:
     return a
 
 
-def trace_graph(mod: nn.Module, training: bool, helpers: dict[str, Helper], fns: dict[str, Any],
+def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper], fns: dict[str, Any],
                 none_args: tuple[str, ...] = ()) -> tuple[Graph, dict[str, torch.Tensor]]:
     """Trace ``mod.forward`` in the given mode, without touching ``mod`` itself.
 
-    Returns the graph and the tensor constants fx baked into it (``_tensor_constant0``),
-    which the caller keeps as non-persistent buffers. ``none_args`` are optional arguments
-    that were None when the model ran: fx specialises ``if arg is None`` branches on them
-    (every fx Proxy is "not None", so without this the other branch would be traced).
+    ``training=None`` traces with no ``training`` attribute at all: the graph then serves
+    both modes, and a forward that reads ``self.training`` raises ``ModeRead`` (trace it
+    once per mode instead). Returns the graph and the tensor constants fx baked into it
+    (``_tensor_constant0``), which the caller keeps as non-persistent buffers. ``none_args``
+    are optional arguments that were None when the model ran: fx specialises ``if arg is
+    None`` branches on them (every fx Proxy is "not None", so without this the other
+    branch would be traced).
     """
     view = copy.copy(mod)  # shallow: own __dict__, so setting training leaves the original alone
-    object.__setattr__(view, "training", training)
+    if training is None:
+        del view.__dict__["training"]
+    else:
+        object.__setattr__(view, "training", training)
     try:
         graph = _OwnCodeTracer(view).trace(view, concrete_args={n: None for n in none_args} or None)
     except Exception as e:  # noqa: BLE001 - fx raises many kinds
+        if training is None and isinstance(e, AttributeError) and "'training'" in str(e):
+            raise ModeRead(f"{type(mod).__qualname__}.forward reads self.training") from e
         raise TraceError(f"torch.fx could not trace {type(mod).__qualname__}.forward: {type(e).__name__}: {e}") from e
     consts = {}
     for node in graph.nodes:

@@ -6,6 +6,7 @@ original module, called as is. One run types every op of every traced block.
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,6 +19,7 @@ from torchgraft.errors import CaptureError
 from torchgraft.ir.functions import resolve
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, InputKind, MethodCall, Op, PrimCall
 from torchgraft.ir.nodes import Block, Chain, Node, module_children
+from torchgraft.ir.primitives import Primitive
 from torchgraft.ir.types import ValueType, type_of
 from torchgraft.ir.values import Arg, ByMode, Const, DictArg, Ref, Seq, Slice, Training
 
@@ -32,8 +34,13 @@ def child_node(node: Node, path: str) -> Node:
 def call_prim(op: Op, args: list[Any], kwargs: dict[str, Any]) -> Any:
     """Call a stateless primitive functionally (``F.relu(x, inplace=...)``)."""
     assert isinstance(op.target, PrimCall)
-    mod = op.target.prim.build()
-    return mod(*args, **kwargs)
+    return _stateless(op.target.prim)(*args, **kwargs)
+
+
+@functools.lru_cache(maxsize=1024)
+def _stateless(prim: Primitive) -> nn.Module:
+    """The module of a stateless primitive (activations hold no state and ignore the mode), built once."""
+    return prim.build()
 
 
 class Interpreter:
@@ -103,12 +110,32 @@ class Interpreter:
                 out = self.run_node(item, sub, f"{path}.{name}" if path else name, (out,), {})
         else:
             try:
-                out = mod(*args, **kwargs)
+                out = self.call_module(node, mod, args, kwargs)
             except Exception as e:
                 raise CaptureError(f"{path or '<root>'} ({type(mod).__name__}) failed: {type(e).__name__}: {e}",
                                    path) from e
         self.module_types.setdefault(path, type_of(out, self.symbols))
         return out
+
+    def call_module(self, node: Node, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call a module that is not interpreted (a leaf layer, an opaque block): as it is."""
+        return mod(*args, **kwargs)
+
+    def attr(self, value: Any) -> Any:
+        """A parameter, buffer or constant the graph reads (``self.weight``)."""
+        return value
+
+    def call_function(self, qualname: str, a: list[Any], kw: dict[str, Any]) -> Any:
+        """A free function call in a graph (``torch.flatten(x, 1)``, ``operator.add``)."""
+        return self._fn(qualname)(*a, **kw)
+
+    def call_method(self, name: str, a: list[Any], kw: dict[str, Any]) -> Any:
+        """A method call in a graph (``x.view(n, -1)``)."""
+        return getattr(a[0], name)(*a[1:], **kw)
+
+    def call_primitive(self, op: Op, a: list[Any], kw: dict[str, Any]) -> Any:
+        """A primitive called functionally (``F.relu(x)``)."""
+        return call_prim(op, a, kw)
 
     def _call(self, op: Op, block: Block, mod: nn.Module, path: str, a: list[Any], kw: dict[str, Any]) -> Any:
         t = op.target
@@ -119,17 +146,17 @@ class Interpreter:
         if isinstance(t, GetAttr):
             full = f"{path}.{t.path}" if path else t.path
             if full in self.constants:
-                return self.constants[full]
+                return self.attr(self.constants[full])
             obj: Any = mod
             for part in t.path.split("."):
                 obj = getattr(obj, part)
-            return obj
+            return self.attr(obj)
         if isinstance(t, MethodCall):
-            return getattr(a[0], t.name)(*a[1:], **kw)
+            return self.call_method(t.name, a, kw)
         if isinstance(t, PrimCall):
-            return call_prim(op, a, kw)
+            return self.call_primitive(op, a, kw)
         assert isinstance(t, FunctionCall)
-        return self._fn(t.qualname)(*a, **kw)
+        return self.call_function(t.qualname, a, kw)
 
     @staticmethod
     def _bind(g: Graph, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

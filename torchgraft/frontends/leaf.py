@@ -8,6 +8,7 @@ not survive the check is not a primitive (the caller keeps it opaque).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -64,11 +65,24 @@ def _recover_kwargs(mod: nn.Module, op: str) -> dict[str, Any]:
 
 
 def _matches(mod: nn.Module, prim: Primitive) -> bool:
+    a = {k: tuple(v.shape) for k, v in mod.state_dict(keep_vars=True).items()}
+    try:
+        rebuilt = _rebuilt(prim)
+    except TypeError:  # an unhashable constructor argument: build it uncached
+        rebuilt = _signature(prim)
+    return rebuilt == (a, mod.extra_repr())
+
+
+@functools.lru_cache(maxsize=4096)
+def _rebuilt(prim: Primitive) -> tuple[dict[str, tuple[int, ...]], str]:
+    return _signature(prim)
+
+
+def _signature(prim: Primitive) -> tuple[dict[str, tuple[int, ...]], str]:
+    """State shapes and ``extra_repr`` of the layer ``prim`` builds (on the meta device)."""
     with torch.device("meta"):
         rebuilt = prim.build()
-    a = {k: tuple(v.shape) for k, v in mod.state_dict(keep_vars=True).items()}
-    b = {k: tuple(v.shape) for k, v in rebuilt.state_dict(keep_vars=True).items()}
-    return a == b and rebuilt.extra_repr() == mod.extra_repr()
+    return {k: tuple(v.shape) for k, v in rebuilt.state_dict(keep_vars=True).items()}, rebuilt.extra_repr()
 
 
 def to_primitive(mod: nn.Module) -> tuple[Primitive | None, str]:

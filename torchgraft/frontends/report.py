@@ -23,6 +23,9 @@ class CaptureReport:
     reasons: dict[str, str] = field(default_factory=dict)
     state_keys: int = 0
     tied: list[tuple[str, str]] = field(default_factory=list)
+    typing: str = "eager"
+    """How the types were inferred: ``meta`` (IR replayed on meta tensors, nothing computed) or
+    ``eager`` (replayed against the real modules, for models that need real values)."""
 
     def add(self, path: str, method: str, reason: str = "") -> None:
         """Record how the module at ``path`` was captured."""
@@ -49,7 +52,8 @@ class CaptureReport:
         """A short printable summary."""
         counts = Counter(self.methods.values())
         lines = ["capture: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
-                 f"state_dict entries: {self.state_keys}, tied: {len(self.tied)}"]
+                 f"state_dict entries: {self.state_keys}, tied: {len(self.tied)}",
+                 f"types inferred by: {'meta replay (nothing computed)' if self.typing == 'meta' else 'eager replay'}"]
         lines += [f"  opaque {p or '<root>'}: {r}" for p, r in self.opaque.items()]
         lines += [f"  source copied {p or '<root>'}: {r}" for p, r in self.copied.items()]
         return "\n".join(lines)

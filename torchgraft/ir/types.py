@@ -93,3 +93,16 @@ def type_of(value: object, symbols: dict[int, str] | None = None) -> ValueType:
     if isinstance(value, dict):
         return ScalarType("dict", tuple(type_of(v, symbols) for v in value.values()))
     return ScalarType(type(value).__name__)
+
+
+def on_device(t: ValueType, device: str) -> ValueType:
+    """``t`` with every meta tensor type moved to ``device`` (types read off a meta-device replay).
+
+    >>> on_device(TensorType((2, 3), device="meta"), "cpu")
+    TensorType(shape=(2, 3), dtype='float32', device='cpu')
+    """
+    if isinstance(t, TensorType):
+        return TensorType(t.shape, t.dtype, device) if t.device == "meta" else t
+    if t.items:
+        return ScalarType(t.name, tuple(on_device(e, device) for e in t.items))
+    return t

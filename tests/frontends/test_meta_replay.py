@@ -1,0 +1,73 @@
+"""Capture types every value by replaying the IR on meta tensors; the types equal an eager replay's.
+
+Each model is captured twice: once as users get it (meta replay where possible) and once
+with the meta replay switched off (the IR replayed against the real modules). The two
+Models must be equal, types included, and the report must say which replay ran.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import torchgraft
+import torchgraft.frontends.capture as capture_mod
+from torchgraft.examples.nets import example
+from torchgraft.ir.types import ScalarType, TensorType, on_device
+from torchgraft.ir.verify import verify
+
+from .test_capture import Outer
+
+
+def eager_capture(model: nn.Module, args: tuple[object, ...], monkeypatch: pytest.MonkeyPatch) -> torchgraft.ir.Model:
+    """``capture`` with the meta replay switched off: types come from the real modules."""
+    with monkeypatch.context() as m:
+        m.setattr(capture_mod, "replay_device", lambda *a: None)
+        return torchgraft.capture(model, args)
+
+
+def _both(model: nn.Module, args: tuple[object, ...], monkeypatch: pytest.MonkeyPatch
+          ) -> tuple[torchgraft.ir.Model, torchgraft.ir.Model]:
+    fast = torchgraft.capture(model, args)
+    return fast, eager_capture(model, args, monkeypatch)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "vit_b_16", "efficientnet_b0", "swin_t",
+                                  "convnext_tiny", "squeezenet1_0", "googlenet"])
+def test_meta_replay_types_equal_eager_replay_on_torchvision(torchvision, name: str,  # noqa: ANN001
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    model = torchvision.models.get_model(name).eval()
+    x = torch.randn(2, 3, 224, 224)
+    fast, slow = _both(model, (x,), monkeypatch)
+    assert fast.report.typing == "meta" and slow.report.typing == "eager"
+    verify(fast)
+    assert fast == slow  # every module, op, input and output type
+
+
+def test_meta_replay_keeps_dtypes_and_train_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    net, (x,) = example()
+    net = net.double().train()
+    fast, slow = _both(net, (x.double(),), monkeypatch)
+    assert fast.report.typing == "meta" and fast == slow
+    assert fast.output_type == TensorType(("N", 10), "float64")
+
+
+def test_values_needed_means_an_eager_replay() -> None:
+    m = torchgraft.capture(Outer(), (torch.randn(3, 4),))
+    assert m.report.typing == "eager"  # the copied source branches on x.sum() > 0
+    assert m.output_type == TensorType(("N", 4))
+
+
+def test_meta_inputs_and_mixed_devices_are_typed_once() -> None:
+    net, (x,) = example()
+    with torch.device("meta"):
+        meta_net, _ = example()
+    m = torchgraft.capture(meta_net, (x.to("meta"),))
+    assert m.report.typing == "meta" and m.output_type == TensorType(("N", 10), device="meta")
+    assert capture_mod.replay_device(net, (x.to("meta"),), {}) is None  # cpu weights, meta input
+
+
+def test_on_device_moves_nested_types() -> None:
+    t = ScalarType("tuple", (TensorType((2,), device="meta"), ScalarType("int")))
+    assert on_device(t, "cpu") == ScalarType("tuple", (TensorType((2,)), ScalarType("int")))

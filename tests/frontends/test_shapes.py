@@ -1,0 +1,130 @@
+"""Shape rules agree with the real ops (Hypothesis over layer configs) and decline what would fail."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from torchgraft.frontends.leaf import to_primitive
+from torchgraft.frontends.shapes import binary_output, primitive_output
+from torchgraft.ir.activations import ActKind
+from torchgraft.ir.primitives import Activation
+
+F32 = {torch.float32}
+
+
+def _rule(layer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    prim, why = to_primitive(layer)
+    assert prim is not None, why
+    return primitive_output(prim, (x.to("meta"),), {}, {p.dtype for p in layer.parameters()})
+
+
+def _same(rule: torch.Tensor | None, real: torch.Tensor) -> None:
+    assert rule is not None
+    assert (rule.shape, rule.dtype) == (real.shape, real.dtype)
+
+
+@settings(max_examples=60, deadline=None)
+@given(dims=st.sampled_from([1, 2, 3]), cin=st.integers(1, 4), cout=st.integers(1, 4), k=st.integers(1, 4),
+       s=st.integers(1, 3), p=st.one_of(st.integers(0, 2), st.sampled_from(["same", "valid"])),
+       d=st.integers(1, 2), size=st.integers(4, 9), batched=st.booleans())
+def test_conv_rule_matches_the_layer(dims: int, cin: int, cout: int, k: int, s: int, p: int | str, d: int,
+                                     size: int, batched: bool) -> None:
+    if p == "same":
+        s = 1
+    layer = getattr(nn, f"Conv{dims}d")(cin, cout, k, stride=s, padding=p, dilation=d)
+    x = torch.randn(*((2,) if batched else ()), cin, *([size] * dims))
+    try:
+        real = layer(x)
+    except RuntimeError:  # the kernel is larger than the input: the rule must decline too
+        assert _rule(layer, x) is None
+        return
+    _same(_rule(layer, x), real)
+
+
+@pytest.mark.parametrize("layer,shape", [
+    (nn.Linear(5, 3), (2, 7, 5)), (nn.Linear(5, 3, bias=False), (5,)),
+    (nn.BatchNorm1d(4), (2, 4)), (nn.BatchNorm1d(4), (2, 4, 6)), (nn.BatchNorm2d(4), (2, 4, 3, 3)),
+    (nn.BatchNorm3d(4), (1, 4, 2, 2, 2)), (nn.LayerNorm((3, 5)), (2, 3, 5)), (nn.GroupNorm(2, 4), (2, 4, 3)),
+    (nn.ReLU(inplace=True), (2, 3)), (nn.GELU(), (4,)), (nn.Dropout(0.5), (2, 3)), (nn.Identity(), (3, 3)),
+    (nn.Softplus(beta=2.0), (2, 2)),
+])
+def test_layer_rules_match_the_layer(layer: nn.Module, shape: tuple[int, ...]) -> None:
+    x = torch.randn(shape)
+    _same(_rule(layer.eval(), x), layer.eval()(x))
+
+
+@pytest.mark.parametrize("layer,shape", [
+    (nn.Linear(5, 3), (2, 4)), (nn.BatchNorm2d(4), (2, 4, 3)), (nn.BatchNorm2d(4), (2, 5, 3, 3)),
+    (nn.LayerNorm(5), (2, 4)), (nn.GroupNorm(2, 4), (2, 6)), (nn.Conv2d(3, 4, 3), (2, 5, 8, 8)),
+    (nn.Conv2d(3, 4, 5), (1, 3, 2, 2)),
+])
+def test_rules_decline_what_the_layer_rejects(layer: nn.Module, shape: tuple[int, ...]) -> None:
+    x = torch.randn(shape)
+    with pytest.raises((RuntimeError, ValueError)):
+        layer(x)
+    assert _rule(layer, x) is None
+
+
+def test_rules_decline_other_dtypes_and_extra_arguments() -> None:
+    lin = nn.Linear(4, 2)
+    prim, _ = to_primitive(lin)
+    assert primitive_output(prim, (torch.empty(3, 4, dtype=torch.float64, device="meta"),), {}, F32) is None
+    assert primitive_output(prim, (torch.empty(3, 4, dtype=torch.int64, device="meta"),), {}, F32) is None
+    relu = Activation.of(ActKind.RELU)
+    assert primitive_output(relu, (torch.empty(2, device="meta"), 1), {}, set()) is None
+    x = torch.empty(2, device="meta")
+    assert primitive_output(Activation.of(ActKind.RELU, inplace=True), (x,), {}, set()) is x
+
+
+SHAPES = st.lists(st.integers(1, 3), min_size=0, max_size=3)
+VALUES = st.one_of(st.tuples(SHAPES, st.sampled_from([torch.float32, torch.float64, torch.int64, torch.bool])),
+                   st.integers(-3, 3), st.floats(-2, 2), st.booleans())
+
+
+def _make(v: object) -> object:
+    if isinstance(v, tuple):
+        shape, dtype = v
+        return (torch.randn(shape) * 3).to(dtype)
+    return v
+
+
+@settings(max_examples=150, deadline=None)
+@given(name=st.sampled_from(["operator.add", "operator.sub", "operator.mul", "torch.add", "torch.mul", "mul",
+                             "add", "operator.iadd", "operator.imul", "add_", "sub_"]),
+       a=VALUES, b=VALUES)
+def test_binary_rule_matches_broadcasting_and_promotion(name: str, a: object, b: object) -> None:
+    import operator
+
+    x, y = _make(a), _make(b)
+    if not isinstance(x, torch.Tensor) and not isinstance(y, torch.Tensor):
+        return
+    fn = {"operator": lambda n: getattr(operator, n), "torch": lambda n: getattr(torch, n)}
+    ns, _, short = name.rpartition(".")
+    try:
+        if ns:
+            real = fn[ns](short)(x.clone() if isinstance(x, torch.Tensor) else x, y)
+        elif isinstance(x, torch.Tensor):
+            real = getattr(x.clone(), short)(y)
+        else:
+            return
+    except (RuntimeError, TypeError):
+        meta = [v.to("meta") if isinstance(v, torch.Tensor) else v for v in (x, y)]
+        assert binary_output(name, meta, {}) is None
+        return
+    meta = [v.to("meta") if isinstance(v, torch.Tensor) else v for v in (x, y)]
+    rule = binary_output(name, meta, {})
+    if rule is not None or isinstance(x, torch.Tensor):  # in place on a Python number: declined, fine
+        _same(rule, real)
+
+
+def test_binary_rule_covers_the_common_cases() -> None:
+    x, y = torch.empty(2, 3, device="meta"), torch.empty(3, device="meta")
+    assert binary_output("operator.add", [x, y], {}).shape == (2, 3)
+    assert binary_output("mul", [x, 0.5], {}).dtype == torch.float32
+    assert binary_output("operator.iadd", [x, y], {}) is x
+    assert binary_output("operator.add", [x, y], {"alpha": 2}) is None  # not a plain a + b
+    assert binary_output("operator.truediv", [x, y], {}) is None  # no rule: the meta kernel runs

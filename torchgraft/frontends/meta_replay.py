@@ -1,0 +1,103 @@
+"""Type a captured model by replaying its IR on meta tensors: no arithmetic, no copies of weights.
+
+Capture must learn every value's type. Running the model for real costs a full forward
+(seconds for a large model); this replay costs about what tracing does. Graph ops and
+leaf layers run on meta tensors, the common ones through the shape rules of
+``frontends.shapes`` (faster still than meta kernels). A module the IR does not
+interpret (an opaque block, a layer with no rule) runs as a meta twin: a copy of the
+module whose parameters and buffers are meta tensors. Anything that needs real values
+(``x.item()``, ``if x.sum() > 0``) fails here, and capture then replays for real.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_map_only
+
+from torchgraft.frontends.interpret import Interpreter
+from torchgraft.frontends.shapes import binary_output, primitive_output
+from torchgraft.ir.graph import Op, PrimCall
+from torchgraft.ir.nodes import Node
+from torchgraft.ir.primitives import Primitive
+from torchgraft.ir.types import ValueType, on_device
+
+
+def to_meta(tree: Any) -> Any:
+    """``tree`` (args, kwargs, nested tuples/lists/dicts) with every tensor as a meta tensor."""
+    return tree_map_only(torch.Tensor, lambda t: t if t.device.type == "meta" else t.to("meta"), tree)
+
+
+def replay_device(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """The one device of the model's state and tensor inputs, or None when a meta replay would
+    not give the real types (several devices; autocast changes dtypes)."""
+    if torch.is_autocast_enabled("cpu") or (torch.cuda.is_available() and torch.is_autocast_enabled("cuda")):
+        return None
+    devices = {t.device.type for t in (*model.parameters(), *model.buffers())}
+    leaves: list[torch.Tensor] = []
+    tree_map_only(torch.Tensor, leaves.append, (args, kwargs))
+    devices |= {t.device.type for t in leaves}
+    if len(devices) > 1:
+        return None
+    return devices.pop() if devices else "cpu"
+
+
+class MetaReplay(Interpreter):
+    """An Interpreter whose values are meta tensors; the original modules are only read."""
+
+    def __init__(self, helpers: dict[str, Callable[..., Any]], symbols: dict[int, str],
+                 constants: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__(helpers, symbols, constants)
+        self._metas: dict[int, torch.Tensor] = {}
+        self._twins: dict[int, nn.Module] = {}
+
+    def attr(self, value: Any) -> Any:
+        if not isinstance(value, torch.Tensor) or value.device.type == "meta":
+            return value
+        if id(value) not in self._metas:
+            self._metas[id(value)] = value.to("meta")
+        return self._metas[id(value)]
+
+    def call_module(self, node: Node, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if isinstance(node, Primitive):
+            dtypes = {t.dtype for t in (*mod.parameters(), *mod.buffers()) if t.is_floating_point()}
+            out = primitive_output(node, args, kwargs, dtypes)
+            if out is not None:
+                return out
+        return self._twin(mod)(*args, **kwargs)
+
+    def call_function(self, qualname: str, a: list[Any], kw: dict[str, Any]) -> Any:
+        out = binary_output(qualname, a, kw)
+        return out if out is not None else super().call_function(qualname, a, kw)
+
+    def call_method(self, name: str, a: list[Any], kw: dict[str, Any]) -> Any:
+        out = binary_output(name, a, kw) if isinstance(a[0], torch.Tensor) else None
+        return out if out is not None else super().call_method(name, a, kw)
+
+    def call_primitive(self, op: Op, a: list[Any], kw: dict[str, Any]) -> Any:
+        assert isinstance(op.target, PrimCall)
+        out = primitive_output(op.target.prim, tuple(a), kw, set())
+        return out if out is not None else super().call_primitive(op, a, kw)
+
+    def _twin(self, mod: nn.Module) -> nn.Module:
+        """``mod`` itself when it holds no real tensors, else a copy holding meta ones (made once)."""
+        if id(mod) not in self._twins:
+            tensors = [t for t in (*mod.parameters(), *mod.buffers()) if t.device.type != "meta"]
+            memo: dict[int, Any] = {}
+            for t in tensors:
+                meta = t.to("meta")
+                memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
+            self._twins[id(mod)] = copy.deepcopy(mod, memo) if tensors else mod
+        return self._twins[id(mod)]
+
+
+def types_on(types: dict[str, ValueType], device: str) -> dict[str, ValueType]:
+    """Types read off a meta replay, as they are on ``device``."""
+    return {k: on_device(t, device) for k, t in types.items()}
+
+
+__all__ = ["MetaReplay", "replay_device", "to_meta", "types_on"]
