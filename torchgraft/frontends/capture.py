@@ -315,16 +315,16 @@ def _types(root: Node, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str
     (no arithmetic, no weight copies), else from a replay against the original modules."""
     device = replay_device(model, args, kwargs)
     if device is not None and device != "meta":
-        interp = MetaReplay(ctx.helper_fns, symbols, ctx.constants)
+        meta = MetaReplay(ctx.helper_fns, symbols, ctx.constants)
         try:
             with torch.no_grad(), export_flags():
-                out = interp.run_node(root, model, "", *to_meta((args, kwargs)))
+                out = meta.run_node(root, model, "", *to_meta((args, kwargs)))
         except Exception:  # noqa: BLE001 - it needs real values: replay for real below
             pass
         else:
             ctx.report.typing = "meta"
-            return (on_device(type_of(out, symbols), device), types_on(interp.module_types, device),
-                    {p: types_on(ts, device) for p, ts in interp.types.items()})
+            return (on_device(type_of(out, symbols), device), types_on(meta.module_types, device),
+                    {p: types_on(ts, device) for p, ts in meta.types.items()})
     with torch.no_grad(), _restore_buffers(model), _meta_flags(args, kwargs):
         try:
             interp = Interpreter(ctx.helper_fns, symbols, ctx.constants)
