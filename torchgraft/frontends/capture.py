@@ -14,6 +14,7 @@ from torch import nn
 from torchgraft.errors import CaptureError
 from torchgraft.frontends.concrete import concrete_trace, export_flags
 from torchgraft.frontends.fx_block import ModeRead, TraceError, merge_training, trace_graph
+from torchgraft.frontends.fx_session import session
 from torchgraft.frontends.interpret import Interpreter, typed_block
 from torchgraft.frontends.leaf import recover_ctor, to_primitive, torch_layer_name
 from torchgraft.frontends.meta_replay import MetaReplay, replay_device, to_meta, types_on
@@ -287,7 +288,8 @@ def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str
     ctx = _Ctx()
     optional = _optional_arg_paths(model)  # one eager run only when some module needs its inputs
     ctx.inputs = _record_inputs(model, optional, args, kwargs) if optional else {}
-    root = build_node(model, "", ctx)
+    with session():  # nn.Module patched once for every block's fx trace
+        root = build_node(model, "", ctx)
     if ctx.untraced:
         missing = [p for p in ctx.untraced if p not in ctx.inputs]
         if missing:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 from torch.fx._symbolic_trace import _assert_is_none
 
 from torchgraft.frontends.canon import canonical_target
+from torchgraft.frontends.fx_session import SessionTracer
 from torchgraft.frontends.helpers import HelperError, collect
 from torchgraft.ir.functions import qualname_of
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, Target
@@ -27,11 +29,16 @@ class ModeRead(TraceError):
     """The forward reads ``self.training``: it must be traced once per mode."""
 
 
-class _OwnCodeTracer(fx.Tracer):
-    """Treat every submodule as a leaf, so only the block's own code is traced."""
+class _OwnCodeTracer(SessionTracer):
+    """Treat every submodule as a leaf, so only the block's own code is traced.
 
-    def __init__(self, root: nn.Module) -> None:
-        super().__init__()
+    fx's default wraps every function of ``math`` at each trace (so ``math.sqrt(x.size(-1))``
+    traces), which is most of the cost of tracing a small forward; ``math_autowrap=False``
+    skips it, and ``trace_graph`` retries with it when a math call meets a Proxy.
+    """
+
+    def __init__(self, root: nn.Module, math_autowrap: bool = True) -> None:
+        super().__init__(autowrap_modules=(math,) if math_autowrap else ())
         self._root = root
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -144,8 +151,14 @@ def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper
         del view.__dict__["training"]
     else:
         object.__setattr__(view, "training", training)
+    concrete = {n: None for n in none_args} or None
     try:
-        graph = _OwnCodeTracer(view).trace(view, concrete_args={n: None for n in none_args} or None)
+        try:
+            graph = _OwnCodeTracer(view, math_autowrap=False).trace(view, concrete_args=concrete)
+        except TypeError as e:
+            if "Proxy" not in str(e):
+                raise
+            graph = _OwnCodeTracer(view).trace(view, concrete_args=concrete)
     except Exception as e:  # noqa: BLE001 - fx raises many kinds
         if training is None and isinstance(e, AttributeError) and "'training'" in str(e):
             raise ModeRead(f"{type(mod).__qualname__}.forward reads self.training") from e

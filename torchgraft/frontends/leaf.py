@@ -38,12 +38,18 @@ def torch_layer_name(mod: nn.Module) -> str | None:
     return None
 
 
-def _recover_kwargs(mod: nn.Module, op: str) -> dict[str, Any]:
+@functools.cache
+def _ctor_params(op: str) -> tuple[inspect.Parameter, ...]:
+    """The constructor parameters of ``nn.<op>`` a module's attributes can give back."""
     sig = inspect.signature(getattr(nn, op).__init__)
+    return tuple(p for name, p in sig.parameters.items()
+                 if name not in ("self", "device", "dtype") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+
+
+def _recover_kwargs(mod: nn.Module, op: str) -> dict[str, Any]:
     kw: dict[str, Any] = {}
-    for name, p in sig.parameters.items():
-        if name in ("self", "device", "dtype") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
+    for p in _ctor_params(op):
+        name = p.name
         if name in ("bias", "add_bias_kv") and hasattr(mod, name if name == "bias" else "bias_k"):
             attr = getattr(mod, "bias" if name == "bias" else "bias_k")
             if attr is None or isinstance(attr, torch.Tensor):
@@ -64,8 +70,22 @@ def _recover_kwargs(mod: nn.Module, op: str) -> dict[str, Any]:
     return kw
 
 
+def state_shapes(mod: nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """``{key: shape}`` of ``mod.state_dict()``, without building it (no hooks, no detaching)."""
+    out = {prefix + k: tuple(v.shape) for k, v in mod._parameters.items() if v is not None}
+    out.update((prefix + k, tuple(v.shape)) for k, v in mod._buffers.items()
+               if v is not None and k not in mod._non_persistent_buffers_set)
+    for name, child in mod._modules.items():
+        if child is not None:
+            out.update(state_shapes(child, f"{prefix}{name}."))
+    return out
+
+
 def _matches(mod: nn.Module, prim: Primitive) -> bool:
-    a = {k: tuple(v.shape) for k, v in mod.state_dict(keep_vars=True).items()}
+    if type(mod)._save_to_state_dict is nn.Module._save_to_state_dict and not mod._state_dict_hooks:
+        a = state_shapes(mod)
+    else:  # a layer with its own state format (lazy layers) or hooks: ask it
+        a = {k: tuple(v.shape) for k, v in mod.state_dict(keep_vars=True).items()}
     try:
         rebuilt = _rebuilt(prim)
     except TypeError:  # an unhashable constructor argument: build it uncached
@@ -82,7 +102,7 @@ def _signature(prim: Primitive) -> tuple[dict[str, tuple[int, ...]], str]:
     """State shapes and ``extra_repr`` of the layer ``prim`` builds (on the meta device)."""
     with torch.device("meta"):
         rebuilt = prim.build()
-    return {k: tuple(v.shape) for k, v in rebuilt.state_dict(keep_vars=True).items()}, rebuilt.extra_repr()
+    return state_shapes(rebuilt), rebuilt.extra_repr()
 
 
 def to_primitive(mod: nn.Module) -> tuple[Primitive | None, str]:

@@ -1,0 +1,93 @@
+"""One fx patch session for the many per-block traces of a capture.
+
+``torch.fx.Tracer.trace`` patches ``nn.Module.__call__`` and ``nn.Module.__getattr__`` on
+entry and restores them on exit. Setting an attribute of ``nn.Module`` invalidates the type
+caches of every subclass (hundreds once torchvision or transformers is imported): that is
+most of what tracing one small forward costs. Inside ``session()`` the two methods stay
+patched, once, with dispatchers marked the way fx marks its own patches, so each
+``SessionTracer.trace`` skips patching them and the dispatchers route module calls and
+attribute reads to whichever ``SessionTracer`` is tracing. With no tracer active they call
+the originals, so other code running meanwhile sees ordinary modules.
+
+Only ``SessionTracer`` may trace inside a session: a plain ``fx.Tracer`` would find the
+methods already patched and see its submodule calls inlined.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch.fx as fx
+from torch import nn
+from torch.fx import _symbolic_trace as fx_trace
+
+_ACTIVE: list[SessionTracer] = []
+_OPEN = [False]
+
+
+def _call(mod: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    if not _ACTIVE:
+        return fx_trace._orig_module_call(mod, *args, **kwargs)
+    return _ACTIVE[-1].session_call(mod, args, kwargs)
+
+
+def _getattr(mod: nn.Module, attr: str) -> Any:
+    value = fx_trace._orig_module_getattr(mod, attr)
+    if not _ACTIVE:
+        return value
+    tracer = _ACTIVE[-1]
+    return tracer.getattr(attr, value, tracer.param_proxies)
+
+
+_call.__fx_already_patched = True  # type: ignore[attr-defined]
+_getattr.__fx_already_patched = True  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def session() -> Iterator[None]:
+    """Patch ``nn.Module.__call__``/``__getattr__`` once for every trace inside (re-entrant)."""
+    if _OPEN[0]:
+        yield
+        return
+    saved = nn.Module.__dict__["__call__"], nn.Module.__dict__["__getattr__"]
+    nn.Module.__call__ = _call  # type: ignore[method-assign]
+    nn.Module.__getattr__ = _getattr  # type: ignore[method-assign]
+    _OPEN[0] = True
+    try:
+        yield
+    finally:
+        _OPEN[0] = False
+        nn.Module.__call__, nn.Module.__getattr__ = saved  # type: ignore[method-assign]
+
+
+class SessionTracer(fx.Tracer):
+    """An fx Tracer that uses the open ``session()`` when there is one (else traces as fx does)."""
+
+    param_proxies: dict[str, Any]
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        """``fx.Tracer.trace``, with module calls and attribute reads routed here by the session."""
+        if not _OPEN[0]:
+            return super().trace(root, concrete_args)
+        self.param_proxies = {}
+        _ACTIVE.append(self)
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            _ACTIVE.pop()
+
+    def session_call(self, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """What fx's own ``module_call_wrapper`` does: autowrap the callee's globals, then ``call_module``."""
+        def forward(*a: Any, **kw: Any) -> Any:
+            return fx_trace._orig_module_call(mod, *a, **kw)
+
+        patcher = fx_trace.CURRENT_PATCHER
+        if self._autowrap_function_ids and patcher is not None:
+            fx_trace._autowrap_check(patcher, getattr(getattr(mod, "forward", mod), "__globals__", {}),
+                                     self._autowrap_function_ids)
+        return self.call_module(mod, forward, args, kwargs)
+
+
+__all__ = ["SessionTracer", "session"]
