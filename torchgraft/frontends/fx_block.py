@@ -38,7 +38,7 @@ class _OwnCodeTracer(SessionTracer):
     """
 
     def __init__(self, root: nn.Module, math_autowrap: bool = True) -> None:
-        super().__init__(autowrap_modules=(math,) if math_autowrap else ())
+        super().__init__(autowrap_modules=(math,) if math_autowrap else ())  # type: ignore[arg-type]
         self._root = root
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
