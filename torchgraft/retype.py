@@ -14,12 +14,12 @@ import torch
 
 from torchgraft.errors import CaptureError, IRError
 from torchgraft.frontends.interpret import typed_block
-from torchgraft.frontends.meta_replay import MetaReplay, types_on
+from torchgraft.frontends.meta_replay import MetaReplay
 from torchgraft.ir.graph import InputKind
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block
 from torchgraft.ir.traverse import map_tree
-from torchgraft.ir.types import TensorType, on_device, type_of
+from torchgraft.ir.types import TensorType, type_of
 
 BATCH = 3
 """The size given to symbolic dims in the replay; dim 0 of that size reads back as the symbol."""
@@ -64,17 +64,16 @@ def retype(model: Model) -> Model:
         with torch.device("meta"):
             built = _build(module)
     helpers = {h.name: getattr(module, h.name) for h in model.helpers if hasattr(module, h.name)}
-    interp = MetaReplay(helpers, symbols)  # shape rules for the common ops: no meta kernels
+    device = next((i.type.device for i in model.inputs if isinstance(i.type, TensorType)), "cpu")
+    interp = MetaReplay(helpers, symbols, device=device)  # shape rules for the common ops: no meta kernels
     try:
         with torch.no_grad():
             out = interp.run_node(model.root, built.eval(), "", args, kwargs)
     except CaptureError as e:
         raise IRError(f"the rewritten model no longer runs: {e}") from e
-    device = next((i.type.device for i in model.inputs if isinstance(i.type, TensorType)), "cpu")
-    op_types = {p: types_on(ts, device) for p, ts in interp.types.items()}
-    root = map_tree(model.root, lambda p, n: typed_block(n, op_types, p) if isinstance(n, Block) else n)
-    return replace(model, root=root, output_type=on_device(type_of(out, symbols), device),
-                   types=tuple(sorted(types_on(interp.module_types, device).items())))
+    root = map_tree(model.root, lambda p, n: typed_block(n, interp.types, p) if isinstance(n, Block) else n)
+    return replace(model, root=root, output_type=type_of(out, symbols, device),
+                   types=tuple(sorted(interp.module_types.items())))
 
 
 def _build(module: Any) -> torch.nn.Module:

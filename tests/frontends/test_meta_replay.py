@@ -14,7 +14,7 @@ from torch import nn
 import torchgraft
 import torchgraft.frontends.capture as capture_mod
 from torchgraft.examples.nets import example
-from torchgraft.ir.types import ScalarType, TensorType, on_device
+from torchgraft.ir.types import ScalarType, TensorType, type_of
 from torchgraft.ir.verify import verify
 
 from .test_capture import Outer
@@ -68,6 +68,7 @@ def test_meta_inputs_and_mixed_devices_are_typed_once() -> None:
     assert capture_mod.replay_device(net, (x.to("meta"),), {}) is None  # cpu weights, meta input
 
 
-def test_on_device_moves_nested_types() -> None:
-    t = ScalarType("tuple", (TensorType((2,), device="meta"), ScalarType("int")))
-    assert on_device(t, "cpu") == ScalarType("tuple", (TensorType((2,)), ScalarType("int")))
+def test_meta_tensors_are_typed_on_the_device_they_stand_for() -> None:
+    value = (torch.empty(2, device="meta"), 3)
+    assert type_of(value, None, "cpu") == ScalarType("tuple", (TensorType((2,)), ScalarType("int")))
+    assert type_of(value) != type_of(value, None, "cpu")  # without it, meta stays meta

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from torchgraft.frontends.leaf import to_primitive
-from torchgraft.frontends.shapes import binary_output, primitive_output
+from torchgraft.frontends.shapes import binary_output, cat_output, primitive_output
 from torchgraft.ir.activations import ActKind
 from torchgraft.ir.primitives import Activation
 
@@ -128,3 +128,53 @@ def test_binary_rule_covers_the_common_cases() -> None:
     assert binary_output("operator.iadd", [x, y], {}) is x
     assert binary_output("operator.add", [x, y], {"alpha": 2}) is None  # not a plain a + b
     assert binary_output("operator.truediv", [x, y], {}) is None  # no rule: the meta kernel runs
+
+
+@settings(max_examples=40, deadline=None)
+@given(heads=st.sampled_from([1, 2]), batch_first=st.booleans(), kdim=st.sampled_from([None, 6]),
+       need=st.booleans(), average=st.booleans(), n=st.integers(1, 3), length=st.integers(1, 4),
+       source=st.integers(1, 4), by_name=st.booleans())
+def test_attention_rule_matches_the_layer(heads: int, batch_first: bool, kdim: int | None, need: bool,
+                                          average: bool, n: int, length: int, source: int, by_name: bool) -> None:
+    layer = nn.MultiheadAttention(4, heads, batch_first=batch_first, kdim=kdim, vdim=kdim).eval()
+    q_shape = (n, length, 4) if batch_first else (length, n, 4)
+    k_shape = (n, source, kdim or 4) if batch_first else (source, n, kdim or 4)
+    q, k = torch.randn(q_shape), torch.randn(k_shape)
+    kwargs = {"need_weights": need, "average_attn_weights": average}
+    args: tuple[torch.Tensor, ...] = (q, k, k)
+    if by_name:
+        kwargs.update(query=q, key=k, value=k)
+        args = ()
+    real = layer(*args, **kwargs)
+    prim, why = to_primitive(layer)
+    assert prim is not None, why
+    meta_args = tuple(a.to("meta") for a in args)
+    meta_kw = {key: v.to("meta") if isinstance(v, torch.Tensor) else v for key, v in kwargs.items()}
+    rule = primitive_output(prim, meta_args, meta_kw, {torch.float32})
+    assert rule is not None
+    _same(rule[0], real[0])
+    assert (rule[1] is None) == (real[1] is None)
+    if real[1] is not None:
+        _same(rule[1], real[1])
+
+
+def test_attention_rule_declines_masks_and_mismatches() -> None:
+    prim, _ = to_primitive(nn.MultiheadAttention(4, 2))
+    q = torch.empty(3, 2, 4, device="meta")
+    assert primitive_output(prim, (q, q, q), {"attn_mask": torch.empty(3, 3, device="meta")}, F32) is None
+    assert primitive_output(prim, (q, q, torch.empty(3, 1, 4, device="meta")), {}, F32) is None
+    assert primitive_output(prim, (q[0], q[0], q[0]), {}, F32) is None  # unbatched: the meta kernel decides
+
+
+@pytest.mark.parametrize("shapes,dim", [([(2, 3), (2, 5)], 1), ([(2, 3), (4, 3)], 0), ([(1, 2, 3)] * 3, -1),
+                                        ([(2, 3), (2, 4)], 0), ([(2, 3)], 5), ([(2, 3), (2,)], 0)])
+def test_cat_rule_matches_torch_cat(shapes: list[tuple[int, ...]], dim: int) -> None:
+    tensors = [torch.randn(s) for s in shapes]
+    rule = cat_output(([t.to("meta") for t in tensors], dim), {})
+    try:
+        real = torch.cat(tensors, dim)
+    except (RuntimeError, IndexError):
+        assert rule is None
+        return
+    _same(rule, real)
+    _same(cat_output(([t.to("meta") for t in tensors],), {"dim": dim}), real)

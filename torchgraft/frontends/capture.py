@@ -17,14 +17,14 @@ from torchgraft.frontends.fx_block import ModeRead, TraceError, merge_training, 
 from torchgraft.frontends.fx_session import session
 from torchgraft.frontends.interpret import Interpreter, typed_block
 from torchgraft.frontends.leaf import recover_ctor, to_primitive, torch_layer_name
-from torchgraft.frontends.meta_replay import MetaReplay, replay_device, to_meta, types_on
+from torchgraft.frontends.meta_replay import MetaReplay, replay_device, to_meta
 from torchgraft.frontends.report import CaptureReport
 from torchgraft.frontends.source_copy import copy_forward
 from torchgraft.ir.graph import Graph
 from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import Block, Chain, ClassRef, Container, Node, Opaque, StateSpec
 from torchgraft.ir.traverse import join, map_tree
-from torchgraft.ir.types import ValueType, on_device, type_of
+from torchgraft.ir.types import ValueType, type_of
 from torchgraft.ir.values import const_arg
 
 
@@ -38,6 +38,7 @@ class _Ctx:
     untraced: dict[str, tuple[nn.Module, tuple[tuple[str, Node], ...], str]] = field(default_factory=dict)
     inputs: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=dict)
     report: CaptureReport = field(default_factory=CaptureReport)
+    reads_training: set[type] = field(default_factory=set)  # classes whose forward reads self.training
 
 
 def _class_ref(mod: nn.Module) -> ClassRef:
@@ -113,11 +114,12 @@ def _trace_modes(mod: nn.Module, ctx: _Ctx, nones: tuple[str, ...]
                  ) -> tuple[Graph, Graph | None, dict[str, torch.Tensor]]:
     """(body, train_body, constants): one trace when the forward never reads ``self.training``,
     else one per mode, merged where they differ only by the flag."""
-    try:
-        body, consts = trace_graph(mod, None, ctx.helpers, ctx.helper_fns, nones)
-        return body, None, consts
-    except ModeRead:
-        pass
+    if type(mod) not in ctx.reads_training:
+        try:
+            body, consts = trace_graph(mod, None, ctx.helpers, ctx.helper_fns, nones)
+            return body, None, consts
+        except ModeRead:
+            ctx.reads_training.add(type(mod))
     train, consts = trace_graph(mod, True, ctx.helpers, ctx.helper_fns, nones)
     evaluation, consts2 = trace_graph(mod, False, ctx.helpers, ctx.helper_fns, nones)
     body, train_body = merge_training(train, evaluation)
@@ -317,7 +319,7 @@ def _types(root: Node, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str
     (no arithmetic, no weight copies), else from a replay against the original modules."""
     device = replay_device(model, args, kwargs)
     if device is not None and device != "meta":
-        meta = MetaReplay(ctx.helper_fns, symbols, ctx.constants)
+        meta = MetaReplay(ctx.helper_fns, symbols, ctx.constants, device)
         try:
             with torch.no_grad(), export_flags():
                 out = meta.run_node(root, model, "", *to_meta((args, kwargs)))
@@ -325,8 +327,7 @@ def _types(root: Node, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str
             pass
         else:
             ctx.report.typing = "meta"
-            return (on_device(type_of(out, symbols), device), types_on(meta.module_types, device),
-                    {p: types_on(ts, device) for p, ts in meta.types.items()})
+            return type_of(out, symbols, device), meta.module_types, meta.types
     with torch.no_grad(), _restore_buffers(model), _meta_flags(args, kwargs):
         try:
             interp = Interpreter(ctx.helper_fns, symbols, ctx.constants)

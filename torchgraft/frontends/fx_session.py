@@ -3,7 +3,9 @@
 ``torch.fx.Tracer.trace`` patches ``nn.Module.__call__`` and ``nn.Module.__getattr__`` on
 entry and restores them on exit. Setting an attribute of ``nn.Module`` invalidates the type
 caches of every subclass (hundreds once torchvision or transformers is imported): that is
-most of what tracing one small forward costs. Inside ``session()`` the two methods stay
+most of what tracing one small forward costs; wrapping every ``torch.fx.wrap``-ed function
+anew is much of the rest. Inside ``session()`` the functions are wrapped once and the two
+methods stay
 patched, once, with dispatchers marked the way fx marks its own patches, so each
 ``SessionTracer.trace`` skips patching them and the dispatchers route module calls and
 attribute reads to whichever ``SessionTracer`` is tracing. With no tracer active they call
@@ -52,14 +54,19 @@ def session() -> Iterator[None]:
         yield
         return
     saved = nn.Module.__dict__["__call__"], nn.Module.__dict__["__getattr__"]
-    nn.Module.__call__ = _call  # type: ignore[method-assign]
-    nn.Module.__getattr__ = _getattr  # type: ignore[method-assign]
-    _OPEN[0] = True
-    try:
-        yield
-    finally:
-        _OPEN[0] = False
-        nn.Module.__call__, nn.Module.__getattr__ = saved  # type: ignore[method-assign]
+    wrapped = fx_trace._wrapped_fns_to_patch, fx_trace._wrapped_methods_to_patch
+    with fx_trace._new_patcher() as patcher:
+        fx_trace._patch_wrapped_functions(patcher)  # torch.fx.wrap()ed functions: once, not per trace
+        fx_trace._wrapped_fns_to_patch, fx_trace._wrapped_methods_to_patch = {}, []
+        nn.Module.__call__ = _call  # type: ignore[method-assign]
+        nn.Module.__getattr__ = _getattr  # type: ignore[method-assign]
+        _OPEN[0] = True
+        try:
+            yield
+        finally:
+            _OPEN[0] = False
+            nn.Module.__call__, nn.Module.__getattr__ = saved  # type: ignore[method-assign]
+            fx_trace._wrapped_fns_to_patch, fx_trace._wrapped_methods_to_patch = wrapped
 
 
 class SessionTracer(fx.Tracer):

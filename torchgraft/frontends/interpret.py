@@ -52,6 +52,7 @@ class Interpreter:
         self.symbols = symbols
         self.constants = constants or {}
         self.types: dict[str, dict[str, ValueType]] = {}
+        self.meta_is: str | None = None  # the device meta tensors stand for, in a meta replay
         self.module_types: dict[str, ValueType] = {}
 
     def _value(self, arg: Arg, env: dict[str, Any], mod: nn.Module) -> Any:
@@ -84,7 +85,7 @@ class Interpreter:
         env = self._bind(body, args, kwargs)
         seen = self.types.setdefault(path, {})
         for name, value in env.items():
-            seen.setdefault(name, type_of(value, self.symbols))
+            seen.setdefault(name, type_of(value, self.symbols, self.meta_is))
         for op in body.ops:
             a = [self._value(x, env, mod) for x in op.args]
             kw = {k: self._value(v, env, mod) for k, v in op.kwargs}
@@ -95,7 +96,7 @@ class Interpreter:
             except Exception as e:
                 where = path or "<root>"
                 raise CaptureError(f"{where}: op {op.name!r} failed: {type(e).__name__}: {e}", path) from e
-            seen.setdefault(op.name, type_of(env[op.name], self.symbols))
+            seen.setdefault(op.name, type_of(env[op.name], self.symbols, self.meta_is))
         return self._value(body.output, env, mod)
 
     def run_node(self, node: Node, mod: nn.Module, path: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -114,7 +115,7 @@ class Interpreter:
             except Exception as e:
                 raise CaptureError(f"{path or '<root>'} ({type(mod).__name__}) failed: {type(e).__name__}: {e}",
                                    path) from e
-        self.module_types.setdefault(path, type_of(out, self.symbols))
+        self.module_types.setdefault(path, type_of(out, self.symbols, self.meta_is))
         return out
 
     def call_module(self, node: Node, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -12,7 +12,7 @@ module whose parameters and buffers are meta tensors. Anything that needs real v
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -20,11 +20,10 @@ from torch import nn
 from torch.utils._pytree import tree_map_only
 
 from torchgraft.frontends.interpret import Interpreter
-from torchgraft.frontends.shapes import binary_output, primitive_output
+from torchgraft.frontends.shapes import binary_output, cat_output, primitive_output
 from torchgraft.ir.graph import Op, PrimCall
 from torchgraft.ir.nodes import Node
 from torchgraft.ir.primitives import Primitive
-from torchgraft.ir.types import ValueType, on_device
 
 
 def to_meta(tree: Any) -> Any:
@@ -46,12 +45,25 @@ def replay_device(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
     return devices.pop() if devices else "cpu"
 
 
+_CAT = {"torch.cat", "torch.concat", "torch.concatenate"}
+
+
+def _state(mod: nn.Module) -> Iterator[torch.Tensor]:
+    """Parameters and buffers of ``mod`` and its children (shared ones more than once)."""
+    yield from (t for t in mod._parameters.values() if t is not None)
+    yield from (t for t in mod._buffers.values() if t is not None)
+    for child in mod._modules.values():
+        if child is not None:
+            yield from _state(child)
+
+
 class MetaReplay(Interpreter):
     """An Interpreter whose values are meta tensors; the original modules are only read."""
 
     def __init__(self, helpers: dict[str, Callable[..., Any]], symbols: dict[int, str],
-                 constants: dict[str, torch.Tensor] | None = None) -> None:
+                 constants: dict[str, torch.Tensor] | None = None, device: str = "cpu") -> None:
         super().__init__(helpers, symbols, constants)
+        self.meta_is = device  # types read off the meta tensors name the real device
         self._metas: dict[int, torch.Tensor] = {}
         self._twins: dict[int, nn.Module] = {}
 
@@ -64,14 +76,14 @@ class MetaReplay(Interpreter):
 
     def call_module(self, node: Node, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if isinstance(node, Primitive):
-            dtypes = {t.dtype for t in (*mod.parameters(), *mod.buffers()) if t.is_floating_point()}
+            dtypes = {t.dtype for t in _state(mod) if t.is_floating_point()}
             out = primitive_output(node, args, kwargs, dtypes)
             if out is not None:
                 return out
         return self._twin(mod)(*args, **kwargs)
 
     def call_function(self, qualname: str, a: list[Any], kw: dict[str, Any]) -> Any:
-        out = binary_output(qualname, a, kw)
+        out = cat_output(a, kw) if qualname in _CAT else binary_output(qualname, a, kw)
         return out if out is not None else super().call_function(qualname, a, kw)
 
     def call_method(self, name: str, a: list[Any], kw: dict[str, Any]) -> Any:
@@ -86,7 +98,7 @@ class MetaReplay(Interpreter):
     def _twin(self, mod: nn.Module) -> nn.Module:
         """``mod`` itself when it holds no real tensors, else a copy holding meta ones (made once)."""
         if id(mod) not in self._twins:
-            tensors = [t for t in (*mod.parameters(), *mod.buffers()) if t.device.type != "meta"]
+            tensors = [t for t in _state(mod) if t.device.type != "meta"]
             memo: dict[int, Any] = {}
             for t in tensors:
                 meta = t.to("meta")
@@ -95,9 +107,4 @@ class MetaReplay(Interpreter):
         return self._twins[id(mod)]
 
 
-def types_on(types: dict[str, ValueType], device: str) -> dict[str, ValueType]:
-    """Types read off a meta replay, as they are on ``device``."""
-    return {k: on_device(t, device) for k, t in types.items()}
-
-
-__all__ = ["MetaReplay", "replay_device", "to_meta", "types_on"]
+__all__ = ["MetaReplay", "replay_device", "to_meta"]

@@ -17,7 +17,17 @@ from typing import Any
 
 import torch
 
-from torchgraft.ir.primitives import Activation, BatchNorm, Conv, Dropout, GroupNorm, Identity, LayerNorm, Linear
+from torchgraft.ir.primitives import (
+    Activation,
+    BatchNorm,
+    Conv,
+    Dropout,
+    GroupNorm,
+    Identity,
+    LayerNorm,
+    Linear,
+    TorchLayer,
+)
 
 _BN_RANKS = {"BatchNorm1d": (2, 3), "BatchNorm2d": (4,), "BatchNorm3d": (5,)}
 _BINARY = {"operator.add": "add", "operator.sub": "sub", "operator.mul": "mul",
@@ -61,12 +71,15 @@ def _normalized(prim: Any, x: torch.Tensor) -> bool:
 
 
 def primitive_output(prim: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-                     state_dtypes: set[torch.dtype]) -> torch.Tensor | None:
-    """The output of primitive ``prim`` called on ``args``, or None where no rule applies.
+                     state_dtypes: set[torch.dtype]) -> Any:
+    """The output of primitive ``prim`` called on ``args`` (a meta tensor; a pair for
+    MultiheadAttention), or None where no rule applies.
 
     ``state_dtypes`` are the dtypes of the module's floating-point parameters and buffers
     (empty for a functional call): the rules only apply when they equal the input's dtype.
     """
+    if isinstance(prim, TorchLayer) and prim.op == "MultiheadAttention":
+        return _attention(dict(prim.args), args, kwargs, state_dtypes)
     if len(args) != 1 or kwargs or not isinstance(args[0], torch.Tensor):
         return None
     x = args[0]
@@ -82,6 +95,57 @@ def primitive_output(prim: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
     if isinstance(prim, Conv):
         return _conv(prim, x)
     return None
+
+
+_MHA_PARAMS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask",
+               "average_attn_weights", "is_causal")
+
+
+def _attention(cfg: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+               state_dtypes: set[torch.dtype]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``nn.MultiheadAttention(query, key, value, ...)`` on batched inputs without masks."""
+    if len(args) > len(_MHA_PARAMS) or any(k not in _MHA_PARAMS or k in _MHA_PARAMS[:len(args)] for k in kwargs):
+        return None
+    call = {**dict(zip(_MHA_PARAMS, args)), **kwargs}
+    q, k, v = call.get("query"), call.get("key"), call.get("value")
+    if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)):
+        return None
+    if any(call.get(n) is not None for n in ("key_padding_mask", "attn_mask")) or call.get("is_causal"):
+        return None  # masks have their own shape checks: the meta kernel runs them
+    if cfg.get("add_bias_kv") or cfg.get("add_zero_attn") or {q.dim(), k.dim(), v.dim()} != {3}:
+        return None
+    if not q.is_floating_point() or {k.dtype, v.dtype} | state_dtypes != {q.dtype}:
+        return None
+    embed, heads = cfg["embed_dim"], cfg["num_heads"]
+    batch, seq = (0, 1) if cfg.get("batch_first") else (1, 0)
+    if (q.shape[-1], k.shape[-1], v.shape[-1]) != (embed, cfg.get("kdim") or embed, cfg.get("vdim") or embed):
+        return None
+    if k.shape[:-1] != v.shape[:-1] or k.shape[batch] != q.shape[batch]:
+        return None
+    n, length, source = q.shape[batch], q.shape[seq], k.shape[seq]
+    weights = None
+    if call.get("need_weights", True):
+        shape = (n, length, source) if call.get("average_attn_weights", True) else (n, heads, length, source)
+        weights = empty(shape, q.dtype)
+    return empty(q.shape, q.dtype), weights
+
+
+def cat_output(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """``torch.cat(tensors, dim)`` of tensors with one dtype and rank; None where no rule applies."""
+    if not 1 <= len(args) <= 2 or set(kwargs) - {"dim"} or (len(args) == 2 and kwargs):
+        return None
+    tensors, dim = args[0], args[1] if len(args) == 2 else kwargs.get("dim", 0)
+    if not isinstance(tensors, (list, tuple)) or not tensors or isinstance(dim, bool) or not isinstance(dim, int):
+        return None
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        return None
+    first, rank = tensors[0], tensors[0].dim()
+    if rank == 0 or any(t.dim() != rank or t.dtype != first.dtype for t in tensors) or not -rank <= dim < rank:
+        return None
+    d = dim % rank
+    if any(t.shape[:d] != first.shape[:d] or t.shape[d + 1:] != first.shape[d + 1:] for t in tensors):
+        return None
+    return empty((*first.shape[:d], sum(t.shape[d] for t in tensors), *first.shape[d + 1:]), first.dtype)
 
 
 def binary_output(name: str, args: list[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -109,4 +173,4 @@ def binary_output(name: str, args: list[Any], kwargs: dict[str, Any]) -> torch.T
     return empty(shape, dtype)
 
 
-__all__ = ["binary_output", "empty", "primitive_output"]
+__all__ = ["binary_output", "cat_output", "empty", "primitive_output"]

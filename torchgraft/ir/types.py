@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Union
 
@@ -70,39 +71,35 @@ ValueType = Union[TensorType, ScalarType]
 UNKNOWN = ScalarType("unknown")
 
 
-def type_of(value: object, symbols: dict[int, str] | None = None) -> ValueType:
+def type_of(value: object, symbols: dict[int, str] | None = None, meta_is: str | None = None) -> ValueType:
     """The IR type of a runtime value (tensors, numbers, tuples, ...).
 
     ``symbols`` maps concrete sizes to symbol names for dims that vary
     (``{2: "N"}`` turns a leading batch of 2 into ``N``; only dim 0 is mapped).
+    ``meta_is`` names the device a meta tensor stands for (a replay on meta tensors).
     """
     import torch
 
     if isinstance(value, torch.Tensor):
-        shape: list[Dim] = [int(s) for s in value.shape]
+        shape: tuple[Dim, ...] = tuple(value.shape)
         if symbols and shape and shape[0] in symbols:
-            shape[0] = symbols[int(shape[0])]
-        return TensorType(tuple(shape), str(value.dtype).removeprefix("torch."), value.device.type)
+            shape = (symbols[shape[0]], *shape[1:])
+        device = value.device.type
+        return _tensor_type(shape, value.dtype, meta_is if meta_is and device == "meta" else device)
     if value is None:
         return ScalarType("None")
     if isinstance(value, (tuple, list)):
         name = "tuple" if isinstance(value, tuple) else "list"
         if isinstance(value, torch.Size):
             name = "size"
-        return ScalarType(name, tuple(type_of(v, symbols) for v in value))
+        return ScalarType(name, tuple(type_of(v, symbols, meta_is) for v in value))
     if isinstance(value, dict):
-        return ScalarType("dict", tuple(type_of(v, symbols) for v in value.values()))
+        return ScalarType("dict", tuple(type_of(v, symbols, meta_is) for v in value.values()))
     return ScalarType(type(value).__name__)
 
 
-def on_device(t: ValueType, device: str) -> ValueType:
-    """``t`` with every meta tensor type moved to ``device`` (types read off a meta-device replay).
+@functools.lru_cache(maxsize=65536)
+def _tensor_type(shape: tuple[Dim, ...], dtype: object, device: str) -> TensorType:
+    """TensorTypes are immutable: one per (shape, dtype, device), validated once."""
+    return TensorType(shape, str(dtype).removeprefix("torch."), device)
 
-    >>> on_device(TensorType((2, 3), device="meta"), "cpu")
-    TensorType(shape=(2, 3), dtype='float32', device='cpu')
-    """
-    if isinstance(t, TensorType):
-        return TensorType(t.shape, t.dtype, device) if t.device == "meta" else t
-    if t.items:
-        return ScalarType(t.name, tuple(on_device(e, device) for e in t.items))
-    return t
