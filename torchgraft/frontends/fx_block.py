@@ -148,7 +148,7 @@ def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper
     """
     view = copy.copy(mod)  # shallow: own __dict__, so setting training leaves the original alone
     if training is None:
-        del view.__dict__["training"]
+        view.__dict__.pop("training", None)
     else:
         object.__setattr__(view, "training", training)
     concrete = {n: None for n in none_args} or None
