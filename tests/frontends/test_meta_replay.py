@@ -14,6 +14,7 @@ from torch import nn
 import torchgraft
 import torchgraft.frontends.capture as capture_mod
 from torchgraft.examples.nets import example
+from torchgraft.frontends.meta_replay import _stay_on_meta
 from torchgraft.ir.types import ScalarType, TensorType, type_of
 from torchgraft.ir.verify import verify
 
@@ -72,3 +73,39 @@ def test_meta_tensors_are_typed_on_the_device_they_stand_for() -> None:
     value = (torch.empty(2, device="meta"), 3)
     assert type_of(value, None, "cpu") == ScalarType("tuple", (TensorType((2,)), ScalarType("int")))
     assert type_of(value) != type_of(value, None, "cpu")  # without it, meta stays meta
+
+
+class Moves(nn.Module):
+    def __init__(self, to: str) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.to_device = to
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(x.size(1), device=x.device).float()
+        return self.lin(x + pos).to(self.to_device).to(torch.float64)
+
+
+def test_device_moves_to_the_model_device_are_typed_on_meta(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.randn(2, 4)
+    fast, slow = _both(Moves("cpu"), (x,), monkeypatch)
+    assert fast.report.typing == "meta" and fast == slow
+    assert fast.output_type == TensorType(("N", 4), "float64")
+    with pytest.raises(RuntimeError, match="a move to cuda in a model on cpu"):  # so capture replays for real
+        _stay_on_meta([torch.empty(1, device="meta"), "cuda:0"], {}, True, "cpu")
+    assert _stay_on_meta([], {"device": "cpu", "n": 3}, False, "cpu")[1] == {"device": torch.device("meta"), "n": 3}
+
+
+def test_transformers_models_are_typed_on_meta(monkeypatch: pytest.MonkeyPatch) -> None:
+    from .test_transformers import MODELS
+
+    for name, make in MODELS.items():
+        torch.manual_seed(0)
+        model, extra = make()
+        kwargs = {"input_ids": torch.randint(0, 100, (2, 7)), **extra}
+        fast = torchgraft.capture(model.eval(), kwargs=kwargs)
+        with monkeypatch.context() as m:
+            m.setattr(capture_mod, "replay_device", lambda *a: None)
+            slow = torchgraft.capture(model, kwargs=kwargs)
+        assert fast.report.typing == "meta", name
+        assert fast == slow, name

@@ -48,6 +48,35 @@ def replay_device(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
 _CAT = {"torch.cat", "torch.concat", "torch.concatenate"}
 
 
+def _is_device(v: Any) -> bool:
+    if isinstance(v, torch.device):
+        return True
+    if not isinstance(v, str):
+        return False
+    try:
+        torch.device(v)
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+def _stay_on_meta(a: list[Any], kw: dict[str, Any], to_call: bool, device: str) -> tuple[list[Any], dict[str, Any]]:
+    """Arguments with every device (``x.to("cpu")``, ``torch.arange(n, device=...)``) made meta:
+    the replay's values all live there, and their types name ``device``. A move to another
+    device raises: the types would be wrong, so capture replays for real instead."""
+    meta = torch.device("meta")
+
+    def swap(v: Any) -> Any:
+        kind = torch.device(v).type
+        if kind not in ("meta", device):  # meta: a device read off a replay value (x.device)
+            raise RuntimeError(f"a move to {kind} in a model on {device}: the meta replay cannot type it")
+        return meta
+
+    a = [swap(v) if isinstance(v, torch.device) or (to_call and _is_device(v)) else v for v in a]
+    kw = {k: swap(v) if isinstance(v, torch.device) or (k == "device" and _is_device(v)) else v for k, v in kw.items()}
+    return a, kw
+
+
 def _state(mod: nn.Module) -> Iterator[torch.Tensor]:
     """Parameters and buffers of ``mod`` and its children (shared ones more than once)."""
     yield from (t for t in mod._parameters.values() if t is not None)
@@ -63,7 +92,7 @@ class MetaReplay(Interpreter):
     def __init__(self, helpers: dict[str, Callable[..., Any]], symbols: dict[int, str],
                  constants: dict[str, torch.Tensor] | None = None, device: str = "cpu") -> None:
         super().__init__(helpers, symbols, constants)
-        self.meta_is = device  # types read off the meta tensors name the real device
+        self.meta_is = self.device = device  # types read off the meta tensors name the real device
         self._metas: dict[int, torch.Tensor] = {}
         self._twins: dict[int, nn.Module] = {}
 
@@ -84,11 +113,16 @@ class MetaReplay(Interpreter):
 
     def call_function(self, qualname: str, a: list[Any], kw: dict[str, Any]) -> Any:
         out = cat_output(a, kw) if qualname in _CAT else binary_output(qualname, a, kw)
-        return out if out is not None else super().call_function(qualname, a, kw)
+        return out if out is not None else super().call_function(qualname, *_stay_on_meta(a, kw, False, self.device))
 
     def call_method(self, name: str, a: list[Any], kw: dict[str, Any]) -> Any:
-        out = binary_output(name, a, kw) if isinstance(a[0], torch.Tensor) else None
-        return out if out is not None else super().call_method(name, a, kw)
+        if not isinstance(a[0], torch.Tensor):
+            return super().call_method(name, a, kw)
+        if name in ("cpu", "cuda"):
+            _stay_on_meta([torch.device(name)], {}, False, self.device)  # raises for a move elsewhere
+            return a[0]
+        out = binary_output(name, a, kw)
+        return out if out is not None else super().call_method(name, *_stay_on_meta(a, kw, name == "to", self.device))
 
     def call_primitive(self, op: Op, a: list[Any], kw: dict[str, Any]) -> Any:
         assert isinstance(op.target, PrimCall)
