@@ -190,3 +190,26 @@ def test_shared_modules_and_tied_parameters_stay_shared() -> None:
     assert list(rebuilt.state_dict()) == list(model.state_dict())
     x = torch.randn(3, 6)
     torch.testing.assert_close(rebuilt(x), model(x), atol=1e-6, rtol=0)
+
+
+class PaddedConv(nn.Conv2d):
+    """A subclass that changes what the layer computes without touching forward."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return super()._conv_forward(F.pad(x, (1, 1, 1, 1)), weight, bias)
+
+
+class QuietConv(nn.Conv2d):
+    def reset_parameters(self) -> None:  # only how it is initialised
+        nn.init.constant_(self.weight, 0.5)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
+def test_layer_subclass_that_changes_behaviour_is_a_block_not_the_layer() -> None:
+    model = nn.Sequential(PaddedConv(3, 4, 3), QuietConv(4, 4, 1)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    m = torchgraft.capture(model, (x,))
+    assert isinstance(m.root.items[0], ir.Block) and isinstance(m.root.items[1], ir.Conv)
+    assert m.type_at("0") == ir.TensorType(("N", 4, 6, 6))
+    torch.testing.assert_close(torchgraft.emit(m).materialize()(x), model(x), rtol=1e-6, atol=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,3 +69,64 @@ def test_session_patches_once_and_restores_even_after_an_error() -> None:
             trace_graph(Scaled(), None, {}, {})
         raise RuntimeError("boom")
     assert (nn.Module.__dict__["__call__"], nn.Module.__dict__["__getattr__"]) == before
+
+
+class Delegating(nn.Module):
+    """The usual wrapper that hands unknown attributes to the wrapped model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(4, 4)
+
+    def __getattr__(self, name: str) -> object:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inner(x)
+        return x * 2 if self.training else x
+
+
+class DefaultRead(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if getattr(self, "training", False) else x
+
+
+class Swallows(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            doubled = bool(self.training)
+        except Exception:  # noqa: BLE001 - user code that hides errors
+            doubled = False
+        return x * 2 if doubled else x
+
+
+@pytest.mark.parametrize("cls", [Delegating, DefaultRead, Swallows])
+def test_every_way_of_reading_training_keeps_both_modes(cls: type[nn.Module]) -> None:
+    with pytest.raises(ModeRead):
+        trace_graph(cls(), None, {}, {})
+    model = cls()
+    x = torch.randn(2, 4)
+    emitted = torchgraft.emit(torchgraft.capture(model.eval(), (x,))).materialize()
+    for mode in (True, False):
+        torch.testing.assert_close(emitted.train(mode)(x), model.train(mode)(x), rtol=0, atol=0)
+
+
+def test_fx_wrap_registered_during_a_capture_stays_registered(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "tg_lazy_ops.py").write_text(
+        "import torch.fx\n\n@torch.fx.wrap\ndef clamp_boxes(x):\n"
+        "    if x.sum() > 0:\n        return x.clamp(0, 1)\n    return x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    class Lazy(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            import tg_lazy_ops  # registers its torch.fx.wrap on first import, inside the capture
+
+            return tg_lazy_ops.clamp_boxes(x) + 1
+
+    torchgraft.capture(Lazy(), (torch.randn(2, 4),))
+    traced = torch.fx.symbolic_trace(Lazy())  # fx still knows the wrap: one call, not traced into
+    assert [n.target.__name__ for n in traced.graph.nodes if n.op == "call_function"] == ["clamp_boxes", "add"]

@@ -109,3 +109,47 @@ def test_transformers_models_are_typed_on_meta(monkeypatch: pytest.MonkeyPatch) 
             slow = torchgraft.capture(model, kwargs=kwargs)
         assert fast.report.typing == "meta", name
         assert fast == slow, name
+
+
+def test_hooks_on_layers_are_run_by_the_replay(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    model[0].register_forward_hook(lambda mod, args, out: out.double())
+    model[1].register_forward_pre_hook(lambda mod, args: (args[0].unsqueeze(-1),))
+    fast, slow = _both(model, (torch.randn(2, 4),), monkeypatch)
+    assert fast == slow and fast.output_type == TensorType(("N", 4, 1), "float64")
+
+
+class ChannelsLastView(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.conv(x))
+        return x.view(x.size(0), -1)
+
+
+@pytest.mark.parametrize("case", ["channels_last", "mixed_dtype", "bool_sub", "bn_one_value"])
+def test_models_that_fail_in_eager_fail_to_capture(case: str) -> None:
+    from torchgraft.errors import CaptureError
+
+    x = torch.randn(2, 3, 8, 8)
+    if case == "channels_last":  # the view needs the strides the meta kernels keep
+        model: nn.Module = ChannelsLastView().to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
+    elif case == "mixed_dtype":
+        model, x = nn.Linear(4, 4), torch.randn(2, 4, dtype=torch.float16)
+    elif case == "bool_sub":
+        model, x = _BoolSub(), torch.ones(2, 4, dtype=torch.bool)
+    else:
+        model, x = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).train(), torch.randn(1, 4)
+    with pytest.raises(Exception):  # noqa: B017 - whatever eager raises
+        model(x)
+    with pytest.raises(CaptureError):
+        torchgraft.capture(model, (x,))
+
+
+class _BoolSub(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - 1

@@ -9,17 +9,18 @@ from hypothesis import strategies as st
 from torch import nn
 
 from torchgraft.frontends.leaf import to_primitive
-from torchgraft.frontends.shapes import binary_output, cat_output, primitive_output
+from torchgraft.frontends.shapes import RuleError, binary_output, cat_output, primitive_output
 from torchgraft.ir.activations import ActKind
 from torchgraft.ir.primitives import Activation
 
-F32 = {torch.float32}
+F32 = [torch.empty(1, device="meta")]  # the state of a float32 layer, as the rules see it
 
 
 def _rule(layer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     prim, why = to_primitive(layer)
     assert prim is not None, why
-    return primitive_output(prim, (x.to("meta"),), {}, {p.dtype for p in layer.parameters()})
+    state = [t.to("meta") for t in (*layer.parameters(), *layer.buffers()) if t.is_floating_point()]
+    return primitive_output(prim, (x.to("meta"),), {}, state, layer.training)
 
 
 def _same(rule: torch.Tensor | None, real: torch.Tensor) -> None:
@@ -30,17 +31,21 @@ def _same(rule: torch.Tensor | None, real: torch.Tensor) -> None:
 @settings(max_examples=60, deadline=None)
 @given(dims=st.sampled_from([1, 2, 3]), cin=st.integers(1, 4), cout=st.integers(1, 4), k=st.integers(1, 4),
        s=st.integers(1, 3), p=st.one_of(st.integers(0, 2), st.sampled_from(["same", "valid"])),
-       d=st.integers(1, 2), size=st.integers(4, 9), batched=st.booleans())
+       d=st.integers(1, 2), size=st.integers(1, 9), batched=st.booleans(),
+       mode=st.sampled_from(["zeros", "reflect", "circular", "replicate"]))
 def test_conv_rule_matches_the_layer(dims: int, cin: int, cout: int, k: int, s: int, p: int | str, d: int,
-                                     size: int, batched: bool) -> None:
+                                     size: int, batched: bool, mode: str) -> None:
     if p == "same":
         s = 1
-    layer = getattr(nn, f"Conv{dims}d")(cin, cout, k, stride=s, padding=p, dilation=d)
+    layer = getattr(nn, f"Conv{dims}d")(cin, cout, k, stride=s, padding=p, dilation=d, padding_mode=mode)
     x = torch.randn(*((2,) if batched else ()), cin, *([size] * dims))
     try:
         real = layer(x)
-    except RuntimeError:  # the kernel is larger than the input: the rule must decline too
-        assert _rule(layer, x) is None
+    except (RuntimeError, NotImplementedError):  # kernel larger than the input, padding too wide, ...
+        try:
+            assert _rule(layer, x) is None
+        except RuleError:
+            pass
         return
     _same(_rule(layer, x), real)
 
@@ -72,12 +77,41 @@ def test_rules_decline_what_the_layer_rejects(layer: nn.Module, shape: tuple[int
 def test_rules_decline_other_dtypes_and_extra_arguments() -> None:
     lin = nn.Linear(4, 2)
     prim, _ = to_primitive(lin)
-    assert primitive_output(prim, (torch.empty(3, 4, dtype=torch.float64, device="meta"),), {}, F32) is None
-    assert primitive_output(prim, (torch.empty(3, 4, dtype=torch.int64, device="meta"),), {}, F32) is None
+    for dtype in (torch.float64, torch.int64):  # torch refuses these; its meta kernel may not
+        with pytest.raises(RuleError, match="Linear: input"):
+            primitive_output(prim, (torch.empty(3, 4, dtype=dtype, device="meta"),), {}, F32, False)
     relu = Activation.of(ActKind.RELU)
-    assert primitive_output(relu, (torch.empty(2, device="meta"), 1), {}, set()) is None
+    assert primitive_output(relu, (torch.empty(2, device="meta"), 1), {}, [], False) is None
     x = torch.empty(2, device="meta")
-    assert primitive_output(Activation.of(ActKind.RELU, inplace=True), (x,), {}, set()) is x
+    assert primitive_output(Activation.of(ActKind.RELU, inplace=True), (x,), {}, [], False) is x
+    channels_last = torch.empty(2, 3, 4, 4, device="meta").to(memory_format=torch.channels_last)
+    assert primitive_output(relu, (channels_last,), {}, [], False) is None  # the kernel keeps the strides
+
+
+@pytest.mark.parametrize("layer,shape,training", [
+    (nn.BatchNorm2d(4), (1, 4, 1, 1), True), (nn.BatchNorm1d(4), (1, 4), True),
+    (nn.BatchNorm1d(4, track_running_stats=False), (1, 4), False), (nn.GroupNorm(4, 4), (1, 4), False),
+    (nn.Conv2d(3, 3, 3, padding=2, padding_mode="reflect"), (1, 3, 2, 2), False),
+    (nn.Conv2d(3, 3, 3, padding="same", padding_mode="reflect"), (1, 3, 1, 1), False),
+    (nn.Conv1d(3, 3, 3, padding=3, padding_mode="circular"), (1, 3, 2), False),
+])
+def test_rules_refuse_what_only_the_real_kernel_refuses(layer: nn.Module, shape: tuple[int, ...],
+                                                       training: bool) -> None:
+    layer.train(training)
+    x = torch.randn(shape)
+    with pytest.raises((RuntimeError, ValueError)):
+        layer(x)
+    with pytest.raises(RuleError):
+        _rule(layer, x)
+
+
+def test_rules_accept_the_sizes_the_kernels_accept() -> None:
+    for layer, shape in [(nn.BatchNorm2d(4).eval(), (1, 4, 1, 1)), (nn.GroupNorm(2, 4), (1, 4)),
+                         (nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"), (1, 3, 2, 2)),
+                         (nn.Conv1d(3, 3, 3, padding=2, padding_mode="circular"), (1, 3, 2))]:
+        x = torch.randn(shape)
+        _same(_rule(layer, x), layer(x))
+    assert _rule(nn.Dropout1d(), torch.randn(2, 3)) is None  # ranks checked by its own code
 
 
 SHAPES = st.lists(st.integers(1, 3), min_size=0, max_size=3)
@@ -113,7 +147,10 @@ def test_binary_rule_matches_broadcasting_and_promotion(name: str, a: object, b:
             return
     except (RuntimeError, TypeError):
         meta = [v.to("meta") if isinstance(v, torch.Tensor) else v for v in (x, y)]
-        assert binary_output(name, meta, {}) is None
+        try:
+            assert binary_output(name, meta, {}) is None
+        except RuleError:
+            pass  # refused for the same reason
         return
     meta = [v.to("meta") if isinstance(v, torch.Tensor) else v for v in (x, y)]
     rule = binary_output(name, meta, {})
@@ -128,6 +165,10 @@ def test_binary_rule_covers_the_common_cases() -> None:
     assert binary_output("operator.iadd", [x, y], {}) is x
     assert binary_output("operator.add", [x, y], {"alpha": 2}) is None  # not a plain a + b
     assert binary_output("operator.truediv", [x, y], {}) is None  # no rule: the meta kernel runs
+    assert binary_output("add", [x.t(), 1], {}) is None  # not contiguous: the kernel knows the strides
+    assert binary_output("operator.iadd", [y.expand(2, 3), 1], {}) is None  # writes overlap: the kernel refuses
+    with pytest.raises(RuleError):
+        binary_output("operator.sub", [x.bool(), 1], {})
 
 
 @settings(max_examples=40, deadline=None)
@@ -150,7 +191,7 @@ def test_attention_rule_matches_the_layer(heads: int, batch_first: bool, kdim: i
     assert prim is not None, why
     meta_args = tuple(a.to("meta") for a in args)
     meta_kw = {key: v.to("meta") if isinstance(v, torch.Tensor) else v for key, v in kwargs.items()}
-    rule = primitive_output(prim, meta_args, meta_kw, {torch.float32})
+    rule = primitive_output(prim, meta_args, meta_kw, F32, False)
     assert rule is not None
     _same(rule[0], real[0])
     assert (rule[1] is None) == (real[1] is None)
@@ -161,9 +202,11 @@ def test_attention_rule_matches_the_layer(heads: int, batch_first: bool, kdim: i
 def test_attention_rule_declines_masks_and_mismatches() -> None:
     prim, _ = to_primitive(nn.MultiheadAttention(4, 2))
     q = torch.empty(3, 2, 4, device="meta")
-    assert primitive_output(prim, (q, q, q), {"attn_mask": torch.empty(3, 3, device="meta")}, F32) is None
-    assert primitive_output(prim, (q, q, torch.empty(3, 1, 4, device="meta")), {}, F32) is None
-    assert primitive_output(prim, (q[0], q[0], q[0]), {}, F32) is None  # unbatched: the meta kernel decides
+    assert primitive_output(prim, (q, q, q), {"attn_mask": torch.empty(3, 3, device="meta")}, F32, False) is None
+    assert primitive_output(prim, (q, q, torch.empty(3, 1, 4, device="meta")), {}, F32, False) is None
+    assert primitive_output(prim, (q[0], q[0], q[0]), {}, F32, False) is None  # unbatched: the meta kernel decides
+    with pytest.raises(RuleError):
+        primitive_output(prim, (q, q, q.double()), {}, F32, False)
 
 
 @pytest.mark.parametrize("shapes,dim", [([(2, 3), (2, 5)], 1), ([(2, 3), (4, 3)], 0), ([(1, 2, 3)] * 3, -1),

@@ -29,6 +29,25 @@ class ModeRead(TraceError):
     """The forward reads ``self.training``: it must be traced once per mode."""
 
 
+class _ModeProbe:
+    """Stands in for ``self.training`` in a trace meant to serve both modes: any use of it
+    (``if self.training``, ``getattr(self, "training", False)``, passing it to a call)
+    marks it read and raises ``ModeRead``, so the block is traced once per mode instead."""
+
+    __slots__ = ("read",)
+
+    def __init__(self) -> None:
+        self.read = False
+
+    def _use(self, *args: Any, **kwargs: Any) -> Any:
+        self.read = True
+        raise ModeRead("the forward reads self.training")
+
+    __bool__ = __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __hash__ = _use  # type: ignore[assignment]
+    __int__ = __index__ = __float__ = __and__ = __or__ = __xor__ = __rand__ = __ror__ = __invert__ = _use
+    __str__ = __format__ = __call__ = _use  # type: ignore[assignment]
+
+
 class _OwnCodeTracer(SessionTracer):
     """Treat every submodule as a leaf, so only the block's own code is traced.
 
@@ -52,6 +71,8 @@ def _arg(a: Any, block: nn.Module) -> Arg:
         return Seq(tuple(_arg(x, block) for x in a), is_list=isinstance(a, list))
     if isinstance(a, slice):
         return Slice(_arg(a.start, block), _arg(a.stop, block), _arg(a.step, block))
+    if isinstance(a, _ModeProbe):
+        raise ModeRead("the forward passes self.training to a call")
     if isinstance(a, torch.Tensor):
         raise TraceError("the forward bakes a tensor constant into the graph")
     try:
@@ -138,31 +159,31 @@ def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper
                 none_args: tuple[str, ...] = ()) -> tuple[Graph, dict[str, torch.Tensor]]:
     """Trace ``mod.forward`` in the given mode, without touching ``mod`` itself.
 
-    ``training=None`` traces with no ``training`` attribute at all: the graph then serves
-    both modes, and a forward that reads ``self.training`` raises ``ModeRead`` (trace it
-    once per mode instead). Returns the graph and the tensor constants fx baked into it
-    (``_tensor_constant0``), which the caller keeps as non-persistent buffers. ``none_args``
-    are optional arguments that were None when the model ran: fx specialises ``if arg is
-    None`` branches on them (every fx Proxy is "not None", so without this the other
-    branch would be traced).
+    ``training=None`` traces with a probe in place of the flag: the graph then serves both
+    modes, and a forward that uses ``self.training`` raises ``ModeRead`` (trace it once per
+    mode instead; an ``is True`` test is the one use a probe cannot see). Returns the graph
+    and the tensor constants fx baked into it (``_tensor_constant0``), which the caller
+    keeps as non-persistent buffers. ``none_args`` are optional arguments that were None
+    when the model ran: fx specialises ``if arg is None`` branches on them (every fx Proxy
+    is "not None", so without this the other branch would be traced).
     """
     view = copy.copy(mod)  # shallow: own __dict__, so setting training leaves the original alone
-    if training is None:
-        view.__dict__.pop("training", None)
-    else:
-        object.__setattr__(view, "training", training)
+    probe = _ModeProbe()
+    object.__setattr__(view, "training", probe if training is None else training)
     concrete = {n: None for n in none_args} or None
     try:
         try:
             graph = _OwnCodeTracer(view, math_autowrap=False).trace(view, concrete_args=concrete)
         except TypeError as e:
-            if "Proxy" not in str(e):
+            if "Proxy" not in str(e) or probe.read:
                 raise
             graph = _OwnCodeTracer(view).trace(view, concrete_args=concrete)
     except Exception as e:  # noqa: BLE001 - fx raises many kinds
-        if training is None and isinstance(e, AttributeError) and "'training'" in str(e):
+        if probe.read or "_ModeProbe" in str(e):
             raise ModeRead(f"{type(mod).__qualname__}.forward reads self.training") from e
         raise TraceError(f"torch.fx could not trace {type(mod).__qualname__}.forward: {type(e).__name__}: {e}") from e
+    if probe.read:  # the forward caught the probe's exception: its graph may follow either mode
+        raise ModeRead(f"{type(mod).__qualname__}.forward reads self.training")
     consts = {}
     for node in graph.nodes:
         if node.op == "get_attr" and "." not in str(node.target) and not hasattr(mod, str(node.target)):

@@ -27,6 +27,7 @@ from torch.fx import _symbolic_trace as fx_trace
 
 _ACTIVE: list[SessionTracer] = []
 _OPEN = [False]
+_SESSION: list[Any] = []  # the session's patcher and fx's own registries of wrapped functions
 
 
 def _call(mod: nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -54,10 +55,11 @@ def session() -> Iterator[None]:
         yield
         return
     saved = nn.Module.__dict__["__call__"], nn.Module.__dict__["__getattr__"]
-    wrapped = fx_trace._wrapped_fns_to_patch, fx_trace._wrapped_methods_to_patch
+    fns, methods = fx_trace._wrapped_fns_to_patch, fx_trace._wrapped_methods_to_patch
     with fx_trace._new_patcher() as patcher:
         fx_trace._patch_wrapped_functions(patcher)  # torch.fx.wrap()ed functions: once, not per trace
         fx_trace._wrapped_fns_to_patch, fx_trace._wrapped_methods_to_patch = {}, []
+        _SESSION[:] = [patcher, fns, methods]
         nn.Module.__call__ = _call  # type: ignore[method-assign]
         nn.Module.__getattr__ = _getattr  # type: ignore[method-assign]
         _OPEN[0] = True
@@ -66,7 +68,21 @@ def session() -> Iterator[None]:
         finally:
             _OPEN[0] = False
             nn.Module.__call__, nn.Module.__getattr__ = saved  # type: ignore[method-assign]
-            fx_trace._wrapped_fns_to_patch, fx_trace._wrapped_methods_to_patch = wrapped
+            _absorb_new_wraps()
+            fx_trace._wrapped_fns_to_patch, fx_trace._wrapped_methods_to_patch = fns, methods
+            _SESSION.clear()
+
+
+def _absorb_new_wraps() -> None:
+    """``torch.fx.wrap`` calls made during the session (a module imported by a forward):
+    patch them for the traces to come and keep them registered after the session."""
+    patcher, fns, methods = _SESSION
+    if fx_trace._wrapped_fns_to_patch or fx_trace._wrapped_methods_to_patch:
+        fx_trace._patch_wrapped_functions(patcher)
+        fns.update(fx_trace._wrapped_fns_to_patch)
+        methods.extend(fx_trace._wrapped_methods_to_patch)
+        fx_trace._wrapped_fns_to_patch.clear()
+        fx_trace._wrapped_methods_to_patch.clear()
 
 
 class SessionTracer(fx.Tracer):
@@ -79,6 +95,7 @@ class SessionTracer(fx.Tracer):
         if not _OPEN[0]:
             return super().trace(root, concrete_args)
         self.param_proxies = {}
+        _absorb_new_wraps()
         _ACTIVE.append(self)
         try:
             return super().trace(root, concrete_args)

@@ -22,11 +22,20 @@ CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.
 _ACT_BY_MODULE = {k.module: k for k in ActKind}
 
 
+_BEHAVIOUR_FREE = {"__init__", "reset_parameters", "extra_repr", "__repr__", "__setstate__"}
+
+
+def _adds_behaviour(cls: type) -> bool:
+    """Whether a subclass defines a method the forward may reach (``_conv_forward``, a property)."""
+    return any(name not in _BEHAVIOUR_FREE and (inspect.isfunction(v) or isinstance(v, (property, classmethod,
+               staticmethod))) for name, v in vars(cls).items())
+
+
 def torch_layer_name(mod: nn.Module) -> str | None:
     """The ``torch.nn`` class a module is (or behaves as), or None for user classes.
 
-    A subclass from outside torch.nn counts when it changes neither ``forward`` nor
-    ``__init__``'s signature (e.g. ``NonDynamicallyQuantizableLinear``).
+    A subclass counts when it adds no method besides ``__init__`` (and initialisation or
+    printing helpers): one that overrides ``forward`` or ``_conv_forward`` is a Block.
     """
     for cls in type(mod).__mro__:
         if cls.__module__.startswith("torch.nn.modules") and cls is not nn.Module:
@@ -35,6 +44,8 @@ def torch_layer_name(mod: nn.Module) -> str | None:
             if type(mod).forward is not getattr(cls, "forward", None) or getattr(nn, cls.__name__, None) is not cls:
                 return None
             return cls.__name__
+        if _adds_behaviour(cls):
+            return None
     return None
 
 

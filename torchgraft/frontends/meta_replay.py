@@ -33,14 +33,15 @@ def to_meta(tree: Any) -> Any:
 
 def replay_device(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
     """The one device of the model's state and tensor inputs, or None when a meta replay would
-    not give the real types (several devices; autocast changes dtypes)."""
+    not give the real types: several devices, autocast (it changes dtypes), channels_last
+    tensors (CPU kernels keep that layout and meta kernels do not, so a later ``view``
+    would fail for real but not on meta)."""
     if torch.is_autocast_enabled("cpu") or (torch.cuda.is_available() and torch.is_autocast_enabled("cuda")):
         return None
-    devices = {t.device.type for t in (*model.parameters(), *model.buffers())}
-    leaves: list[torch.Tensor] = []
-    tree_map_only(torch.Tensor, leaves.append, (args, kwargs))
-    devices |= {t.device.type for t in leaves}
-    if len(devices) > 1:
+    tensors = [*model.parameters(), *model.buffers()]
+    tree_map_only(torch.Tensor, tensors.append, (args, kwargs))
+    devices = {t.device.type for t in tensors}
+    if len(devices) > 1 or not all(t.is_contiguous() for t in tensors):
         return None
     return devices.pop() if devices else "cpu"
 
@@ -77,6 +78,14 @@ def _stay_on_meta(a: list[Any], kw: dict[str, Any], to_call: bool, device: str) 
     return a, kw
 
 
+def _plain_layer(mod: nn.Module, prim: Primitive) -> bool:
+    """Whether the rules may stand for ``mod``: exactly the torch.nn class, and no hooks."""
+    hooks = nn.modules.module
+    return type(mod) is getattr(nn, prim.op, None) and not (
+        mod._forward_hooks or mod._forward_pre_hooks or hooks._global_forward_hooks
+        or hooks._global_forward_pre_hooks)
+
+
 def _state(mod: nn.Module) -> Iterator[torch.Tensor]:
     """Parameters and buffers of ``mod`` and its children (shared ones more than once)."""
     yield from (t for t in mod._parameters.values() if t is not None)
@@ -104,9 +113,9 @@ class MetaReplay(Interpreter):
         return self._metas[id(value)]
 
     def call_module(self, node: Node, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if isinstance(node, Primitive):
-            dtypes = {t.dtype for t in _state(mod) if t.is_floating_point()}
-            out = primitive_output(node, args, kwargs, dtypes)
+        if isinstance(node, Primitive) and _plain_layer(mod, node):
+            state = [t for t in _state(mod) if t.is_floating_point()]
+            out = primitive_output(node, args, kwargs, state, mod.training)
             if out is not None:
                 return out
         return self._twin(mod)(*args, **kwargs)
@@ -126,7 +135,7 @@ class MetaReplay(Interpreter):
 
     def call_primitive(self, op: Op, a: list[Any], kw: dict[str, Any]) -> Any:
         assert isinstance(op.target, PrimCall)
-        out = primitive_output(op.target.prim, tuple(a), kw, set())
+        out = primitive_output(op.target.prim, tuple(a), kw, [], False)
         return out if out is not None else super().call_primitive(op, a, kw)
 
     def _twin(self, mod: nn.Module) -> nn.Module:
