@@ -5,8 +5,7 @@ entry and restores them on exit. Setting an attribute of ``nn.Module`` invalidat
 caches of every subclass (hundreds once torchvision or transformers is imported): that is
 most of what tracing one small forward costs; wrapping every ``torch.fx.wrap``-ed function
 anew is much of the rest. Inside ``session()`` the functions are wrapped once and the two
-methods stay
-patched, once, with dispatchers marked the way fx marks its own patches, so each
+methods stay patched, once, with dispatchers marked the way fx marks its own patches, so each
 ``SessionTracer.trace`` skips patching them and the dispatchers route module calls and
 attribute reads to whichever ``SessionTracer`` is tracing. With no tracer active they call
 the originals, so other code running meanwhile sees ordinary modules.
@@ -26,8 +25,7 @@ from torch import nn
 from torch.fx import _symbolic_trace as fx_trace
 
 _ACTIVE: list[SessionTracer] = []
-_OPEN = [False]
-_SESSION: list[Any] = []  # the session's patcher and fx's own registries of wrapped functions
+_SESSION: list[Any] = []  # while a session is open: its patcher and fx's own registries of wrapped functions
 
 
 def _call(mod: nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -51,7 +49,7 @@ _getattr.__fx_already_patched = True  # type: ignore[attr-defined]
 @contextlib.contextmanager
 def session() -> Iterator[None]:
     """Patch ``nn.Module.__call__``/``__getattr__`` once for every trace inside (re-entrant)."""
-    if _OPEN[0]:
+    if _SESSION:
         yield
         return
     saved = nn.Module.__dict__["__call__"], nn.Module.__dict__["__getattr__"]
@@ -62,11 +60,9 @@ def session() -> Iterator[None]:
         _SESSION[:] = [patcher, fns, methods]
         nn.Module.__call__ = _call  # type: ignore[method-assign]
         nn.Module.__getattr__ = _getattr  # type: ignore[method-assign]
-        _OPEN[0] = True
         try:
             yield
         finally:
-            _OPEN[0] = False
             nn.Module.__call__, nn.Module.__getattr__ = saved  # type: ignore[method-assign]
             _absorb_new_wraps()
             fx_trace._wrapped_fns_to_patch, fx_trace._wrapped_methods_to_patch = fns, methods
@@ -92,7 +88,7 @@ class SessionTracer(fx.Tracer):
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         """``fx.Tracer.trace``, with module calls and attribute reads routed here by the session."""
-        if not _OPEN[0]:
+        if not _SESSION:
             return super().trace(root, concrete_args)
         self.param_proxies = {}
         _absorb_new_wraps()

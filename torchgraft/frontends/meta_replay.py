@@ -101,7 +101,7 @@ class MetaReplay(Interpreter):
     def __init__(self, helpers: dict[str, Callable[..., Any]], symbols: dict[int, str],
                  constants: dict[str, torch.Tensor] | None = None, device: str = "cpu") -> None:
         super().__init__(helpers, symbols, constants)
-        self.meta_is = self.device = device  # types read off the meta tensors name the real device
+        self.meta_is: str = device  # types read off the meta tensors name the real device
         self._metas: dict[int, torch.Tensor] = {}
         self._twins: dict[int, nn.Module] = {}
 
@@ -122,16 +122,16 @@ class MetaReplay(Interpreter):
 
     def call_function(self, qualname: str, a: list[Any], kw: dict[str, Any]) -> Any:
         out = cat_output(a, kw) if qualname in _CAT else binary_output(qualname, a, kw)
-        return out if out is not None else super().call_function(qualname, *_stay_on_meta(a, kw, False, self.device))
+        return out if out is not None else super().call_function(qualname, *_stay_on_meta(a, kw, False, self.meta_is))
 
     def call_method(self, name: str, a: list[Any], kw: dict[str, Any]) -> Any:
         if not isinstance(a[0], torch.Tensor):
             return super().call_method(name, a, kw)
         if name in ("cpu", "cuda"):
-            _stay_on_meta([torch.device(name)], {}, False, self.device)  # raises for a move elsewhere
+            _stay_on_meta([torch.device(name)], {}, False, self.meta_is)  # raises for a move elsewhere
             return a[0]
         out = binary_output(name, a, kw)
-        return out if out is not None else super().call_method(name, *_stay_on_meta(a, kw, name == "to", self.device))
+        return out if out is not None else super().call_method(name, *_stay_on_meta(a, kw, name == "to", self.meta_is))
 
     def call_primitive(self, op: Op, a: list[Any], kw: dict[str, Any]) -> Any:
         assert isinstance(op.target, PrimCall)
