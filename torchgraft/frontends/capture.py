@@ -15,6 +15,7 @@ from torchgraft.errors import CaptureError
 from torchgraft.frontends.concrete import concrete_trace, export_flags
 from torchgraft.frontends.fx_block import ModeRead, TraceError, merge_training, trace_graph
 from torchgraft.frontends.fx_session import session
+from torchgraft.frontends.hooks import refuse_hooks
 from torchgraft.frontends.interpret import Interpreter, typed_block
 from torchgraft.frontends.leaf import recover_ctor, to_primitive, torch_layer_name
 from torchgraft.frontends.meta_replay import MetaReplay, replay_device, to_meta
@@ -96,9 +97,9 @@ def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
         if isinstance(mod, base) and type(mod).forward is nn.Module.forward and type(mod) is base:
             ctx.report.add(path, "container")
             return Container(base.__name__, kids)
-    nones = _none_args(mod, ctx.inputs.get(path))
+    nones, given = _none_args(mod, ctx.inputs.get(path))
     try:
-        body, train_body, consts = _trace_modes(mod, ctx, nones)
+        body, train_body, consts = _trace_modes(mod, ctx, nones, given, path)
     except TraceError as e:
         ctx.untraced[path] = (mod, kids, str(e))
         return _opaque(mod, path, str(e), ctx)
@@ -110,34 +111,37 @@ def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
     return Block(_class_ref(mod), kids, body, state, train_body, method="fx")
 
 
-def _trace_modes(mod: nn.Module, ctx: _Ctx, nones: tuple[str, ...]
+def _trace_modes(mod: nn.Module, ctx: _Ctx, nones: tuple[str, ...], given: tuple[str, ...], path: str
                  ) -> tuple[Graph, Graph | None, dict[str, torch.Tensor]]:
     """(body, train_body, constants): one trace when the forward never reads ``self.training``,
     else one per mode, merged where they differ only by the flag."""
     if type(mod) not in ctx.reads_training:
         try:
-            body, consts = trace_graph(mod, None, ctx.helpers, ctx.helper_fns, nones)
+            body, consts = trace_graph(mod, None, ctx.helpers, ctx.helper_fns, nones, given, path)
             return body, None, consts
         except ModeRead:
             ctx.reads_training.add(type(mod))
-    train, consts = trace_graph(mod, True, ctx.helpers, ctx.helper_fns, nones)
-    evaluation, consts2 = trace_graph(mod, False, ctx.helpers, ctx.helper_fns, nones)
+    train, consts = trace_graph(mod, True, ctx.helpers, ctx.helper_fns, nones, given, path)
+    evaluation, consts2 = trace_graph(mod, False, ctx.helpers, ctx.helper_fns, nones, given, path)
     body, train_body = merge_training(train, evaluation)
     return body, train_body, {**consts, **consts2}
 
 
-def _none_args(mod: nn.Module, seen: tuple[tuple[Any, ...], dict[str, Any]] | None) -> tuple[str, ...]:
-    """Forward parameters that default to None and were None in the recorded call."""
+def _none_args(mod: nn.Module, seen: tuple[tuple[Any, ...], dict[str, Any]] | None
+               ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(none, given): forward parameters that default to None and were None in the recorded call,
+    and those that were given."""
     if seen is None:
-        return ()
+        return (), ()
     sig = inspect.signature(type(mod).forward)
     try:
         bound = sig.bind(mod, *seen[0], **seen[1])
     except TypeError:
-        return ()
-    return tuple(n for n, p in list(sig.parameters.items())[1:]
-                 if p.default is None and bound.arguments.get(n) is None
-                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        return (), ()
+    optional = [n for n, p in list(sig.parameters.items())[1:]
+                if p.default is None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return (tuple(n for n in optional if bound.arguments.get(n) is None),
+            tuple(n for n in optional if bound.arguments.get(n) is not None))
 
 
 def _optional_arg_paths(model: nn.Module) -> list[str]:
@@ -174,7 +178,7 @@ def _record_inputs(model: nn.Module, paths: list[str], args: tuple[Any, ...], kw
 
         handles.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
     try:
-        with torch.no_grad(), _restore_buffers(model), _meta_flags(args, kwargs):
+        with torch.no_grad(), _restore_buffers(model), export_flags():  # the paths the traces will take
             _eager_types(model, args, kwargs, {})
     finally:
         for h in handles:
@@ -188,7 +192,7 @@ def _trace_fallbacks(model: nn.Module, root: Node, args: tuple[Any, ...], kwargs
     done: dict[str, Node] = {}
     failed: dict[str, str] = {}
     for path, (mod, kids, fx_reason) in ctx.untraced.items():
-        method, body, train_body, why = _fallback(model, mod, ctx.inputs.get(path), fx_reason, ctx)
+        method, body, train_body, why = _fallback(model, mod, path, fx_reason, ctx)
         if body is None:
             ctx.report.add(path, "opaque", why)
             failed[path] = why
@@ -207,15 +211,16 @@ def _trace_fallbacks(model: nn.Module, root: Node, args: tuple[Any, ...], kwargs
     return map_tree(root, swap)
 
 
-def _fallback(model: nn.Module, mod: nn.Module, seen: tuple[tuple[Any, ...], dict[str, Any]] | None,
-              fx_reason: str, ctx: _Ctx) -> tuple[str, Node | None, Node | None, str]:
+def _fallback(model: nn.Module, mod: nn.Module, path: str, fx_reason: str, ctx: _Ctx
+              ) -> tuple[str, Node | None, Node | None, str]:
     """(method, body, train_body, note): the concrete trace, else the copied source, else nothing."""
     reason = f"{fx_reason}; it never ran on the example inputs, so it was not traced"
+    seen = ctx.inputs.get(path)
     if seen is not None:
         try:
             with _restore_buffers(model):
-                train = concrete_trace(mod, True, *seen)
-                evaluation = concrete_trace(mod, False, *seen)
+                train = concrete_trace(mod, True, *seen, where=path)
+                evaluation = concrete_trace(mod, False, *seen, where=path)
             body, train_body = merge_training(train, evaluation)
             return "trace", body, train_body, ""
         except TraceError as e:
@@ -283,6 +288,7 @@ def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str
     """
     if not isinstance(model, nn.Module):
         raise CaptureError(f"capture() needs an nn.Module, got {type(model).__name__}")
+    refuse_hooks(model)  # forward hooks would be dropped silently: refuse them loudly
     args = args if isinstance(args, tuple) else (args,)
     kwargs = dict(kwargs or {})
     first = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)), None)

@@ -28,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 
 from torchgraft.frontends.canon import canonical_target
 from torchgraft.frontends.fx_block import TraceError, input_kind
+from torchgraft.frontends.guards import none_guard, size_guard, value_guard, where_text
 from torchgraft.frontends.symsize import _RECORDER, SymInt, SymSize
 from torchgraft.ir.functions import qualname_of
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, Target
@@ -46,8 +47,10 @@ class DataDependent(TraceError):
 class _Recorder(TorchFunctionMode):
     """Records top-level torch calls as Ops; values are tracked by tensor identity."""
 
-    def __init__(self, block: nn.Module) -> None:
+    def __init__(self, block: nn.Module, where: str = "") -> None:
         super().__init__()
+        self.where = where_text(where, type(block).__name__)
+        self.devices: dict[torch.device, Arg] = {}
         self.ops: list[Op] = []
         self.names: dict[int, str] = {}
         self.keep: list[Any] = []
@@ -82,6 +85,8 @@ class _Recorder(TorchFunctionMode):
             return Slice(self.arg(v.start), self.arg(v.stop), self.arg(v.step))
         if isinstance(v, dict) and all(isinstance(k, str) for k in v):
             return DictArg(tuple((k, self.arg(x)) for k, x in v.items()))
+        if isinstance(v, torch.device):
+            return self.device_arg(v)
         try:
             return Const(v)
         except Exception:
@@ -105,6 +110,29 @@ class _Recorder(TorchFunctionMode):
             return name
         raise TraceError(f"the forward uses a tensor of shape {tuple(t.shape)} that is neither an input, a "
                          "parameter/buffer, nor computed in the forward (a global or cached tensor)")
+
+    def compare(self, opname: str, a: Any, b: Any, held: bool, site: str) -> None:
+        """A size was compared in the block's own code: guard that it compares the same at run time."""
+        if self.depth:
+            return  # inside a child or a torch function: their own traces or kernels handle it
+        left, right = self.arg(a), self.arg(b)
+        if isinstance(left, Const) and isinstance(right, Const):
+            return
+        self.ops += size_guard(self.fresh("size_guard"), opname, left, right, held, self.where, site)
+
+    def device_arg(self, device: torch.device) -> Arg:
+        """A device the forward passed to a torch call: the device of an input or parameter that is
+        on it (``x.device``), so the emitted model follows its inputs; a constant only when none is."""
+        if device in self.devices:
+            return self.devices[device]
+        for value in self.keep:
+            if isinstance(value, torch.Tensor) and value.device == device and id(value) in self.names:
+                name = self.fresh("device")
+                self.ops.append(Op(name, FunctionCall("builtins.getattr"), (Ref(self.names[id(value)]),
+                                                                             Const("device"))))
+                self.devices[device] = Ref(name)
+                return Ref(name)
+        return Const(device)
 
     def int_op(self, opname: str, a: Any, b: Any) -> str:
         """Record ``a <op> b`` on sizes; returns the value's name."""
@@ -157,7 +185,11 @@ class _Recorder(TorchFunctionMode):
         if fname in _DATA_DEPENDENT and args and isinstance(args[0], torch.Tensor):
             raise DataDependent(f"the forward reads a tensor's value into Python ({fname}); "
                                 "its control flow depends on the data")
-        out = func(*args, **kwargs)
+        self.depth += 1  # the function's own Python (F.interpolate) is not the block's code
+        try:
+            out = func(*args, **kwargs)
+        finally:
+            self.depth -= 1
         if args and isinstance(args[0], torch.Tensor) and (fname == "size" or (
                 fname == "__get__" and getattr(getattr(func, "__self__", None), "__name__", "") == "shape")):
             dim = args[1] if len(args) > 1 else kwargs.get("dim")
@@ -262,6 +294,8 @@ def _inputs(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], rec: 
             rec.bind(value, pname)
             default = None if pname in bound.arguments or p.default is P.empty else Const(None)
             out.append(Input(pname, kind=kind, default=default))
+            if p.default is None:  # the trace took the path for a given tensor
+                rec.ops += none_guard(rec.fresh(f"{pname}_guard"), pname, rec.where, was_none=False)
         elif kind in (InputKind.VAR_POSITIONAL, InputKind.VAR_KEYWORD):
             out.append(Input(pname, kind=kind))
             items = value.items() if isinstance(value, dict) else enumerate(value if value is not P.empty else ())
@@ -277,9 +311,12 @@ def _inputs(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], rec: 
                     rec.keep.append(x)
         else:
             try:  # non-tensor arguments specialise the trace; keep them, defaulting to the traced value
-                out.append(Input(pname, kind=kind, default=Const(value if value is not P.empty else None)))
+                const = Const(value if value is not P.empty else None)
             except Exception:
                 out.append(Input(pname, kind=kind, default=Const(None)))
+                continue
+            out.append(Input(pname, kind=kind, default=const))
+            rec.ops += value_guard(rec.fresh(f"{pname}_guard"), pname, const.value, rec.where)
     return tuple(out)
 
 
@@ -305,11 +342,15 @@ def export_flags() -> Iterator[None]:
         tc._is_compiling_flag, tc._is_exporting_flag = saved
 
 
-def concrete_trace(mod: nn.Module, training: bool, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Graph:
-    """Run ``mod.forward`` on the recorded inputs with torch calls recorded; the Graph of its own code."""
+def concrete_trace(mod: nn.Module, training: bool, args: tuple[Any, ...], kwargs: dict[str, Any],
+                   where: str = "") -> Graph:
+    """Run ``mod.forward`` on the recorded inputs with torch calls recorded; the Graph of its own code.
+
+    What the run decided from concrete values (None arguments, flags, size comparisons) is kept
+    as ``Guard`` ops (``frontends.guards``); ``where`` is the module's path, for their messages."""
     view = copy.copy(mod)
     object.__setattr__(view, "training", training)
-    rec = _Recorder(mod)
+    rec = _Recorder(mod, where)
     object.__setattr__(view, "_modules", _spied(mod, rec))
     inputs = _inputs(mod, args, kwargs, rec)
     _RECORDER[0] = rec

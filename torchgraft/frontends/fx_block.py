@@ -14,6 +14,7 @@ from torch.fx._symbolic_trace import _assert_is_none
 
 from torchgraft.frontends.canon import canonical_target
 from torchgraft.frontends.fx_session import SessionTracer
+from torchgraft.frontends.guards import none_guard, where_text
 from torchgraft.frontends.helpers import HelperError, collect
 from torchgraft.ir.functions import qualname_of
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, Target
@@ -123,15 +124,27 @@ def _inputs(mod: nn.Module, graph: fx.Graph) -> tuple[Input, ...]:
     return tuple(out)
 
 
-def to_graph(gm_graph: fx.Graph, mod: nn.Module, helpers: dict[str, Helper], fns: dict[str, Any]) -> Graph:
-    """Convert a traced fx graph of ``mod`` into an IR Graph."""
+def to_graph(gm_graph: fx.Graph, mod: nn.Module, helpers: dict[str, Helper], fns: dict[str, Any],
+             given: tuple[str, ...] = (), where: str = "") -> Graph:
+    """Convert a traced fx graph of ``mod`` into an IR Graph.
+
+    fx's ``_assert_is_none`` checks (arguments traced as None) become Guards, and so do the
+    arguments in ``given``: optional ones the trace took as given (every fx Proxy is "not None")."""
     ops: list[Op] = []
     output: Arg = Const(None)
     inputs = _inputs(mod, gm_graph)
     placeholders = [n.name for n in gm_graph.nodes if n.op == "placeholder"]
     ren = {ph: inp.name for ph, inp in zip(placeholders, inputs) if ph != inp.name}
+    label = where_text(where, type(mod).__name__)
+    for arg in given:
+        ops += none_guard(f"{arg}_guard", arg, label, was_none=False)
     for node in gm_graph.nodes:
-        if node.op == "placeholder" or node.target is _assert_is_none:
+        if node.target is _assert_is_none:
+            arg = rename_refs(_arg(node.args[0], mod), ren)
+            if isinstance(arg, Ref):
+                ops += none_guard(node.name, arg.name, label, was_none=True)
+            continue
+        if node.op == "placeholder":
             continue
         if node.op == "output":
             output = rename_refs(_arg(node.args[0], mod), ren)
@@ -156,7 +169,8 @@ def _clean_message(a: Arg) -> Arg:
 
 
 def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper], fns: dict[str, Any],
-                none_args: tuple[str, ...] = ()) -> tuple[Graph, dict[str, torch.Tensor]]:
+                none_args: tuple[str, ...] = (), given_args: tuple[str, ...] = (), where: str = ""
+                ) -> tuple[Graph, dict[str, torch.Tensor]]:
     """Trace ``mod.forward`` in the given mode, without touching ``mod`` itself.
 
     ``training=None`` traces with a probe in place of the flag: the graph then serves both
@@ -165,7 +179,8 @@ def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper
     and the tensor constants fx baked into it (``_tensor_constant0``), which the caller
     keeps as non-persistent buffers. ``none_args`` are optional arguments that were None
     when the model ran: fx specialises ``if arg is None`` branches on them (every fx Proxy
-    is "not None", so without this the other branch would be traced).
+    is "not None", so without this the other branch would be traced). Both become Guards, as do
+    ``given_args`` (optional arguments that were given); ``where`` is the module path for their messages.
     """
     view = copy.copy(mod)  # shallow: own __dict__, so setting training leaves the original alone
     probe = _ModeProbe()
@@ -191,7 +206,7 @@ def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper
             if not isinstance(value, torch.Tensor):
                 raise TraceError(f"forward reads a constant {node.target!r} of type {type(value).__name__}")
             consts[str(node.target)] = value.detach().clone()
-    return to_graph(graph, mod, helpers, fns), consts
+    return to_graph(graph, mod, helpers, fns, given_args, where), consts
 
 
 def merge_training(train: Graph, evaluation: Graph) -> tuple[Graph, Graph | None]:

@@ -17,7 +17,7 @@ from torch import nn
 
 from torchgraft.errors import CaptureError
 from torchgraft.ir.functions import resolve
-from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, InputKind, MethodCall, Op, PrimCall
+from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Guard, InputKind, MethodCall, Op, PrimCall
 from torchgraft.ir.nodes import Block, Chain, Node, module_children
 from torchgraft.ir.primitives import Primitive
 from torchgraft.ir.types import ValueType, type_of
@@ -134,6 +134,11 @@ class Interpreter:
         """A method call in a graph (``x.view(n, -1)``)."""
         return getattr(a[0], name)(*a[1:], **kw)
 
+    def check(self, guard: Guard, ok: Any) -> None:
+        """A guard: raise its ValueError when the assumption does not hold for these inputs."""
+        if not ok:
+            raise ValueError(guard.message)
+
     def call_primitive(self, op: Op, a: list[Any], kw: dict[str, Any]) -> Any:
         """A primitive called functionally (``F.relu(x)``)."""
         return call_prim(op, a, kw)
@@ -156,6 +161,8 @@ class Interpreter:
             return self.call_method(t.name, a, kw)
         if isinstance(t, PrimCall):
             return self.call_primitive(op, a, kw)
+        if isinstance(t, Guard):
+            return self.check(t, a[0])
         assert isinstance(t, FunctionCall)
         return self.call_function(t.qualname, a, kw)
 

@@ -23,7 +23,18 @@ from torchgraft.ir.build import (
                                  Tanh,
 )
 from torchgraft.ir.build import Linear as LinearLayer
-from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, PrimCall
+from torchgraft.ir.graph import (
+                                 ChildCall,
+                                 FunctionCall,
+                                 GetAttr,
+                                 Graph,
+                                 Guard,
+                                 Input,
+                                 InputKind,
+                                 MethodCall,
+                                 Op,
+                                 PrimCall,
+)
 from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import (
                                  Block,
@@ -61,7 +72,8 @@ __all__ = [
     "GELU", "UNKNOWN", "ActKind", "Activation", "AdaptiveAvgPool2d", "BatchNorm", "BatchNorm1d", "BatchNorm2d",
     "Block", "Chain", "ChildCall", "ChildRef", "ClassRef", "Combine", "CombineKind", "Const", "Container", "Conv",
     "Conv1d", "Conv2d", "Dim", "Dropout", "DropoutOp", "Flatten", "FunctionCall", "GetAttr", "Graph", "GroupNorm",
-    "Helper", "Identity", "Input", "InputKind", "LayerNorm", "Linear", "LinearLayer", "MaxPool2d", "MethodCall",
+    "Guard", "Helper", "Identity", "Input", "InputKind", "LayerNorm", "Linear", "LinearLayer", "MaxPool2d",
+    "MethodCall",
     "Model", "Node", "Op", "Opaque", "Parallel", "PySource", "PrimCall", "Primitive", "ReLU", "Ref", "ScalarType",
     "Seq",
     "SiLU", "Sigmoid", "SkipConnection", "Slice", "Spelling", "StateSpec", "Tanh", "TensorType", "Training", "ByMode",

@@ -56,7 +56,23 @@ class PrimCall:
     prim: Primitive
 
 
-Target = Union[ChildCall, FunctionCall, MethodCall, GetAttr, PrimCall]
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """A run-time check of an assumption capture took from an example: the op's one argument
+    (a bool value) must be true, or the forward raises ``ValueError(message)``. Its value is None.
+
+    ``Op("guard", Guard("captured with mask=None; ..."), (Ref("mask_is_none"),))`` is written
+    ``if mask is not None: raise ValueError("captured with mask=None; ...")``.
+    """
+
+    message: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.message, str) or not self.message:
+            raise IRError("a Guard needs a non-empty message saying what was assumed and what to do")
+
+
+Target = Union[ChildCall, FunctionCall, MethodCall, GetAttr, PrimCall, Guard]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +90,8 @@ class Op:
             raise IRError(f"op name {self.name!r} must be an identifier")
         if isinstance(self.target, MethodCall) and not self.args:
             raise IRError(f"method call {self.target.name!r} in op {self.name!r} needs the object as first arg")
+        if isinstance(self.target, Guard) and (len(self.args) != 1 or self.kwargs):
+            raise IRError(f"guard {self.name!r} takes exactly one argument, the condition that must hold")
 
     def reads(self) -> list[str]:
         """Names of the values this op reads."""

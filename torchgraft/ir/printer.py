@@ -16,7 +16,18 @@ shown once, later ones as ``(same as 0)``.
 
 from __future__ import annotations
 
-from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, PrimCall
+from torchgraft.ir.graph import (
+    ChildCall,
+    FunctionCall,
+    GetAttr,
+    Graph,
+    Guard,
+    Input,
+    InputKind,
+    MethodCall,
+    Op,
+    PrimCall,
+)
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import (
     Block,
@@ -39,7 +50,7 @@ SHOWN_OPS = 10
 TYPE_COLUMN_MAX = 72
 _INFIX = {"add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//", "mod": "%", "matmul": "@",
           "pow": "**", "and_": "&", "or_": "|", "xor": "^", "eq": "==", "ne": "!=", "lt": "<", "le": "<=",
-          "gt": ">", "ge": ">="}
+          "gt": ">", "ge": ">=", "is_": "is", "is_not": "is not"}
 _PREFIXES = (("torch.nn.functional.", "F."), ("builtins.", ""))
 
 Row = tuple[str, str]
@@ -98,6 +109,8 @@ def format_op(op: Op) -> str:
         rhs = _prim_call(t.prim, args + kw)
     elif isinstance(t, FunctionCall):
         rhs = _function_call(t.qualname, args, kw)
+    elif isinstance(t, Guard):
+        return f"guard {args[0]}: {t.message}"
     else:
         rhs = _call_text(repr(t), args + kw)
     return f"{op.name} = {rhs}"

@@ -32,7 +32,18 @@ import torch
 
 from torchgraft.errors import IRError
 from torchgraft.ir.activations import ActKind, Spelling
-from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, PrimCall
+from torchgraft.ir.graph import (
+    ChildCall,
+    FunctionCall,
+    GetAttr,
+    Graph,
+    Guard,
+    Input,
+    InputKind,
+    MethodCall,
+    Op,
+    PrimCall,
+)
 from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import (
     Block,
@@ -61,7 +72,7 @@ CONSTANTS_FILE = "constants.safetensors"
 _CLASSES: tuple[type, ...] = (
     *PRIMITIVE_CLASSES, Chain, Parallel, SkipConnection, Combine, Block, Container, Opaque, ChildRef, ClassRef,
     PySource,
-    StateSpec, Graph, Op, Input, ChildCall, FunctionCall, MethodCall, GetAttr, PrimCall,
+    StateSpec, Graph, Op, Input, ChildCall, FunctionCall, MethodCall, GetAttr, PrimCall, Guard,
     Ref, Const, Seq, Slice, DictArg, Training, ByMode, TensorType, ScalarType, Model, Helper)
 NODE_TAGS: dict[str, type] = {c.__name__: c for c in _CLASSES}
 """Tag → IR class: the only classes the decoder constructs."""

@@ -11,7 +11,7 @@ import torch
 
 from torchgraft.errors import EmitError
 from torchgraft.ir.activations import Spelling, functional_params
-from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, MethodCall, Op, PrimCall
+from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Guard, MethodCall, Op, PrimCall
 from torchgraft.ir.primitives import Activation, Primitive
 from torchgraft.ir.values import Arg, ByMode, Const, DictArg, Ref, Seq, Slice, Training
 
@@ -20,7 +20,9 @@ BINARY = {"add": ("+", ADD), "sub": ("-", ADD), "mul": ("*", MUL), "truediv": ("
           "floordiv": ("//", MUL), "mod": ("%", MUL), "matmul": ("@", MUL), "pow": ("**", POW),
           "and_": ("&", BAND), "or_": ("|", BOR), "xor": ("^", BXOR), "lshift": ("<<", SHIFT),
           "rshift": (">>", SHIFT), "eq": ("==", CMP), "ne": ("!=", CMP), "lt": ("<", CMP),
-          "le": ("<=", CMP), "gt": (">", CMP), "ge": (">=", CMP)}
+          "le": ("<=", CMP), "gt": (">", CMP), "ge": (">=", CMP),
+          "is_": ("is", CMP), "is_not": ("is not", CMP)}
+NEGATED = {"eq": "ne", "ne": "eq", "lt": "ge", "ge": "lt", "gt": "le", "le": "gt", "is_": "is_not", "is_not": "is_"}
 UNARY_OPS = {"neg": "-", "pos": "+", "invert": "~", "not_": "not "}
 
 
@@ -164,6 +166,26 @@ def function_code(op: Op, ctx: ExprContext) -> Code:
         prefix = ns + "."
         ctx.imports.add(ns.split(".")[0])
     return Code(f"{prefix}{name}({_call_args(op, ctx)})")
+
+
+def guard_lines(op: Op, cond: Op | None, ctx: ExprContext) -> list[str]:
+    """``if <condition fails>:`` and ``raise ValueError(...)`` for a Guard op; ``cond`` is the op computing
+    its condition when that is a comparison used only here (written negated: ``if mask is not None:``)."""
+    assert isinstance(op.target, Guard)
+    if cond is not None and isinstance(cond.target, FunctionCall) and not cond.kwargs and len(cond.args) == 2:
+        name = cond.target.qualname.rpartition(".")[2]
+        flipped = Op(cond.name, FunctionCall(f"operator.{NEGATED[name]}"), cond.args)
+        test = function_code(flipped, ctx).text
+    else:
+        test = f"not {arg_code(op.args[0], ctx).wrap(UNARY)}"
+    return [f"if {test}:", f"    raise ValueError({op.target.message!r})"]
+
+
+def negatable(op: Op) -> bool:
+    """True for a comparison ``guard_lines`` can write negated (``a == b`` -> ``a != b``)."""
+    t = op.target
+    return (isinstance(t, FunctionCall) and t.qualname.startswith("operator.") and not op.kwargs
+            and len(op.args) == 2 and t.qualname.rpartition(".")[2] in NEGATED)
 
 
 def op_code(op: Op, ctx: ExprContext) -> Code:

@@ -11,10 +11,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from torchgraft.backends.torch.exprs import Code, ExprContext, arg_code, op_code
+from torchgraft.backends.torch.exprs import Code, ExprContext, arg_code, guard_lines, negatable, op_code
 from torchgraft.backends.torch.valnames import GENERIC, ValueNamer, chosen, hint, shape_source, specific
 from torchgraft.backends.torch.wrap import WIDTH, wrap
-from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, PrimCall
+from torchgraft.ir.effects import is_pure
+from torchgraft.ir.graph import (
+    ChildCall,
+    FunctionCall,
+    GetAttr,
+    Graph,
+    Guard,
+    Input,
+    InputKind,
+    MethodCall,
+    Op,
+    PrimCall,
+)
 from torchgraft.ir.types import UNKNOWN, ScalarType, TensorType, ValueType
 from torchgraft.ir.values import Const, Ref, refs_in
 
@@ -22,11 +34,6 @@ MAX_INLINE = 72
 MAX_DEPTH = 3
 MODULE_GLOBALS = frozenset({"self", "torch", "nn", "F", "Tensor", "math", "operator", "collections",
                             "OrderedDict", "Path", "typing"})
-_PURE_FUNCTIONS = frozenset({"builtins.getattr", "builtins.len", "builtins.int", "builtins.float", "builtins.bool",
-                             "builtins.tuple", "builtins.min", "builtins.max", "builtins.abs"})
-_IMPURE_OPERATORS = frozenset({"operator.setitem", "operator.delitem"})
-_PURE_METHODS = frozenset({"size", "dim", "numel", "view", "reshape", "permute", "transpose", "flatten",
-                           "contiguous", "unsqueeze", "squeeze", "expand", "t"})
 
 
 def annotation(t: ValueType) -> str:
@@ -60,16 +67,6 @@ def signature(inputs: tuple[Input, ...], names: dict[str, str], ctx: ExprContext
             defaulted = defaulted or inp.kind is InputKind.POSITIONAL
         parts.append(text)
     return ", ".join(parts)
-
-
-def is_pure(op: Op) -> bool:
-    """True for ops without side effects whose result may be dropped when unused."""
-    t = op.target
-    if isinstance(t, FunctionCall) and t.qualname.startswith("operator."):
-        name = t.qualname.split(".", 1)[1]
-        return t.qualname not in _IMPURE_OPERATORS and not (name.startswith("i") and name not in ("invert", "index"))
-    return (isinstance(t, GetAttr) or (isinstance(t, FunctionCall) and t.qualname in _PURE_FUNCTIONS)
-            or (isinstance(t, MethodCall) and t.name in _PURE_METHODS))
 
 
 def is_movable(op: Op, g_ops: dict[str, Op]) -> bool:
@@ -190,6 +187,8 @@ class _Writer:
         return (uses[0] == nxt or movable) and len(code.text) <= min(MAX_INLINE, self.width - 16) and deep_ok
 
     def _op(self, i: int, op: Op, width: int) -> list[str]:
+        if isinstance(op.target, Guard):
+            return self._guard(op)
         code = self._code(op)
         rank = shape_source(op, self.types)
         if rank is not None:
@@ -209,6 +208,16 @@ class _Writer:
         var = self._name(i, op, reads)
         self.ctx.values[op.name] = Code(var)
         return wrap(f"{var} = {code.text}", width)
+
+    def _guard(self, op: Op) -> list[str]:
+        """A guard's ``if``/``raise``; a comparison read only by it is written into the test, negated."""
+        src = op.args[0]
+        cond = self.ops.get(src.name) if isinstance(src, Ref) and src.name in self.pending else None
+        if cond is not None and not negatable(cond):
+            cond = None
+        lines = guard_lines(op, cond, self.ctx)
+        self._consume(op)
+        return lines
 
     def _code(self, op: Op) -> Code:
         child = self.special.optional.get(op.name)

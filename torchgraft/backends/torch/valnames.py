@@ -64,6 +64,8 @@ def chosen(op: Op) -> str | None:
         natural = [t.qualname.rsplit(".", 1)[-1]]
     elif isinstance(t, MethodCall):
         natural = [t.name]
+    elif not isinstance(t, PrimCall):
+        return None
     else:
         k = t.prim.kind if isinstance(t.prim, Activation) else None
         natural = [t.prim.op] + ([k.functional, k.method or "", k.torch_fn or ""] if k is not None else [])
