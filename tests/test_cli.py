@@ -55,7 +55,7 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     for command in ("inspect", "rewrite", "graph", "diff", "passes", "demo"):
         assert command in out
     code, out, _ = run(capsys, "rewrite", "--help")
-    assert code == 0 and "--pipeline" in out and "--check" in out
+    assert code == 0 and "--pipeline" in out and "--check" in out and "--probes" in out
 
 
 def test_inspect_table_and_report(capsys: pytest.CaptureFixture[str]) -> None:
@@ -103,6 +103,20 @@ def test_rewrite_check(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> No
     code, out, err = run(capsys, "rewrite", SPEC, "-p", "fuse-conv-bn", "-o", str(tmp_path / "c"), "--check",
                          "--modes", "eval,train")
     assert code == 1 and "train" in out  # a fused model is an inference model
+
+
+def test_rewrite_check_probes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run(capsys, "rewrite", SPEC, "-o", str(tmp_path / "a"), "--check")
+    assert code == 0, err
+    assert "check: ok (probes: 2 skipped)" in out and "probes:" in out
+    for line in ("batch=1", "batch=5", "repeat=3", "length    -         -         skipped"):
+        assert line in out, line
+    code, out, err = run(capsys, "rewrite", SPEC, "-o", str(tmp_path / "b"), "--check", "--probes", "example")
+    assert code == 0, err
+    assert "check: ok\n" in out and "probes:" not in out and "batch=1" not in out
+    code, out, err = run(capsys, "rewrite", SPEC, "-o", str(tmp_path / "c"), "--check", "--probes", "batch,bogus")
+    assert_one_line_error(code, out, err, "--probes 'batch,bogus'", "example, batch, length, padding, repeat")
+    assert not (tmp_path / "c").exists()  # refused before the capture
 
 
 def test_graph_dot_and_mermaid(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

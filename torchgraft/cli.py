@@ -12,7 +12,8 @@
 A SPEC names a model (see ``torchgraft.specs``): ``package.module:callable``,
 ``torchvision:NAME``, ``timm:NAME`` or a folder torchgraft emitted. Errors print one
 line, ``torchgraft: error: ...``, naming the problem and the fix, and exit with status
-2 (1 when ``rewrite --check`` finds outputs that differ); ``--debug`` shows the traceback.
+2 (1 when ``rewrite --check`` finds outputs that differ, on the example inputs or on a
+probe beyond them: see ``--probes``); ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -105,9 +106,15 @@ def _rewrite_parser(sub: Any) -> None:
                    "(default: none, the model is emitted as is)")
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="folder to write model.py and weights to")
     p.add_argument("--check", action="store_true",
-                   help="compare the emitted model with the original on the example inputs")
+                   help="compare the emitted model with the original on the example inputs and beyond them: "
+                        "batch 1 and batch+1, token inputs 3 longer, right/left-padded masks, three calls in a "
+                        "row; a probe the original cannot run is skipped, one the emitted model refuses with a "
+                        "ValueError (a run-time guard) is listed without failing")
     p.add_argument("--modes", default="eval", help="modes --check runs, comma-separated: eval, train "
                    "(default: eval; fuse-conv-bn and remove-dropout make inference models)")
+    p.add_argument("--probes", default="all", metavar="LIST",
+                   help="what --check runs, comma-separated: example, batch, length, padding, repeat "
+                        "(default: all; 'example' compares on the example inputs only)")
 
 
 def _graph_parser(sub: Any) -> None:
@@ -214,7 +221,7 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
     from torchgraft.passes import parse_pipeline
 
     passes = parse_pipeline(args.pipeline)  # fail on a bad pipeline before the slow capture
-    modes = _modes(args.modes)
+    modes, probes = _modes(args.modes), _probes(args.probes)
     loaded = _load(args)
     result = _run_pipeline(_capture(loaded), passes)
     if result.reports:
@@ -222,7 +229,7 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
     _save(result.model, loaded, Path(args.out))
     if not args.check:
         return 0
-    return _check(loaded, Path(args.out), passes, modes)
+    return _check(loaded, Path(args.out), passes, modes, probes)
 
 
 def _modes(text: str) -> tuple[str, ...]:
@@ -231,6 +238,16 @@ def _modes(text: str) -> tuple[str, ...]:
     if bad or not modes:
         raise UsageError(f"--modes {text!r}: use eval, train or eval,train")
     return modes
+
+
+def _probes(text: str) -> tuple[str, ...]:
+    from torchgraft.probes import PROBE_KINDS, probe_kinds
+
+    try:
+        return probe_kinds(text)
+    except ValueError:
+        kinds = ", ".join(PROBE_KINDS)
+        raise UsageError(f"--probes {text!r}: use all, or any of {kinds} separated by commas") from None
 
 
 def _save(model: Any, loaded: Any, out: Path) -> None:
@@ -249,14 +266,14 @@ def _save(model: Any, loaded: Any, out: Path) -> None:
         print(f"  {out} is itself a SPEC now: torchgraft inspect {out}")
 
 
-def _check(loaded: Any, out: Path, passes: list[Any], modes: tuple[str, ...]) -> int:
+def _check(loaded: Any, out: Path, passes: list[Any], modes: tuple[str, ...], probes: tuple[str, ...]) -> int:
     from torchgraft.check import check
     from torchgraft.progress import step
     from torchgraft.specs import load_spec
 
     with step("checking"):
         emitted = load_spec(str(out)).module
-        report = check(loaded.module, emitted, loaded.args, loaded.kwargs, modes=modes)
+        report = check(loaded.module, emitted, loaded.args, loaded.kwargs, modes=modes, probes=probes)
     print(report)
     changing = [p.name for p in passes if not type(p).keeps_semantics]
     if changing:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -13,14 +13,17 @@ from torch import nn
 
 from torchgraft.errors import CaptureError
 from torchgraft.frontends.concrete import concrete_trace, export_flags
+from torchgraft.frontends.examples import Example, normalise, validate
 from torchgraft.frontends.fx_block import ModeRead, TraceError, merge_training, trace_graph
 from torchgraft.frontends.fx_session import session
+from torchgraft.frontends.guards import guards_of, size_sites
 from torchgraft.frontends.hooks import refuse_hooks
 from torchgraft.frontends.interpret import Interpreter, typed_block
 from torchgraft.frontends.leaf import recover_ctor, to_primitive, torch_layer_name
 from torchgraft.frontends.meta_replay import MetaReplay, replay_device, to_meta
 from torchgraft.frontends.report import CaptureReport
 from torchgraft.frontends.source_copy import copy_forward
+from torchgraft.frontends.state import assigned_attributes, restore_state, updated_buffers
 from torchgraft.ir.graph import Graph
 from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import Block, Chain, ClassRef, Container, Node, Opaque, StateSpec
@@ -37,9 +40,11 @@ class _Ctx:
     ties: list[tuple[str, str]] = field(default_factory=list)
     constants: dict[str, torch.Tensor] = field(default_factory=dict)
     untraced: dict[str, tuple[nn.Module, tuple[tuple[str, Node], ...], str]] = field(default_factory=dict)
-    inputs: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=dict)
+    inputs: dict[str, Example] = field(default_factory=dict)  # the first call each module received
+    all_inputs: dict[str, list[Example]] = field(default_factory=dict)  # every call, over all examples
     report: CaptureReport = field(default_factory=CaptureReport)
     reads_training: set[type] = field(default_factory=set)  # classes whose forward reads self.training
+    source_first: set[str] = field(default_factory=set)  # paths only a copied source keeps faithfully
 
 
 def _class_ref(mod: nn.Module) -> ClassRef:
@@ -97,10 +102,20 @@ def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
         if isinstance(mod, base) and type(mod).forward is nn.Module.forward and type(mod) is base:
             ctx.report.add(path, "container")
             return Container(base.__name__, kids)
-    nones, given = _none_args(mod, ctx.inputs.get(path))
+    nones, given = _none_args(mod, ctx.all_inputs.get(path, []))
     try:
+        assigned = assigned_attributes(mod)
+        if assigned:
+            raise SourceFirst(f"its forward assigns self.{', self.'.join(assigned)}: state kept in Python "
+                              "attributes, which a trace would bake in")
+        updated = updated_buffers(mod)
+        if updated:
+            raise TraceError(f"its forward updates self.{', self.'.join(updated)} in place, which torch.fx "
+                             "would run on the real tensors and leave out")
         body, train_body, consts = _trace_modes(mod, ctx, nones, given, path)
     except TraceError as e:
+        if isinstance(e, SourceFirst):
+            ctx.source_first.add(path)
         ctx.untraced[path] = (mod, kids, str(e))
         return _opaque(mod, path, str(e), ctx)
     ctx.report.add(path, "fx")
@@ -109,6 +124,10 @@ def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
         ctx.constants[join(path, name)] = value
     state += tuple(StateSpec(n, tuple(v.shape), _dtype(v), False, False, False) for n, v in consts.items())
     return Block(_class_ref(mod), kids, body, state, train_body, method="fx")
+
+
+class SourceFirst(TraceError):
+    """A forward only its copied source can keep faithfully (it updates Python attributes)."""
 
 
 def _trace_modes(mod: nn.Module, ctx: _Ctx, nones: tuple[str, ...], given: tuple[str, ...], path: str
@@ -127,21 +146,20 @@ def _trace_modes(mod: nn.Module, ctx: _Ctx, nones: tuple[str, ...], given: tuple
     return body, train_body, {**consts, **consts2}
 
 
-def _none_args(mod: nn.Module, seen: tuple[tuple[Any, ...], dict[str, Any]] | None
-               ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(none, given): forward parameters that default to None and were None in the recorded call,
-    and those that were given."""
-    if seen is None:
+def _none_args(mod: nn.Module, seen: list[Example]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(none, given): forward parameters that default to None and were None in every recorded call,
+    and those that were given in every one (an argument that was both is neither)."""
+    if not seen:
         return (), ()
     sig = inspect.signature(type(mod).forward)
     try:
-        bound = sig.bind(mod, *seen[0], **seen[1])
+        bound = [sig.bind(mod, *a, **kw).arguments for a, kw in seen]
     except TypeError:
         return (), ()
     optional = [n for n, p in list(sig.parameters.items())[1:]
                 if p.default is None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    return (tuple(n for n in optional if bound.arguments.get(n) is None),
-            tuple(n for n in optional if bound.arguments.get(n) is not None))
+    return (tuple(n for n in optional if all(b.get(n) is None for b in bound)),
+            tuple(n for n in optional if all(b.get(n) is not None for b in bound)))
 
 
 def _optional_arg_paths(model: nn.Module) -> list[str]:
@@ -165,25 +183,25 @@ def _meta_flags(args: tuple[Any, ...], kwargs: dict[str, Any]) -> contextlib.Abs
     return export_flags() if on_meta else contextlib.nullcontext()
 
 
-def _record_inputs(model: nn.Module, paths: list[str], args: tuple[Any, ...], kwargs: dict[str, Any]
-                   ) -> dict[str, tuple[tuple[Any, ...], dict[str, Any]]]:
-    """The (args, kwargs) each listed module receives first in one eager run."""
-    seen: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+def _record_inputs(model: nn.Module, paths: list[str], calls: list[Example], ctx: _Ctx) -> None:
+    """Record the (args, kwargs) each listed module receives in one eager run per example: the first
+    call traces it (``ctx.inputs``), all of them decide which optional arguments are always None."""
     handles = []
     for path in paths:
         mod = model.get_submodule(path) if path else model
 
         def hook(m: nn.Module, a: tuple[Any, ...], kw: dict[str, Any], path: str = path) -> None:
-            seen.setdefault(path, (a, dict(kw)))
+            ctx.inputs.setdefault(path, (a, dict(kw)))
+            ctx.all_inputs.setdefault(path, []).append((a, dict(kw)))
 
         handles.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
     try:
-        with torch.no_grad(), _restore_buffers(model), export_flags():  # the paths the traces will take
-            _eager_types(model, args, kwargs, {})
+        for args, kwargs in calls:
+            with torch.no_grad(), restore_state(model), export_flags():  # the paths the traces will take
+                _eager_types(model, args, kwargs, {})
     finally:
         for h in handles:
             h.remove()
-    return seen
 
 
 def _trace_fallbacks(model: nn.Module, root: Node, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -213,39 +231,48 @@ def _trace_fallbacks(model: nn.Module, root: Node, args: tuple[Any, ...], kwargs
 
 def _fallback(model: nn.Module, mod: nn.Module, path: str, fx_reason: str, ctx: _Ctx
               ) -> tuple[str, Node | None, Node | None, str]:
-    """(method, body, train_body, note): the concrete trace, else the copied source, else nothing."""
+    """(method, body, train_body, note): the concrete trace, else the copied source, else nothing.
+
+    The copied source comes first for a forward that keeps state in Python attributes, and replaces
+    a trace that branched on sizes in the module's own code (so every branch is kept, not guarded)."""
     reason = f"{fx_reason}; it never ran on the example inputs, so it was not traced"
     seen = ctx.inputs.get(path)
-    if seen is not None:
+    if seen is not None and path not in ctx.source_first:
         try:
-            with _restore_buffers(model):
+            with restore_state(model):
                 train = concrete_trace(mod, True, *seen, where=path)
                 evaluation = concrete_trace(mod, False, *seen, where=path)
             body, train_body = merge_training(train, evaluation)
+            own = _own_branches(mod, body, train_body)
+            if not own:
+                return "trace", body, train_body, ""
+            with contextlib.suppress(TraceError):
+                note = f"its forward branches on sizes ({', '.join(own)}); its source was copied to keep every branch"
+                return "source", copy_forward(mod, ctx.helpers), None, note
             return "trace", body, train_body, ""
         except TraceError as e:
             reason = f"{fx_reason}; the fallback trace failed too: {e}"
+    elif path in ctx.source_first:
+        reason = fx_reason
     try:
         return "source", copy_forward(mod, ctx.helpers), None, f"{reason}; its forward source was copied"
     except TraceError as e:
         return "opaque", None, None, f"{reason}; copying its source failed: {e}"
 
 
+def _own_branches(mod: nn.Module, *bodies: Graph | None) -> list[str]:
+    """Sites of size guards that lie in ``mod``'s own forward (not in a library function it calls)."""
+    try:
+        own_file = inspect.getsourcefile(type(mod).forward) or "?"
+    except TypeError:
+        return []
+    sites = [s for b in bodies if b is not None for s in size_sites(b.ops)]
+    return [s for s in dict.fromkeys(sites) if s.rpartition(":")[0] == own_file]
+
+
 def _nonpersistent(mod: nn.Module) -> dict[str, torch.Tensor]:
     return {n: b.detach().clone() for n, b in mod._buffers.items()
             if b is not None and n in mod._non_persistent_buffers_set}
-
-
-@contextlib.contextmanager
-def _restore_buffers(model: nn.Module) -> Iterator[None]:
-    """Put every buffer back afterwards, so a capture in train mode changes no BN statistics."""
-    saved = [(b, b.detach().clone()) for b in model.buffers() if b.device.type != "meta"]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, v in saved:
-                b.copy_(v)
 
 
 def _eager_types(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -278,34 +305,44 @@ def _eager_types(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     return out, types
 
 
-def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str, Any] | None = None) -> Model:
+def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str, Any] | None = None, *,
+            examples: Sequence[tuple[Any, dict[str, Any] | None]] | None = None) -> Model:
     """Capture ``model`` into a typed, hierarchical ``ir.Model``.
 
-    ``args``/``kwargs`` are example inputs; the model is run once on them to infer types.
-    The model is not changed (buffers updated by a train-mode run are put back).
+    ``args``/``kwargs`` are an example call; ``examples`` adds more ``(args, kwargs)`` pairs (or gives
+    them all). Whatever the trace decides from the first call's values (an argument that was None,
+    a branch on a size) becomes a guard: a run-time ``ValueError`` in the emitted forward, listed in
+    ``model.report.guards``. Every further example is replayed through the captured IR and must
+    match the original, or capture raises ``CaptureError`` naming the example.
+    The model is not changed (buffers and plain attributes a run updates are put back).
 
     >>> m = capture(torchvision.models.resnet18(), (torch.randn(2, 3, 224, 224),))  # doctest: +SKIP
     """
     if not isinstance(model, nn.Module):
         raise CaptureError(f"capture() needs an nn.Module, got {type(model).__name__}")
     refuse_hooks(model)  # forward hooks would be dropped silently: refuse them loudly
-    args = args if isinstance(args, tuple) else (args,)
-    kwargs = dict(kwargs or {})
+    calls = normalise(args, kwargs, examples)
+    args, kwargs = calls[0]
     first = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)), None)
     symbols = {int(first.shape[0]): "N"} if first is not None and first.dim() > 0 else {}
     ctx = _Ctx()
     optional = _optional_arg_paths(model)  # one eager run only when some module needs its inputs
-    ctx.inputs = _record_inputs(model, optional, args, kwargs) if optional else {}
+    if optional:
+        _record_inputs(model, optional, calls, ctx)
     with session():  # nn.Module patched once for every block's fx trace
         root = build_node(model, "", ctx)
     if ctx.untraced:
         missing = [p for p in ctx.untraced if p not in ctx.inputs]
         if missing:
-            ctx.inputs.update(_record_inputs(model, missing, args, kwargs))
+            _record_inputs(model, missing, calls, ctx)
         root = _trace_fallbacks(model, root, args, kwargs, ctx)
     out_type, mod_types, op_types = _types(root, model, args, kwargs, ctx, symbols)
     root = map_tree(root, lambda p, n: typed_block(n, op_types, p) if isinstance(n, Block) else n)
     inputs = root.body.inputs if isinstance(root, Block) and isinstance(root.body, Graph) else ()
+    if len(calls) > 1:
+        validate(model, calls, lambda a, kw: Interpreter(ctx.helper_fns, symbols, ctx.constants).run_node(
+            root, model, "", a, kw), lambda: restore_state(model))
+    ctx.report.guards = guards_of(root)
     state = model.state_dict()
     ties = list(ctx.ties) + _param_ties(model, ctx.ties)
     ctx.report.account(state, ties)
@@ -334,7 +371,7 @@ def _types(root: Node, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str
         else:
             ctx.report.typing = "meta"
             return type_of(out, symbols, device), meta.module_types, meta.types
-    with torch.no_grad(), _restore_buffers(model), _meta_flags(args, kwargs):
+    with torch.no_grad(), restore_state(model), _meta_flags(args, kwargs):
         try:
             interp = Interpreter(ctx.helper_fns, symbols, ctx.constants)
             out = interp.run_node(root, model, "", args, kwargs)

@@ -55,6 +55,10 @@ class _OwnCodeTracer(SessionTracer):
     fx's default wraps every function of ``math`` at each trace (so ``math.sqrt(x.size(-1))``
     traces), which is most of the cost of tracing a small forward; ``math_autowrap=False``
     skips it, and ``trace_graph`` retries with it when a math call meets a Proxy.
+
+    fx reads buffers as real tensors, so ``self.mean.mul_(0.9)`` would run on the user's model
+    during the trace and be missing from the graph: capture sends forwards that update a buffer
+    in place to the fallback trace instead (``frontends.state.updated_buffers``).
     """
 
     def __init__(self, root: nn.Module, math_autowrap: bool = True) -> None:
@@ -136,13 +140,13 @@ def to_graph(gm_graph: fx.Graph, mod: nn.Module, helpers: dict[str, Helper], fns
     placeholders = [n.name for n in gm_graph.nodes if n.op == "placeholder"]
     ren = {ph: inp.name for ph, inp in zip(placeholders, inputs) if ph != inp.name}
     label = where_text(where, type(mod).__name__)
-    for arg in given:
-        ops += none_guard(f"{arg}_guard", arg, label, was_none=False)
+    for name in given:
+        ops += none_guard(f"{name}_guard", name, label, was_none=False)
     for node in gm_graph.nodes:
         if node.target is _assert_is_none:
-            arg = rename_refs(_arg(node.args[0], mod), ren)
-            if isinstance(arg, Ref):
-                ops += none_guard(node.name, arg.name, label, was_none=True)
+            checked = rename_refs(_arg(node.args[0], mod), ren)
+            if isinstance(checked, Ref):
+                ops += none_guard(node.name, checked.name, label, was_none=True)
             continue
         if node.op == "placeholder":
             continue

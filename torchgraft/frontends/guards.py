@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from torchgraft.ir.graph import FunctionCall, Guard, Op
+from torchgraft.ir.graph import FunctionCall, Graph, Guard, Op
+from torchgraft.ir.nodes import Block, Node
+from torchgraft.ir.traverse import walk
 from torchgraft.ir.values import Arg, Const, Ref
 
 HOW = "capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
@@ -27,9 +29,10 @@ def where_text(where: str, cls: str) -> str:
     return f"{where or '<root>'} ({cls})"
 
 
-def _pair(name: str, compare: str, left: Arg, right: Arg, message: str) -> list[Op]:
+def _pair(name: str, compare: str, left: Arg, right: Arg, message: str, kind: str = "argument",
+          site: str = "") -> list[Op]:
     cond = Op(f"{name}_ok", FunctionCall(f"operator.{compare}"), (left, right))
-    return [cond, Op(name, Guard(message), (Ref(cond.name),))]
+    return [cond, Op(name, Guard(message, kind, site), (Ref(cond.name),))]
 
 
 def none_guard(name: str, arg: str, where: str, was_none: bool) -> list[Op]:
@@ -48,6 +51,17 @@ def value_guard(name: str, arg: str, value: Any, where: str) -> list[Op]:
     return _pair(name, compare, Ref(arg), Const(value), msg)
 
 
+def _short(site: str) -> str:
+    """``transformers/masking_utils.py:229`` for a site under site-packages; the path as given otherwise."""
+    marker = "site-packages/"
+    return site.split(marker, 1)[1] if marker in site else site
+
+
+def size_sites(ops: tuple[Op, ...]) -> list[str]:
+    """The source sites (``file.py:123``) of the size guards among ``ops``."""
+    return [op.target.site for op in ops if isinstance(op.target, Guard) and op.target.kind == "size"]
+
+
 _SYMBOL = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 _FLIP = {"lt": "ge", "le": "gt", "gt": "le", "ge": "lt", "eq": "ne", "ne": "eq"}
 
@@ -56,9 +70,20 @@ def size_guard(name: str, compare: str, left: Arg, right: Arg, held: bool, where
     """Ops checking that a comparison of sizes comes out as it did in the example (``compare`` is
     ``lt``/``le``/``gt``/``ge``/``eq``/``ne``; when it was false, its negation is what is checked)."""
     kept = compare if held else _FLIP[compare]
-    msg = (f"{where} was captured where a size comparison ({_SYMBOL[compare]}) at {site} was {held}; "
+    msg = (f"{where} was captured where a size comparison ({_SYMBOL[compare]}) at {_short(site)} was {held}; "
            f"inputs for which it is {not held} take another branch; {HOW}")
-    return _pair(name, kept, left, right, msg)
+    return _pair(name, kept, left, right, msg, "size", site)
 
 
-__all__ = ["HOW", "none_guard", "size_guard", "value_guard", "where_text"]
+def guards_of(root: Node, path: str = "") -> list[tuple[str, str, str]]:
+    """Every guard in the model as (module path, kind, message), in module order."""
+    out: list[tuple[str, str, str]] = []
+    for p, node in walk(root, path):
+        if isinstance(node, Block):
+            for body in (node.body, node.train_body):
+                if isinstance(body, Graph):
+                    out += [(p, op.target.kind, op.target.message) for op in body.ops if isinstance(op.target, Guard)]
+    return list(dict.fromkeys(out))
+
+
+__all__ = ["HOW", "guards_of", "none_guard", "size_guard", "size_sites", "value_guard", "where_text"]

@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+MAX_GUARDS = 8
+"""Guards the summary shows; ``report.guards`` has them all."""
+
 
 @dataclass
 class CaptureReport:
@@ -26,6 +29,10 @@ class CaptureReport:
     typing: str = "eager"
     """How the types were inferred: ``meta`` (IR replayed on meta tensors, nothing computed) or
     ``eager`` (replayed against the real modules, for models that need real values)."""
+
+    guards: list[tuple[str, str, str]] = field(default_factory=list)
+    """(module path, kind, message) of every run-time check the emitted forward makes: the
+    assumptions the traces took from the example (an argument that was None, a branch on a size)."""
 
     def add(self, path: str, method: str, reason: str = "") -> None:
         """Record how the module at ``path`` was captured."""
@@ -54,6 +61,10 @@ class CaptureReport:
         lines = ["capture: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
                  f"state_dict entries: {self.state_keys}, tied: {len(self.tied)}",
                  f"types inferred by: {'meta replay (nothing computed)' if self.typing == 'meta' else 'eager replay'}"]
+        lines.append(f"guards (run-time checks of what the example decided): {len(self.guards)}")
+        lines += [f"  guard {p or '<root>'} [{k}]: {m}" for p, k, m in self.guards[:MAX_GUARDS]]
+        if len(self.guards) > MAX_GUARDS:
+            lines.append(f"  ... {len(self.guards) - MAX_GUARDS} more in report.guards")
         lines += [f"  opaque {p or '<root>'}: {r}" for p, r in self.opaque.items()]
         lines += [f"  source copied {p or '<root>'}: {r}" for p, r in self.copied.items()]
         return "\n".join(lines)

@@ -56,6 +56,9 @@ class PrimCall:
     prim: Primitive
 
 
+GUARD_KINDS = ("argument", "size")
+
+
 @dataclass(frozen=True, slots=True)
 class Guard:
     """A run-time check of an assumption capture took from an example: the op's one argument
@@ -66,10 +69,17 @@ class Guard:
     """
 
     message: str
+    kind: str = "argument"
+    """What was assumed: ``argument`` (None-ness or value of an argument) or ``size`` (a comparison
+    of sizes: a branch the example took)."""
+    site: str = ""
+    """Where in the model's source the assumption was made (``file.py:123``), when known."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.message, str) or not self.message:
             raise IRError("a Guard needs a non-empty message saying what was assumed and what to do")
+        if self.kind not in GUARD_KINDS:
+            raise IRError(f"Guard kind {self.kind!r} is not one of {GUARD_KINDS}")
 
 
 Target = Union[ChildCall, FunctionCall, MethodCall, GetAttr, PrimCall, Guard]
