@@ -6,7 +6,8 @@
 - surgery: ``swap-activation{from=relu to=silu},fuse-conv-bn`` emitted and reloaded matches an
   independent reference (the original with every relu spelling patched to silu, built
   without torchgraft) within 1e-4 x max|output|; no relu is left in the source; no more
-  BatchNorm remains than after torch.fx's ``fuse()``.
+  BatchNorm remains than after torch.fx's ``fuse()``;
+- the emitted model.py defines every name it uses and leaves no variable unused (ruff F821/F841).
 
 Weights go to a temporary folder removed after each model (vit_h_14 alone is 2.5 GB).
 """
@@ -25,7 +26,7 @@ import torch
 import torch.fx.experimental.optimization
 import torch.nn.functional as F
 from torch import nn
-from zoo import import_torchvision, input_size, run_fresh_many
+from zoo import assert_names_defined, import_torchvision, input_size, run_fresh_many
 
 import torchgraft
 from torchgraft.ir.verify import verify
@@ -96,6 +97,7 @@ def _check_model(name: str, tmp_path: Path) -> None:
     assert "getattr(self" not in code.source
     plain, rewritten = tmp_path / "plain", tmp_path / "rewritten"
     code.save(plain)
+    assert_names_defined(plain / "model.py")
 
     result = torchgraft.passes.run(ir_model, PIPELINE)
     new_code = torchgraft.emit(result.model)

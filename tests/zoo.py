@@ -81,3 +81,13 @@ def run_fresh_many(jobs: dict[Path, dict[str, torch.Tensor]]) -> dict[Path, dict
 def run_fresh(folder: Path, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``run_fresh_many`` for one folder."""
     return run_fresh_many({folder: inputs})[folder]
+
+
+def assert_names_defined(model_py: Any) -> None:
+    """``ruff check --select F821,F841`` on an emitted model.py: no undefined name, no unused variable."""
+    ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.exists():
+        return
+    proc = subprocess.run([str(ruff), "check", "--no-cache", "--isolated", "--select", "F821,F841", str(model_py)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:]

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from zoo import import_torchvision
+from zoo import assert_names_defined, import_torchvision
 
 import torchgraft
 
@@ -116,6 +116,7 @@ def test_transformers_round_trip(name: str, tmp_path: Path) -> None:
     code = torchgraft.emit(ir_model)
     assert _imports(code.source) <= {"torch", "safetensors"} | STDLIB, _imports(code.source)
     code.save(tmp_path)
+    assert_names_defined(tmp_path / "model.py")
 
     outs = _run_emitted(tmp_path, inputs, extra, model.state_dict())
     assert set(outs) == set(refs)
