@@ -189,3 +189,11 @@ def test_examples_that_need_another_path_fail_loudly() -> None:
 def test_examples_must_be_pairs() -> None:
     with pytest.raises(torchgraft.CaptureError, match=r"examples\[0\]"):
         torchgraft.capture(nn.Linear(2, 2), examples=[torch.randn(1, 2)])
+
+
+def test_extra_keyword_arguments_are_refused_not_ignored() -> None:
+    model = _tiny("bert")
+    ids = torch.randint(1, 99, (2, 7))
+    _, emitted = _emitted(model, ids, attention_mask=_masks(2, 7))
+    with pytest.raises(ValueError, match="keyword arguments"):
+        emitted(ids, attention_mask=_masks(2, 7), output_attentions=True)

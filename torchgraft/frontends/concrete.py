@@ -28,7 +28,7 @@ from torch.overrides import TorchFunctionMode
 
 from torchgraft.frontends.canon import canonical_target
 from torchgraft.frontends.fx_block import TraceError, input_kind
-from torchgraft.frontends.guards import none_guard, size_guard, value_guard, where_text
+from torchgraft.frontends.guards import count_guard, none_guard, size_guard, value_guard, where_text
 from torchgraft.frontends.symsize import _RECORDER, SymInt, SymSize
 from torchgraft.ir.functions import qualname_of
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, Target
@@ -298,6 +298,9 @@ def _inputs(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], rec: 
                 rec.ops += none_guard(rec.fresh(f"{pname}_guard"), pname, rec.where, was_none=False)
         elif kind in (InputKind.VAR_POSITIONAL, InputKind.VAR_KEYWORD):
             out.append(Input(pname, kind=kind))
+            items = value.items() if isinstance(value, dict) else enumerate(value if value is not P.empty else ())
+            rec.ops += count_guard(rec.fresh(f"{pname}_guard"), pname, len(list(items)), rec.where,
+                                   kind is InputKind.VAR_KEYWORD)
             items = value.items() if isinstance(value, dict) else enumerate(value if value is not P.empty else ())
             for key, x in items:  # tensors passed through *args/**kwargs are read back by index/key
                 if isinstance(x, torch.Tensor):

@@ -62,6 +62,17 @@ def size_sites(ops: tuple[Op, ...]) -> list[str]:
     return [op.target.site for op in ops if isinstance(op.target, Guard) and op.target.kind == "size"]
 
 
+def count_guard(name: str, arg: str, count: int, where: str, keyword: bool) -> list[Op]:
+    """Ops checking that ``*args``/``**kwargs`` hold as many items as in the example: an extra one
+    (``output_attentions=True`` through ``**kwargs``) would be accepted and ignored."""
+    what = "keyword arguments" if keyword else "extra positional arguments"
+    msg = (f"{where} was captured with {count} {what} in **{arg}" if keyword else
+           f"{where} was captured with {count} {what} in *{arg}")
+    msg += f"; others would be ignored; {HOW}"
+    size = Op(f"{name}_len", FunctionCall("builtins.len"), (Ref(arg),))
+    return [size, *_pair(name, "eq", Ref(size.name), Const(count), msg)]
+
+
 _SYMBOL = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 _FLIP = {"lt": "ge", "le": "gt", "gt": "le", "ge": "lt", "eq": "ne", "ne": "eq"}
 
@@ -86,4 +97,4 @@ def guards_of(root: Node, path: str = "") -> list[tuple[str, str, str]]:
     return list(dict.fromkeys(out))
 
 
-__all__ = ["HOW", "guards_of", "none_guard", "size_guard", "size_sites", "value_guard", "where_text"]
+__all__ = ["HOW", "count_guard", "guards_of", "none_guard", "size_guard", "size_sites", "value_guard", "where_text"]
