@@ -83,8 +83,10 @@ def test_an_argument_the_example_left_out_is_refused_not_ignored() -> None:
     assert any("attention_mask=None" in m for _, _, m in captured.report.guards)
     with torch.no_grad():
         torch.testing.assert_close(_main(emitted(ids)), _main(model(ids)), **TOL)
-        with pytest.raises(ValueError, match="attention_mask=None"):
+        with pytest.raises(TypeError, match="attention_mask"):  # not in the signature: no example passed it
             emitted(ids, attention_mask=_masks(2, 7))
+        with pytest.raises(TypeError, match="token_type_ids"):
+            emitted(ids, token_type_ids=torch.zeros_like(ids))
 
 
 class _Half(nn.Module):
@@ -195,5 +197,7 @@ def test_extra_keyword_arguments_are_refused_not_ignored() -> None:
     model = _tiny("bert")
     ids = torch.randint(1, 99, (2, 7))
     _, emitted = _emitted(model, ids, attention_mask=_masks(2, 7))
-    with pytest.raises(ValueError, match="keyword arguments"):
+    with pytest.raises(TypeError, match="output_attentions"):  # the root takes no **kwargs: none was given
         emitted(ids, attention_mask=_masks(2, 7), output_attentions=True)
+    inner = torchgraft.emit(torchgraft.capture(model, (ids,), {"attention_mask": _masks(2, 7)})).source
+    assert "if len(kwargs) != " in inner  # inner blocks, called by their parents, guard their **kwargs

@@ -22,6 +22,7 @@ from torchgraft.frontends.interpret import Interpreter, typed_block
 from torchgraft.frontends.leaf import recover_ctor, to_primitive, torch_layer_name
 from torchgraft.frontends.meta_replay import MetaReplay, replay_device, to_meta
 from torchgraft.frontends.report import CaptureReport
+from torchgraft.frontends.signature import honest_root
 from torchgraft.frontends.source_copy import copy_forward
 from torchgraft.frontends.state import assigned_attributes, restore_state, updated_buffers
 from torchgraft.ir.graph import Graph
@@ -338,6 +339,7 @@ def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str
         root = _trace_fallbacks(model, root, args, kwargs, ctx)
     out_type, mod_types, op_types = _types(root, model, args, kwargs, ctx, symbols)
     root = map_tree(root, lambda p, n: typed_block(n, op_types, p) if isinstance(n, Block) else n)
+    root = honest_root(root) if isinstance(root, Block) else root
     inputs = root.body.inputs if isinstance(root, Block) and isinstance(root.body, Graph) else ()
     if len(calls) > 1:
         validate(model, calls, lambda a, kw: Interpreter(ctx.helper_fns, symbols, ctx.constants).run_node(
@@ -349,6 +351,7 @@ def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str
     return Model(type(model).__name__ if type(model).__name__.isidentifier() else "Model", root, inputs,
                  out_type, tuple(sorted(mod_types.items())), tuple(ties),
                  tuple(ctx.helpers[k] for k in sorted(ctx.helpers)),
+                 frozen=tuple(n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad),
                  weights={k: v.detach() for k, v in state.items()}, report=ctx.report,
                  constants=dict(ctx.constants))
 

@@ -15,7 +15,7 @@ from torch.fx._symbolic_trace import _assert_is_none
 from torchgraft.frontends.canon import canonical_target
 from torchgraft.frontends.fx_session import SessionTracer
 from torchgraft.frontends.guards import none_guard, where_text
-from torchgraft.frontends.helpers import HelperError, collect
+from torchgraft.frontends.helpers import HelperError, collect, unpatched
 from torchgraft.ir.functions import qualname_of
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, Target
 from torchgraft.ir.model import Helper
@@ -143,7 +143,7 @@ def to_graph(gm_graph: fx.Graph, mod: nn.Module, helpers: dict[str, Helper], fns
     for name in given:
         ops += none_guard(f"{name}_guard", name, label, was_none=False)
     for node in gm_graph.nodes:
-        if node.target is _assert_is_none:
+        if unpatched(node.target) is _assert_is_none:  # inside a session fx's functions are wrapped
             checked = rename_refs(_arg(node.args[0], mod), ren)
             if isinstance(checked, Ref):
                 ops += none_guard(node.name, checked.name, label, was_none=True)

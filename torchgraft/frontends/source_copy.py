@@ -5,7 +5,12 @@ would bake one branch in. Copying the method keeps both: ``forward`` and the met
 it calls on ``self`` are copied (decorators dropped), the plain attributes it reads
 (``self.scale``) become constructor-time constants, and the globals it uses resolve
 like helper functions (torch imports, constants, further copied functions). Anything
-else (``super()``, closures, objects that are not constants) is refused with a reason.
+else (``super()``, closures, objects that are not constants) is refused with a reason,
+and a refused copy adds nothing to the helper table.
+
+Constants are written as plain literals (numpy scalars and int/str Enum members as the
+number or string they equal, ``float("inf")``); a forward that reads an Enum-only
+attribute of one (``self.mode.value``) is refused, since its copy would hold the value.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 from torch import nn
 
 from torchgraft.frontends.fx_block import TraceError
-from torchgraft.frontends.helpers import HelperError, _resolve_global
+from torchgraft.frontends.helpers import HelperError, _resolve_global, enum_api_use
 from torchgraft.ir.model import Helper
 from torchgraft.ir.nodes import PySource
 from torchgraft.ir.values import Arg, const_arg
@@ -43,7 +48,17 @@ def _self_attrs(fdef: ast.FunctionDef) -> list[str]:
 
 
 def copy_forward(mod: nn.Module, helpers: dict[str, Helper]) -> PySource:
-    """The PySource body for ``mod`` (TraceError with the reason when it cannot be copied)."""
+    """The PySource body for ``mod`` (TraceError with the reason when it cannot be copied).
+
+    The helpers it needs are added to ``helpers`` only when the whole copy succeeds.
+    """
+    staged = dict(helpers)
+    body = _copy_methods(mod, staged)
+    helpers.update(staged)
+    return body
+
+
+def _copy_methods(mod: nn.Module, helpers: dict[str, Helper]) -> PySource:
     cls = type(mod)
     todo: list[str] = ["forward"]
     defs: dict[str, ast.FunctionDef] = {}
@@ -59,6 +74,7 @@ def copy_forward(mod: nn.Module, helpers: dict[str, Helper]) -> PySource:
         defs[name] = fdef
         for attr in _self_attrs(fdef):
             _classify(mod, attr, todo, defs, attrs)
+            _check_enum_use(mod, attr, fdef)
         _globals(fdef, fn, helpers)
     source = "\n\n".join(ast.unparse(defs[n]) for n in ["forward", *sorted(set(defs) - {"forward"})])
     return PySource(source + "\n", tuple(sorted(attrs.items())))
@@ -84,10 +100,21 @@ def _classify(mod: nn.Module, attr: str, todo: list[str], defs: dict[str, Any], 
                      "not a constant, child, parameter or buffer")
 
 
+def _check_enum_use(mod: nn.Module, attr: str, fdef: ast.FunctionDef) -> None:
+    def is_use(e: ast.expr) -> bool:
+        return (isinstance(e, ast.Attribute) and e.attr == attr and isinstance(e.value, ast.Name)
+                and e.value.id == "self")
+
+    found = enum_api_use(fdef, is_use, mod.__dict__.get(attr))
+    if found is not None:
+        raise TraceError(f"the forward reads self.{attr}.{found} of an Enum attribute, which is copied as its value")
+
+
 def _globals(fdef: ast.FunctionDef, fn: types.FunctionType, helpers: dict[str, Helper]) -> None:
+    local = set(fn.__code__.co_varnames) | set(fn.__code__.co_cellvars)  # arguments and locals shadow globals
     for name in dict.fromkeys(n.id for n in ast.walk(fdef) if isinstance(n, ast.Name)):
-        if name in fn.__globals__:
+        if name in fn.__globals__ and name not in local:
             try:
-                _resolve_global(name, fn.__globals__[name], fn, helpers)
+                _resolve_global(name, fn.__globals__[name], fn, helpers, fdef)
             except HelperError as e:
                 raise TraceError(str(e)) from None

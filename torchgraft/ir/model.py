@@ -25,16 +25,31 @@ class Helper:
     origin: str
 
 
+def _frozen_keys(keys: tuple[str, ...], weights: Mapping[str, Any]) -> tuple[str, ...]:
+    """``keys`` checked, without repeats, and only those ``weights`` holds (all when it is empty)."""
+    if not isinstance(keys, (tuple, list)):
+        raise IRError(f"Model.frozen must be a tuple of state_dict keys, got {type(keys).__name__}")
+    bad = [k for k in keys if not isinstance(k, str) or not k]
+    if bad:
+        raise IRError(f"Model.frozen must hold state_dict keys (non-empty strings), got {bad!r}")
+    return tuple(k for k in dict.fromkeys(keys) if not weights or k in weights)
+
+
 @dataclass(frozen=True, slots=True)
 class Model:
     """A captured or hand-built model.
 
     ``root`` is the top node; ``inputs``/``output_type`` the forward signature; ``types``
     maps module paths to their output types; ``ties`` maps alias paths (modules or
-    parameters) to the path that owns them; ``weights`` holds the state_dict tensors
-    (not part of equality); ``constants`` the values of non-persistent buffers and
-    tensor constants, which are not in the state_dict; ``report`` is the capture
-    report, when captured.
+    parameters) to the path that owns them; ``frozen`` lists the state_dict keys of the
+    parameters with ``requires_grad=False`` (the emitted ``build()`` freezes them);
+    ``weights`` holds the state_dict tensors (not part of equality); ``constants`` the
+    values of non-persistent buffers and tensor constants, which are not in the
+    state_dict; ``report`` is the capture report, when captured.
+
+    ``frozen`` keeps its order without repeats; when ``weights`` is non-empty, keys it does
+    not hold are left out (a parameter a pass removed has no flag to keep). A pass that
+    renames keys renames them in ``frozen`` too.
     """
 
     name: str
@@ -44,6 +59,7 @@ class Model:
     types: tuple[tuple[str, ValueType], ...] = ()
     ties: tuple[tuple[str, str], ...] = ()
     helpers: tuple[Helper, ...] = ()
+    frozen: tuple[str, ...] = ()
     weights: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
     report: Any = field(default=None, compare=False, hash=False, repr=False)
     constants: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
@@ -53,6 +69,7 @@ class Model:
             raise IRError(f"model name {self.name!r} must be an identifier")
         if not isinstance(self.root, NODE_TYPES):
             raise IRError(f"model root {self.root!r} is not an IR node")
+        object.__setattr__(self, "frozen", _frozen_keys(self.frozen, self.weights))
 
     def type_at(self, path: str) -> ValueType:
         """Output type of the module at ``path`` ("" is the root), UNKNOWN when not inferred."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import enum
 import math
+import sys
 from dataclasses import dataclass
 from typing import Union
 
@@ -12,6 +14,48 @@ from torchgraft.errors import IRError
 
 _CONST_TYPES = (type(None), bool, int, float, str, type(Ellipsis), complex,
                 torch.dtype, torch.device, torch.memory_format, torch.layout)
+_BUILTIN_SCALARS = (bool, int, float, complex, str)
+
+
+def plain_constant(value: object) -> object:
+    """``value`` as the builtin Python scalar it stands for; other values come back unchanged.
+
+    numpy scalars (``np.float64(4.0)``, ``np.int64``, ``np.bool_``) become their
+    ``.item()``; instances of subclasses of int/float/str/complex become the builtin
+    type, which covers Enum members that mix one in (``IntEnum``, ``class Mode(str,
+    Enum)``: they compare equal to that value, so torch sees no difference). A plain
+    Enum member stays as it is: its value would compare differently, so callers refuse it.
+    """
+    np = sys.modules.get("numpy")  # no numpy scalar can exist unless numpy was imported
+    if np is not None and isinstance(value, np.generic):
+        value = value.item()
+    for t in _BUILTIN_SCALARS:  # bool first: True is an int too
+        if isinstance(value, t):
+            return value if type(value) is t else _as_builtin(value, t)
+    return value
+
+
+def _as_builtin(value: object, t: type) -> object:
+    # the base type's own conversions: a subclass's __str__/__int__ (an Enum's "Mode.X") is not its value
+    if t is str:
+        return str.__str__(value)  # type: ignore[arg-type]
+    if t is int:
+        return int.__int__(value)  # type: ignore[arg-type]
+    if t is float:
+        return float.__float__(value)  # type: ignore[arg-type]
+    return complex(complex.__complex__(value))  # type: ignore[arg-type]
+
+
+def _refusal(v: object) -> str:
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(v, np.ndarray):
+        return (f"a numpy array (shape {tuple(v.shape)}, dtype {v.dtype}) cannot be a constant; "
+                "make it a tensor (torch.as_tensor) held as a buffer")
+    if isinstance(v, enum.Enum):
+        return (f"Enum member {v!r} is not a constant: only Enums that mix in int, float or str "
+                "(IntEnum, class E(str, Enum)) stand for their value")
+    return (f"Const of type {type(v).__name__} ({v!r}) is not supported; "
+            "constants must be None, bool, int, float, str, or a torch dtype/device")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,15 +71,20 @@ class Ref:
 
 @dataclass(frozen=True, slots=True)
 class Const:
-    """A Python constant baked into the forward: None, bool, int, float, str, slice, dtype, ..."""
+    """A Python constant baked into the forward: None, bool, int, float, str, slice, dtype, ...
+
+    Values are normalised on construction (``plain_constant``): a numpy scalar or an
+    int/str Enum member is stored as the builtin int/float/str it equals, so it is
+    written back as a plain literal. numpy arrays and plain Enum members are refused.
+    """
 
     value: object
 
     def __post_init__(self) -> None:
-        v = self.value
-        if not isinstance(v, _CONST_TYPES):
-            raise IRError(f"Const of type {type(v).__name__} ({v!r}) is not supported; "
-                          "constants must be None, bool, int, float, str, or a torch dtype/device")
+        v = plain_constant(self.value)
+        if not isinstance(v, _CONST_TYPES) or isinstance(v, enum.Enum):
+            raise IRError(_refusal(v))
+        object.__setattr__(self, "value", v)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Const):

@@ -116,7 +116,8 @@ def _rename_prefix(keys: list[str], old: str, new: str) -> dict[str, str]:
 def _apply_renames(model: Model, root: Node, renames: dict[str, str]) -> Model:
     weights = {renames.get(k, k): v for k, v in model.weights.items()}
     constants = {renames.get(k, k): v for k, v in model.constants.items()}
-    return replace(model, root=root, weights=weights, constants=constants, types=())
+    frozen = tuple(renames.get(k, k) for k in model.frozen)
+    return replace(model, root=root, weights=weights, constants=constants, frozen=frozen, types=())
 
 
 @dataclass(frozen=True)

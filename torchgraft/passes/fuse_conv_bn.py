@@ -205,6 +205,15 @@ def _drop_ops(g: Graph, renames: dict[str, str], drop: set[str] = frozenset()) -
     return Graph(g.inputs, tuple(ops), rename_refs(g.output, renames))
 
 
+def _frozen_after(model: Model, state: dict[str, torch.Tensor]) -> tuple[str, ...]:
+    """The frozen keys after folding: a bias the fold added is frozen when its layer's weight is.
+
+    The folded BatchNorm's keys are gone (``Model`` drops them); the layer keeps its own flags.
+    """
+    added = [k.rpartition(".")[0] for k in state if k not in model.weights and k.rpartition(".")[2] == "bias"]
+    return model.frozen + tuple(join(layer, "bias") for layer in added if join(layer, "weight") in model.frozen)
+
+
 @dataclass(frozen=True)
 class FuseConvBN(Pass):
     """Fold every BatchNorm into the Conv/Linear feeding it. Produces an inference model.
@@ -246,7 +255,8 @@ class FuseConvBN(Pass):
         root = map_tree(model.root, fuse)
         if not matches:
             return model, matches
-        return replace(model, root=root, weights=state, constants=consts), matches
+        return replace(model, root=root, weights=state, constants=consts,
+                       frozen=_frozen_after(model, state)), matches
 
     def notes(self, model: Model) -> list[str]:
         """What the report should say besides the sites: ``self.training`` sites folded."""

@@ -164,7 +164,9 @@ class LoRA(Pass):
             return model, matches
         ties = tuple((moved.get(a, a), moved.get(t, t)) for a, t in model.ties)
         _check_shared(model, {m.path for m in matches})
-        return replace(new, weights=weights, types=tuple(sorted(types.items())), ties=ties), matches
+        frozen = tuple(moved.get(k, k) for k in model.frozen)  # a frozen layer's base stays frozen
+        return replace(new, weights=weights, types=tuple(sorted(types.items())), ties=ties,
+                       frozen=frozen), matches
 
     def _refuse_fused(self, model: Model, sel: Any) -> None:
         """An explicit selection that reaches only fused-projection layers is an error, with the reason."""

@@ -143,10 +143,8 @@ def _state_expr(s: StateSpec) -> CExpr:
     dims = tuple(Lit(d) for d in s.shape) or (Lit(()),)
     dtype = () if s.dtype == "float32" else (("dtype", Lit(_dtype(s.dtype))),)
     tensor = Call("torch.zeros", dims, dtype, ("size",) * len(dims))  # type: ignore[arg-type]
-    if not s.parameter:
-        return tensor
-    grad = () if s.requires_grad else (("requires_grad", Lit(False)),)
-    return Call("nn.Parameter", (tensor,), grad)  # type: ignore[arg-type]
+    # requires_grad is set per instance by build() (emitter.frozen_keys): one class serves frozen and trainable
+    return tensor if not s.parameter else Call("nn.Parameter", (tensor,))
 
 
 def _dtype(name: str) -> object:

@@ -19,10 +19,11 @@ from torch import nn
 
 from torchgraft.backends.torch.classes import ClassTable
 from torchgraft.backends.torch.combinators import RUNTIME_CLASSES
-from torchgraft.backends.torch.modules import accessor, module_expr
+from torchgraft.backends.torch.modules import WIDTH, accessor, lit_code, module_expr
 from torchgraft.ir.model import Model
-from torchgraft.ir.nodes import Block, Parallel, SkipConnection
-from torchgraft.ir.traverse import walk
+from torchgraft.ir.nodes import Block, Node, Opaque, Parallel, SkipConnection
+from torchgraft.ir.primitives import Primitive
+from torchgraft.ir.traverse import join, walk
 
 WEIGHTS = "weights.safetensors"
 CONSTANTS = "constants.safetensors"
@@ -118,14 +119,15 @@ def emit(model: Model) -> EmittedCode:
     """Write ``model`` as a standalone ``model.py`` (torch + safetensors only).
 
     With no pass applied, the emitted model's state_dict keys are exactly the
-    original's and its outputs match.
+    original's and its outputs match. ``build()`` (so ``load()`` too) sets
+    ``requires_grad=False`` on exactly the parameters ``frozen_keys`` lists.
     """
     table = ClassTable(helpers=model.helpers)
     for h in model.helpers:
         name = h.name.split(":", 1)[-1]
         table.names.reserve(name)
         table.reserved.add(name)
-    for name in RUNTIME_CLASSES:
+    for name in (*RUNTIME_CLASSES, FROZEN):
         table.names.reserve(name)
     if isinstance(model.root, Block):
         table.extra_init[id(model.root)] = _tie_lines(model)
@@ -163,13 +165,57 @@ def _imports(model: Model, table: ClassTable, body: str) -> str:
     return "".join(std) + "\n" + "".join(torch_lines) + "".join(opaque)
 
 
+FROZEN = "FROZEN"
+"""The emitted module-level tuple of parameter keys ``build()`` sets ``requires_grad=False`` on."""
+
+
+def parameter_keys(root: Node) -> set[str]:
+    """The state_dict keys of every parameter the IR tree holds (buffers left out)."""
+    out: set[str] = set()
+    for path, node in walk(root):
+        if isinstance(node, Primitive):
+            out |= {join(path, name) for name, _, is_param in node.state() if is_param}
+        elif isinstance(node, (Block, Opaque)):
+            out |= {join(path, s.name) for s in node.state if s.parameter}
+    return out
+
+
+def frozen_keys(model: Model) -> list[str]:
+    """The parameters ``build()`` freezes: ``model.frozen`` and Block parameters whose StateSpec says
+    ``requires_grad=False``, less keys that name no parameter of the IR (a pass made it a buffer)."""
+    own = [join(p, s.name) for p, n in walk(model.root) if isinstance(n, Block)
+           for s in n.state if s.parameter and not s.requires_grad]
+    if not model.frozen and not own:
+        return []
+    params = parameter_keys(model.root)
+    return [k for k in dict.fromkeys((*model.frozen, *own)) if k in params]
+
+
+def _frozen_section(keys: list[str]) -> str:
+    """``FROZEN = (...)`` on one line when it fits, else one key per line."""
+    items = [lit_code(k) for k in keys]
+    one = f"{FROZEN} = ({', '.join(items)}{',' if len(items) == 1 else ''})"
+    tuple_text = one if len(one) <= WIDTH else f"{FROZEN} = (\n" + "".join(f"    {i},\n" for i in items) + ")"
+    return "# parameters with requires_grad=False in the original model: build() freezes them\n" + tuple_text
+
+
+def _build_function(model: Model, root_expr: str, root_name: str, frozen: list[str]) -> list[str]:
+    build = [f"def build() -> {root_name}:\n", '    """The model, freshly initialised."""\n']
+    if not model.constants and not frozen:
+        return build + [f"    return {root_expr}\n"]
+    build.append(f"    model = {root_expr}\n")
+    if model.constants:
+        build.append("    _load_constants(model)\n")
+    if frozen:
+        build += [f"    for key in {FROZEN}:\n", "        model.get_parameter(key).requires_grad_(False)\n"]
+    return build + ["    return model\n"]
+
+
 def _entry_points(model: Model, root_expr: str, root_name: str) -> str:
     root_expr = root_expr.replace("\n", "\n    ")
-    build = [f"def build() -> {root_name}:\n", '    """The model, freshly initialised."""\n']
-    if model.constants:
-        build += [f"    model = {root_expr}\n", "    _load_constants(model)\n", "    return model\n"]
-    else:
-        build.append(f"    return {root_expr}\n")
+    frozen = frozen_keys(model)
+    head = _frozen_section(frozen) + "\n\n\n" if frozen else ""
+    build = [head, *_build_function(model, root_expr, root_name, frozen)]
     load = [f"def load(weights: str | Path | None = None) -> {root_name}:\n",
             '    """The model with weights loaded strict=True (default: the file beside this one)."""\n',
             "    from safetensors.torch import load_file\n\n",

@@ -54,7 +54,7 @@ def _heights(blocks: dict[str, Block]) -> dict[str, int]:
 
 def _member_key(b: Block) -> tuple[object, ...]:
     source = (b.body.source, tuple(n for n, _ in b.body.attrs)) if isinstance(b.body, PySource) else None
-    return (tuple((s.name, s.parameter, s.persistent, s.dtype, s.requires_grad) for s in b.state),
+    return (tuple((s.name, s.parameter, s.persistent, s.dtype) for s in b.state),  # requires_grad: build()
             tuple(n for n, _ in b.constants), source)
 
 
