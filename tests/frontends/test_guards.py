@@ -184,7 +184,7 @@ def test_unused_pure_statements_are_not_emitted() -> None:
 def test_examples_that_need_another_path_fail_loudly() -> None:
     model = _tiny("bert")
     ids = torch.randint(1, 99, (2, 7))
-    with pytest.raises(torchgraft.CaptureError, match="example 1"):
+    with pytest.raises(torchgraft.CaptureError, match="(example 1|examples take different paths)"):
         torchgraft.capture(model, examples=[((ids,), {}), ((ids,), {"attention_mask": _masks(2, 7)})])
 
 
@@ -201,3 +201,47 @@ def test_extra_keyword_arguments_are_refused_not_ignored() -> None:
         emitted(ids, attention_mask=_masks(2, 7), output_attentions=True)
     inner = torchgraft.emit(torchgraft.capture(model, (ids,), {"attention_mask": _masks(2, 7)})).source
     assert "if len(kwargs) != " in inner  # inner blocks, called by their parents, guard their **kwargs
+
+
+class _Masked(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.proj(x)
+        return y if mask is None else y * mask.unsqueeze(-1)
+
+
+class _Outer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = _Masked()
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.out(self.inner(x, mask=mask))
+
+
+def test_examples_that_take_different_paths_keep_both() -> None:
+    model = _Outer().eval()
+    x, mask = torch.randn(2, 5, 8), torch.ones(2, 5)
+    mask[0, 3:] = 0
+    captured = torchgraft.capture(model, examples=[((x,), {"mask": mask}), ((x,), {})])
+    verify(captured)
+    assert captured.report.methods["inner"] == "source" and captured.report.methods[""] == "source"
+    emitted = torchgraft.emit(captured).materialize().eval()
+    x2, mask2 = torch.randn(3, 4, 8), torch.ones(3, 4)
+    mask2[1, 2:] = 0
+    torch.testing.assert_close(emitted(x2, mask=mask2), model(x2, mask=mask2), **TOL)
+    torch.testing.assert_close(emitted(x2), model(x2), **TOL)
+
+
+def test_a_single_example_guards_the_path_it_took() -> None:
+    model = _Outer().eval()
+    x, mask = torch.randn(2, 5, 8), torch.ones(2, 5)
+    captured, emitted = _emitted(model, x, mask=mask)
+    assert captured.report.methods["inner"] == "fx"
+    torch.testing.assert_close(emitted(x, mask=mask), model(x, mask=mask), **TOL)
+    with pytest.raises(ValueError, match="captured with mask given"):
+        emitted(x)

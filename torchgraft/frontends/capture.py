@@ -13,7 +13,7 @@ from torch import nn
 
 from torchgraft.errors import CaptureError
 from torchgraft.frontends.concrete import concrete_trace, export_flags
-from torchgraft.frontends.examples import Example, normalise, validate
+from torchgraft.frontends.examples import Example, ExampleDiverged, normalise, validate
 from torchgraft.frontends.fx_block import ModeRead, TraceError, merge_training, trace_graph
 from torchgraft.frontends.fx_session import session
 from torchgraft.frontends.guards import guards_of, size_sites
@@ -46,6 +46,7 @@ class _Ctx:
     report: CaptureReport = field(default_factory=CaptureReport)
     reads_training: set[type] = field(default_factory=set)  # classes whose forward reads self.training
     source_first: set[str] = field(default_factory=set)  # paths only a copied source keeps faithfully
+    forced: set[str] = field(default_factory=set)  # paths whose examples took different paths: source or fail
 
 
 def _class_ref(mod: nn.Module) -> ClassRef:
@@ -104,7 +105,12 @@ def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
             ctx.report.add(path, "container")
             return Container(base.__name__, kids)
     nones, given = _none_args(mod, ctx.all_inputs.get(path, []))
+    if set(_optional(mod)) - set(nones) - set(given) and len(ctx.all_inputs.get(path, [])) > 1:
+        ctx.forced.add(path)  # None in one example, given in another: no single trace serves both
+        ctx.source_first.add(path)
     try:
+        if path in ctx.forced:
+            raise SourceFirst("the examples take different paths through its forward")
         assigned = assigned_attributes(mod)
         if assigned:
             raise SourceFirst(f"its forward assigns self.{', self.'.join(assigned)}: state kept in Python "
@@ -157,10 +163,18 @@ def _none_args(mod: nn.Module, seen: list[Example]) -> tuple[tuple[str, ...], tu
         bound = [sig.bind(mod, *a, **kw).arguments for a, kw in seen]
     except TypeError:
         return (), ()
-    optional = [n for n, p in list(sig.parameters.items())[1:]
-                if p.default is None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    optional = _optional(mod)
     return (tuple(n for n in optional if all(b.get(n) is None for b in bound)),
             tuple(n for n in optional if all(b.get(n) is not None for b in bound)))
+
+
+def _optional(mod: nn.Module) -> list[str]:
+    """Forward parameters that default to None."""
+    try:
+        params = list(inspect.signature(type(mod).forward).parameters.items())[1:]
+    except (TypeError, ValueError):
+        return []
+    return [n for n, p in params if p.default is None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def _optional_arg_paths(model: nn.Module) -> list[str]:
@@ -258,6 +272,11 @@ def _fallback(model: nn.Module, mod: nn.Module, path: str, fx_reason: str, ctx: 
     try:
         return "source", copy_forward(mod, ctx.helpers), None, f"{reason}; its forward source was copied"
     except TraceError as e:
+        if path in ctx.forced:
+            raise CaptureError(f"{path or '<root>'} ({type(mod).__name__}): the examples take different paths "
+                               f"through its forward, and its source cannot be copied to keep both ({e}). "
+                               "Capture each kind of call separately, or give the most general call first.",
+                               path) from e
         return "opaque", None, None, f"{reason}; copying its source failed: {e}"
 
 
@@ -313,8 +332,10 @@ def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str
     ``args``/``kwargs`` are an example call; ``examples`` adds more ``(args, kwargs)`` pairs (or gives
     them all). Whatever the trace decides from the first call's values (an argument that was None,
     a branch on a size) becomes a guard: a run-time ``ValueError`` in the emitted forward, listed in
-    ``model.report.guards``. Every further example is replayed through the captured IR and must
-    match the original, or capture raises ``CaptureError`` naming the example.
+    ``model.report.guards``. Every further example is replayed through the captured IR; where one
+    trips a guard of some module, that module's forward source is copied instead (both paths kept)
+    and capture starts again; where it cannot be copied, or outputs differ, capture raises
+    ``CaptureError`` naming the example.
     The model is not changed (buffers and plain attributes a run updates are put back).
 
     >>> m = capture(torchvision.models.resnet18(), (torch.randn(2, 3, 224, 224),))  # doctest: +SKIP
@@ -323,10 +344,26 @@ def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str
         raise CaptureError(f"capture() needs an nn.Module, got {type(model).__name__}")
     refuse_hooks(model)  # forward hooks would be dropped silently: refuse them loudly
     calls = normalise(args, kwargs, examples)
+    forced: set[str] = set()
+    while True:
+        try:
+            return _capture(model, calls, forced)
+        except ExampleDiverged as e:
+            if e.path in forced or len(forced) >= MAX_FORCED:
+                raise CaptureError(str(e), e.path) from e
+            forced.add(e.path)
+
+
+MAX_FORCED = 32
+"""Modules capture copies as source, at most, to keep every example's path before it gives up."""
+
+
+def _capture(model: nn.Module, calls: list[Example], forced: set[str]) -> Model:
+    """One capture; the modules in ``forced`` are copied as source (their paths differ between examples)."""
     args, kwargs = calls[0]
     first = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)), None)
     symbols = {int(first.shape[0]): "N"} if first is not None and first.dim() > 0 else {}
-    ctx = _Ctx()
+    ctx = _Ctx(source_first=set(forced), forced=set(forced))
     optional = _optional_arg_paths(model)  # one eager run only when some module needs its inputs
     if optional:
         _record_inputs(model, optional, calls, ctx)
@@ -339,11 +376,11 @@ def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str
         root = _trace_fallbacks(model, root, args, kwargs, ctx)
     out_type, mod_types, op_types = _types(root, model, args, kwargs, ctx, symbols)
     root = map_tree(root, lambda p, n: typed_block(n, op_types, p) if isinstance(n, Block) else n)
-    root = honest_root(root) if isinstance(root, Block) else root
-    inputs = root.body.inputs if isinstance(root, Block) and isinstance(root.body, Graph) else ()
     if len(calls) > 1:
         validate(model, calls, lambda a, kw: Interpreter(ctx.helper_fns, symbols, ctx.constants).run_node(
             root, model, "", a, kw), lambda: restore_state(model))
+    root = honest_root(root) if isinstance(root, Block) else root
+    inputs = root.body.inputs if isinstance(root, Block) and isinstance(root.body, Graph) else ()
     ctx.report.guards = guards_of(root)
     state = model.state_dict()
     ties = list(ctx.ties) + _param_ties(model, ctx.ties)

@@ -3,9 +3,12 @@
 One example shows one path through the model. Capture traces the first; the others are
 recorded too (an optional argument counts as "always None" or "always given" only if it is
 so in every example), and once the IR is built each further example is replayed through it
-and compared with the original. An example that trips a guard or gives other outputs makes
-capture fail loudly, naming the example and what differs: the captured model is only ever
-returned when it reproduces every example it was given.
+and compared with the original. A module whose examples differ in which optional arguments
+are None, or where a further example trips a guard (``ExampleDiverged``), has its forward
+source copied instead of traced, so the emitted class keeps every path; capture then starts
+again. If that source cannot be copied, or an example gives other outputs, capture fails
+loudly, naming the example and what differs: the captured model is only ever returned when
+it reproduces every example it was given.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from torch.utils._pytree import tree_flatten
 from torchgraft.errors import CaptureError
 
 Example = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+class ExampleDiverged(CaptureError):
+    """An example tripped a guard of the module at ``path``: capture copies that module's source and retries."""
 
 
 def normalise(args: Any, kwargs: dict[str, Any] | None, examples: Sequence[Any] | None) -> list[Example]:
@@ -68,8 +75,12 @@ def validate(model: nn.Module, examples: list[Example], replay: Callable[[tuple[
                 got = replay(args, kwargs)
         except Exception as e:  # noqa: BLE001 - a guard's ValueError, or a shape the trace fixed
             cause: BaseException = e
+            path = getattr(e, "path", None)
             while isinstance(cause, CaptureError) and cause.__cause__ is not None:
+                path = cause.path if cause.path is not None else path
                 cause = cause.__cause__
+            if isinstance(cause, ValueError) and not isinstance(cause, CaptureError) and path is not None:
+                raise ExampleDiverged(f"example {i} trips a guard in {path or '<root>'}: {cause}", path) from e
             raise CaptureError(f"example {i} takes a path the first example did not, and torchgraft keeps one "
                                f"path per module: {type(cause).__name__}: {cause}. Capture with the first "
                                "example showing the most general call (masks with padding, every optional "
