@@ -24,8 +24,10 @@ def test_python_examples_run(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        for code in blocks:
-            exec(compile(code, "README.md", "exec"), {"__name__": "readme"})  # the README's own code
+        for i, code in enumerate(blocks):  # each block from a file, as a user's script (its source can be read)
+            script = tmp_path / f"readme_{i}.py"
+            script.write_text(code)
+            exec(compile(code, str(script), "exec"), {"__name__": "readme"})  # the README's own code
     finally:
         os.chdir(cwd)
     out = capsys.readouterr().out
