@@ -245,3 +245,26 @@ def test_a_single_example_guards_the_path_it_took() -> None:
     torch.testing.assert_close(emitted(x, mask=mask), model(x, mask=mask), **TOL)
     with pytest.raises(ValueError, match="captured with mask given"):
         emitted(x)
+
+
+def _lm(name: str) -> nn.Module:
+    if name == "gpt2":
+        return transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4,
+                                                                    n_positions=64))
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64))
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama"])
+def test_check_probes_pass_on_emitted_transformers(name: str) -> None:
+    """Other batch sizes, another length, right/left padded masks, three calls; eval and train mode."""
+    model = (_tiny(name) if name == "bert" else _lm(name)).eval()
+    ids, mask = torch.randint(1, 99, (2, 7)), _masks(2, 7)
+    kwargs = {"attention_mask": mask} | ({} if name == "bert" else {"use_cache": False})
+    emitted = torchgraft.emit(torchgraft.capture(model, (ids,), kwargs)).materialize()
+    report = torchgraft.check(model, emitted, (ids,), kwargs)
+    assert report.ok, str(report)
+    statuses = {p.name: p.status for p in report.probes}
+    assert {"batch=1", "batch=3", "length=10", "padding=right", "padding=left", "repeat=3"} <= set(statuses)
+    assert all(s == "ok" for s in statuses.values()), str(report)
