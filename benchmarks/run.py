@@ -2,12 +2,16 @@
 
     python benchmarks/run.py           # the full run (a few minutes on 2 cores)
     python benchmarks/run.py --quick   # a short run: smaller models and sizes
+    python benchmarks/run.py --only forward,llama   # just some sections (capture, passes, forward, llama, meta)
+    python benchmarks/run.py --only forward,llama --cpu-time   # forward rows by thread CPU time (loaded machine)
 
 Rows (ratio: torchgraft / torch.fx, lower is better for times):
 - capture time vs ``torch.fx.symbolic_trace`` on torchvision models;
 - swap-activation pass vs ``subgraph_rewriter.replace_pattern`` at 1,000 and 4,000 blocks;
-- emitted model forward vs eager (resnet50, batch 8, one thread);
+- emitted model forward vs eager, run-time guards included (resnet50, batch 8, one thread), best and median;
 - fused model (fuse-conv-bn) forward vs fx ``fuse()``'s;
+- emitted forward vs eager of a tiny transformers Llama (4 layers, hidden 64, padded attention mask,
+  one thread), guards included, best and median;
 - meta-device capture + emit of a Llama-2-7B config (seconds, peak RSS).
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -40,6 +45,27 @@ def best(fn: Callable[[], Any], repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def paired(fns: dict[str, Callable[[], Any]], repeat: int, number: int = 1, warmup: int = 2,
+           clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Seconds per call of each function: ``repeat`` samples of ``number`` calls each, after ``warmup``
+    calls. The functions are interleaved, in reversed order every other round, so machine noise and
+    drift hit all of them alike. ``clock`` is wall time by default; ``time.thread_time`` (this
+    thread's CPU time) leaves out time the thread waited for a core, steadier on a loaded machine."""
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeat):
+        for name in names if r % 2 == 0 else names[::-1]:
+            fn = fns[name]
+            t = clock()
+            for _ in range(number):
+                fn()
+            times[name].append((clock() - t) / number)
+    return times
 
 
 def capture_rows(names: list[str]) -> list[tuple[str, float, float]]:
@@ -70,7 +96,7 @@ def pass_rows(sizes: list[int]) -> list[tuple[str, float, float]]:
     return rows
 
 
-def forward_rows(quick: bool) -> list[tuple[str, float, float]]:
+def forward_rows(quick: bool, cpu_time: bool = False) -> list[tuple[str, float, float]]:
     """(emitted forward vs eager; fused forward vs fx fuse) on resnet50 or resnet18, one thread."""
     from zoo import import_torchvision
 
@@ -78,6 +104,7 @@ def forward_rows(quick: bool) -> list[tuple[str, float, float]]:
     name = "resnet18" if quick else "resnet50"
     model = tv.models.get_model(name).eval()
     x = torch.randn(8, 3, 224, 224)
+    repeat = 3 if quick else 7
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -86,12 +113,57 @@ def forward_rows(quick: bool) -> list[tuple[str, float, float]]:
         fused = torchgraft.emit(torchgraft.passes.run(ir_model, "fuse-conv-bn").model).materialize().eval()
         fx_fused = torch.fx.experimental.optimization.fuse(copy.deepcopy(model))
         with torch.no_grad():
-            run = lambda m: best(lambda: m(x), 3)  # noqa: E731
-            eager, ours, ours_fused, fx_f = run(model), run(emitted), run(fused), run(fx_fused)
+            t = paired({"eager": lambda: model(x), "ours": lambda: emitted(x),
+                        "fused": lambda: fused(x), "fx_fused": lambda: fx_fused(x)}, repeat, warmup=1,
+                       clock=time.thread_time if cpu_time else time.perf_counter)
     finally:
         torch.set_num_threads(threads)
-    return [(f"{name} forward, batch 8, 1 thread: emitted vs eager", ours, eager),
-            (f"{name} forward: fuse-conv-bn vs fx fuse()", ours_fused, fx_f)]
+    guards = len(ir_model.report.guards)
+    med = statistics.median
+    what = f"{name} forward, batch 8, 1 thread{', CPU s' if cpu_time else ''}"
+    return [(f"{what}: emitted ({guards} guards) vs eager, best of {repeat}", min(t["ours"]), min(t["eager"])),
+            (f"{what}: emitted vs eager, median of {repeat}", med(t["ours"]), med(t["eager"])),
+            (f"{what}: fuse-conv-bn vs fx fuse(), best of {repeat}", min(t["fused"]), min(t["fx_fused"]))]
+
+
+def llama_rows(quick: bool, cpu_time: bool = False) -> list[tuple[str, float, float]]:
+    """Emitted forward vs eager of a tiny transformers Llama with a right-padded mask, one thread.
+
+    The emitted forward keeps every guard capture added (``model.report.guards``: arguments that
+    were None or given, ``use_cache=False``, size comparisons in the mask and attention code)."""
+    from zoo import import_torchvision
+
+    import_torchvision()  # transformers imports torchvision when it is installed
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    model = transformers.LlamaModel(cfg).eval()
+    ids = torch.randint(0, cfg.vocab_size, (4, 64))
+    mask = torch.ones(4, 64, dtype=torch.long)
+    mask[1, 48:] = 0
+    mask[3, 40:] = 0
+    kwargs = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
+    repeat, number = (5, 10) if quick else (21, 20)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ir_model = torchgraft.capture(model, (), kwargs)
+        emitted = torchgraft.emit(ir_model).materialize().eval()
+        with torch.no_grad():
+            want, got = model(**kwargs)["last_hidden_state"], emitted(**kwargs)["last_hidden_state"]
+            if not torch.allclose(want, got, atol=1e-5, rtol=1e-5):
+                raise AssertionError(f"emitted Llama differs from eager: {(want - got).abs().max()}")
+            t = paired({"eager": lambda: model(**kwargs), "ours": lambda: emitted(**kwargs)}, repeat, number,
+                       warmup=5, clock=time.thread_time if cpu_time else time.perf_counter)
+    finally:
+        torch.set_num_threads(threads)
+    guards = len(ir_model.report.guards)
+    what = f"tiny Llama forward, 4x64 padded, 1 thread{', CPU s' if cpu_time else ''}"
+    label = f"{what}: emitted ({guards} guards) vs eager"
+    return [(f"{label}, best of {repeat}x{number}", min(t["ours"]), min(t["eager"])),
+            (f"{label}, median of {repeat}x{number}", statistics.median(t["ours"]), statistics.median(t["eager"]))]
 
 
 def meta_row(quick: bool) -> list[tuple[str, float, float]]:
@@ -109,15 +181,32 @@ def meta_row(quick: bool) -> list[tuple[str, float, float]]:
              got["capture_plus_emit_s"], got["peak_rss_mb"])]
 
 
+SECTIONS = ("capture", "passes", "forward", "llama", "meta")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run every comparison and print the table."""
     parser = argparse.ArgumentParser(description="torchgraft vs torch.fx benchmarks")
     parser.add_argument("--quick", action="store_true", help="small models and sizes")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time the one-thread forward rows by thread CPU time, not wall time (steadier under load)")
     args = parser.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(only) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     names = ["resnet18", "mobilenet_v3_small"] if args.quick else [
         "resnet50", "mobilenet_v3_large", "efficientnet_b0", "vit_b_16", "densenet121"]
-    rows = capture_rows(names) + pass_rows([300] if args.quick else [1000, 4000])
-    rows += forward_rows(args.quick) + meta_row(args.quick)
+    sections: dict[str, Callable[[], list[tuple[str, float, float]]]] = {
+        "capture": lambda: capture_rows(names),
+        "passes": lambda: pass_rows([300] if args.quick else [1000, 4000]),
+        "forward": lambda: forward_rows(args.quick, args.cpu_time),
+        "llama": lambda: llama_rows(args.quick, args.cpu_time),
+        "meta": lambda: meta_row(args.quick),
+    }
+    rows = [row for name in SECTIONS if name in only for row in sections[name]()]
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
     print("| comparison | torchgraft | torch.fx / reference | ratio |\n| --- | ---: | ---: | ---: |")
     for label, ours, theirs in rows:

@@ -21,6 +21,14 @@ from torchgraft.frontends.hooks import refuse_hooks
 from torchgraft.frontends.interpret import Interpreter, typed_block
 from torchgraft.frontends.leaf import recover_ctor, to_primitive, torch_layer_name
 from torchgraft.frontends.meta_replay import MetaReplay, replay_device, to_meta
+from torchgraft.frontends.recording import (
+    eager_types,
+    meta_flags,
+    none_args,
+    optional_arg_paths,
+    optional_params,
+    record_inputs,
+)
 from torchgraft.frontends.report import CaptureReport
 from torchgraft.frontends.signature import honest_root
 from torchgraft.frontends.source_copy import copy_forward
@@ -104,8 +112,8 @@ def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
         if isinstance(mod, base) and type(mod).forward is nn.Module.forward and type(mod) is base:
             ctx.report.add(path, "container")
             return Container(base.__name__, kids)
-    nones, given = _none_args(mod, ctx.all_inputs.get(path, []))
-    if set(_optional(mod)) - set(nones) - set(given) and len(ctx.all_inputs.get(path, [])) > 1:
+    nones, given = none_args(mod, ctx.all_inputs.get(path, []))
+    if set(optional_params(mod)) - set(nones) - set(given) and len(ctx.all_inputs.get(path, [])) > 1:
         ctx.forced.add(path)  # None in one example, given in another: no single trace serves both
         ctx.source_first.add(path)
     try:
@@ -151,72 +159,6 @@ def _trace_modes(mod: nn.Module, ctx: _Ctx, nones: tuple[str, ...], given: tuple
     evaluation, consts2 = trace_graph(mod, False, ctx.helpers, ctx.helper_fns, nones, given, path)
     body, train_body = merge_training(train, evaluation)
     return body, train_body, {**consts, **consts2}
-
-
-def _none_args(mod: nn.Module, seen: list[Example]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(none, given): forward parameters that default to None and were None in every recorded call,
-    and those that were given in every one (an argument that was both is neither)."""
-    if not seen:
-        return (), ()
-    sig = inspect.signature(type(mod).forward)
-    try:
-        bound = [sig.bind(mod, *a, **kw).arguments for a, kw in seen]
-    except TypeError:
-        return (), ()
-    optional = _optional(mod)
-    return (tuple(n for n in optional if all(b.get(n) is None for b in bound)),
-            tuple(n for n in optional if all(b.get(n) is not None for b in bound)))
-
-
-def _optional(mod: nn.Module) -> list[str]:
-    """Forward parameters that default to None."""
-    try:
-        params = list(inspect.signature(type(mod).forward).parameters.items())[1:]
-    except (TypeError, ValueError):
-        return []
-    return [n for n, p in params if p.default is None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-
-
-def _optional_arg_paths(model: nn.Module) -> list[str]:
-    """Modules whose forward has arguments defaulting to None: fx needs to know which were None."""
-    out = []
-    for path, mod in model.named_modules():
-        fwd = type(mod).forward
-        if torch_layer_name(mod) is None and fwd not in (nn.Module.forward, nn.Sequential.forward):
-            try:
-                params = list(inspect.signature(fwd).parameters.values())[1:]
-            except (TypeError, ValueError):
-                continue
-            if any(p.default is None for p in params):
-                out.append(path)
-    return out
-
-
-def _meta_flags(args: tuple[Any, ...], kwargs: dict[str, Any]) -> contextlib.AbstractContextManager[None]:
-    """On meta inputs values cannot be read: let library code take its export paths, as torch.export does."""
-    on_meta = any(isinstance(a, torch.Tensor) and a.device.type == "meta" for a in (*args, *kwargs.values()))
-    return export_flags() if on_meta else contextlib.nullcontext()
-
-
-def _record_inputs(model: nn.Module, paths: list[str], calls: list[Example], ctx: _Ctx) -> None:
-    """Record the (args, kwargs) each listed module receives in one eager run per example: the first
-    call traces it (``ctx.inputs``), all of them decide which optional arguments are always None."""
-    handles = []
-    for path in paths:
-        mod = model.get_submodule(path) if path else model
-
-        def hook(m: nn.Module, a: tuple[Any, ...], kw: dict[str, Any], path: str = path) -> None:
-            ctx.inputs.setdefault(path, (a, dict(kw)))
-            ctx.all_inputs.setdefault(path, []).append((a, dict(kw)))
-
-        handles.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
-    try:
-        for args, kwargs in calls:
-            with torch.no_grad(), restore_state(model), export_flags():  # the paths the traces will take
-                _eager_types(model, args, kwargs, {})
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _trace_fallbacks(model: nn.Module, root: Node, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -295,36 +237,6 @@ def _nonpersistent(mod: nn.Module) -> dict[str, torch.Tensor]:
             if b is not None and n in mod._non_persistent_buffers_set}
 
 
-def _eager_types(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-                 symbols: dict[int, str]) -> tuple[Any, dict[str, ValueType]]:
-    names = {id(m): p for p, m in model.named_modules()}
-    classes = {p: type(m).__name__ for p, m in model.named_modules()}
-    stack: list[str] = []
-    types: dict[str, ValueType] = {}
-
-    def pre(mod: nn.Module, _args: Any) -> None:
-        if id(mod) in names:
-            stack.append(names[id(mod)])
-
-    def post(mod: nn.Module, _args: Any, out: Any) -> None:
-        if id(mod) in names and stack:
-            types.setdefault(stack.pop(), type_of(out, symbols))
-
-    h1 = nn.modules.module.register_module_forward_pre_hook(pre)
-    h2 = nn.modules.module.register_module_forward_hook(post)
-    try:
-        out = model(*args, **kwargs)
-    except Exception as e:
-        where = stack[-1] if stack else ""
-        raise CaptureError(f"the model fails in eager mode at {where or '<root>'} "
-                           f"({classes.get(where, '?')}): {type(e).__name__}: {e}. "
-                           "Check the example inputs: capture runs the model once on them.", where) from e
-    finally:
-        h1.remove()
-        h2.remove()
-    return out, types
-
-
 def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str, Any] | None = None, *,
             examples: Sequence[tuple[Any, dict[str, Any] | None]] | None = None) -> Model:
     """Capture ``model`` into a typed, hierarchical ``ir.Model``.
@@ -364,15 +276,15 @@ def _capture(model: nn.Module, calls: list[Example], forced: set[str]) -> Model:
     first = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)), None)
     symbols = {int(first.shape[0]): "N"} if first is not None and first.dim() > 0 else {}
     ctx = _Ctx(source_first=set(forced), forced=set(forced))
-    optional = _optional_arg_paths(model)  # one eager run only when some module needs its inputs
+    optional = optional_arg_paths(model)  # one eager run only when some module needs its inputs
     if optional:
-        _record_inputs(model, optional, calls, ctx)
+        record_inputs(model, optional, calls, ctx.inputs, ctx.all_inputs)
     with session():  # nn.Module patched once for every block's fx trace
         root = build_node(model, "", ctx)
     if ctx.untraced:
         missing = [p for p in ctx.untraced if p not in ctx.inputs]
         if missing:
-            _record_inputs(model, missing, calls, ctx)
+            record_inputs(model, missing, calls, ctx.inputs, ctx.all_inputs)
         root = _trace_fallbacks(model, root, args, kwargs, ctx)
     out_type, mod_types, op_types = _types(root, model, args, kwargs, ctx, symbols)
     root = map_tree(root, lambda p, n: typed_block(n, op_types, p) if isinstance(n, Block) else n)
@@ -411,12 +323,12 @@ def _types(root: Node, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str
         else:
             ctx.report.typing = "meta"
             return type_of(out, symbols, device), meta.module_types, meta.types
-    with torch.no_grad(), restore_state(model), _meta_flags(args, kwargs):
+    with torch.no_grad(), restore_state(model), meta_flags(args, kwargs):
         try:
             interp = Interpreter(ctx.helper_fns, symbols, ctx.constants)
             out = interp.run_node(root, model, "", args, kwargs)
         except CaptureError as e:
-            _eager_types(model, args, kwargs, symbols)  # the model's own failure gets the clearer error
+            eager_types(model, args, kwargs, symbols)  # the model's own failure gets the clearer error
             raise CaptureError(f"torchgraft could not replay the captured forward ({e}); the model itself "
                                "runs on these inputs, so this is a torchgraft bug: please report it", e.path) from e
     ctx.report.typing = "meta" if device == "meta" else "eager"
