@@ -32,7 +32,7 @@ from torchgraft.frontends.recording import (
 from torchgraft.frontends.report import CaptureReport
 from torchgraft.frontends.signature import honest_root
 from torchgraft.frontends.source_copy import copy_forward
-from torchgraft.frontends.state import assigned_attributes, restore_state, updated_buffers
+from torchgraft.frontends.state import assigned_attributes, restore_state, size_driven_python, updated_buffers
 from torchgraft.ir.graph import Graph
 from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import Block, Chain, ClassRef, Container, Node, Opaque, StateSpec
@@ -123,6 +123,10 @@ def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
         if assigned:
             raise SourceFirst(f"its forward assigns self.{', self.'.join(assigned)}: state kept in Python "
                               "attributes, which a trace would bake in")
+        driven = size_driven_python(mod)
+        if driven:
+            raise SourceFirst(f"sizes drive its Python ({', '.join(driven)}), which a trace would unroll "
+                              "for the example's sizes")
         updated = updated_buffers(mod)
         if updated:
             raise TraceError(f"its forward updates self.{', self.'.join(updated)} in place, which torch.fx "
@@ -259,7 +263,8 @@ def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str
     forced: set[str] = set()
     while True:
         try:
-            return _capture(model, calls, forced)
+            with restore_state(model):  # whatever capture's runs change is put back
+                return _capture(model, calls, forced)
         except ExampleDiverged as e:
             if e.path in forced or len(forced) >= MAX_FORCED:
                 raise CaptureError(str(e), e.path) from e

@@ -29,12 +29,16 @@ from torch.overrides import TorchFunctionMode
 from torchgraft.frontends.canon import canonical_target
 from torchgraft.frontends.fx_block import TraceError, input_kind
 from torchgraft.frontends.guards import count_guard, none_guard, size_guard, value_guard, where_text
-from torchgraft.frontends.symsize import _RECORDER, SymInt, SymSize
+from torchgraft.frontends.state import own_view
+from torchgraft.frontends.symsize import _RECORDER, SymInt, SymSize, call_site, pin, pinning_range
 from torchgraft.ir.functions import qualname_of
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, Target
 from torchgraft.ir.values import Arg, Const, DictArg, Ref, Seq, Slice
 
 _DATA_DEPENDENT = {"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "numpy", "__array__"}
+_INT_METHODS = {"__len__": "__len__", "numel": "numel", "dim": "dim", "ndimension": "dim", "ndim": "dim",
+                "nelement": "numel"}
+"""Tensor methods and properties returning an int that depends on the input's shape: kept symbolic."""
 _REVERSED = {"__radd__": "add", "__rsub__": "sub", "__rmul__": "mul", "__rtruediv__": "truediv",
              "__rfloordiv__": "floordiv", "__rpow__": "pow", "__rmatmul__": "matmul", "__rand__": "and_",
              "__ror__": "or_", "__rmod__": "mod"}
@@ -140,6 +144,15 @@ class _Recorder(TorchFunctionMode):
         self.ops.append(Op(name, FunctionCall(f"operator.{opname}"), (self.arg(a), self.arg(b))))
         return name
 
+    def int_method(self, t: torch.Tensor, method: str) -> str:
+        """Record ``len(t)``/``t.numel()``/``t.dim()``; returns the value's name."""
+        name = self.fresh(method.strip("_") if method != "__len__" else "length")
+        if method == "__len__":
+            self.ops.append(Op(name, FunctionCall("builtins.len"), (Ref(self._tensor_name(t)),)))
+        else:
+            self.ops.append(Op(name, MethodCall(method), (Ref(self._tensor_name(t)),)))
+        return name
+
     def size_of(self, t: torch.Tensor, dim: int) -> str:
         """Record ``t.size(dim)``; returns the value's name."""
         name = self.fresh("size")
@@ -190,10 +203,16 @@ class _Recorder(TorchFunctionMode):
             out = func(*args, **kwargs)
         finally:
             self.depth -= 1
-        if args and isinstance(args[0], torch.Tensor) and (fname == "size" or (
-                fname == "__get__" and getattr(getattr(func, "__self__", None), "__name__", "") == "shape")):
+        attr = getattr(getattr(func, "__self__", None), "__name__", "") if fname == "__get__" else ""
+        if args and isinstance(args[0], torch.Tensor) and (fname == "size" or attr == "shape"):
             dim = args[1] if len(args) > 1 else kwargs.get("dim")
             return self.sym_size(args[0], out, dim)
+        key = attr if fname == "__get__" else fname
+        if args and isinstance(args[0], torch.Tensor) and isinstance(out, int) and key in _INT_METHODS:
+            value = SymInt(out, functools.partial(self.int_method, args[0], _INT_METHODS[key]))
+            if key == "__len__":  # len() turns any int into a plain one: guard the length instead
+                self.compare("eq", value, out, True, call_site())
+            return value
         self._record_call(func, fname, args, kwargs, out)
         return out
 
@@ -264,6 +283,15 @@ class _Spy(nn.Module):
         return getattr(self._target, name)
 
 
+class _PinningList(nn.ModuleList):
+    """A ModuleList of spies whose slices guard the sizes they are cut at (``self.layers[: x.size(0)]``)."""
+
+    def __getitem__(self, idx: Any) -> Any:
+        if isinstance(idx, slice):
+            pin(idx.start, idx.stop, idx.step)
+        return super().__getitem__(idx)
+
+
 def _spied(mod: nn.Module, rec: _Recorder, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, child in mod._modules.items():
@@ -273,6 +301,8 @@ def _spied(mod: nn.Module, rec: _Recorder, prefix: str = "") -> dict[str, Any]:
         path = f"{prefix}{name}"
         if type(child) in (nn.ModuleList, nn.ModuleDict):
             box = copy.copy(child)
+            if type(child) is nn.ModuleList:
+                box.__class__ = _PinningList
             object.__setattr__(box, "_modules", _spied(child, rec, path + "."))
             out[name] = box
         else:
@@ -313,12 +343,13 @@ def _inputs(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], rec: 
                     rec.pending[id(x)] = (pname, i)
                     rec.keep.append(x)
         else:
-            try:  # non-tensor arguments specialise the trace; keep them, defaulting to the traced value
+            try:  # non-tensor arguments specialise the trace: a guard checks they keep the traced value
                 const = Const(value if value is not P.empty else None)
+                default = None if p.default is P.empty else Const(p.default)  # the original's default
             except Exception:
                 out.append(Input(pname, kind=kind, default=Const(None)))
                 continue
-            out.append(Input(pname, kind=kind, default=const))
+            out.append(Input(pname, kind=kind, default=default))
             rec.ops += value_guard(rec.fresh(f"{pname}_guard"), pname, const.value, rec.where)
     return tuple(out)
 
@@ -351,14 +382,14 @@ def concrete_trace(mod: nn.Module, training: bool, args: tuple[Any, ...], kwargs
 
     What the run decided from concrete values (None arguments, flags, size comparisons) is kept
     as ``Guard`` ops (``frontends.guards``); ``where`` is the module's path, for their messages."""
-    view = copy.copy(mod)
+    view = own_view(mod)
     object.__setattr__(view, "training", training)
     rec = _Recorder(mod, where)
     object.__setattr__(view, "_modules", _spied(mod, rec))
     inputs = _inputs(mod, args, kwargs, rec)
     _RECORDER[0] = rec
     try:
-        with torch.no_grad(), export_flags(), rec:
+        with torch.no_grad(), export_flags(), pinning_range(), rec:
             out = type(mod).forward(view, *args, **kwargs)
         output = _output(out, rec)
         return Graph(inputs, tuple(rec.ops), output)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 from typing import Any
@@ -16,6 +15,7 @@ from torchgraft.frontends.canon import canonical_target
 from torchgraft.frontends.fx_session import SessionTracer
 from torchgraft.frontends.guards import none_guard, where_text
 from torchgraft.frontends.helpers import HelperError, collect, unpatched
+from torchgraft.frontends.state import own_view
 from torchgraft.ir.functions import qualname_of
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, Target
 from torchgraft.ir.model import Helper
@@ -186,7 +186,7 @@ def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper
     is "not None", so without this the other branch would be traced). Both become Guards, as do
     ``given_args`` (optional arguments that were given); ``where`` is the module path for their messages.
     """
-    view = copy.copy(mod)  # shallow: own __dict__, so setting training leaves the original alone
+    view = own_view(mod)  # shallow: own __dict__ and state slots, so the original is left alone
     probe = _ModeProbe()
     object.__setattr__(view, "training", probe if training is None else training)
     concrete = {n: None for n in none_args} or None

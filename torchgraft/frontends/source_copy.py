@@ -25,6 +25,7 @@ from torch import nn
 
 from torchgraft.frontends.fx_block import TraceError
 from torchgraft.frontends.helpers import HelperError, _resolve_global, enum_api_use
+from torchgraft.frontends.state import as_self
 from torchgraft.ir.model import Helper
 from torchgraft.ir.nodes import PySource
 from torchgraft.ir.values import Arg, const_arg
@@ -35,7 +36,7 @@ def _method_source(fn: types.FunctionType) -> ast.FunctionDef:
         tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
     except (OSError, TypeError, SyntaxError) as e:
         raise TraceError(f"the source of {fn.__qualname__} is not available: {e}") from None
-    fdef = tree.body[0]
+    fdef = as_self(tree).body[0]  # type: ignore[attr-defined]
     if not isinstance(fdef, ast.FunctionDef):
         raise TraceError(f"{fn.__qualname__} is not a plain def")
     fdef.decorator_list = []

@@ -14,39 +14,98 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import copy
 import inspect
 import textwrap
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 _PLAIN = (bool, int, float, str, type(None), tuple)
+_CONTAINERS = (list, dict, set)
+
+
+class _Saved:
+    """One module's state as it was: buffer and parameter slots, tensor values, plain attributes
+    (numbers, strings, tuples, and lists/dicts/sets of them, copied)."""
+
+    def __init__(self, mod: nn.Module) -> None:
+        self.mod = mod
+        self.slots = dict(mod._buffers), dict(mod._parameters)
+        tensors = [t for t in (*mod._buffers.values(), *mod.__dict__.values()) if isinstance(t, torch.Tensor)]
+        self.values = [(t, t.detach().clone()) for t in tensors if t.device.type != "meta"]
+        self.attrs = {k: v for k, v in mod.__dict__.items() if not k.startswith("_") and k != "training"}
+        self.copies = {k: copy.deepcopy(v) for k, v in self.attrs.items()
+                       if isinstance(v, _CONTAINERS) and _plain_container(v)}
+
+    def restore(self) -> None:
+        mod = self.mod
+        buffers, parameters = self.slots
+        _refill(mod._buffers, buffers)
+        _refill(mod._parameters, parameters)
+        with torch.no_grad():
+            for t, value in self.values:
+                t.copy_(value)
+        for k in [k for k in mod.__dict__ if not k.startswith("_") and k != "training" and k not in self.attrs]:
+            del mod.__dict__[k]  # attributes a run added
+        for k, v in self.attrs.items():
+            mod.__dict__[k] = v
+            if k in self.copies:  # the same object, its contents as they were
+                _refill(v, self.copies[k])
+
+
+def _plain_container(v: object) -> bool:
+    items = list(v.items()) if isinstance(v, dict) else [(x, x) for x in v]  # type: ignore[attr-defined]
+    return all(isinstance(a, _PLAIN) and (isinstance(b, _PLAIN) or (isinstance(b, _CONTAINERS)
+                                                                   and _plain_container(b))) for a, b in items)
+
+
+def _refill(obj: Any, saved: Any) -> None:
+    if isinstance(obj, list):
+        obj[:] = saved
+    else:
+        obj.clear()
+        obj.update(saved)
 
 
 @contextlib.contextmanager
 def restore_state(model: nn.Module) -> Iterator[None]:
-    """Put every buffer and plain attribute (numbers, strings, tuples) of every module back afterwards."""
-    buffers = [(b, b.detach().clone()) for b in model.buffers() if b.device.type != "meta"]
-    attrs = [(m, {k: v for k, v in m.__dict__.items() if isinstance(v, _PLAIN) and k != "training"})
-             for m in model.modules()]
+    """Put every module's buffers, parameters, tensor attributes and plain attributes back afterwards:
+    values, and which tensor each name holds (a forward may assign ``self.running = ...``)."""
+    saved = [_Saved(m) for m in model.modules()]
     try:
         yield
     finally:
-        with torch.no_grad():
-            for b, v in buffers:
-                b.copy_(v)
-        for m, saved in attrs:
-            for k, value in saved.items():
-                if m.__dict__.get(k, value) is not value:
-                    m.__dict__[k] = value
+        for s in saved:
+            s.restore()
+
+
+def own_view(mod: nn.Module) -> nn.Module:
+    """A shallow copy of ``mod`` to trace with: its own ``__dict__`` and buffer/parameter slots, so
+    what the forward assigns (``self.running = ...``, a Proxy in an fx trace) stays on the copy."""
+    view = copy.copy(mod)
+    object.__setattr__(view, "_buffers", dict(mod._buffers))
+    object.__setattr__(view, "_parameters", dict(mod._parameters))
+    return view
+
+
+def as_self(tree: ast.AST) -> ast.AST:
+    """``tree`` (a parsed method) with its first parameter called ``self``, whatever the author named it."""
+    fdef = next((n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))), None)
+    if fdef is None or not fdef.args.args or fdef.args.args[0].arg == "self":
+        return tree
+    old = fdef.args.args[0].arg
+    fdef.args.args[0].arg = "self"
+    for node in ast.walk(fdef):
+        if isinstance(node, ast.Name) and node.id == old:
+            node.id = "self"
+    return tree
 
 
 def _forward_tree(mod: nn.Module) -> ast.AST | None:
-    try:
-        return ast.parse(textwrap.dedent(inspect.getsource(type(mod).forward)))
-    except (OSError, TypeError, SyntaxError):
-        return None
+    return _method_tree(type(mod).forward)
 
 
 def _self_root(node: ast.expr) -> str | None:
@@ -82,22 +141,117 @@ def updated_buffers(mod: nn.Module) -> list[str]:
     return [n for n in dict.fromkeys(found) if n in mod._buffers or n in mod._parameters]
 
 
+_MUTATORS = frozenset({"append", "extend", "insert", "pop", "remove", "clear", "update", "setdefault", "add",
+                       "discard", "popitem", "sort", "reverse"})
+
+
+def _method_tree(fn: object) -> ast.AST | None:
+    try:
+        return as_self(ast.parse(textwrap.dedent(inspect.getsource(fn))))  # type: ignore[arg-type]
+    except (OSError, TypeError, SyntaxError):
+        return None
+
+
+def _writes(tree: ast.AST, mod: nn.Module) -> tuple[list[str], list[str]]:
+    """(attributes of self written in this code, methods of self it calls)."""
+    written: list[str] = []
+    called: list[str] = []
+    plain = {k for k, v in mod.__dict__.items() if isinstance(v, _CONTAINERS) and not k.startswith("_")}
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = list(node.targets)
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        for t in targets:
+            if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self":
+                written.append(t.attr)  # self.n = ..., self.running = ...
+            elif isinstance(t, ast.Subscript) and _self_root(t) in plain:
+                written.append(_self_root(t) or "")  # self.stats["n"] += 1
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            if isinstance(owner, ast.Name) and owner.id == "self":
+                called.append(node.func.attr)
+            elif node.func.attr in _MUTATORS and _self_root(owner) in plain:
+                written.append(_self_root(owner) or "")  # self.hist.append(1)
+        if isinstance(node, ast.Call) and _is_setattr(node):
+            written.append("<setattr>")
+    return written, called
+
+
+def _is_setattr(call: ast.Call) -> bool:
+    f = call.func
+    named = (isinstance(f, ast.Name) and f.id == "setattr") or (
+        isinstance(f, ast.Attribute) and f.attr == "__setattr__")
+    first = call.args[0] if call.args else None
+    return named and isinstance(first, ast.Name) and first.id == "self"
+
+
 def assigned_attributes(mod: nn.Module) -> list[str]:
-    """Plain attributes (not children, parameters or buffers) that ``mod.forward`` assigns
-    (``self.n += 1``, ``self.cache = x``); [] when there are none or the source is not available."""
+    """State of ``mod`` that its forward (or a method of its class it calls) writes in Python: attributes
+    assigned (``self.n += 1``, ``self.running = ...`` on a buffer, ``setattr(self, ...)``) and plain
+    containers changed (``self.stats["n"] += 1``, ``self.hist.append(x)``). Children and parameters
+    assigned are not counted. [] when there are none or the source is not available."""
+    written: list[str] = []
+    seen: set[str] = set()
+    todo = ["forward"]
+    while todo:
+        name = todo.pop()
+        seen.add(name)
+        fn = getattr(type(mod), name, None)
+        library = (getattr(fn, "__module__", None) or "").split(".")[0] == "torch"
+        tree = _method_tree(fn) if fn is not None and not library else None
+        if tree is None:
+            continue
+        w, called = _writes(tree, mod)
+        written += w
+        todo += [c for c in called if c not in seen and c not in mod._modules]
+    own = set(mod._modules) | set(mod._parameters)
+    return [n for n in dict.fromkeys(written) if n not in own]
+
+
+
+
+_SIZE_CALLS = frozenset({"size", "numel", "dim", "nelement", "ndimension"})
+_SIZE_ATTRS = frozenset({"shape", "ndim"})
+
+
+def _reads_size(node: ast.AST, sized: set[str]) -> bool:
+    """True when the expression reads a tensor's size (``x.size(1)``, ``x.shape[0]``, ``len(x)``) or a
+    local variable that holds one."""
+    for n in ast.walk(node):
+        if isinstance(n, ast.Attribute) and n.attr in _SIZE_ATTRS:
+            return True
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in _SIZE_CALLS:
+            return True
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "len":
+            return True
+        if isinstance(n, ast.Name) and n.id in sized:
+            return True
+    return False
+
+
+def size_driven_python(mod: nn.Module) -> list[str]:
+    """Places where ``mod.forward`` lets a size drive Python itself: ``for i in range(x.size(1))``,
+    ``self.layers[: x.size(0)]``. A trace would unroll or slice for the example's size (Python reads
+    a size's value directly there, so no guard can see it); capture copies such a forward's source."""
     tree = _forward_tree(mod)
     if tree is None:
         return []
-    targets: list[ast.expr] = []
+    sized: set[str] = set()
+    for node in ast.walk(tree):  # n = x.size(1); h, w = x.shape[-2:]
+        if isinstance(node, ast.Assign) and _reads_size(node.value, sized):
+            for t in node.targets:
+                sized |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
+    found: list[str] = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Assign):
-            targets += node.targets
-        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
-            targets.append(node.target)
-    names = [t.attr for t in targets if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
-             and t.value.id == "self"]
-    own = set(mod._modules) | set(mod._parameters) | set(mod._buffers)
-    return [n for n in dict.fromkeys(names) if n not in own]
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range" \
+                and any(_reads_size(a, sized) for a in node.args):
+            found.append(f"range(...) at line {node.lineno}")
+        elif isinstance(node, ast.Subscript) and _self_root(node.value) in mod._modules \
+                and isinstance(node.slice, ast.Slice) and _reads_size(node.slice, sized):
+            found.append(f"self.{_self_root(node.value)}[...] at line {node.lineno}")
+    return found
 
 
-__all__ = ["assigned_attributes", "restore_state", "updated_buffers"]
+__all__ = ["as_self", "assigned_attributes", "own_view", "restore_state", "size_driven_python", "updated_buffers"]

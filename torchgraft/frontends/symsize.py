@@ -4,17 +4,23 @@ During a concrete trace, ``x.shape`` and ``x.size(d)`` return ``SymInt``s: real 
 (everything that reads them sees the actual value) that also know how they were
 computed (``x.size(0)``, ``a * b``). When one reaches a torch call (``x.view(b, s, -1)``)
 the recorder writes that computation into the graph instead of the number, so the
-emitted model runs at other batch sizes and sequence lengths. Comparisons (and ``bool``,
-``range(n)``, indexing with one) return plain values, so a branch on a size follows the
+emitted model runs at other batch sizes and sequence lengths. Comparisons (and ``bool``)
+return plain values, so a branch on a size follows the
 example; the recorder then adds a guard (``frontends.guards.size_guard``) checking at run
-time that the comparison comes out the same, with the source line that made it.
+time that the comparison comes out the same, with the source line that made it. A size that
+becomes a plain number (``n / 2``, ``float(n)``, ``math.sqrt(n)``, ``n * 0.5``) is guarded to
+stay what it was. ``range(n)`` and slicing with a size cannot be seen here (Python reads an
+int subclass's value directly): capture copies such forwards' source instead.
 """
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import operator
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 Materialize = Callable[[], str]
@@ -40,13 +46,29 @@ class SymInt(int):
         return self._name
 
 
+def pin(*values: Any) -> None:
+    """A size left the symbolic world (``n / 2``, ``float(n)``, ``n * 0.5``): the result is a plain
+    number, so guard that each size is what it was in the example."""
+    recorder = _RECORDER[0]
+    if recorder is None:
+        return
+    site = _site()
+    for v in values:
+        if isinstance(v, SymInt):
+            recorder.compare("eq", v, int(v), True, site)
+
+
 def _binary(op: Callable[[Any, Any], Any], opname: str, reverse: bool = False) -> Callable[..., Any]:
     def method(self: SymInt, other: Any) -> Any:
         if not isinstance(other, int) or isinstance(other, bool):
-            return op(int(self), other) if not reverse else op(other, int(self))
+            out = op(int(self), other) if not reverse else op(other, int(self))
+            if out is not NotImplemented:
+                pin(self)
+            return out
         a, b = (other, self) if reverse else (self, other)
         value = op(int(a), int(b))
         if not isinstance(value, int):
+            pin(a, b)
             return value
         recorder = _RECORDER[0]
         if recorder is None:
@@ -55,13 +77,39 @@ def _binary(op: Callable[[Any, Any], Any], opname: str, reverse: bool = False) -
     return method
 
 
+def _unary(op: Callable[[Any], Any]) -> Callable[..., Any]:
+    """``-n``, ``abs(n)``: written as ``0 - n`` / guarded, so they never bake a number silently."""
+    def method(self: SymInt) -> Any:
+        if op is operator.pos:
+            return self
+        value = op(int(self))
+        recorder = _RECORDER[0]
+        if recorder is not None and op is operator.neg:
+            return SymInt(value, lambda: recorder.int_op("sub", 0, self))
+        pin(self)
+        return value
+    return method
+
+
 _RECORDER: list[Any] = [None]
 """The active recorder (set by the concrete tracer while it runs)."""
 
 for _name, _op in (("add", operator.add), ("sub", operator.sub), ("mul", operator.mul),
-                   ("floordiv", operator.floordiv), ("mod", operator.mod)):
+                   ("floordiv", operator.floordiv), ("mod", operator.mod), ("truediv", operator.truediv),
+                   ("pow", operator.pow)):
     setattr(SymInt, f"__{_name}__", _binary(_op, _name))
     setattr(SymInt, f"__r{_name}__", _binary(_op, _name, reverse=True))
+for _name, _fn in (("neg", operator.neg), ("abs", operator.abs), ("pos", operator.pos)):
+    setattr(SymInt, f"__{_name}__", _unary(_fn))
+
+
+def _as_float(self: SymInt) -> float:
+    """``float(n)``, ``math.sqrt(n)``: a plain number from here on, so the size is guarded."""
+    pin(self)
+    return float(int(self))
+
+
+SymInt.__float__ = _as_float  # type: ignore[method-assign,assignment]
 
 
 def _compare(opname: str) -> Callable[..., Any]:
@@ -77,12 +125,19 @@ def _compare(opname: str) -> Callable[..., Any]:
     return method
 
 
-def _site() -> str:
-    """``file.py:123`` of the code that compared a size (the first frame outside this module)."""
+def call_site() -> str:
+    """``file.py:123`` of the model code that used a size (the first frame outside torchgraft and torch)."""
     frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename == __file__:
+    while frame is not None and (_ours(frame.f_code.co_filename)):
         frame = frame.f_back  # type: ignore[assignment]
     return f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"
+
+
+_site = call_site
+
+
+def _ours(filename: str) -> bool:
+    return f"{os.sep}torchgraft{os.sep}" in filename or f"{os.sep}torch{os.sep}" in filename
 
 
 for _name in ("lt", "le", "gt", "ge", "eq", "ne"):
@@ -90,21 +145,11 @@ for _name in ("lt", "le", "gt", "ge", "eq", "ne"):
 SymInt.__hash__ = int.__hash__  # type: ignore[method-assign]
 
 
-def _as_int(self: SymInt) -> int:
-    """``range(n)``, ``lst[n]``: the value is used as a plain int, so it must stay the same."""
-    value = int(self)
-    recorder = _RECORDER[0]
-    if recorder is not None:
-        recorder.compare("eq", self, value, True, _site())
-    return value
-
-
 def _truth(self: SymInt) -> bool:
     """``if n:``: a branch on whether a size is zero."""
     return self != 0
 
 
-SymInt.__index__ = _as_int  # type: ignore[method-assign,assignment]
 SymInt.__bool__ = _truth  # type: ignore[method-assign,assignment]
 
 
@@ -116,8 +161,39 @@ class SymSize(tuple):  # torch.Size cannot be subclassed; a tuple reads the same
         return SymSize(got) if isinstance(key, slice) else got
 
     def numel(self) -> int:
-        """Product of the sizes, like ``torch.Size.numel``."""
-        n = 1
+        """Product of the sizes, like ``torch.Size.numel`` (symbolic when the sizes are)."""
+        n: int = 1
         for d in self:
-            n *= int(d)
+            n = d * n if isinstance(d, SymInt) else n * d
         return n
+
+
+_RANGE = builtins.range
+
+
+class _RangeType(type):
+    def __instancecheck__(cls, obj: object) -> bool:
+        return isinstance(obj, _RANGE)
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        return issubclass(sub, _RANGE)
+
+
+class _PinningRange(metaclass=_RangeType):
+    """``range`` while a concrete trace runs: a real ``range``, whose size arguments are guarded
+    (``for i in range(x.size(1))`` unrolls for the example's size)."""
+
+    def __new__(cls, *args: Any) -> Any:  # type: ignore[misc]
+        pin(*args)
+        return _RANGE(*args)
+
+
+@contextlib.contextmanager
+def pinning_range() -> Iterator[None]:
+    """Swap ``builtins.range`` for one that guards sizes, for the duration of a concrete trace
+    (``isinstance(r, range)`` still holds for every range)."""
+    builtins.range = _PinningRange  # type: ignore[misc,assignment]
+    try:
+        yield
+    finally:
+        builtins.range = _RANGE  # type: ignore[misc]

@@ -1,0 +1,204 @@
+"""Python in a forward that a trace could bake in silently: sizes read as plain numbers, loops over
+sizes, defaults, state kept in Python. Each case is captured on one example and called on others
+(and three times in a row): the emitted model equals eager (``assert_close``, rtol 1e-4 / atol 1e-5)
+or refuses loudly (ValueError from a guard, TypeError, or a torchgraft error at capture or emit)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import torchgraft
+from torchgraft.errors import TorchgraftError
+from torchgraft.ir.verify import verify
+
+TOL = {"rtol": 1e-4, "atol": 1e-5}
+
+
+class _Fn(nn.Module):
+    """A module whose forward is ``fn(self, x)``, with one Linear and optional layers."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], width: int = 4) -> None:
+        super().__init__()
+        self.lin = nn.Linear(width, width)
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(4))
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self, x)
+
+
+def _len_reshape(self: _Fn, x: torch.Tensor) -> torch.Tensor:
+    n = len(x)
+    return self.lin(x).reshape(n, -1).sum(-1)
+
+
+def _numel(self: _Fn, x: torch.Tensor) -> torch.Tensor:
+    y = self.lin(x)
+    return y.sum() / y.numel() + y.sum() / y.shape.numel()
+
+
+def _sqrt(self: _Fn, x: torch.Tensor) -> torch.Tensor:
+    len(x)
+    return self.lin(x) / math.sqrt(x.size(-1))
+
+
+def _half(self: _Fn, x: torch.Tensor) -> torch.Tensor:
+    h = int(x.shape[0] / 2)
+    return self.lin(x)[:h]
+
+
+def _range(self: _Fn, x: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(x.size(1))
+    for i in range(x.size(0)):
+        out = out + self.lin(x)[i] * (i + 1)
+    return out
+
+
+def _slice(self: _Fn, x: torch.Tensor) -> torch.Tensor:
+    for layer in self.layers[: x.size(0)]:
+        x = layer(x)
+    return x
+
+
+def _ndim(self: _Fn, x: torch.Tensor) -> torch.Tensor:
+    if x.ndim == 2:
+        x = x.unsqueeze(0)
+    return self.lin(x).sum(0)
+
+
+CASES: dict[str, tuple[Callable[..., torch.Tensor], list[tuple[int, ...]]]] = {
+    "len": (_len_reshape, [(3, 4), (4, 4)]),
+    "numel": (_numel, [(3, 4), (1, 4)]),
+    "sqrt": (_sqrt, [(3, 4), (5, 4)]),
+    "int-of-division": (_half, [(4, 4), (6, 4)]),
+    "range-over-size": (_range, [(3, 4), (5, 4)]),
+    "slice-by-size": (_slice, [(3, 4), (1, 4)]),
+    "ndim-branch": (_ndim, [(3, 4), (2, 3, 4)]),
+}
+
+
+def _faithful_or_loud(model: nn.Module, example: tuple[Any, ...], calls: list[tuple[Any, ...]],
+                      repeat: int = 1) -> str:
+    """"ok", or "loud: ..." when torchgraft refused at capture, emit or call; fails on a silent difference."""
+    reference = copy.deepcopy(model)
+    try:
+        captured = torchgraft.capture(model, example)
+        verify(captured)
+        emitted = torchgraft.emit(captured).materialize().train(model.training)
+    except TorchgraftError as e:
+        return f"loud: {e}"
+    for args in [example, *calls]:
+        for _ in range(repeat):
+            try:
+                got = emitted(*args)
+            except (ValueError, TypeError) as e:
+                return f"loud: {e}"
+            torch.testing.assert_close(got, reference(*args), **TOL)
+    return "ok"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_sizes_read_in_python_are_kept_or_guarded(name: str) -> None:
+    fn, shapes = CASES[name]
+    torch.manual_seed(0)
+    model = _Fn(fn).eval()
+    outcome = _faithful_or_loud(model, (torch.randn(2, 4),), [(torch.randn(*s),) for s in shapes])
+    assert outcome == "ok" or outcome.startswith("loud"), outcome
+
+
+class _Temp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, t: float = 1.0) -> torch.Tensor:
+        return (self.lin(x) / t).softmax(-1)
+
+
+class _TempTraced(_Temp):
+    def forward(self, x: torch.Tensor, t: float = 1.0) -> torch.Tensor:
+        len(x)  # fx cannot trace len(): the fallback trace runs it, specialising t
+        return (self.lin(x) / t).softmax(-1)
+
+
+def test_a_default_stays_the_originals() -> None:
+    x = torch.randn(2, 4)
+    model = _Temp().eval()  # fx keeps t an input
+    emitted = torchgraft.emit(torchgraft.capture(model, (x, 2.0))).materialize()
+    for args in ((x, 2.0), (x,), (x, 0.5)):
+        torch.testing.assert_close(emitted(*args), model(*args), **TOL)
+    model = _TempTraced().eval()  # not fx-traceable: copied or traced with t guarded, never computed with 2.0
+    outcome = _faithful_or_loud(model, (x, 2.0), [(x,), (x, 0.5)])
+    assert outcome == "ok" or "t=2.0" in outcome, outcome
+
+
+class _Reassign(nn.Module):
+    def __init__(s) -> None:  # noqa: N805 - the first parameter need not be called self
+        super().__init__()
+        s.register_buffer("running", torch.zeros(4))
+
+    def forward(s, x: torch.Tensor) -> torch.Tensor:  # noqa: N805
+        s.running = 0.9 * s.running + 0.1 * x.mean(0)
+        return x - s.running
+
+
+class _Hist(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hist: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.hist.append(1)
+        return x * len(self.hist)
+
+
+class _Bump(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def bump(self) -> int:
+        self.n += 1
+        return self.n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.bump()
+
+
+class _Setattr(_Bump):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        setattr(self, "n", self.n + 1)  # noqa: B010
+        return x * self.n
+
+
+class _Stats(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stats = {"n": 0}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.stats["n"] += 1
+        return x * self.stats["n"]
+
+
+@pytest.mark.parametrize("cls", [_Reassign, _Hist, _Bump, _Setattr, _Stats])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_python_state_is_kept_or_refused_and_the_model_untouched(cls: type[nn.Module], mode: str) -> None:
+    model = cls().train(mode == "train")
+    before = copy.deepcopy(model)
+    buffers = {k: id(v) for k, v in model._buffers.items()}
+    outcome = _faithful_or_loud(copy.deepcopy(model), (torch.randn(2, 4),), [(torch.randn(3, 4),)], repeat=3)
+    assert outcome == "ok" or outcome.startswith("loud"), outcome
+    torchgraft.capture(model, (torch.randn(2, 4),)) if outcome == "ok" else None
+    assert {k: id(v) for k, v in model._buffers.items()} == buffers
+    for k, v in before.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert {k: v for k, v in vars(model).items() if not k.startswith("_")} == \
+        {k: v for k, v in vars(before).items() if not k.startswith("_")}
