@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import copy
+import functools
 import inspect
 import textwrap
 from collections.abc import Iterator
@@ -145,7 +146,9 @@ _MUTATORS = frozenset({"append", "extend", "insert", "pop", "remove", "clear", "
                        "discard", "popitem", "sort", "reverse"})
 
 
+@functools.lru_cache(maxsize=4096)
 def _method_tree(fn: object) -> ast.AST | None:
+    """The parsed source of a method, its first parameter called ``self`` (cached: do not change it)."""
     try:
         return as_self(ast.parse(textwrap.dedent(inspect.getsource(fn))))  # type: ignore[arg-type]
     except (OSError, TypeError, SyntaxError):
