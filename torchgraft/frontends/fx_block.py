@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import math
+import operator
+import sys
+import textwrap
 from typing import Any
 
 import torch
@@ -49,6 +53,22 @@ class _ModeProbe:
     __str__ = __format__ = __call__ = _use  # type: ignore[assignment]
 
 
+_AUGMENTED = {operator.add: "operator.iadd", operator.sub: "operator.isub", operator.mul: "operator.imul",
+              operator.truediv: "operator.itruediv"}
+_AUG_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def augmented_lines(fn: Any) -> dict[int, Any]:
+    """Line -> operator of each ``a += b``-style statement in ``fn``'s source (first lines of statements)."""
+    try:
+        lines, start = inspect.getsourcelines(fn)
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+    except (OSError, TypeError, SyntaxError):
+        return {}
+    return {node.lineno + start - 1: _AUG_OPS[type(node.op)] for node in ast.walk(tree)
+            if isinstance(node, ast.AugAssign) and type(node.op) in _AUG_OPS}
+
+
 class _OwnCodeTracer(SessionTracer):
     """Treat every submodule as a leaf, so only the block's own code is traced.
 
@@ -64,6 +84,19 @@ class _OwnCodeTracer(SessionTracer):
     def __init__(self, root: nn.Module, math_autowrap: bool = True) -> None:
         super().__init__(autowrap_modules=(math,) if math_autowrap else ())  # type: ignore[arg-type]
         self._root = root
+        self._code = getattr(type(root).forward, "__code__", None)
+
+    def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, *rest: Any, **kw: Any) -> fx.Proxy:
+        """fx's proxy; arithmetic remembers its line in the forward, so ``out += x`` can be told from
+        ``out = out + x`` (fx proxies have no ``__iadd__``: both reach fx as ``operator.add``)."""
+        proxy = super().create_proxy(kind, target, args, kwargs, *rest, **kw)
+        if kind == "call_function" and target in _AUGMENTED and self._code is not None:
+            frame = sys._getframe(1)
+            while frame is not None and frame.f_code is not self._code:
+                frame = frame.f_back  # type: ignore[assignment]
+            if frame is not None:
+                proxy.node.meta["torchgraft_line"] = frame.f_lineno
+        return proxy
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return m is not self._root
@@ -140,6 +173,8 @@ def to_graph(gm_graph: fx.Graph, mod: nn.Module, helpers: dict[str, Helper], fns
     placeholders = [n.name for n in gm_graph.nodes if n.op == "placeholder"]
     ren = {ph: inp.name for ph, inp in zip(placeholders, inputs) if ph != inp.name}
     label = where_text(where, type(mod).__name__)
+    augmented = augmented_lines(type(mod).forward) if any(
+        "torchgraft_line" in n.meta for n in gm_graph.nodes) else {}
     for name in given:
         ops += none_guard(f"{name}_guard", name, label, was_none=False)
     for node in gm_graph.nodes:
@@ -154,6 +189,8 @@ def to_graph(gm_graph: fx.Graph, mod: nn.Module, helpers: dict[str, Helper], fns
             output = rename_refs(_arg(node.args[0], mod), ren)
             continue
         target = _target(node, helpers, fns)
+        if augmented.get(node.meta.get("torchgraft_line", -1)) is node.target and node.target in _AUGMENTED:
+            target = FunctionCall(_AUGMENTED[node.target])  # the source wrote it in place: out += identity
         args = tuple(rename_refs(_arg(a, mod), ren) for a in node.args)
         kwargs = tuple((k, rename_refs(_arg(v, mod), ren)) for k, v in node.kwargs.items())
         target, args, kwargs = canonical_target(target, args, kwargs)

@@ -50,7 +50,8 @@ SHOWN_OPS = 10
 TYPE_COLUMN_MAX = 72
 _INFIX = {"add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//", "mod": "%", "matmul": "@",
           "pow": "**", "and_": "&", "or_": "|", "xor": "^", "eq": "==", "ne": "!=", "lt": "<", "le": "<=",
-          "gt": ">", "ge": ">=", "is_": "is", "is_not": "is not"}
+          "gt": ">", "ge": ">=", "is_": "is", "is_not": "is not",
+          "iadd": "+=", "isub": "-=", "imul": "*=", "itruediv": "/="}
 _PREFIXES = (("torch.nn.functional.", "F."), ("builtins.", ""))
 
 Row = tuple[str, str]

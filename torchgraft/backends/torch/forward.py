@@ -172,6 +172,9 @@ class _Writer:
     def _inline_ok(self, i: int, op: Op, code: Code) -> bool:
         uses = self.users.get(op.name, [])
         flag = self.special.flag
+        user = self.ops.get(uses[0]) if len(uses) == 1 else None
+        if user is not None and _augmented(user) and user.args[0] == Ref(op.name):
+            return False  # ``out += identity`` needs ``out`` to be a variable
         if len(uses) != 1 or op.name in self.special.optional:
             return False
         if flag is not None and (op.name == flag[2] or i == len(self.g.ops) - 1):
@@ -189,6 +192,15 @@ class _Writer:
     def _op(self, i: int, op: Op, width: int) -> list[str]:
         if isinstance(op.target, Guard):
             return self._guard(op)
+        if _augmented(op):
+            target = arg_code(op.args[0], self.ctx).text
+            if target.isidentifier():
+                assert isinstance(op.target, FunctionCall)
+                line = f"{target} {_AUG_SYMBOLS[op.target.qualname]} {arg_code(op.args[1], self.ctx).text}"
+                self._consume(op)
+                self.depth[op.name] = 0
+                self.ctx.values[op.name] = Code(self.namer.take(op.name, target))
+                return wrap(line, width)
         code = self._code(op)
         rank = shape_source(op, self.types)
         if rank is not None:
@@ -244,6 +256,15 @@ class _Writer:
         else:
             cands += [own or GENERIC, word]
         return self.namer.pick(op.name, [c for c in cands if c])
+
+
+_AUG_SYMBOLS = {"operator.iadd": "+=", "operator.isub": "-=", "operator.imul": "*=", "operator.itruediv": "/="}
+
+
+def _augmented(op: Op) -> bool:
+    """``out += identity``: an in-place operator on a value, written as a statement."""
+    return (isinstance(op.target, FunctionCall) and op.target.qualname in _AUG_SYMBOLS and len(op.args) == 2
+            and not op.kwargs and isinstance(op.args[0], Ref))
 
 
 def _calls(op: Op) -> int:
