@@ -202,3 +202,74 @@ def test_python_state_is_kept_or_refused_and_the_model_untouched(cls: type[nn.Mo
         assert torch.equal(model.state_dict()[k], v), k
     assert {k: v for k, v in vars(model).items() if not k.startswith("_")} == \
         {k: v for k, v in vars(before).items() if not k.startswith("_")}
+
+
+class _ToF(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.to(torch.float32)  # the same tensor for a float32 input, another one for float64
+        return y * 2 + x
+
+
+class _DtypeBranch(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        len(x)
+        return x * 2 if x.dtype == torch.float32 else x + 1
+
+
+class _ListIn(nn.Module):
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        len(xs[0])
+        out = xs[0]
+        for t in xs[1:]:
+            out = out + t
+        return out
+
+
+class _TwoCalls(nn.Module):
+    class _Child(nn.Module):
+        def forward(self, x: torch.Tensor, scale: float, square: bool = False) -> torch.Tensor:
+            len(x)
+            return (x * x if square else x) * scale
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = self._Child()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(x, 2.0) + self.c(x, 3.0, square=True)
+
+
+@pytest.mark.parametrize(("model", "example", "calls"), [
+    (_ToF(), (torch.randn(2, 4),), [(torch.randn(2, 4).double(),)]),
+    (_DtypeBranch(), (torch.randn(2, 4),), [(torch.randn(2, 4).double(),)]),
+    (_ListIn(), ([torch.randn(2), torch.randn(2)],), [([torch.randn(2)] * 3,)]),
+    (_TwoCalls(), (torch.randn(2, 4),), [(torch.randn(3, 4),)]),
+], ids=["alias-of-input", "dtype-branch", "list-length", "child-called-twice"])
+def test_values_python_sees_are_kept_or_guarded(model: nn.Module, example: tuple[Any, ...],
+                                                calls: list[tuple[Any, ...]]) -> None:
+    outcome = _faithful_or_loud(model.eval(), example, calls)
+    assert outcome == "ok" or outcome.startswith("loud"), outcome
+    assert "torchgraft bug" not in outcome
+
+
+def test_a_child_that_appends_to_its_list_arguments(torchvision: Any) -> None:
+    from torchvision.ops import FeaturePyramidNetwork
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+    torch.manual_seed(0)
+    fpn = FeaturePyramidNetwork([8, 16], 8, extra_blocks=LastLevelMaxPool()).eval()
+    feats = {"p2": torch.randn(1, 8, 16, 16), "p3": torch.randn(1, 16, 8, 8)}
+    emitted = torchgraft.emit(torchgraft.capture(fpn, (feats,))).materialize().eval()
+    other = {"p2": torch.randn(2, 8, 20, 24), "p3": torch.randn(2, 16, 10, 12)}
+    for inputs in (feats, other):
+        expected, got = fpn(inputs), emitted(inputs)
+        assert list(got) == list(expected) == ["p2", "p3", "pool"]
+        torch.testing.assert_close(dict(got), dict(expected), **TOL)
+
+
+def test_capture_leaves_the_random_state_alone() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).train()
+    x = torch.randn(2, 4)
+    state = torch.get_rng_state()
+    torchgraft.capture(model, (x,))
+    assert torch.equal(torch.get_rng_state(), state)

@@ -13,7 +13,7 @@ from torch import nn
 
 from torchgraft.errors import CaptureError
 from torchgraft.frontends.concrete import concrete_trace, export_flags
-from torchgraft.frontends.examples import Example, ExampleDiverged, normalise, validate
+from torchgraft.frontends.examples import Example, ExampleDiverged, normalise, tripped_guard, validate
 from torchgraft.frontends.fx_block import ModeRead, TraceError, merge_training, trace_graph
 from torchgraft.frontends.fx_session import session
 from torchgraft.frontends.guards import guards_of, size_sites
@@ -32,7 +32,13 @@ from torchgraft.frontends.recording import (
 from torchgraft.frontends.report import CaptureReport
 from torchgraft.frontends.signature import honest_root
 from torchgraft.frontends.source_copy import copy_forward
-from torchgraft.frontends.state import assigned_attributes, restore_state, size_driven_python, updated_buffers
+from torchgraft.frontends.state import (
+    assigned_attributes,
+    mutated_arguments,
+    restore_state,
+    size_driven_python,
+    updated_buffers,
+)
 from torchgraft.ir.graph import Graph
 from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import Block, Chain, ClassRef, Container, Node, Opaque, StateSpec
@@ -123,6 +129,10 @@ def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
         if assigned:
             raise SourceFirst(f"its forward assigns self.{', self.'.join(assigned)}: state kept in Python "
                               "attributes, which a trace would bake in")
+        mutated = mutated_arguments(mod, ctx.all_inputs.get(path, []))
+        if mutated:
+            raise SourceFirst(f"its forward changes the arguments {', '.join(mutated)} in place (list "
+                              "methods), which a trace would not keep")
         driven = size_driven_python(mod)
         if driven:
             raise SourceFirst(f"sizes drive its Python ({', '.join(driven)}), which a trace would unroll "
@@ -263,7 +273,7 @@ def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str
     forced: set[str] = set()
     while True:
         try:
-            with restore_state(model):  # whatever capture's runs change is put back
+            with restore_state(model), torch.random.fork_rng(devices=[]):  # runs change no state, no RNG
                 return _capture(model, calls, forced)
         except ExampleDiverged as e:
             if e.path in forced or len(forced) >= MAX_FORCED:
@@ -334,6 +344,10 @@ def _types(root: Node, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str
             out = interp.run_node(root, model, "", args, kwargs)
         except CaptureError as e:
             eager_types(model, args, kwargs, symbols)  # the model's own failure gets the clearer error
+            path, cause = tripped_guard(e)
+            if path is not None:  # a module called twice, differently: its first call's guard refused the second
+                raise ExampleDiverged(f"{path or '<root>'} is called in ways one trace cannot serve: {cause}",
+                                      path) from e
             raise CaptureError(f"torchgraft could not replay the captured forward ({e}); the model itself "
                                "runs on these inputs, so this is a torchgraft bug: please report it", e.path) from e
     ctx.report.typing = "meta" if device == "meta" else "eager"

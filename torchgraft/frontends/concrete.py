@@ -28,7 +28,7 @@ from torch.overrides import TorchFunctionMode
 
 from torchgraft.frontends.canon import canonical_target
 from torchgraft.frontends.fx_block import TraceError, input_kind
-from torchgraft.frontends.guards import count_guard, none_guard, size_guard, value_guard, where_text
+from torchgraft.frontends.guards import count_guard, dtype_check, none_guard, size_guard, value_guard, where_text
 from torchgraft.frontends.state import own_view
 from torchgraft.frontends.symsize import _RECORDER, SymInt, SymSize, call_site, pin, pinning_range
 from torchgraft.ir.functions import qualname_of
@@ -55,6 +55,7 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.where = where_text(where, type(block).__name__)
         self.devices: dict[torch.device, Arg] = {}
+        self.dtype_checked: set[str] = set()
         self.ops: list[Op] = []
         self.names: dict[int, str] = {}
         self.keep: list[Any] = []
@@ -213,8 +214,22 @@ class _Recorder(TorchFunctionMode):
             if key == "__len__":  # len() turns any int into a plain one: guard the length instead
                 self.compare("eq", value, out, True, call_site())
             return value
+        if attr == "dtype" and args and isinstance(args[0], torch.Tensor) and not self.depth:
+            self.dtype_guard(args[0], out)
+        out = _distinct(out, args, fname)
         self._record_call(func, fname, args, kwargs, out)
         return out
+
+    def dtype_guard(self, t: torch.Tensor, dtype: torch.dtype) -> None:
+        """The forward read ``t.dtype``: what it decides from it (a branch, ``torch.finfo``, a cast) holds
+        for this dtype only, so guard it (once per value)."""
+        name = self._tensor_name(t)
+        if name in self.dtype_checked:
+            return
+        self.dtype_checked.add(name)
+        dt = self.fresh(f"{name}_dtype")
+        self.ops.append(Op(dt, FunctionCall("builtins.getattr"), (Ref(name), Const("dtype"))))
+        self.ops += dtype_check(self.fresh("dtype_guard"), Ref(dt), dtype, self.where, call_site())
 
     def _record_call(self, func: Callable[..., Any], fname: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                      out: Any) -> None:
@@ -283,6 +298,25 @@ class _Spy(nn.Module):
         return getattr(self._target, name)
 
 
+_IN_PLACE = frozenset({"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
+                       "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__",
+                       "__imatmul__", "__get__"})
+
+
+def _distinct(out: Any, args: tuple[Any, ...], fname: str) -> Any:
+    """A call that returned one of its own tensor arguments unchanged (``x.to(x.dtype)``, ``x.contiguous()``,
+    ``x.float()`` on a float) as a new view of it: values are tracked by identity, and the forward's next
+    read of ``x`` must not become a read of ``y = x.to(...)``, which is another tensor for other inputs."""
+    if not isinstance(out, torch.Tensor) or fname in _IN_PLACE or fname.endswith("_"):
+        return out
+    if any(out is a for a in args):
+        try:
+            return out.view_as(out)
+        except RuntimeError:
+            return out
+    return out
+
+
 class _PinningList(nn.ModuleList):
     """A ModuleList of spies whose slices guard the sizes they are cut at (``self.layers[: x.size(0)]``)."""
 
@@ -342,6 +376,8 @@ def _inputs(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], rec: 
                 if isinstance(x, torch.Tensor):
                     rec.pending[id(x)] = (pname, i)
                     rec.keep.append(x)
+            rec.ops += count_guard(rec.fresh(f"{pname}_guard"), pname, len(value), rec.where, keyword=False,
+                                   what="items")
         else:
             try:  # non-tensor arguments specialise the trace: a guard checks they keep the traced value
                 const = Const(value if value is not P.empty else None)

@@ -46,6 +46,18 @@ def normalise(args: Any, kwargs: dict[str, Any] | None, examples: Sequence[Any] 
     return out
 
 
+def tripped_guard(e: BaseException) -> tuple[str | None, BaseException]:
+    """(module path, cause) when a replay failed because a guard of that module refused the call
+    (the innermost ``CaptureError`` names the module, its cause is the guard's ``ValueError``)."""
+    cause: BaseException = e
+    path = getattr(e, "path", None)
+    while isinstance(cause, CaptureError) and cause.__cause__ is not None:
+        path = cause.path
+        cause = cause.__cause__
+    guard = isinstance(cause, ValueError) and not isinstance(cause, CaptureError)
+    return (path if guard else None), cause
+
+
 def _outputs_match(a: Any, b: Any) -> str:
     """"" when two outputs are equal within float tolerance, else what differs."""
     fa, fb = tree_flatten(a)[0], tree_flatten(b)[0]
@@ -74,12 +86,8 @@ def validate(model: nn.Module, examples: list[Example], replay: Callable[[tuple[
             with torch.no_grad(), restore():
                 got = replay(args, kwargs)
         except Exception as e:  # noqa: BLE001 - a guard's ValueError, or a shape the trace fixed
-            cause: BaseException = e
-            path = getattr(e, "path", None)
-            while isinstance(cause, CaptureError) and cause.__cause__ is not None:
-                path = cause.path if cause.path is not None else path
-                cause = cause.__cause__
-            if isinstance(cause, ValueError) and not isinstance(cause, CaptureError) and path is not None:
+            path, cause = tripped_guard(e)
+            if path is not None:
                 raise ExampleDiverged(f"example {i} trips a guard in {path or '<root>'}: {cause}", path) from e
             raise CaptureError(f"example {i} takes a path the first example did not, and torchgraft keeps one "
                                f"path per module: {type(cause).__name__}: {cause}. Capture with the first "
@@ -91,4 +99,4 @@ def validate(model: nn.Module, examples: list[Example], replay: Callable[[tuple[
                                "capture with that example first, or capture each kind of call separately")
 
 
-__all__ = ["Example", "normalise", "validate"]
+__all__ = ["Example", "ExampleDiverged", "normalise", "tripped_guard", "validate"]

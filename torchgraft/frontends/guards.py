@@ -62,15 +62,25 @@ def size_sites(ops: tuple[Op, ...]) -> list[str]:
     return [op.target.site for op in ops if isinstance(op.target, Guard) and op.target.kind == "size"]
 
 
-def count_guard(name: str, arg: str, count: int, where: str, keyword: bool) -> list[Op]:
-    """Ops checking that ``*args``/``**kwargs`` hold as many items as in the example: an extra one
-    (``output_attentions=True`` through ``**kwargs``) would be accepted and ignored."""
-    what = "keyword arguments" if keyword else "extra positional arguments"
-    msg = (f"{where} was captured with {count} {what} in **{arg}" if keyword else
-           f"{where} was captured with {count} {what} in *{arg}")
+def count_guard(name: str, arg: str, count: int, where: str, keyword: bool, what: str = "") -> list[Op]:
+    """Ops checking that ``*args``/``**kwargs`` (or a list/tuple argument, ``what="items"``) hold as many
+    items as in the example: an extra one would be accepted and ignored, or a loop unrolled too short."""
+    if what:
+        msg = f"{where} was captured with {count} {what} in {arg}"
+    elif keyword:
+        msg = f"{where} was captured with {count} keyword arguments in **{arg}"
+    else:
+        msg = f"{where} was captured with {count} extra positional arguments in *{arg}"
     msg += f"; others would be ignored; {HOW}"
     size = Op(f"{name}_len", FunctionCall("builtins.len"), (Ref(arg),))
     return [size, *_pair(name, "eq", Ref(size.name), Const(count), msg)]
+
+
+def dtype_check(name: str, dtype_value: Arg, dtype: Any, where: str, site: str) -> list[Op]:
+    """Ops checking that a tensor whose dtype the forward read still has the example's dtype."""
+    msg = (f"{where} was captured with a {str(dtype).removeprefix('torch.')} tensor whose dtype it reads at "
+           f"{_short(site)}; other dtypes may take another path; capture with an example of that dtype")
+    return _pair(name, "eq", dtype_value, Const(dtype), msg)
 
 
 _SYMBOL = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
@@ -97,4 +107,5 @@ def guards_of(root: Node, path: str = "") -> list[tuple[str, str, str]]:
     return list(dict.fromkeys(out))
 
 
-__all__ = ["HOW", "count_guard", "guards_of", "none_guard", "size_guard", "size_sites", "value_guard", "where_text"]
+__all__ = ["HOW", "count_guard", "dtype_check", "guards_of", "none_guard", "size_guard", "size_sites", "value_guard",
+           "where_text"]

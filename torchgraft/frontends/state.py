@@ -257,4 +257,33 @@ def size_driven_python(mod: nn.Module) -> list[str]:
     return found
 
 
-__all__ = ["as_self", "assigned_attributes", "own_view", "restore_state", "size_driven_python", "updated_buffers"]
+
+
+def mutated_arguments(mod: nn.Module, seen: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> list[str]:
+    """Arguments ``mod.forward`` changes in place as Python containers (``names.append("pool")``,
+    ``xs.extend(...)``): a trace sees only what the forward returns, so the caller's list would not change.
+    ``seen`` are recorded calls: an argument that was never a list/dict/set there (a cache left None) is
+    not counted; with no recorded call every such argument is."""
+    tree = _forward_tree(mod)
+    fdef = next((n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)), None) if tree is not None else None
+    if fdef is None:
+        return []
+    params = {a.arg for a in (*fdef.args.args[1:], *fdef.args.kwonlyargs)}
+    found = [node.func.value.id for node in ast.walk(fdef)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _MUTATORS
+             and isinstance(node.func.value, ast.Name) and node.func.value.id in params]
+    found = list(dict.fromkeys(found))
+    if not seen:
+        return found
+    sig = inspect.signature(type(mod).forward)
+    values: list[dict[str, Any]] = []
+    for args, kwargs in seen:
+        try:
+            values.append(sig.bind(mod, *args, **kwargs).arguments)
+        except TypeError:
+            return found
+    return [n for n in found if any(isinstance(v.get(n), _CONTAINERS) for v in values)]
+
+
+__all__ = ["as_self", "assigned_attributes", "mutated_arguments", "own_view", "restore_state", "size_driven_python",
+           "updated_buffers"]
