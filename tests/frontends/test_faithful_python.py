@@ -273,3 +273,22 @@ def test_capture_leaves_the_random_state_alone() -> None:
     state = torch.get_rng_state()
     torchgraft.capture(model, (x,))
     assert torch.equal(torch.get_rng_state(), state)
+
+
+class _GradBranch(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        len(x)
+        return x * 2 if torch.is_grad_enabled() and x.requires_grad else x + 1
+
+
+def test_grad_mode_branches_are_kept() -> None:
+    model = _GradBranch()
+    x = torch.randn(2, 4)
+    captured = torchgraft.capture(model, (x,))
+    assert captured.report.methods[""] == "source"
+    emitted = torchgraft.emit(captured).materialize()
+    leaf = torch.randn(2, 4, requires_grad=True)
+    torch.testing.assert_close(emitted(leaf), model(leaf), **TOL)
+    with torch.no_grad():
+        torch.testing.assert_close(emitted(leaf), model(leaf), **TOL)
+    torch.testing.assert_close(emitted(x), model(x), **TOL)

@@ -38,6 +38,7 @@ from torchgraft.frontends.state import (
     restore_state,
     size_driven_python,
     updated_buffers,
+    value_driven_python,
 )
 from torchgraft.ir.graph import Graph
 from torchgraft.ir.model import Helper, Model
@@ -122,25 +123,11 @@ def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
     if set(optional_params(mod)) - set(nones) - set(given) and len(ctx.all_inputs.get(path, [])) > 1:
         ctx.forced.add(path)  # None in one example, given in another: no single trace serves both
         ctx.source_first.add(path)
+    preferred = _copied_if_value_driven(mod, path, kids, ctx)
+    if preferred is not None:
+        return preferred
     try:
-        if path in ctx.forced:
-            raise SourceFirst("the examples take different paths through its forward")
-        assigned = assigned_attributes(mod)
-        if assigned:
-            raise SourceFirst(f"its forward assigns self.{', self.'.join(assigned)}: state kept in Python "
-                              "attributes, which a trace would bake in")
-        mutated = mutated_arguments(mod, ctx.all_inputs.get(path, []))
-        if mutated:
-            raise SourceFirst(f"its forward changes the arguments {', '.join(mutated)} in place (list "
-                              "methods), which a trace would not keep")
-        driven = size_driven_python(mod)
-        if driven:
-            raise SourceFirst(f"sizes drive its Python ({', '.join(driven)}), which a trace would unroll "
-                              "for the example's sizes")
-        updated = updated_buffers(mod)
-        if updated:
-            raise TraceError(f"its forward updates self.{', self.'.join(updated)} in place, which torch.fx "
-                             "would run on the real tensors and leave out")
+        _refuse_tracing(mod, path, ctx)
         body, train_body, consts = _trace_modes(mod, ctx, nones, given, path)
     except TraceError as e:
         if isinstance(e, SourceFirst):
@@ -153,6 +140,46 @@ def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
         ctx.constants[join(path, name)] = value
     state += tuple(StateSpec(n, tuple(v.shape), _dtype(v), False, False, False) for n, v in consts.items())
     return Block(_class_ref(mod), kids, body, state, train_body, method="fx")
+
+
+def _refuse_tracing(mod: nn.Module, path: str, ctx: _Ctx) -> None:
+    """Raise when no trace of ``mod.forward`` can be faithful (``SourceFirst``: copy its source) or
+    when torch.fx must not trace it (``TraceError``: the fallback trace runs it instead)."""
+    if path in ctx.forced:
+        raise SourceFirst("the examples take different paths through its forward")
+    assigned = assigned_attributes(mod)
+    if assigned:
+        raise SourceFirst(f"its forward assigns self.{', self.'.join(assigned)}: state kept in Python "
+                          "attributes, which a trace would bake in")
+    mutated = mutated_arguments(mod, ctx.all_inputs.get(path, []))
+    if mutated:
+        raise SourceFirst(f"its forward changes the arguments {', '.join(mutated)} in place (list "
+                          "methods), which a trace would not keep")
+    driven = size_driven_python(mod)
+    if driven:
+        raise SourceFirst(f"sizes drive its Python ({', '.join(driven)}), which a trace would unroll "
+                          "for the example's sizes")
+    updated = updated_buffers(mod)
+    if updated:
+        raise TraceError(f"its forward updates self.{', self.'.join(updated)} in place, which torch.fx "
+                         "would run on the real tensors and leave out")
+
+
+def _copied_if_value_driven(mod: nn.Module, path: str, kids: tuple[tuple[str, Node], ...], ctx: _Ctx
+                            ) -> Block | None:
+    """A source Block for a forward that branches on what no guard sees (``torch.is_grad_enabled()``,
+    ``x.requires_grad``, ``x.is_contiguous()``), when its source can be copied; else None (traced)."""
+    reads = value_driven_python(mod)
+    if not reads:
+        return None
+    try:
+        body = copy_forward(mod, ctx.helpers)
+    except TraceError:
+        return None
+    ctx.report.add(path, "source", f"its forward reads {', '.join(reads)}; its source was copied to keep "
+                                   "every branch")
+    ctx.constants.update({join(path, n): v for n, v in _nonpersistent(mod).items()})
+    return Block(_class_ref(mod), kids, body, own_state(mod), None, method="source")
 
 
 class SourceFirst(TraceError):

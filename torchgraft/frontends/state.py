@@ -285,5 +285,17 @@ def mutated_arguments(mod: nn.Module, seen: list[tuple[tuple[Any, ...], dict[str
     return [n for n in found if any(isinstance(v.get(n), _CONTAINERS) for v in values)]
 
 
+_UNGUARDED = frozenset({"is_grad_enabled", "requires_grad", "is_contiguous", "is_inference_mode_enabled"})
+
+
+def value_driven_python(mod: nn.Module) -> list[str]:
+    """What ``mod.forward`` reads that a trace would fix without a guard: grad mode, ``requires_grad``,
+    contiguity (``if torch.is_grad_enabled():``)."""
+    tree = _forward_tree(mod)
+    if tree is None:
+        return []
+    return list(dict.fromkeys(n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in _UNGUARDED))
+
+
 __all__ = ["as_self", "assigned_attributes", "mutated_arguments", "own_view", "restore_state", "size_driven_python",
-           "updated_buffers"]
+           "updated_buffers", "value_driven_python"]
