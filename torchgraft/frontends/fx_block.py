@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import math
 import operator
@@ -58,6 +59,7 @@ _AUGMENTED = {operator.add: "operator.iadd", operator.sub: "operator.isub", oper
 _AUG_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 
+@functools.lru_cache(maxsize=1024)
 def augmented_lines(fn: Any) -> dict[int, Any]:
     """Line -> operator of each ``a += b``-style statement in ``fn``'s source (first lines of statements)."""
     try:

@@ -18,7 +18,7 @@ import copy
 import functools
 import inspect
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -28,33 +28,54 @@ _PLAIN = (bool, int, float, str, type(None), tuple)
 _CONTAINERS = (list, dict, set)
 
 
+_Analysis = Callable[[nn.Module], list[str]]
+_CACHE: dict[tuple[Any, ...], list[str]] = {}
+
+
+def _per_layout(fn: _Analysis) -> _Analysis:
+    """Cache a source analysis per class and per what it looks at on the instance (the names of its
+    children, parameters, buffers and container attributes): the sixteen blocks of a ResNet share one."""
+    @functools.wraps(fn)
+    def cached(mod: nn.Module) -> list[str]:
+        plain = frozenset(k for k, v in mod.__dict__.items() if isinstance(v, _CONTAINERS) and not k.startswith("_"))
+        key = (fn.__name__, type(mod), tuple(mod._modules), tuple(mod._parameters), tuple(mod._buffers), plain)
+        if key not in _CACHE:
+            _CACHE[key] = fn(mod)
+        return list(_CACHE[key])
+    return cached
+
+
 class _Saved:
     """One module's state as it was: buffer and parameter slots, tensor values, plain attributes
     (numbers, strings, tuples, and lists/dicts/sets of them, copied)."""
 
     def __init__(self, mod: nn.Module) -> None:
         self.mod = mod
-        self.slots = dict(mod._buffers), dict(mod._parameters)
+        self.slots: tuple[dict[str, Any], dict[str, Any]] = dict(mod._buffers), dict(mod._parameters)
         tensors = [t for t in (*mod._buffers.values(), *mod.__dict__.values()) if isinstance(t, torch.Tensor)]
         self.values = [(t, t.detach().clone()) for t in tensors if t.device.type != "meta"]
         self.attrs = {k: v for k, v in mod.__dict__.items() if not k.startswith("_") and k != "training"}
         self.copies = {k: copy.deepcopy(v) for k, v in self.attrs.items()
                        if isinstance(v, _CONTAINERS) and _plain_container(v)}
+        self.size = len(mod.__dict__)
 
     def restore(self) -> None:
         mod = self.mod
-        buffers, parameters = self.slots
-        _refill(mod._buffers, buffers)
-        _refill(mod._parameters, parameters)
+        slots: tuple[dict[str, Any], dict[str, Any]] = (mod._buffers, mod._parameters)
+        for slot, saved in zip(slots, self.slots):
+            if len(slot) != len(saved) or any(slot.get(k) is not v for k, v in saved.items()):
+                _refill(slot, saved)
         with torch.no_grad():
             for t, value in self.values:
                 t.copy_(value)
-        for k in [k for k in mod.__dict__ if not k.startswith("_") and k != "training" and k not in self.attrs]:
-            del mod.__dict__[k]  # attributes a run added
+        if len(mod.__dict__) != self.size:  # attributes a run added
+            for k in [k for k in mod.__dict__ if not k.startswith("_") and k != "training" and k not in self.attrs]:
+                del mod.__dict__[k]
         for k, v in self.attrs.items():
-            mod.__dict__[k] = v
-            if k in self.copies:  # the same object, its contents as they were
-                _refill(v, self.copies[k])
+            if mod.__dict__.get(k) is not v:
+                mod.__dict__[k] = v
+        for k, contents in self.copies.items():  # the same object, its contents as they were
+            _refill(self.attrs[k], contents)
 
 
 def _plain_container(v: object) -> bool:
@@ -124,6 +145,7 @@ def _self_root(node: ast.expr) -> str | None:
             return None
 
 
+@_per_layout
 def updated_buffers(mod: nn.Module) -> list[str]:
     """Buffers ``mod.forward`` changes in place (``self.mean.mul_(0.9)``, ``self.count += 1``,
     ``self.buf[0] = x``): fx would run those on the real tensors and leave them out of its graph."""
@@ -190,6 +212,7 @@ def _is_setattr(call: ast.Call) -> bool:
     return named and isinstance(first, ast.Name) and first.id == "self"
 
 
+@_per_layout
 def assigned_attributes(mod: nn.Module) -> list[str]:
     """State of ``mod`` that its forward (or a method of its class it calls) writes in Python: attributes
     assigned (``self.n += 1``, ``self.running = ...`` on a buffer, ``setattr(self, ...)``) and plain
@@ -234,6 +257,7 @@ def _reads_size(node: ast.AST, sized: set[str]) -> bool:
     return False
 
 
+@_per_layout
 def size_driven_python(mod: nn.Module) -> list[str]:
     """Places where ``mod.forward`` lets a size drive Python itself: ``for i in range(x.size(1))``,
     ``self.layers[: x.size(0)]``. A trace would unroll or slice for the example's size (Python reads
@@ -259,11 +283,8 @@ def size_driven_python(mod: nn.Module) -> list[str]:
 
 
 
-def mutated_arguments(mod: nn.Module, seen: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> list[str]:
-    """Arguments ``mod.forward`` changes in place as Python containers (``names.append("pool")``,
-    ``xs.extend(...)``): a trace sees only what the forward returns, so the caller's list would not change.
-    ``seen`` are recorded calls: an argument that was never a list/dict/set there (a cache left None) is
-    not counted; with no recorded call every such argument is."""
+@_per_layout
+def _list_methods_on_arguments(mod: nn.Module) -> list[str]:
     tree = _forward_tree(mod)
     fdef = next((n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)), None) if tree is not None else None
     if fdef is None:
@@ -272,7 +293,15 @@ def mutated_arguments(mod: nn.Module, seen: list[tuple[tuple[Any, ...], dict[str
     found = [node.func.value.id for node in ast.walk(fdef)
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _MUTATORS
              and isinstance(node.func.value, ast.Name) and node.func.value.id in params]
-    found = list(dict.fromkeys(found))
+    return list(dict.fromkeys(found))
+
+
+def mutated_arguments(mod: nn.Module, seen: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> list[str]:
+    """Arguments ``mod.forward`` changes in place as Python containers (``names.append("pool")``,
+    ``xs.extend(...)``): a trace sees only what the forward returns, so the caller's list would not change.
+    ``seen`` are recorded calls: an argument that was never a list/dict/set there (a cache left None) is
+    not counted; with no recorded call every such argument is."""
+    found = _list_methods_on_arguments(mod)
     if not seen:
         return found
     sig = inspect.signature(type(mod).forward)
@@ -288,6 +317,7 @@ def mutated_arguments(mod: nn.Module, seen: list[tuple[tuple[Any, ...], dict[str
 _UNGUARDED = frozenset({"is_grad_enabled", "requires_grad", "is_contiguous", "is_inference_mode_enabled"})
 
 
+@_per_layout
 def value_driven_python(mod: nn.Module) -> list[str]:
     """What ``mod.forward`` reads that a trace would fix without a guard: grad mode, ``requires_grad``,
     contiguity (``if torch.is_grad_enabled():``)."""
