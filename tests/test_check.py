@@ -413,7 +413,8 @@ def test_spatial_probe_only_when_asked() -> None:
 
 
 def test_made_inputs_keep_kinds_and_ranges() -> None:
-    from torchgraft.probes import PROBE_KINDS, make_probes
+    from torchgraft.probe_inputs import make_probes
+    from torchgraft.probes import PROBE_KINDS
 
     class Model(nn.Module):
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchgraft.probe_inputs import make_probes
 from torchgraft.probes import (
     MISMATCH,
     OK,
@@ -37,7 +38,6 @@ from torchgraft.probes import (
     Inputs,
     Probe,
     flatten,
-    make_probes,
     probe_kinds,
     record,
     run_both,
