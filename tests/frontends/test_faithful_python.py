@@ -292,3 +292,36 @@ def test_grad_mode_branches_are_kept() -> None:
     with torch.no_grad():
         torch.testing.assert_close(emitted(leaf), model(leaf), **TOL)
     torch.testing.assert_close(emitted(x), model(x), **TOL)
+
+
+class _LastDim(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        len(x)
+        return x.reshape(-1, x.shape[-1]).softmax(0) * x.size(-1) + x.shape[-2:].numel()
+
+
+def test_sizes_counted_from_the_end_stay_so() -> None:
+    """``x.shape[-1]`` is emitted ``x.size(-1)``: right for inputs of another rank too."""
+    model = _LastDim()
+    outcome = _faithful_or_loud(model, (torch.randn(2, 8),), [(torch.randn(3, 6),), (torch.randn(2, 8, 3),)])
+    assert outcome == "ok" or outcome.startswith("loud"), outcome
+
+
+def test_to_fx_refuses_guarded_models_clearly() -> None:
+    from torchgraft.backends.fx import to_fx
+
+    captured = torchgraft.capture(_HalfGuarded(), (torch.randn(2, 4),))
+    assert captured.report.guards
+    with pytest.raises(TorchgraftError, match="guards"):
+        to_fx(captured)
+
+
+class _Scale(nn.Module):
+    def forward(self, x: torch.Tensor, scale: float = 2.0) -> torch.Tensor:
+        return x * scale
+
+
+class _HalfGuarded(_Scale):
+    def forward(self, x: torch.Tensor, scale: float = 2.0) -> torch.Tensor:
+        len(x)  # traced (its source calls super(), so it cannot be copied): the length is guarded
+        return super().forward(x, scale)

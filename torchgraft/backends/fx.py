@@ -20,13 +20,29 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchgraft.errors import EmitError
+from torchgraft.ir.graph import Graph, Guard
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, ClassRef
+from torchgraft.ir.traverse import walk
 
 
 def to_fx(model: Model, train: bool = False) -> torch.fx.GraphModule:
-    """The model as a ``torch.fx.GraphModule`` (emitted, weights loaded, then symbolically traced)."""
+    """The model as a ``torch.fx.GraphModule`` (emitted, weights loaded, then symbolically traced).
+
+    A model with guards (``model.report.guards``; ``ir.Guard`` ops) cannot be one: an fx graph has no
+    control flow to raise from, and dropping them would make it silently specialised. That raises
+    ``EmitError``; ``torchgraft.emit`` and ``torch.export.export`` of the emitted model keep them.
+    """
     from torchgraft.backends.torch.emitter import emit
+
+    guarded = [path or "<root>" for path, node in walk(model.root) if isinstance(node, Block) and any(
+        isinstance(op.target, Guard) for body in (node.body, node.train_body) if isinstance(body, Graph)
+        for op in body.ops)]
+    if guarded:
+        raise EmitError(f"to_fx: {len(guarded)} modules check guards at run time ({', '.join(guarded[:3])}"
+                        f"{', ...' if len(guarded) > 3 else ''}), which a torch.fx graph cannot hold; use "
+                        "torchgraft.emit(model).materialize(), or torch.export.export on it")
 
     module = emit(model).materialize().train(train)
     return torch.fx.symbolic_trace(module)

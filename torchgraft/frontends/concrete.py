@@ -162,10 +162,11 @@ class _Recorder(TorchFunctionMode):
 
     def sym_size(self, t: torch.Tensor, out: Any, dim: Any = None) -> Any:
         """Wrap what ``x.shape``/``x.size(...)`` returned so the sizes stay symbolic."""
-        if isinstance(out, int):
-            d = dim if dim >= 0 else t.dim() + dim
-            return SymInt(out, functools.partial(self.size_of, t, d))
-        return SymSize(tuple(SymInt(n, functools.partial(self.size_of, t, d)) for d, n in enumerate(out)))
+        if isinstance(out, int):  # x.size(-1) stays x.size(-1): right for inputs of another rank too
+            return SymInt(out, functools.partial(self.size_of, t, dim))
+        rank = len(out)
+        return SymSize(tuple(SymInt(n, functools.partial(self.size_of, t, d)) for d, n in enumerate(out)),
+                       tuple(SymInt(n, functools.partial(self.size_of, t, d - rank)) for d, n in enumerate(out)))
 
     def record(self, target: Target, base: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
         a = tuple(self.arg(x) for x in args)

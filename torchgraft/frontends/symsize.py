@@ -154,11 +154,24 @@ SymInt.__bool__ = _truth  # type: ignore[method-assign,assignment]
 
 
 class SymSize(tuple):  # torch.Size cannot be subclassed; a tuple reads the same almost everywhere
-    """``x.shape`` whose items are SymInts (slicing and unpacking keep them)."""
+    """``x.shape`` whose items are SymInts (slicing and unpacking keep them). ``negative`` holds the same
+    sizes counted from the end: ``x.shape[-1]`` is written ``x.size(-1)``, which stays the last dim
+    for an input of another rank (``x.size(1)`` would not)."""
+
+    _negative: tuple[Any, ...]
+
+    def __new__(cls, items: tuple[Any, ...], negative: tuple[Any, ...] | None = None) -> SymSize:
+        obj = super().__new__(cls, items)
+        obj._negative = negative if negative is not None else tuple(items)
+        return obj
 
     def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
-        got = tuple.__getitem__(self, key)
-        return SymSize(got) if isinstance(key, slice) else got
+        from_end = isinstance(key, int) and key < 0 or (
+            isinstance(key, slice) and isinstance(key.start, int) and key.start < 0)
+        if isinstance(key, slice):
+            pos, neg = tuple.__getitem__(self, key), self._negative[key]
+            return SymSize(neg, neg) if from_end else SymSize(pos, neg)
+        return self._negative[key] if from_end else tuple.__getitem__(self, key)
 
     def numel(self) -> int:
         """Product of the sizes, like ``torch.Size.numel`` (symbolic when the sizes are)."""

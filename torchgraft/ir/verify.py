@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from itertools import pairwise
 
 from torchgraft.errors import IRError
-from torchgraft.ir.graph import ChildCall, GetAttr, Graph, PrimCall
+from torchgraft.ir.graph import ChildCall, GetAttr, Graph, Guard, PrimCall
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import (
     Block,
@@ -135,8 +135,12 @@ def _check_block(block: Block, path: str) -> Iterator[str]:
 
 
 def _check_graph(graph: Graph, block: Block, where: str, cls: str) -> Iterator[str]:
+    guards = {op.name for op in graph.ops if isinstance(op.target, Guard)}
     for op in graph.ops:
         t = op.target
+        for read in set(op.reads()) & guards:
+            yield (f"{where}: op {op.name!r} of {cls} reads {read!r}, a guard, whose value is None; guards "
+                   "only check a condition: read the value the guard checks instead")
         if isinstance(t, GetAttr) and not _attr_exists(*_resolve(block, t.path)):
             yield (f"{where}: op {op.name!r} of {cls} reads self.{t.path}, which is neither a child, a state entry "
                    "nor a constant of the block; add it to Block.state/constants or fix the path")
