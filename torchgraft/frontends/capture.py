@@ -43,7 +43,7 @@ from torchgraft.frontends.state import (
 from torchgraft.ir.graph import Graph
 from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import Block, Chain, ClassRef, Container, Node, Opaque, StateSpec
-from torchgraft.ir.traverse import join, map_tree
+from torchgraft.ir.traverse import join, map_tree, walk
 from torchgraft.ir.types import ValueType, type_of
 from torchgraft.ir.values import const_arg
 
@@ -300,7 +300,7 @@ def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str
     forced: set[str] = set()
     while True:
         try:
-            with restore_state(model), torch.random.fork_rng(devices=[]):  # runs change no state, no RNG
+            with torch.random.fork_rng(devices=[]):  # capture's runs (each restoring the model) draw no RNG
                 return _capture(model, calls, forced)
         except ExampleDiverged as e:
             if e.path in forced or len(forced) >= MAX_FORCED:
@@ -357,8 +357,10 @@ def _types(root: Node, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str
     device = replay_device(model, args, kwargs)
     if device is not None and device != "meta":
         meta = MetaReplay(ctx.helper_fns, symbols, ctx.constants, device)
+        copied = [model.get_submodule(p) for p, n in walk(root)  # these run their own Python for real
+                  if (isinstance(n, Block) and n.method == "source") or isinstance(n, Opaque)]
         try:
-            with torch.no_grad(), export_flags():
+            with torch.no_grad(), export_flags(), restore_state(model, copied):
                 out = meta.run_node(root, model, "", *to_meta((args, kwargs)))
         except Exception:  # noqa: BLE001 - it needs real values: replay for real below
             pass
@@ -370,7 +372,8 @@ def _types(root: Node, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str
             interp = Interpreter(ctx.helper_fns, symbols, ctx.constants)
             out = interp.run_node(root, model, "", args, kwargs)
         except CaptureError as e:
-            eager_types(model, args, kwargs, symbols)  # the model's own failure gets the clearer error
+            with restore_state(model):
+                eager_types(model, args, kwargs, symbols)  # the model's own failure gets the clearer error
             path, cause = tripped_guard(e)
             if path is not None:  # a module called twice, differently: its first call's guard refused the second
                 raise ExampleDiverged(f"{path or '<root>'} is called in ways one trace cannot serve: {cause}",

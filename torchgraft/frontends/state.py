@@ -93,10 +93,11 @@ def _refill(obj: Any, saved: Any) -> None:
 
 
 @contextlib.contextmanager
-def restore_state(model: nn.Module) -> Iterator[None]:
+def restore_state(model: nn.Module, only: list[nn.Module] | None = None) -> Iterator[None]:
     """Put every module's buffers, parameters, tensor attributes and plain attributes back afterwards:
-    values, and which tensor each name holds (a forward may assign ``self.running = ...``)."""
-    saved = [_Saved(m) for m in model.modules()]
+    values, and which tensor each name holds (a forward may assign ``self.running = ...``). ``only``
+    limits it to those modules and what they hold."""
+    saved = [_Saved(m) for m in (model.modules() if only is None else (s for o in only for s in o.modules()))]
     try:
         yield
     finally:
