@@ -176,10 +176,17 @@ def _copied_if_value_driven(mod: nn.Module, path: str, kids: tuple[tuple[str, No
         body = copy_forward(mod, ctx.helpers)
     except TraceError:
         return None
-    ctx.report.add(path, "source", f"its forward reads {', '.join(reads)}; its source was copied to keep "
-                                   "every branch")
+    why = f"its forward reads {', '.join(reads)}; its source was copied to keep every branch"
+    return _fallback_block(mod, path, kids, body, None, "source", why, ctx)
+
+
+def _fallback_block(mod: nn.Module, path: str, kids: tuple[tuple[str, Node], ...], body: Node,
+                    train_body: Node | None, method: str, why: str, ctx: _Ctx) -> Block:
+    """The Block of a module captured other than by fx (``trace``/``source``), reported, its
+    non-persistent buffers kept as constants."""
+    ctx.report.add(path, method, why)
     ctx.constants.update({join(path, n): v for n, v in _nonpersistent(mod).items()})
-    return Block(_class_ref(mod), kids, body, own_state(mod), None, method="source")
+    return Block(_class_ref(mod), kids, body, own_state(mod), train_body, method=method)
 
 
 class SourceFirst(TraceError):
@@ -213,9 +220,7 @@ def _trace_fallbacks(model: nn.Module, root: Node, args: tuple[Any, ...], kwargs
             ctx.report.add(path, "opaque", why)
             failed[path] = why
             continue
-        ctx.report.add(path, method, why)
-        ctx.constants.update({join(path, n): v for n, v in _nonpersistent(mod).items()})
-        done[path] = Block(_class_ref(mod), kids, body, own_state(mod), train_body, method=method)
+        done[path] = _fallback_block(mod, path, kids, body, train_body, method, why, ctx)
 
     def swap(path: str, node: Node) -> Node:
         if isinstance(node, Opaque) and path in done:  # its children may have been replaced too

@@ -363,10 +363,10 @@ def _inputs(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], rec: 
                 rec.ops += none_guard(rec.fresh(f"{pname}_guard"), pname, rec.where, was_none=False)
         elif kind in (InputKind.VAR_POSITIONAL, InputKind.VAR_KEYWORD):
             out.append(Input(pname, kind=kind))
-            items = value.items() if isinstance(value, dict) else enumerate(value if value is not P.empty else ())
-            rec.ops += count_guard(rec.fresh(f"{pname}_guard"), pname, len(list(items)), rec.where,
+            items = list(value.items() if isinstance(value, dict) else
+                         enumerate(value if value is not P.empty else ()))
+            rec.ops += count_guard(rec.fresh(f"{pname}_guard"), pname, len(items), rec.where,
                                    kind is InputKind.VAR_KEYWORD)
-            items = value.items() if isinstance(value, dict) else enumerate(value if value is not P.empty else ())
             for key, x in items:  # tensors passed through *args/**kwargs are read back by index/key
                 if isinstance(x, torch.Tensor):
                     rec.pending[id(x)] = (pname, key)

@@ -8,7 +8,6 @@ import inspect
 import math
 import operator
 import sys
-import textwrap
 from typing import Any
 
 import torch
@@ -20,7 +19,7 @@ from torchgraft.frontends.canon import canonical_target
 from torchgraft.frontends.fx_session import SessionTracer
 from torchgraft.frontends.guards import none_guard, where_text
 from torchgraft.frontends.helpers import HelperError, collect, unpatched
-from torchgraft.frontends.state import own_view
+from torchgraft.frontends.state import method_tree, own_view
 from torchgraft.ir.functions import qualname_of
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, Target
 from torchgraft.ir.model import Helper
@@ -62,12 +61,11 @@ _AUG_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul
 @functools.lru_cache(maxsize=1024)
 def augmented_lines(fn: Any) -> dict[int, Any]:
     """Line -> operator of each ``a += b``-style statement in ``fn``'s source (first lines of statements)."""
-    try:
-        lines, start = inspect.getsourcelines(fn)
-        tree = ast.parse(textwrap.dedent("".join(lines)))
-    except (OSError, TypeError, SyntaxError):
+    tree = method_tree(fn)  # parsed from the line co_firstlineno on
+    code = getattr(fn, "__code__", None)
+    if tree is None or code is None:
         return {}
-    return {node.lineno + start - 1: _AUG_OPS[type(node.op)] for node in ast.walk(tree)
+    return {node.lineno + code.co_firstlineno - 1: _AUG_OPS[type(node.op)] for node in ast.walk(tree)
             if isinstance(node, ast.AugAssign) and type(node.op) in _AUG_OPS}
 
 

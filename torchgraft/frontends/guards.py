@@ -46,8 +46,10 @@ def none_guard(name: str, arg: str, where: str, was_none: bool) -> list[Op]:
 
 def value_guard(name: str, arg: str, value: Any, where: str) -> list[Op]:
     """Ops checking that a non-tensor argument has the value the trace specialised on."""
+    if value is None:
+        return none_guard(name, arg, where, was_none=True)
     msg = f"{where} was captured with {arg}={value!r}; other values take another path; {HOW}"
-    compare = "is_" if value is None or isinstance(value, bool) else "eq"
+    compare = "is_" if isinstance(value, bool) else "eq"
     return _pair(name, compare, Ref(arg), Const(value), msg)
 
 

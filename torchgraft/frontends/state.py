@@ -128,7 +128,7 @@ def as_self(tree: ast.AST) -> ast.AST:
 
 
 def _forward_tree(mod: nn.Module) -> ast.AST | None:
-    return _method_tree(type(mod).forward)
+    return method_tree(type(mod).forward)
 
 
 def _self_root(node: ast.expr) -> str | None:
@@ -170,7 +170,7 @@ _MUTATORS = frozenset({"append", "extend", "insert", "pop", "remove", "clear", "
 
 
 @functools.lru_cache(maxsize=4096)
-def _method_tree(fn: object) -> ast.AST | None:
+def method_tree(fn: object) -> ast.AST | None:
     """The parsed source of a method, its first parameter called ``self`` (cached: do not change it)."""
     try:
         return as_self(ast.parse(textwrap.dedent(inspect.getsource(fn))))  # type: ignore[arg-type]
@@ -227,7 +227,7 @@ def assigned_attributes(mod: nn.Module) -> list[str]:
         seen.add(name)
         fn = getattr(type(mod), name, None)
         library = (getattr(fn, "__module__", None) or "").split(".")[0] == "torch"
-        tree = _method_tree(fn) if fn is not None and not library else None
+        tree = method_tree(fn) if fn is not None and not library else None
         if tree is None:
             continue
         w, called = _writes(tree, mod)
@@ -235,8 +235,6 @@ def assigned_attributes(mod: nn.Module) -> list[str]:
         todo += [c for c in called if c not in seen and c not in mod._modules]
     own = set(mod._modules) | set(mod._parameters)
     return [n for n in dict.fromkeys(written) if n not in own]
-
-
 
 
 _SIZE_CALLS = frozenset({"size", "numel", "dim", "nelement", "ndimension"})
@@ -280,8 +278,6 @@ def size_driven_python(mod: nn.Module) -> list[str]:
                 and isinstance(node.slice, ast.Slice) and _reads_size(node.slice, sized):
             found.append(f"self.{_self_root(node.value)}[...] at line {node.lineno}")
     return found
-
-
 
 
 @_per_layout
@@ -328,5 +324,5 @@ def value_driven_python(mod: nn.Module) -> list[str]:
     return list(dict.fromkeys(n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in _UNGUARDED))
 
 
-__all__ = ["as_self", "assigned_attributes", "mutated_arguments", "own_view", "restore_state", "size_driven_python",
-           "updated_buffers", "value_driven_python"]
+__all__ = ["as_self", "assigned_attributes", "method_tree", "mutated_arguments", "own_view", "restore_state",
+           "size_driven_python", "updated_buffers", "value_driven_python"]

@@ -9,8 +9,9 @@ return plain values, so a branch on a size follows the
 example; the recorder then adds a guard (``frontends.guards.size_guard``) checking at run
 time that the comparison comes out the same, with the source line that made it. A size that
 becomes a plain number (``n / 2``, ``float(n)``, ``math.sqrt(n)``, ``n * 0.5``) is guarded to
-stay what it was. ``range(n)`` and slicing with a size cannot be seen here (Python reads an
-int subclass's value directly): capture copies such forwards' source instead.
+stay what it was. Python reads an int subclass's value directly in ``range(n)`` and in slices,
+so while a trace runs ``range`` is one that guards its size arguments (``pinning_range``), and
+capture copies the source of forwards that loop over sizes in their own code.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def pin(*values: Any) -> None:
     recorder = _RECORDER[0]
     if recorder is None:
         return
-    site = _site()
+    site = call_site()
     for v in values:
         if isinstance(v, SymInt):
             recorder.compare("eq", v, int(v), True, site)
@@ -120,7 +121,7 @@ def _compare(opname: str) -> Callable[..., Any]:
         held = op(int(self), int(other))
         recorder = _RECORDER[0]
         if recorder is not None:
-            recorder.compare(opname, self, other, held, _site())
+            recorder.compare(opname, self, other, held, call_site())
         return held
     return method
 
@@ -132,8 +133,6 @@ def call_site() -> str:
         frame = frame.f_back  # type: ignore[assignment]
     return f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"
 
-
-_site = call_site
 
 
 def _ours(filename: str) -> bool:

@@ -10,7 +10,7 @@ and guards are not.
 from __future__ import annotations
 
 from torchgraft.ir.graph import FunctionCall, GetAttr, Guard, MethodCall, Op
-from torchgraft.ir.values import Const
+from torchgraft.ir.values import Const, Ref
 
 _IMPURE_FUNCTIONS = frozenset({"operator.setitem", "operator.delitem", "torch._assert", "builtins.print"})
 _PURE_BUILTINS = frozenset({"builtins.getattr", "builtins.len", "builtins.int", "builtins.float", "builtins.bool",
@@ -19,6 +19,19 @@ _PURE_BUILTINS = frozenset({"builtins.getattr", "builtins.len", "builtins.int", 
 _IMPURE_METHODS = frozenset({"register_hook", "retain_grad", "backward", "record_stream", "share_memory_"})
 _IN_PLACE_OPERATORS = frozenset({"iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "imatmul",
                                  "iand", "ior", "ixor", "ilshift", "irshift", "iconcat"})
+
+
+AUGMENTED = {"iadd": "+=", "isub": "-=", "imul": "*=", "itruediv": "/="}
+"""In-place ``operator`` functions and the statement that spells them (``out += identity``)."""
+
+
+def augmented_symbol(op: Op) -> str | None:
+    """``+=`` for ``operator.iadd(a, b)`` on a named value (written ``a += b``), else None."""
+    t = op.target
+    if not (isinstance(t, FunctionCall) and t.qualname.startswith("operator.") and len(op.args) == 2
+            and not op.kwargs and isinstance(op.args[0], Ref)):
+        return None
+    return AUGMENTED.get(t.qualname.rpartition(".")[2])
 
 
 def in_place(op: Op) -> bool:
@@ -55,4 +68,4 @@ def is_pure(op: Op) -> bool:
     return False  # child calls and primitives may hold or update state
 
 
-__all__ = ["in_place", "is_pure"]
+__all__ = ["AUGMENTED", "augmented_symbol", "in_place", "is_pure"]

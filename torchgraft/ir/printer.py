@@ -16,6 +16,7 @@ shown once, later ones as ``(same as 0)``.
 
 from __future__ import annotations
 
+from torchgraft.ir.effects import AUGMENTED
 from torchgraft.ir.graph import (
     ChildCall,
     FunctionCall,
@@ -50,8 +51,7 @@ SHOWN_OPS = 10
 TYPE_COLUMN_MAX = 72
 _INFIX = {"add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//", "mod": "%", "matmul": "@",
           "pow": "**", "and_": "&", "or_": "|", "xor": "^", "eq": "==", "ne": "!=", "lt": "<", "le": "<=",
-          "gt": ">", "ge": ">=", "is_": "is", "is_not": "is not",
-          "iadd": "+=", "isub": "-=", "imul": "*=", "itruediv": "/="}
+          "gt": ">", "ge": ">=", "is_": "is", "is_not": "is not", **AUGMENTED}
 _PREFIXES = (("torch.nn.functional.", "F."), ("builtins.", ""))
 
 Row = tuple[str, str]

@@ -172,7 +172,8 @@ def guard_lines(op: Op, cond: Op | None, ctx: ExprContext) -> list[str]:
     """``if <condition fails>:`` and ``raise ValueError(...)`` for a Guard op; ``cond`` is the op computing
     its condition when that is a comparison used only here (written negated: ``if mask is not None:``)."""
     assert isinstance(op.target, Guard)
-    if cond is not None and isinstance(cond.target, FunctionCall) and not cond.kwargs and len(cond.args) == 2:
+    if cond is not None and negatable(cond):
+        assert isinstance(cond.target, FunctionCall)
         name = cond.target.qualname.rpartition(".")[2]
         flipped = Op(cond.name, FunctionCall(f"operator.{NEGATED[name]}"), cond.args)
         test = function_code(flipped, ctx).text

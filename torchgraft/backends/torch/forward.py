@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from torchgraft.backends.torch.exprs import Code, ExprContext, arg_code, guard_lines, negatable, op_code
 from torchgraft.backends.torch.valnames import GENERIC, ValueNamer, chosen, hint, shape_source, specific
 from torchgraft.backends.torch.wrap import WIDTH, wrap
-from torchgraft.ir.effects import is_pure
+from torchgraft.ir.effects import augmented_symbol, is_pure
 from torchgraft.ir.graph import (
     ChildCall,
     FunctionCall,
@@ -173,7 +173,7 @@ class _Writer:
         uses = self.users.get(op.name, [])
         flag = self.special.flag
         user = self.ops.get(uses[0]) if len(uses) == 1 else None
-        if user is not None and _augmented(user) and user.args[0] == Ref(op.name):
+        if user is not None and augmented_symbol(user) and user.args[0] == Ref(op.name):
             return False  # ``out += identity`` needs ``out`` to be a variable
         if len(uses) != 1 or op.name in self.special.optional:
             return False
@@ -192,11 +192,11 @@ class _Writer:
     def _op(self, i: int, op: Op, width: int) -> list[str]:
         if isinstance(op.target, Guard):
             return self._guard(op)
-        if _augmented(op):
+        symbol = augmented_symbol(op)
+        if symbol is not None:
             target = arg_code(op.args[0], self.ctx).text
             if target.isidentifier():
-                assert isinstance(op.target, FunctionCall)
-                line = f"{target} {_AUG_SYMBOLS[op.target.qualname]} {arg_code(op.args[1], self.ctx).text}"
+                line = f"{target} {symbol} {arg_code(op.args[1], self.ctx).text}"
                 self._consume(op)
                 self.depth[op.name] = 0
                 self.ctx.values[op.name] = Code(self.namer.take(op.name, target))
@@ -256,15 +256,6 @@ class _Writer:
         else:
             cands += [own or GENERIC, word]
         return self.namer.pick(op.name, [c for c in cands if c])
-
-
-_AUG_SYMBOLS = {"operator.iadd": "+=", "operator.isub": "-=", "operator.imul": "*=", "operator.itruediv": "/="}
-
-
-def _augmented(op: Op) -> bool:
-    """``out += identity``: an in-place operator on a value, written as a statement."""
-    return (isinstance(op.target, FunctionCall) and op.target.qualname in _AUG_SYMBOLS and len(op.args) == 2
-            and not op.kwargs and isinstance(op.args[0], Ref))
 
 
 def _calls(op: Op) -> int:
