@@ -91,3 +91,38 @@ def assert_names_defined(model_py: Any) -> None:
     proc = subprocess.run([str(ruff), "check", "--no-cache", "--isolated", "--select", "F821,F841", str(model_py)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def _reference_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Greedy non-maximum suppression in plain torch (torchvision's kernel semantics: strict ``>``)."""
+    if boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.long, device=boxes.device)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    lt = torch.max(boxes[:, None, :2], boxes[None, :, :2])
+    rb = torch.min(boxes[:, None, 2:], boxes[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    iou = inter / (area[:, None] + area[None, :] - inter)
+    order = scores.argsort(descending=True, stable=True)
+    suppressed = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    keep = []
+    for i in order.tolist():
+        if not suppressed[i]:
+            keep.append(i)
+            suppressed |= iou[i] > iou_threshold
+    return torch.tensor(keep, dtype=torch.long, device=boxes.device)
+
+
+def register_reference_nms() -> None:
+    """Give ``torchvision::nms`` a plain-torch CPU kernel and let ``torchvision.ops.nms`` call it.
+
+    The torchvision wheel here lacks its compiled ops (``roi_align`` already falls back to plain torch
+    without them; ``nms`` does not), so detection models cannot run eagerly without this. Test-only.
+    """
+    tv = import_torchvision()
+    if getattr(register_reference_nms, "done", False):
+        return
+    lib = torch.library.Library("torchvision", "IMPL", "CPU")  # noqa: TOR901
+    lib.impl("nms", _reference_nms)
+    _LIBS.append(lib)
+    tv.ops.boxes._assert_has_ops = lambda: None
+    register_reference_nms.done = True  # type: ignore[attr-defined]

@@ -13,7 +13,8 @@ calls in a row. Each probe ends ``ok``, ``MISMATCH`` (fails the check), ``refuse
 ``skipped`` (the reference itself does not run on those inputs).
 
 Tolerance per output tensor: ``max |ref - cand| <= atol + rtol * max |ref|``, with
-``atol=1e-7`` and ``rtol=1e-5`` unless given.
+``atol=1e-7`` and ``rtol=1e-5`` unless given. A transformers cache object the reference
+returns (``DynamicCache``) is not compared: capture leaves it out of the emitted model.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchgraft.frontends.cache_free import is_cache
 from torchgraft.probe_inputs import make_probes
 from torchgraft.probes import (
     MISMATCH,
@@ -285,7 +287,10 @@ def compare_outputs(mode: str, ref: Any, cand: Any, tol: Tolerance, prefix: str 
 
 
 def _compare_leaf(mode: str, path: str, ref: Any, cand_flat: dict[str, Any], tol: Tolerance) -> OutputDiff:
-    """Compare the reference leaf at ``path`` with the candidate's leaf there."""
+    """Compare the reference leaf at ``path`` with the candidate's leaf there. A transformers cache
+    object is not compared: capture leaves it out of the emitted model (``frontends.cache_free``)."""
+    if is_cache(ref) and (path not in cand_flat or is_cache(cand_flat[path])):
+        return OutputDiff(mode, path, 0.0, 0.0, True, note="a key/value cache: not compared")
     if path not in cand_flat:
         return _missing(mode, path, ref, None, "missing in candidate")
     cand = cand_flat[path]
@@ -393,8 +398,8 @@ def _table(results: list[OutputDiff]) -> list[str]:
 
 
 def _row(r: OutputDiff) -> list[str]:
-    """One table row; a failing row carries its note."""
-    status = "ok" if r.ok else "FAIL" + (f" ({r.note})" if r.note else "")
+    """One table row, with its note (why it failed, or why it was not compared)."""
+    status = ("ok" if r.ok else "FAIL") + (f" ({r.note})" if r.note else "")
     return [r.mode, r.path, _fmt_shape(r.ref_shape), _fmt_shape(r.cand_shape), _num(r.max_abs), _num(r.max_rel), status]
 
 

@@ -140,13 +140,32 @@ def test_callable_object_hook_is_named_by_its_repr() -> None:
         refuse_hooks(model)
 
 
+class _Scaled(nn.Module):
+    """A user module with a weight: a legacy weight_norm on it is a hook capture cannot re-register."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight
+
+
 def test_legacy_weight_norm_points_to_parametrizations() -> None:
-    model = nn.Sequential(nn.Linear(4, 4))
+    model = nn.Sequential(_Scaled())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecated: the point of the hint
         nn.utils.weight_norm(model[0])
     with pytest.raises(CaptureError, match=r"0: forward pre-hook .*parametrizations\.weight_norm"):
         refuse_hooks(model)
+
+
+def test_legacy_weight_norm_on_a_torch_layer_is_not_refused() -> None:
+    model = nn.Sequential(nn.Linear(4, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nn.utils.weight_norm(model[0])
+    refuse_hooks(model)  # capture registers it again (frontends.reparam; tests/frontends/test_parametrize.py)
 
 
 def test_model_without_forward_hooks_still_captures() -> None:

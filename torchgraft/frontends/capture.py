@@ -12,8 +12,11 @@ import torch
 from torch import nn
 
 from torchgraft.errors import CaptureError
+from torchgraft.frontends.cache_free import leave_out_cache, without_cache
+from torchgraft.frontends.compiled import compiled_block, is_compiled, no_compilation, uncompiled
 from torchgraft.frontends.concrete import concrete_trace, export_flags
 from torchgraft.frontends.examples import Example, ExampleDiverged, normalise, tripped_guard, validate
+from torchgraft.frontends.extra_state import split_state, with_extra_state
 from torchgraft.frontends.fx_block import ModeRead, TraceError, merge_training, trace_graph
 from torchgraft.frontends.fx_session import session
 from torchgraft.frontends.guards import guards_of, size_sites
@@ -21,6 +24,8 @@ from torchgraft.frontends.hooks import refuse_hooks
 from torchgraft.frontends.interpret import Interpreter, typed_block
 from torchgraft.frontends.leaf import recover_ctor, to_primitive, torch_layer_name
 from torchgraft.frontends.meta_replay import MetaReplay, replay_device, to_meta
+from torchgraft.frontends.method_only import has_no_forward, no_forward_body
+from torchgraft.frontends.moe import experts_as_loops
 from torchgraft.frontends.recording import (
     eager_types,
     meta_flags,
@@ -29,6 +34,7 @@ from torchgraft.frontends.recording import (
     optional_params,
     record_inputs,
 )
+from torchgraft.frontends.reparam import is_reparametrized, reparametrized_primitive
 from torchgraft.frontends.report import CaptureReport
 from torchgraft.frontends.signature import honest_root
 from torchgraft.frontends.source_copy import copy_forward
@@ -86,7 +92,7 @@ def own_state(mod: nn.Module) -> tuple[StateSpec, ...]:
 def _opaque(mod: nn.Module, path: str, reason: str, ctx: _Ctx) -> Opaque:
     ctx.report.add(path, "opaque", reason)
     state = tuple(StateSpec(k, tuple(v.shape), _dtype(v), isinstance(v, nn.Parameter))
-                  for k, v in mod.state_dict(keep_vars=True).items())
+                  for k, v in mod.state_dict(keep_vars=True).items() if isinstance(v, torch.Tensor))
     kw = recover_ctor(mod)
     ctor = None if kw is None else tuple((k, const_arg(v)) for k, v in kw.items())
     return Opaque(_class_ref(mod), reason, state, ctor)
@@ -102,11 +108,15 @@ def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
         ctx.ties.append((path, ctx.seen[id(mod)]))
     else:
         ctx.seen[id(mod)] = path
+    if is_reparametrized(mod):  # weight_norm & co.: the layer's primitive, its reparametrizations recorded
+        ctx.report.add(path, "leaf")
+        return reparametrized_primitive(mod, path)
     kids = tuple((n, build_node(c, join(path, n), ctx)) for n, c in mod._modules.items() if c is not None)
     if torch_layer_name(mod) is not None:
         prim, why = to_primitive(mod)
         if prim is not None:
-            ctx.report.add(path, "leaf")
+            ctx.report.drop_below(path)
+            ctx.report.add(path, "leaf", why)  # why: a note when a subclass stands as its torch.nn layer
             return prim
         return _opaque(mod, path, why, ctx)
     if _is_plain(mod, nn.Sequential) and not own_state(mod):
@@ -119,6 +129,12 @@ def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
         if isinstance(mod, base) and type(mod).forward is nn.Module.forward and type(mod) is base:
             ctx.report.add(path, "container")
             return Container(base.__name__, kids)
+    if is_compiled(mod):  # a torch.compile'd submodule: a Block calling what it wraps, keys kept
+        ctx.report.add(path, "container", "torch.compile wrapper: its forward calls _orig_mod")
+        return compiled_block(mod, path, kids)
+    if has_no_forward(mod):  # its parent calls its other methods, which fx inlines there
+        stub, why = no_forward_body(mod, ctx.helpers)
+        return _fallback_block(mod, path, kids, stub, None, "source", why, ctx)
     nones, given = none_args(mod, ctx.all_inputs.get(path, []))
     if set(optional_params(mod)) - set(nones) - set(given) and len(ctx.all_inputs.get(path, [])) > 1:
         ctx.forced.add(path)  # None in one example, given in another: no single trace serves both
@@ -295,22 +311,33 @@ def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str
     and capture starts again; where it cannot be copied, or outputs differ, capture raises
     ``CaptureError`` naming the example.
     The model is not changed (buffers and plain attributes a run updates are put back).
+    A transformers model whose config says ``use_cache=True``, called without asking for a cache,
+    is captured as if called with ``use_cache=False``: the cache object is left out of its outputs,
+    ``model.report.notes`` says so and the emitted forward refuses ``use_cache=True``
+    (``frontends.cache_free``).
 
     >>> m = capture(torchvision.models.resnet18(), (torch.randn(2, 3, 224, 224),))  # doctest: +SKIP
     """
     if not isinstance(model, nn.Module):
         raise CaptureError(f"capture() needs an nn.Module, got {type(model).__name__}")
+    model, compiled_note = uncompiled(model)  # torch.compile(model): what it wraps, never compiled
     refuse_hooks(model)  # forward hooks would be dropped silently: refuse them loudly
     calls = normalise(args, kwargs, examples)
     forced: set[str] = set()
-    while True:
-        try:
-            with torch.random.fork_rng(devices=[]):  # capture's runs (each restoring the model) draw no RNG
-                return _capture(model, calls, forced)
-        except ExampleDiverged as e:
-            if e.path in forced or len(forced) >= MAX_FORCED:
-                raise CaptureError(str(e), e.path) from e
-            forced.add(e.path)
+    # without_cache: a decoder's default cache object is left out, and reported
+    with without_cache(model, calls) as cache_off, experts_as_loops(model):
+        while True:
+            try:
+                with torch.random.fork_rng(devices=[]), no_compilation(model):  # no RNG drawn, nothing compiled
+                    captured = _capture(model, calls, forced)
+                break
+            except ExampleDiverged as e:
+                if e.path in forced or len(forced) >= MAX_FORCED:
+                    raise CaptureError(str(e), e.path) from e
+                forced.add(e.path)
+    if compiled_note:
+        captured.report.notes.append(compiled_note)
+    return leave_out_cache(captured, model) if cache_off else captured
 
 
 MAX_FORCED = 32
@@ -323,6 +350,7 @@ def _capture(model: nn.Module, calls: list[Example], forced: set[str]) -> Model:
     first = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)), None)
     symbols = {int(first.shape[0]): "N"} if first is not None and first.dim() > 0 else {}
     ctx = _Ctx(source_first=set(forced), forced=set(forced))
+    state, extra_state = split_state(model.state_dict())  # tensors; JSON extra states (else refused, now)
     optional = optional_arg_paths(model)  # one eager run only when some module needs its inputs
     if optional:
         record_inputs(model, optional, calls, ctx.inputs, ctx.all_inputs)
@@ -341,15 +369,15 @@ def _capture(model: nn.Module, calls: list[Example], forced: set[str]) -> Model:
     root = honest_root(root) if isinstance(root, Block) else root
     inputs = root.body.inputs if isinstance(root, Block) and isinstance(root.body, Graph) else ()
     ctx.report.guards = guards_of(root)
-    state = model.state_dict()
+    root = with_extra_state(root, model, ctx.helpers)  # get_extra_state/set_extra_state copied
     ties = list(ctx.ties) + _param_ties(model, ctx.ties)
-    ctx.report.account(state, ties)
+    ctx.report.account({**state, **extra_state}, ties)
     return Model(type(model).__name__ if type(model).__name__.isidentifier() else "Model", root, inputs,
                  out_type, tuple(sorted(mod_types.items())), tuple(ties),
                  tuple(ctx.helpers[k] for k in sorted(ctx.helpers)),
                  frozen=tuple(n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad),
                  weights={k: v.detach() for k, v in state.items()}, report=ctx.report,
-                 constants=dict(ctx.constants))
+                 constants=dict(ctx.constants), extra_state=extra_state)
 
 
 Types = tuple[ValueType, dict[str, ValueType], dict[str, dict[str, ValueType]]]

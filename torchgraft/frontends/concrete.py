@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from torchgraft.frontends.cache_free import CACHE_HINT, is_cache
 from torchgraft.frontends.canon import canonical_target
 from torchgraft.frontends.fx_block import TraceError, input_kind
 from torchgraft.frontends.guards import count_guard, dtype_check, none_guard, size_guard, value_guard, where_text
@@ -61,6 +62,7 @@ class _Recorder(TorchFunctionMode):
         self.keep: list[Any] = []
         self.depth = 0
         self.count: dict[str, int] = {}
+        self.taken: set[str] = set()
         self.pending: dict[int, tuple[str, int | str]] = {}
         self.state = {id(t): n for n, t in list(block.named_parameters(remove_duplicate=False))
                       + list(block.named_buffers(remove_duplicate=False))}
@@ -70,8 +72,13 @@ class _Recorder(TorchFunctionMode):
         if base[0].isdigit():
             base = "v" + base
         n = self.count.get(base, 0)
+        name = base if n == 0 else f"{base}_{n}"
+        while name in self.taken:  # ``meshgrid_1`` asked for after two ``meshgrid``s
+            n += 1
+            name = f"{base}_{n}"
         self.count[base] = n + 1
-        return base if n == 0 else f"{base}_{n}"
+        self.taken.add(name)
+        return name
 
     def bind(self, value: Any, name: str) -> None:
         self.names[id(value)] = name
@@ -95,8 +102,9 @@ class _Recorder(TorchFunctionMode):
         try:
             return Const(v)
         except Exception:
+            hint = "; ".join(("", CACHE_HINT)) if is_cache(v) else ""
             raise TraceError(f"the forward passes a {type(v).__name__} to a torch call; "
-                             "only tensors and plain constants can be recorded") from None
+                             f"only tensors and plain constants can be recorded{hint}") from None
 
     def _tensor_name(self, t: torch.Tensor) -> str:
         if id(t) in self.names:
@@ -116,14 +124,15 @@ class _Recorder(TorchFunctionMode):
         raise TraceError(f"the forward uses a tensor of shape {tuple(t.shape)} that is neither an input, a "
                          "parameter/buffer, nor computed in the forward (a global or cached tensor)")
 
-    def compare(self, opname: str, a: Any, b: Any, held: bool, site: str) -> None:
-        """A size was compared in the block's own code: guard that it compares the same at run time."""
+    def compare(self, opname: str, a: Any, b: Any, held: bool, site: str, loop: bool = False) -> None:
+        """A size was compared in the block's own code: guard that it compares the same at run time
+        (``loop``: ``a`` is the trip count of an unrolled ``range`` loop, pinned to ``b``)."""
         if self.depth:
             return  # inside a child or a torch function: their own traces or kernels handle it
         left, right = self.arg(a), self.arg(b)
         if isinstance(left, Const) and isinstance(right, Const):
             return
-        self.ops += size_guard(self.fresh("size_guard"), opname, left, right, held, self.where, site)
+        self.ops += size_guard(self.fresh("size_guard"), opname, left, right, held, self.where, site, loop)
 
     def device_arg(self, device: torch.device) -> Arg:
         """A device the forward passed to a torch call: the device of an input or parameter that is

@@ -148,7 +148,9 @@ def input_kind(p: inspect.Parameter) -> InputKind:
 
 def _inputs(mod: nn.Module, graph: fx.Graph) -> tuple[Input, ...]:
     sig = inspect.signature(type(mod).forward)
-    params = [p for n, p in sig.parameters.items() if n != "self"]
+    params = list(sig.parameters.values())
+    if params and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        params = params[1:]  # self, whatever it is called
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     out = []
     for _node, p in zip(placeholders, params):

@@ -89,12 +89,19 @@ _SYMBOL = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 _FLIP = {"lt": "ge", "le": "gt", "gt": "le", "ge": "lt", "eq": "ne", "ne": "eq"}
 
 
-def size_guard(name: str, compare: str, left: Arg, right: Arg, held: bool, where: str, site: str) -> list[Op]:
+def size_guard(name: str, compare: str, left: Arg, right: Arg, held: bool, where: str, site: str,
+               loop: bool = False) -> list[Op]:
     """Ops checking that a comparison of sizes comes out as it did in the example (``compare`` is
-    ``lt``/``le``/``gt``/``ge``/``eq``/``ne``; when it was false, its negation is what is checked)."""
+    ``lt``/``le``/``gt``/``ge``/``eq``/``ne``; when it was false, its negation is what is checked).
+    ``loop``: ``left`` is the trip count of a ``range`` loop the trace unrolled, pinned to ``right``."""
     kept = compare if held else _FLIP[compare]
     msg = (f"{where} was captured where a size comparison ({_SYMBOL[compare]}) at {_short(site)} was {held}; "
            f"inputs for which it is {not held} take another branch; {HOW}")
+    if loop and isinstance(right, Const):
+        msg = (f"{where} loops over range({right.value}) at {_short(site)}, a trip count that follows an input "
+               f"size; the loop was unrolled for the example, so only inputs for which that size is "
+               f"{right.value} are accepted; capture with an example of the size you will run (one capture "
+               "per size)")
     return _pair(name, kept, left, right, msg, "size", site)
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.modules import module as torch_module
 
 from torchgraft.errors import CaptureError
+from torchgraft.frontends.reparam import kept_hook
 
 FIX = ("remove it (handle.remove()) before capture and apply its effect in the model's forward, "
        "or capture without it")
@@ -42,15 +43,19 @@ def hook_name(fn: Callable[..., Any]) -> str:
     return f"{name} (legacy reparametrization: use {api} instead)" if api else name
 
 
-def _listed(hooks: Mapping[int, Callable[..., Any]], kind: str, with_kwargs: Any = ()) -> list[str]:
-    """``"<kind> <name>"`` for each hook in a hook dict; ``with_kwargs`` holds the ids registered with kwargs."""
+def _listed(hooks: Mapping[int, Callable[..., Any]], kind: str, with_kwargs: Any = (),
+            kept: Callable[[Any], bool] = lambda fn: False) -> list[str]:
+    """``"<kind> <name>"`` for each hook in a hook dict; ``with_kwargs`` holds the ids registered with kwargs;
+    hooks ``kept`` says capture reproduces are left out."""
     return [f"{kind}{' (with_kwargs)' if hook_id in with_kwargs else ''} {hook_name(fn)}"
-            for hook_id, fn in hooks.items()]
+            for hook_id, fn in hooks.items() if not kept(fn)]
 
 
 def module_hooks(mod: nn.Module) -> list[str]:
-    """The forward pre-hooks and forward hooks registered on ``mod``, as ``"<kind> <function>"``."""
-    return [*_listed(mod._forward_pre_hooks, "forward pre-hook", mod._forward_pre_hooks_with_kwargs),
+    """The forward pre-hooks and forward hooks registered on ``mod``, as ``"<kind> <function>"``; a legacy
+    weight/spectral norm on a torch.nn layer is left out (capture registers it again: ``frontends.reparam``)."""
+    return [*_listed(mod._forward_pre_hooks, "forward pre-hook", mod._forward_pre_hooks_with_kwargs,
+                     lambda fn: kept_hook(mod, fn)),
             *_listed(mod._forward_hooks, "forward hook", mod._forward_hooks_with_kwargs)]
 
 

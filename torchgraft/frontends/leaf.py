@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchgraft.frontends import torch_transformer
 from torchgraft.ir.activations import ActKind
-from torchgraft.ir.primitives import Activation, Primitive, TorchLayer, primitive_class_for
+from torchgraft.ir.primitives import Activation, Primitive, TorchLayer, ctor_signature, primitive_class_for
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
 _ACT_BY_MODULE = {k.module: k for k in ActKind}
@@ -25,26 +26,42 @@ _ACT_BY_MODULE = {k.module: k for k in ActKind}
 _BEHAVIOUR_FREE = {"__init__", "reset_parameters", "extra_repr", "__repr__", "__setstate__"}
 
 
-def _adds_behaviour(cls: type) -> bool:
-    """Whether a subclass defines a method the forward may reach (``_conv_forward``, a property)."""
-    return any(name not in _BEHAVIOUR_FREE and (inspect.isfunction(v) or isinstance(v, (property, classmethod,
-               staticmethod))) for name, v in vars(cls).items())
+def _adds_behaviour(cls: type, base: type | None) -> bool:
+    """Whether a subclass defines a method the forward may reach (``_conv_forward``, a property).
+
+    A new staticmethod does not count: it sees no instance, and ``base`` (the torch.nn class whose
+    forward runs) never calls a name it does not define (torchvision's
+    ``Conv3DSimple.get_downsample_stride``, used only while building the model).
+    """
+    for name, v in vars(cls).items():
+        if name in _BEHAVIOUR_FREE or (isinstance(v, staticmethod) and base is not None and not hasattr(base, name)):
+            continue
+        if inspect.isfunction(v) or isinstance(v, (property, classmethod, staticmethod)):
+            return True
+    return False
+
+
+def _torch_base(cls: type) -> type | None:
+    return next((c for c in cls.__mro__ if c.__module__.startswith("torch.nn.modules") and c is not nn.Module), None)
 
 
 def torch_layer_name(mod: nn.Module) -> str | None:
     """The ``torch.nn`` class a module is (or behaves as), or None for user classes.
 
     A subclass counts when it adds no method besides ``__init__`` (and initialisation or
-    printing helpers): one that overrides ``forward`` or ``_conv_forward`` is a Block.
+    printing helpers, and new staticmethods): one that overrides ``forward`` or ``_conv_forward``
+    is a Block. Such a subclass is captured, and emitted, as the torch.nn layer with the
+    arguments its ``__init__`` passed (see ``to_primitive``).
     """
+    base = _torch_base(type(mod))
     for cls in type(mod).__mro__:
-        if cls.__module__.startswith("torch.nn.modules") and cls is not nn.Module:
+        if cls is base and base is not None:
             if isinstance(mod, CONTAINERS):
                 return None
             if type(mod).forward is not getattr(cls, "forward", None) or getattr(nn, cls.__name__, None) is not cls:
                 return None
             return cls.__name__
-        if _adds_behaviour(cls):
+        if _adds_behaviour(cls, base):
             return None
     return None
 
@@ -52,12 +69,21 @@ def torch_layer_name(mod: nn.Module) -> str | None:
 @functools.cache
 def _ctor_params(op: str) -> tuple[inspect.Parameter, ...]:
     """The constructor parameters of ``nn.<op>`` a module's attributes can give back."""
-    sig = inspect.signature(getattr(nn, op).__init__)
+    sig = ctor_signature(op)
     return tuple(p for name, p in sig.parameters.items()
                  if name not in ("self", "device", "dtype") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
 
 
+def _nested(child: nn.Module) -> Primitive:
+    prim, why = to_primitive(child)
+    if prim is None:
+        raise ValueError(why)
+    return prim
+
+
 def _recover_kwargs(mod: nn.Module, op: str) -> dict[str, Any]:
+    if op in torch_transformer.RECOVER:
+        return torch_transformer.RECOVER[op](mod, _nested)
     kw: dict[str, Any] = {}
     for p in _ctor_params(op):
         name = p.name
@@ -117,7 +143,16 @@ def _signature(prim: Primitive) -> tuple[dict[str, tuple[int, ...]], str]:
 
 
 def to_primitive(mod: nn.Module) -> tuple[Primitive | None, str]:
-    """The primitive for a torch.nn leaf module, or (None, reason) when it cannot be rebuilt."""
+    """The primitive for a torch.nn leaf module, or (None, reason) when it cannot be rebuilt.
+
+    A subclass that only changes ``__init__`` (torchvision's ``Conv3DSimple(nn.Conv3d)``) becomes the
+    primitive of its torch.nn class, with a note naming the subclass in place of the reason. It is
+    emitted as that torch.nn layer with the recovered arguments, not through the subclass's import
+    path: its forward *is* the layer's forward and ``_matches`` proved its state and ``extra_repr``
+    identical, so outputs and strict state keys are the same, model.py keeps needing only torch,
+    and passes may change the layer (``fuse-conv-bn`` adds a bias ``Conv3DSimple.__init__`` cannot
+    express). What is lost is only ``isinstance(m, Conv3DSimple)`` on the emitted model.
+    """
     op = torch_layer_name(mod)
     if op is None:
         return None, f"{type(mod).__qualname__} is not a torch.nn layer"
@@ -137,9 +172,18 @@ def to_primitive(mod: nn.Module) -> tuple[Primitive | None, str]:
             prim = family(op=op, **{k: v for k, v in kw.items() if k in fields})
     except Exception as e:  # noqa: BLE001 - any failure means "not rebuildable"
         return None, f"could not recover constructor arguments of nn.{op}: {e}"
-    if not _matches(mod, prim):
+    if not _matches(mod, prim) or (op in torch_transformer.RECOVER and not _same_tree(mod, prim)):
         return None, f"nn.{op} rebuilt from its attributes differs from the original ({mod.extra_repr()})"
+    if type(mod) is not getattr(nn, op):
+        cls = type(mod)
+        return prim, (f"{cls.__module__}.{cls.__qualname__} only changes __init__: captured and emitted as "
+                      f"nn.{op} with the same arguments")
     return prim, ""
+
+
+def _same_tree(mod: nn.Module, prim: Primitive) -> bool:
+    with torch.device("meta"):
+        return torch_transformer.same_layer(mod, prim.build())
 
 
 def recover_ctor(mod: nn.Module) -> dict[str, Any] | None:

@@ -118,6 +118,10 @@ class MetaReplay(Interpreter):
             out = primitive_output(node, args, kwargs, state, mod.training)
             if out is not None:
                 return out
+        if isinstance(node, Primitive) and node.reparam:  # weight_norm & co.: rebuilt on meta (no deepcopy)
+            if id(mod) not in self._twins:
+                self._twins[id(mod)] = node.build(device="meta").train(mod.training)
+            return self._twins[id(mod)](*args, **kwargs)
         return self._twin(mod)(*args, **kwargs)
 
     def call_function(self, qualname: str, a: list[Any], kw: dict[str, Any]) -> Any:

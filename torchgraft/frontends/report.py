@@ -34,11 +34,22 @@ class CaptureReport:
     """(module path, kind, message) of every run-time check the emitted forward makes: the
     assumptions the traces took from the example (an argument that was None, a branch on a size)."""
 
+    notes: list[str] = field(default_factory=list)
+    """What capture decided for the whole model that changes what it returns (a transformers
+    decoder captured without its key/value cache: ``frontends.cache_free``)."""
+
     def add(self, path: str, method: str, reason: str = "") -> None:
         """Record how the module at ``path`` was captured."""
         self.methods[path] = method
         if reason:
             self.reasons[path] = reason
+
+    def drop_below(self, path: str) -> None:
+        """Forget the modules inside ``path``: it was captured whole (a torch.nn layer), they were not."""
+        prefix = f"{path}." if path else ""
+        for p in [p for p in self.methods if p != path and p.startswith(prefix)]:
+            del self.methods[p]
+            self.reasons.pop(p, None)
 
     def account(self, state: Mapping[str, Any], ties: list[tuple[str, str]]) -> None:
         """Record the state_dict size and the ties found."""
@@ -61,6 +72,7 @@ class CaptureReport:
         lines = ["capture: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
                  f"state_dict entries: {self.state_keys}, tied: {len(self.tied)}",
                  f"types inferred by: {'meta replay (nothing computed)' if self.typing == 'meta' else 'eager replay'}"]
+        lines += [f"note: {n}" for n in self.notes]
         lines.append(f"guards (run-time checks of what the example decided): {len(self.guards)}")
         lines += [f"  guard {p or '<root>'} [{k}]: {m}" for p, k, m in self.guards[:MAX_GUARDS]]
         if len(self.guards) > MAX_GUARDS:

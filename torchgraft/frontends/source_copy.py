@@ -44,8 +44,12 @@ def _method_source(fn: types.FunctionType) -> ast.FunctionDef:
 
 
 def _self_attrs(fdef: ast.FunctionDef) -> list[str]:
-    return list(dict.fromkeys(n.attr for n in ast.walk(fdef) if isinstance(n, ast.Attribute)
-                              and isinstance(n.value, ast.Name) and n.value.id == "self"))
+    """The ``self.<attr>`` names the method reads (one it only assigns, ``self.x = v``, needs no value)."""
+    found = [n for n in ast.walk(fdef) if isinstance(n, ast.Attribute)
+             and isinstance(n.value, ast.Name) and n.value.id == "self"]
+    augmented = {id(n.target) for n in ast.walk(fdef) if isinstance(n, ast.AugAssign)}
+    read = {n.attr for n in found if not isinstance(n.ctx, ast.Store) or id(n) in augmented}
+    return [a for a in dict.fromkeys(n.attr for n in found) if a in read]
 
 
 def copy_forward(mod: nn.Module, helpers: dict[str, Helper]) -> PySource:
@@ -59,9 +63,24 @@ def copy_forward(mod: nn.Module, helpers: dict[str, Helper]) -> PySource:
     return body
 
 
+def copy_methods(mod: nn.Module, helpers: dict[str, Helper], roots: tuple[str, ...]
+                 ) -> tuple[str, tuple[tuple[str, Arg], ...]]:
+    """(source, attrs): the methods ``roots`` of ``mod``'s class and the methods they call, copied as
+    ``copy_forward`` copies a forward (TraceError when they cannot be; ``helpers`` then unchanged)."""
+    staged = dict(helpers)
+    out = _collect(mod, staged, roots)
+    helpers.update(staged)
+    return out
+
+
 def _copy_methods(mod: nn.Module, helpers: dict[str, Helper]) -> PySource:
+    return PySource(*_collect(mod, helpers, ("forward",)))
+
+
+def _collect(mod: nn.Module, helpers: dict[str, Helper], roots: tuple[str, ...]
+             ) -> tuple[str, tuple[tuple[str, Arg], ...]]:
     cls = type(mod)
-    todo: list[str] = ["forward"]
+    todo: list[str] = list(roots)
     defs: dict[str, ast.FunctionDef] = {}
     attrs: dict[str, Arg] = {}
     while todo:
@@ -77,8 +96,8 @@ def _copy_methods(mod: nn.Module, helpers: dict[str, Helper]) -> PySource:
             _classify(mod, attr, todo, defs, attrs)
             _check_enum_use(mod, attr, fdef)
         _globals(fdef, fn, helpers)
-    source = "\n\n".join(ast.unparse(defs[n]) for n in ["forward", *sorted(set(defs) - {"forward"})])
-    return PySource(source + "\n", tuple(sorted(attrs.items())))
+    source = "\n\n".join(ast.unparse(defs[n]) for n in [*roots, *sorted(set(defs) - set(roots))])
+    return source + "\n", tuple(sorted(attrs.items()))
 
 
 def _classify(mod: nn.Module, attr: str, todo: list[str], defs: dict[str, Any], attrs: dict[str, Arg]) -> None:

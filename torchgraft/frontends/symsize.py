@@ -47,16 +47,17 @@ class SymInt(int):
         return self._name
 
 
-def pin(*values: Any) -> None:
+def pin(*values: Any, loop: bool = False) -> None:
     """A size left the symbolic world (``n / 2``, ``float(n)``, ``n * 0.5``): the result is a plain
-    number, so guard that each size is what it was in the example."""
+    number, so guard that each size is what it was in the example. ``loop``: it is the trip count
+    of a ``for ... in range(n)`` the trace unrolls (its guard message says so)."""
     recorder = _RECORDER[0]
     if recorder is None:
         return
     site = call_site()
     for v in values:
         if isinstance(v, SymInt):
-            recorder.compare("eq", v, int(v), True, site)
+            recorder.compare("eq", v, int(v), True, site, loop=loop)
 
 
 def _binary(op: Callable[[Any, Any], Any], opname: str, reverse: bool = False) -> Callable[..., Any]:
@@ -196,7 +197,7 @@ class _PinningRange(metaclass=_RangeType):
     (``for i in range(x.size(1))`` unrolls for the example's size)."""
 
     def __new__(cls, *args: Any) -> Any:  # type: ignore[misc]
-        pin(*args)
+        pin(*args, loop=True)
         return _RANGE(*args)
 
 

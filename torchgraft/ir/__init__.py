@@ -61,6 +61,7 @@ from torchgraft.ir.primitives import (
                                  LayerNorm,  # noqa: F401
                                  Linear,
                                  Primitive,
+                                 Recurrent,
                                  TorchLayer,
 )
 from torchgraft.ir.primitives import Dropout as DropoutOp
@@ -74,7 +75,8 @@ __all__ = [
     "Conv1d", "Conv2d", "Dim", "Dropout", "DropoutOp", "Flatten", "FunctionCall", "GetAttr", "Graph", "GroupNorm",
     "Guard", "Helper", "Identity", "Input", "InputKind", "LayerNorm", "Linear", "LinearLayer", "MaxPool2d",
     "MethodCall",
-    "Model", "Node", "Op", "Opaque", "Parallel", "PySource", "PrimCall", "Primitive", "ReLU", "Ref", "ScalarType",
+    "Model", "Node", "Op", "Opaque", "Parallel", "PySource", "PrimCall", "Primitive", "Recurrent", "ReLU", "Ref",
+    "ScalarType",
     "Seq",
     "SiLU", "Sigmoid", "SkipConnection", "Slice", "Spelling", "StateSpec", "Tanh", "TensorType", "Training", "ByMode",
     "TorchLayer", "ValueType", "find", "map_tree", "module_children", "replace_at", "walk",

@@ -45,7 +45,8 @@ class Model:
     parameters with ``requires_grad=False`` (the emitted ``build()`` freezes them);
     ``weights`` holds the state_dict tensors (not part of equality); ``constants`` the
     values of non-persistent buffers and tensor constants, which are not in the
-    state_dict; ``report`` is the capture report, when captured.
+    state_dict; ``report`` is the capture report, when captured; ``extra_state`` the state_dict entries
+    that are not tensors (what a ``get_extra_state`` returned: JSON values, ``ir.extra_state``).
 
     ``frozen`` keeps its order without repeats; when ``weights`` is non-empty, keys it does
     not hold are left out (a parameter a pass removed has no flag to keep). A pass that
@@ -63,6 +64,7 @@ class Model:
     weights: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
     report: Any = field(default=None, compare=False, hash=False, repr=False)
     constants: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    extra_state: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():

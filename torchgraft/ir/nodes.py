@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from torchgraft.errors import IRError
+from torchgraft.ir.extra_state import StateMethods
 from torchgraft.ir.graph import Graph
 from torchgraft.ir.primitives import Primitive
 from torchgraft.ir.values import Arg, Const
@@ -168,6 +169,8 @@ class Block:
     ``body`` is a Graph, or a combinator tree over ``ChildRef``s. ``train_body`` is set
     when the forward differs in training mode (``if self.training: ...``).
     ``method`` records how the forward was captured (``"fx"``, ``"hand"``, ...).
+    ``extra_state`` holds the class's ``get_extra_state``/``set_extra_state``, copied, when it has them
+    (its state then has the key ``_extra_state``: ``ir.extra_state``).
     """
 
     cls: ClassRef
@@ -177,6 +180,7 @@ class Block:
     train_body: Node | None = None
     method: str = "hand"
     constants: tuple[tuple[str, Const], ...] = ()
+    extra_state: StateMethods | None = None
 
     def __post_init__(self) -> None:
         names = [n for n, _ in self.children] + [s.name for s in self.state]

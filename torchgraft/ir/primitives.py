@@ -18,6 +18,7 @@ from torch import nn
 
 from torchgraft.errors import IRError
 from torchgraft.ir.activations import ActKind, Spelling
+from torchgraft.ir.reparam import Reparam
 
 
 def _check_op(obj: Primitive) -> None:
@@ -34,27 +35,44 @@ def _positive(name: str, value: Any) -> None:
 
 
 @functools.cache
+def ctor_signature(op: str) -> inspect.Signature:
+    """The constructor signature of ``torch.nn.<op>``; for layers whose ``__init__`` takes only
+    ``*args, **kwargs`` (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) the one their primitive family declares."""
+    sig = inspect.signature(getattr(nn, op).__init__)
+    if all(p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig.parameters.values()):
+        declared = getattr(primitive_class_for(op), "signature", None)
+        if declared is not None:
+            return declared(op)  # type: ignore[no-any-return]
+    return sig
+
+
+@functools.cache
 def torch_defaults(op: str) -> dict[str, Any]:
     """Constructor defaults of ``torch.nn.<op>`` (used to omit default arguments)."""
-    sig = inspect.signature(getattr(nn, op).__init__)
+    sig = ctor_signature(op)
     return {k: p.default for k, p in sig.parameters.items()
             if p.default is not inspect.Parameter.empty and k not in ("device", "dtype")}
 
 
 @dataclass(frozen=True, slots=True)
 class Primitive:
-    """Base of all primitives. ``op`` is the ``torch.nn`` class name it stands for."""
+    """Base of all primitives. ``op`` is the ``torch.nn`` class name it stands for.
+
+    ``reparam`` lists the reparametrizations registered on the layer (``weight_norm``, ...), in
+    order: the layer is built, then each is applied (``ir.reparam``). Not a constructor argument.
+    """
 
     ops: ClassVar[frozenset[str]] = frozenset()
     positional: ClassVar[int] = 0
     op: str
+    reparam: tuple[Reparam, ...] = field(default=(), kw_only=True)
 
     def __post_init__(self) -> None:
         _check_op(self)
 
     def ctor(self) -> tuple[list[Any], dict[str, Any]]:
         """Positional and keyword constructor arguments (defaults left out)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("op", "spelling")}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_CTOR}
         names = list(values)
         pos = [values[n] for n in names[: self.positional]]
         defaults = torch_defaults(self.op)
@@ -65,10 +83,14 @@ class Primitive:
     def build(self, device: str | torch.device | None = None) -> nn.Module:
         """A fresh ``torch.nn`` module for this primitive."""
         pos, kw = self.ctor()
+        kw = {k: v.build(device) if isinstance(v, Primitive) else v for k, v in kw.items()}  # nested layers
         cls = getattr(nn, self.op)
         if device is not None and "device" in inspect.signature(cls.__init__).parameters:
             kw["device"] = device
-        return cls(*pos, **kw)  # type: ignore[no-any-return]
+        layer: nn.Module = cls(*pos, **kw)
+        for r in self.reparam:
+            layer = r.apply(layer)
+        return layer
 
     def state(self) -> tuple[tuple[str, tuple[int, ...], bool], ...]:
         """(name, shape, is_parameter) of the module's own persistent state."""
@@ -78,7 +100,12 @@ class Primitive:
         """Short text for the printer."""
         pos, kw = self.ctor()
         args = [_short(v) for v in pos] + [f"{k}={_short(v)}" for k, v in kw.items()]
-        return f"{self.op}({', '.join(args)})" if args else self.op
+        text = f"{self.op}({', '.join(args)})" if args else self.op
+        return text + "".join(f" + {r.label()}" for r in self.reparam)
+
+
+NOT_CTOR = frozenset({"op", "spelling", "reparam"})
+"""Primitive fields that are not constructor arguments."""
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -312,12 +339,74 @@ class TorchLayer(Primitive):
             raise IRError(f"TorchLayer op {self.op!r} is not a torch.nn layer class")
 
     def ctor(self) -> tuple[list[Any], dict[str, Any]]:
+        """Keyword arguments that differ from the defaults. A tuple equal to a scalar default stays:
+        most of these layers keep what they were given (``nn.MaxPool3d(2, padding=(0, 0, 0))`` has
+        ``padding == (0, 0, 0)``, not ``0``), and the rebuilt layer must have the same attributes."""
         defaults = torch_defaults(self.op)
-        return [], {k: v for k, v in self.args if not (k in defaults and _same(defaults[k], v))}
+        return [], {k: v for k, v in self.args
+                    if not (k in defaults and _same(defaults[k], v) and type(defaults[k]) is type(v))}
+
+
+@dataclass(frozen=True, slots=True)
+class Recurrent(Primitive):
+    """nn.LSTM, nn.GRU and nn.RNN: their state keys (``weight_ih_l0``, ``weight_hh_l1_reverse``, ...)
+    are the layer's own, and the call returns ``(output, h_n)`` or, for LSTM, ``(output, (h_n, c_n))``.
+
+    ``nonlinearity`` applies to ``nn.RNN`` only and ``proj_size`` to ``nn.LSTM`` only; the other
+    layers keep the defaults (``"tanh"``, ``0``), which their constructors do not take.
+    """
+
+    ops: ClassVar[frozenset[str]] = frozenset({"LSTM", "GRU", "RNN"})
+    positional: ClassVar[int] = 2
+    op: str = "LSTM"
+    input_size: int = 1
+    hidden_size: int = 1
+    num_layers: int = 1
+    nonlinearity: str = "tanh"
+    bias: bool = True
+    batch_first: bool = False
+    dropout: float = 0.0
+    bidirectional: bool = False
+    proj_size: int = 0
+
+    def __post_init__(self) -> None:
+        _check_op(self)
+        for n in ("input_size", "hidden_size", "num_layers"):
+            _positive(f"{self.op}.{n}", getattr(self, n))
+        if self.nonlinearity not in (("tanh", "relu") if self.op == "RNN" else ("tanh",)):
+            raise IRError(f"{self.op}.nonlinearity={self.nonlinearity!r}: nn.RNN takes 'tanh' or 'relu'; "
+                          "nn.LSTM and nn.GRU have none (keep 'tanh')")
+        if not 0 <= self.proj_size < self.hidden_size or (self.proj_size and self.op != "LSTM"):
+            raise IRError(f"{self.op}.proj_size={self.proj_size!r}: only nn.LSTM takes it, and it must be "
+                          f"in [0, hidden_size={self.hidden_size})")
+        if not 0.0 <= self.dropout <= 1.0:
+            raise IRError(f"{self.op}.dropout must be in [0, 1], got {self.dropout!r}")
+
+    @staticmethod
+    def signature(op: str) -> inspect.Signature:
+        """The keyword signature ``nn.<op>`` accepts (its ``__init__`` only says ``*args, **kwargs``)."""
+        kw = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        names: list[tuple[str, Any]] = [("input_size", inspect.Parameter.empty),
+                                        ("hidden_size", inspect.Parameter.empty), ("num_layers", 1)]
+        names += [("nonlinearity", "tanh")] if op == "RNN" else []
+        names += [("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)]
+        names += [("proj_size", 0)] if op == "LSTM" else []
+        params = [inspect.Parameter("self", kw)] + [inspect.Parameter(n, kw, default=d) for n, d in names]
+        return inspect.Signature(params + [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None)
+                                           for n in ("device", "dtype")])
+
+    def ctor(self) -> tuple[list[Any], dict[str, Any]]:
+        pos, kw = Primitive.ctor(self)
+        accepted = ctor_signature(self.op).parameters
+        return pos, {k: v for k, v in kw.items() if k in accepted}
+
+    def build(self, device: str | torch.device | None = None) -> nn.Module:
+        pos, kw = self.ctor()
+        return getattr(nn, self.op)(*pos, **kw, device=device)  # type: ignore[no-any-return]
 
 
 PRIMITIVE_CLASSES: tuple[type[Primitive], ...] = (
-    Conv, Linear, BatchNorm, LayerNorm, GroupNorm, Activation, Dropout, Identity, TorchLayer)
+    Conv, Linear, BatchNorm, LayerNorm, GroupNorm, Activation, Dropout, Identity, Recurrent, TorchLayer)
 
 
 def primitive_class_for(op: str) -> type[Primitive]:

@@ -32,6 +32,7 @@ import torch
 
 from torchgraft.errors import IRError
 from torchgraft.ir.activations import ActKind, Spelling
+from torchgraft.ir.extra_state import StateMethods
 from torchgraft.ir.graph import (
     ChildCall,
     FunctionCall,
@@ -60,6 +61,7 @@ from torchgraft.ir.nodes import (
     StateSpec,
 )
 from torchgraft.ir.primitives import PRIMITIVE_CLASSES
+from torchgraft.ir.reparam import Reparam
 from torchgraft.ir.types import ScalarType, TensorType
 from torchgraft.ir.values import ByMode, Const, DictArg, Ref, Seq, Slice, Training
 
@@ -71,7 +73,7 @@ CONSTANTS_FILE = "constants.safetensors"
 
 _CLASSES: tuple[type, ...] = (
     *PRIMITIVE_CLASSES, Chain, Parallel, SkipConnection, Combine, Block, Container, Opaque, ChildRef, ClassRef,
-    PySource,
+    PySource, Reparam, StateMethods,
     StateSpec, Graph, Op, Input, ChildCall, FunctionCall, MethodCall, GetAttr, PrimCall, Guard,
     Ref, Const, Seq, Slice, DictArg, Training, ByMode, TensorType, ScalarType, Model, Helper)
 NODE_TAGS: dict[str, type] = {c.__name__: c for c in _CLASSES}

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from itertools import pairwise
 
 from torchgraft.errors import IRError
+from torchgraft.ir.extra_state import EXTRA_STATE_KEY
 from torchgraft.ir.graph import ChildCall, GetAttr, Graph, Guard, PrimCall
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import (
@@ -196,8 +197,9 @@ def _check_chain(chain: Chain, path: str, types: dict[str, ValueType]) -> Iterat
 
 def _check_state(model: Model, implied: StateInfo) -> Iterator[str]:
     weights = model.weights
-    missing = [k for k in implied if k not in weights]
-    unexpected = [k for k in weights if k not in implied]
+    extra = {join(p, EXTRA_STATE_KEY) for p, n in walk(model.root) if isinstance(n, Block) and n.extra_state}
+    missing = [k for k in [*implied, *extra] if k not in weights and k not in model.extra_state]
+    unexpected = [k for k in weights if k not in implied and k not in extra]
     for what, keys in (("missing from model.weights", missing), ("in model.weights but not in the IR", unexpected)):
         if keys:
             listed = ", ".join(keys[:MAX_LISTED]) + (", ..." if len(keys) > MAX_LISTED else "")

@@ -20,6 +20,17 @@ class Match:
         return f"{self.path} ({self.what}, {self.spelling})"
 
 
+@dataclass(frozen=True)
+class Skip:
+    """A site a pass looked at and left alone, and why."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path or '<root>'}: {self.reason}"
+
+
 @dataclass
 class PassReport:
     """What one pass did: matched sites, state_dict key changes, parameter counts."""
@@ -32,6 +43,7 @@ class PassReport:
     params_before: int = 0
     params_after: int = 0
     notes: list[str] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"{self.name}: {len(self.matches)} site(s), params {self.params_before:,} -> {self.params_after:,}"]
@@ -47,6 +59,9 @@ class PassReport:
             lines.append("  keys renamed: " + ", ".join(f"{a} -> {b}" for a, b in items[:6])
                          + (f", ... ({len(items)} in all)" if len(items) > 6 else ""))
         lines += [f"  note: {n}" for n in self.notes]
+        lines += [f"  skipped {s}" for s in self.skipped[:20]]
+        if len(self.skipped) > 20:
+            lines.append(f"  ... {len(self.skipped) - 20} more skipped (report.skipped has them all)")
         return "\n".join(lines)
 
 
@@ -68,6 +83,10 @@ class Pass:
     def apply(self, model: Model) -> Model:
         """The rewritten model."""
         return self.rewrite(model)[0]
+
+    def skipped(self, before: Model, after: Model) -> list[Skip]:
+        """Sites this pass could have rewritten but left alone, with the reason (empty by default)."""
+        return []
 
     def key_map(self, before: Model, after: Model) -> dict[str, str]:
         """Old state_dict key → new key for entries this pass moved (empty for most passes)."""

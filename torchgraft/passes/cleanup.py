@@ -14,7 +14,7 @@ from typing import ClassVar
 from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Op
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Chain, Node
-from torchgraft.ir.primitives import Dropout, Identity
+from torchgraft.ir.primitives import Dropout, Identity, Recurrent
 from torchgraft.ir.traverse import join, map_tree
 from torchgraft.ir.values import Ref, rename_refs
 from torchgraft.passes.base import Match, Pass
@@ -71,7 +71,8 @@ def _is_dropout_call(op: Op) -> bool:
 
 @dataclass(frozen=True)
 class RemoveDropout(Pass):
-    """Remove dropout (modules, ``F.dropout``): an inference clean-up; keys are unchanged.
+    """Remove dropout (modules, ``F.dropout``, and the between-layer ``dropout`` of LSTM/GRU/RNN, set to 0):
+    an inference clean-up; keys are unchanged.
 
     Before/after::
 
@@ -90,6 +91,9 @@ class RemoveDropout(Pass):
         is_drop = lambda p, c: isinstance(c, Dropout) and sel(Site(p, c, enc.get(p, ())))  # noqa: E731
 
         def fn(path: str, node: Node) -> Node:
+            if isinstance(node, Recurrent) and node.dropout and sel(Site(path, node, enc.get(path, ()))):
+                matches.append(Match(path, f"{node.op} dropout={node.dropout}"))
+                return replace(node, dropout=0.0)
             if isinstance(node, Chain):
                 items = tuple(Identity() if is_drop(join(path, n), c) else c for n, c in node.named())
                 matches.extend(Match(join(path, n), "dropout") for (n, a), b in zip(node.named(), items) if a != b)

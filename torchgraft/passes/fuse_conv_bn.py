@@ -3,7 +3,7 @@
 Sites:
 
 - a Conv1d/2d/3d or ConvTranspose (any groups, with or without bias) followed by its
-  BatchNorm in an ``nn.Sequential``;
+  BatchNorm in an ``nn.Sequential`` (the conv may be the last layer of an inner ``nn.Sequential``);
 - the same two layers called one after the other in a forward, where the conv's output
   has no other user;
 - a conv child whose only user is a functional ``F.batch_norm(y, self.running_mean,
@@ -37,7 +37,7 @@ from torchgraft.ir.primitives import BatchNorm, Conv, Identity, Linear, Primitiv
 from torchgraft.ir.traverse import join, map_tree
 from torchgraft.ir.types import TensorType
 from torchgraft.ir.values import Arg, Const, Ref, Training, rename_refs
-from torchgraft.passes.base import Match, Pass
+from torchgraft.passes.base import Match, Pass, Skip
 from torchgraft.passes.selectors import Selector, Site, parse_selector
 
 BATCH_NORM_FN = "torch.nn.functional.batch_norm"
@@ -71,6 +71,8 @@ def fold_weights(layer: Primitive, w: torch.Tensor, b: torch.Tensor | None, stat
 
 
 def _out_features(a: Node) -> int | None:
+    if isinstance(a, Primitive) and a.reparam:  # its weight is computed (weight_norm & co.): nothing to fold into
+        return None
     if isinstance(a, Conv):
         return a.out_channels
     if isinstance(a, Linear):
@@ -79,7 +81,7 @@ def _out_features(a: Node) -> int | None:
 
 
 def _pairable(a: Node, b: Node, out_type: object) -> bool:
-    if not isinstance(b, BatchNorm):
+    if not isinstance(b, BatchNorm) or (isinstance(a, Primitive) and a.reparam):
         return False
     if isinstance(a, Conv):
         return b.op == f"BatchNorm{a.dims}d" and b.num_features == a.out_channels
@@ -87,6 +89,21 @@ def _pairable(a: Node, b: Node, out_type: object) -> bool:
         return (b.op == "BatchNorm1d" and b.num_features == a.out_features
                 and isinstance(out_type, TensorType) and out_type.rank == 2)
     return False
+
+
+def tail(node: Node, path: str) -> tuple[str, Node]:
+    """The layer whose output is ``node``'s output, with its path: ``node`` itself, or the last item
+    of (nested) ``nn.Sequential``s, e.g. torchvision's ``Conv2Plus1D`` ending in a Conv3d."""
+    while isinstance(node, Chain) and node.items:
+        path, node = join(path, node.names[-1]), node.items[-1]
+    return path, node
+
+
+def _with_tail(node: Node, new: Node) -> Node:
+    """``node`` with the layer ``tail`` finds replaced by ``new``."""
+    if not isinstance(node, Chain) or not node.items:
+        return new
+    return Chain(*node.items[:-1], _with_tail(node.items[-1], new), names=node.names)
 
 
 def _enclosing(root: Node) -> dict[str, tuple[str, ...]]:
@@ -224,7 +241,8 @@ class FuseConvBN(Pass):
     inputs. The folded BatchNorm disappears (inside an ``nn.Sequential`` it becomes
     ``nn.Identity`` so later indices keep their keys; run ``eliminate-identity`` to drop
     those); the conv gains a bias. A conv whose output has another user, and shared (tied)
-    layers, are left alone. BatchNorm without running statistics is refused with an error.
+    layers, are left alone; the report's ``skipped`` lists every BatchNorm left in the model and
+    why. BatchNorm without running statistics is refused with an error.
 
     Options: ``where`` (a selector over the conv/linear layers).
 
@@ -266,6 +284,15 @@ class FuseConvBN(Pass):
         return [f"F.batch_norm with training=self.training folded at {', '.join(dynamic)}: in training mode "
                 "these now use the running statistics too (the pass produces an inference model)"]
 
+    def skipped(self, before: Model, after: Model) -> list[Skip]:
+        """Every BatchNorm (module, ``F.batch_norm`` call, or state of an opaque module) still in
+        ``after``, with why it was not folded (see ``fuse_conv_bn_skips``)."""
+        from torchgraft.passes.fuse_conv_bn_skips import skipped_sites  # it imports this module
+
+        sel, enclosing, tied = parse_selector(self.where), _enclosing(before.root), _tied(before)
+        return skipped_sites(before, after, lambda p, n: self._selected(sel, p, n, enclosing),
+                             lambda p: _is_tied(p, tied))
+
     @staticmethod
     def _selected(sel: Selector, path: str, node: Node, enclosing: dict[str, tuple[str, ...]]) -> bool:
         return sel(Site(path, node, enclosing.get(path, ())))
@@ -295,11 +322,11 @@ class FuseConvBN(Pass):
                matches: list[Match], sel: Selector, enclosing: dict[str, tuple[str, ...]], tied: set[str]) -> Node:
         items = list(chain.items)
         for i in range(len(items) - 1):
-            a, b = items[i], items[i + 1]
             pa, pb = join(path, chain.names[i]), join(path, chain.names[i + 1])
-            if (_pairable(a, b, model.type_at(pa)) and self._selected(sel, pa, a, enclosing)
+            (pt, a), b = tail(items[i], pa), items[i + 1]
+            if (_pairable(a, b, model.type_at(pa)) and self._selected(sel, pt, a, enclosing)
                     and not _is_tied(pa, tied) and not _is_tied(pb, tied)):
-                items[i] = self._fold(pa, pb, a, b, state, matches)  # type: ignore[arg-type]
+                items[i] = _with_tail(items[i], self._fold(pt, pb, a, b, state, matches))  # type: ignore[arg-type]
                 items[i + 1] = Identity()
         return chain if items == list(chain.items) else Chain(*items, names=chain.names)
 
@@ -323,7 +350,8 @@ class FuseConvBN(Pass):
             if (a is None or b is None or not all((pa, pb) in s for s in pair_sets[1:])
                     or not usable(pa) or not usable(pb)):
                 continue
-            if _pairable(a, b, op.type) and self._selected(sel, join(path, pa), a, enclosing):
+            pt, a = tail(a, join(path, pa))
+            if _pairable(a, b, op.type) and self._selected(sel, pt, a, enclosing):
                 pairs.append((pa, pb))
         # functional F.batch_norm over the block's own state, the same in every graph
         site_sets = [{s.key: s for s in _functional_sites(g, block)} for g in graphs]
@@ -351,8 +379,9 @@ class FuseConvBN(Pass):
         drops: list[set[str]] = [set() for _ in graphs]
         gone_state: set[str] = set()
         for pa, pb in pairs:
-            children[pa] = self._fold(join(path, pa), join(path, pb), children[pa], children[pb],  # type: ignore[arg-type]
-                                      state, matches)
+            pt, conv = tail(children[pa], join(path, pa))
+            children[pa] = _with_tail(children[pa], self._fold(pt, join(path, pb), conv, children[pb],  # type: ignore[arg-type]
+                                                               state, matches))
             del children[pb]
             for i in range(len(graphs)):
                 conv_op, bn_op = pair_sets[i][(pa, pb)]

@@ -139,10 +139,10 @@ class LoRA(Pass):
             p = site.path
             out_type = model.type_at(p)
             block = lora_block(node, self.r, self.alpha, self.dropout, out_type)
-            for key in ("weight", "bias"):
-                if join(p, key) in weights:
-                    moved[join(p, key)] = join(p, f"base.{key}")
-                    weights[join(p, f"base.{key}")] = weights.pop(join(p, key))
+            prefix = p + "." if p else ""
+            for key in [k for k in weights if k.startswith(prefix)]:  # weight, bias; parametrizations.* too
+                moved[key] = join(p, "base." + key[len(prefix):])
+                weights[moved[key]] = weights.pop(key)
             matches.append(Match(p, f"Linear({node.in_features} -> {node.out_features}) + LoRA(r={self.r})"))
             types.update({join(p, "base"): out_type, join(p, "lora_A"): _retyped(out_type, self.r),
                           join(p, "lora_B"): out_type})
@@ -151,6 +151,8 @@ class LoRA(Pass):
             if not model.weights:  # an IR without tensors (structure only) stays without
                 return block
             ref = weights.get(join(p, "base.weight"))
+            if ref is None:  # a reparametrized weight: the dtype of what it is stored as
+                ref = next((weights[k] for k in moved.values() if k.startswith(join(p, "base."))), None)
             dtype = ref.dtype if isinstance(ref, torch.Tensor) else torch.float32
             device = ref.device if isinstance(ref, torch.Tensor) else None
             a = torch.empty(self.r, node.in_features, dtype=torch.float32)
@@ -198,14 +200,15 @@ class LoRA(Pass):
                 "is no Linear layer to wrap"]
 
     def key_map(self, before: Model, after: Model) -> dict[str, str]:
-        """``P.weight -> P.base.weight`` (and bias) for every Linear that became a LoRALinear."""
+        """``P.weight -> P.base.weight`` (and bias, and a reparametrized weight's
+        ``parametrizations.*`` keys) for every Linear that became a LoRALinear."""
         old = dict(walk(before.root))
         out: dict[str, str] = {}
         for path, node in walk(after.root):
             if _is_lora(node) and isinstance(old.get(path), Linear):
-                for key in ("weight", "bias"):
-                    if join(path, key) in before.weights:
-                        out[join(path, key)] = join(path, f"base.{key}")
+                prefix = path + "." if path else ""
+                out.update({k: join(path, "base." + k[len(prefix):]) for k in before.weights
+                            if k.startswith(prefix) and join(path, "base." + k[len(prefix):]) in after.weights})
         return out
 
 

@@ -160,6 +160,7 @@ def run(model: Model, pipeline: str | Pass | list[Pass], *, dry_run: bool = Fals
         rep = PassReport(p.name, matches, params_before=count_params(current), params_after=count_params(new))
         notes = getattr(p, "notes", None)
         rep.notes = list(notes(current)) if callable(notes) else []
+        rep.skipped = p.skipped(current, new)
         before, after = set(current.weights), set(new.weights)
         renamed = p.key_map(current, new)
         rep.keys_renamed = renamed

@@ -9,7 +9,7 @@ from torchgraft.ir.activations import ActKind
 from torchgraft.ir.graph import ChildCall, Graph, MethodCall, Op, PrimCall
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Chain, Node
-from torchgraft.ir.primitives import Activation, torch_defaults
+from torchgraft.ir.primitives import Activation, TorchLayer, torch_defaults
 from torchgraft.ir.traverse import map_tree
 from torchgraft.ir.values import Ref, rename_refs
 from torchgraft.passes.base import Match, Pass
@@ -65,6 +65,9 @@ def _copy_back(g: Graph, lost: set[str]) -> Graph:
     return Graph(g.inputs, tuple(ops), g.output)
 
 
+_NAMED = ("relu", "gelu")  # the activations nn.Transformer* layers take by name
+
+
 @dataclass(frozen=True)
 class SwapActivation(Pass):
     """Swap every ``from`` activation for ``to``: modules (``nn.ReLU``), ``F.relu``, ``torch.relu``,
@@ -103,6 +106,19 @@ class SwapActivation(Pass):
                              f"it takes {sorted(kind.options) or 'none'}")
         return Activation.of(kind, inplace=old.inplace, spelling=old.spelling, **opts)
 
+    def _layer_args(self, layer: TorchLayer, src: ActKind) -> TorchLayer:
+        """A layer that takes its activation as an argument (``nn.TransformerEncoderLayer(activation="relu")``),
+        nested layers included, with ``src`` swapped: a name where torch takes one (relu, gelu), else the module."""
+        args = []
+        for k, v in layer.args:
+            if isinstance(v, TorchLayer):
+                v = self._layer_args(v, src)
+            elif k == "activation" and (v == src.functional or (isinstance(v, Activation) and v.kind is src)):
+                new = self._new(v if isinstance(v, Activation) else Activation.of(src))
+                v = new.kind.functional if new.kind.functional in _NAMED and not new.options else new
+            args.append((k, v))
+        return replace(layer, args=tuple(args))
+
     def rewrite(self, model: Model) -> tuple[Model, list[Match]]:
         src = ActKind.parse(self.from_)
         ActKind.parse(self.to)
@@ -115,6 +131,11 @@ class SwapActivation(Pass):
                 matches.append(Match(site.path, node.kind.functional + (" in-place" if node.inplace else ""),
                                      spelling))
                 return self._new(node)
+            if isinstance(node, TorchLayer) and sel(site):
+                new_layer = self._layer_args(node, src)
+                if new_layer != node:
+                    matches.append(Match(site.path, f"{src.functional} (activation= of nn.{node.op})", spelling))
+                    return new_layer
             return None
 
         new = map_tree(fmap(model, fn).root, _write_back_in_place)

@@ -129,6 +129,8 @@ class ClassTable:
         out += [("attr", n, Lit(c.value)) for n, c in b.constants]
         if isinstance(b.body, PySource):
             out += [("attr", n, lit_of(v)) for n, v in b.body.attrs]
+        if b.extra_state is not None:
+            out += [("attr", n, lit_of(v)) for n, v in b.extra_state.attrs]
         out += [("child", n, node_expr(c, join(path, n), self.call_of)) for n, c in b.children]
         return out
 

@@ -107,4 +107,6 @@ def class_text(group: Group, specs: list[ParamSpec], names: Mapping[int, str], m
     lines += [f"        {ln}" for stmt in init for ln in stmt.split("\n")]
     lines.append("")
     lines += [f"    {ln}" if ln else "" for ln in forward]
+    if rep.extra_state is not None:  # get_extra_state/set_extra_state, as the original class wrote them
+        lines += [""] + [f"    {ln}" if ln else "" for ln in rep.extra_state.source.rstrip("\n").split("\n")]
     return "\n".join(lines) + "\n"

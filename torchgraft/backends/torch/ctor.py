@@ -14,7 +14,7 @@ from typing import Union
 
 from torchgraft.errors import EmitError
 from torchgraft.ir.nodes import Block, Chain, Combine, CombineKind, Container, Node, Opaque, Parallel, SkipConnection
-from torchgraft.ir.primitives import Dropout, Primitive, torch_defaults
+from torchgraft.ir.primitives import NOT_CTOR, Dropout, Primitive, torch_defaults
 from torchgraft.ir.values import Arg, Const, Seq
 
 
@@ -98,7 +98,7 @@ def lit_of(arg: Arg) -> Lit:
 
 
 def _positional_names(p: Primitive) -> tuple[str, ...]:
-    names = tuple(f.name for f in fields(p) if f.name not in ("op", "spelling"))
+    names = tuple(f.name for f in fields(p) if f.name not in NOT_CTOR)
     return names[: 1 if isinstance(p, Dropout) else type(p).positional]
 
 
@@ -108,8 +108,21 @@ def prim_call(p: Primitive) -> Call:
     names = _positional_names(p)
     defaults = torch_defaults(p.op)
     values = list(pos) + [defaults[n] for n in names[len(pos):] if n in defaults]
-    return Call(f"nn.{p.op}", tuple(Lit(v) for v in values), tuple((k, Lit(v)) for k, v in kw.items()),
+    return Call(f"nn.{p.op}", tuple(_value(v) for v in values), tuple((k, _value(v)) for k, v in kw.items()),
                 names[: len(values)], tuple((k, Lit(v)) for k, v in defaults.items()))
+
+
+def _value(v: object) -> CExpr:
+    """A constructor argument: a literal, or a nested layer (``encoder_layer=nn.TransformerEncoderLayer(...)``)."""
+    return prim_call(v) if isinstance(v, Primitive) else Lit(v)
+
+
+def reparametrized(layer: CExpr, p: Primitive) -> CExpr:
+    """``layer`` inside the calls that register ``p``'s reparametrizations, innermost first
+    (``nn.utils.parametrizations.weight_norm(nn.Linear(4, 4), name="weight", dim=0)``)."""
+    for r in p.reparam:
+        layer = Call(r.function, (layer,), tuple((k, Lit(v)) for k, v in r.kwargs().items()))
+    return layer
 
 
 def _combine_kwargs(c: Combine) -> tuple[tuple[str, CExpr], ...]:
@@ -123,7 +136,7 @@ _COMBINE_DEFAULTS = (("combine", Lit("add")), ("dim", Lit(1)))
 def node_expr(node: Node, path: str, call_of: ClassCall) -> CExpr:
     """The constructor expression for a module-level node; ``call_of`` gives Block/Opaque calls."""
     if isinstance(node, Primitive):
-        return prim_call(node)
+        return reparametrized(prim_call(node), node)
     if isinstance(node, (Block, Opaque)):
         if isinstance(node, Opaque) and node.ctor is None:
             raise EmitError(f"module at {path or '<root>'} ({node.cls}) is opaque ({node.reason}) and its "

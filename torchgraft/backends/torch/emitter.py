@@ -19,6 +19,8 @@ from torch import nn
 
 from torchgraft.backends.torch.classes import ClassTable
 from torchgraft.backends.torch.combinators import RUNTIME_CLASSES
+from torchgraft.backends.torch.extra_state import load_lines as extra_state_load
+from torchgraft.backends.torch.extra_state import metadata as extra_metadata
 from torchgraft.backends.torch.modules import WIDTH, accessor, lit_code, module_expr
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Node, Opaque, Parallel, SkipConnection
@@ -37,6 +39,7 @@ class EmittedCode:
     weights: Mapping[str, torch.Tensor] = field(repr=False)
     class_name: str = "Model"
     constants: Mapping[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    extra_state: Mapping[str, Any] = field(default_factory=dict, repr=False)  # JSON values, in the weights' metadata
 
     @property
     def on_meta(self) -> bool:
@@ -57,8 +60,8 @@ class EmittedCode:
             warnings.warn(f"the model's weights are on the meta device: wrote {out / 'model.py'} and no weights; "
                           "load a checkpoint into build() yourself", stacklevel=2)
             return out / "model.py"
-        if self.weights:
-            save_file(_unshared(self.weights), str(out / WEIGHTS))
+        if self.weights or self.extra_state:
+            save_file(_unshared(self.weights), str(out / WEIGHTS), metadata=extra_metadata(self.extra_state))
         if self.constants:
             save_file(_unshared(self.constants), str(out / CONSTANTS))
         return out / "model.py"
@@ -79,7 +82,7 @@ class EmittedCode:
             if str(device) == "meta" and hasattr(module, "_load_constants"):
                 module._load_constants = lambda model: None  # meta tensors hold no values to fill
             with torch.device(device) if device is not None else contextlib.nullcontext():
-                if load_weights and self.weights:
+                if load_weights and (self.weights or self.extra_state):
                     return module.load(Path(tmp) / WEIGHTS)  # type: ignore[no-any-return]
                 if self.constants and str(device) != "meta":
                     from safetensors.torch import save_file
@@ -141,12 +144,14 @@ def emit(model: Model) -> EmittedCode:
                if any(isinstance(n, SkipConnection if name == "SkipConnection" else Parallel)
                       for _, n in walk(model.root))]
     source = _assemble(model, table, runtime, root_expr, root_name)
-    return EmittedCode(source, dict(model.weights), root_name, dict(model.constants))
+    return EmittedCode(source, dict(model.weights), root_name, dict(model.constants), dict(model.extra_state))
 
 
 def _imports(model: Model, table: ClassTable, body: str) -> str:
     """The import block: only what the body uses."""
     std = ["from pathlib import Path\n"]
+    if re.search(r"\bjson\.", body):
+        std.append("import json\n")
     if "OrderedDict(" in body:
         std.append("from collections import OrderedDict\n")
     std += [f"import {m}\n" for m in sorted(table.imports - {"torch"})]
@@ -223,6 +228,8 @@ def _entry_points(model: Model, root_expr: str, root_name: str) -> str:
             f'    path = weights if weights is not None else Path(__file__).with_name("{WEIGHTS}")\n',
             "    model.load_state_dict(load_file(str(path)), strict=True)\n",
             "    return model\n"]
+    if model.extra_state:
+        load = extra_state_load(root_name, WEIGHTS)
     extra = ["\n\n" + LOAD_CONSTANTS] if model.constants else []
     return "".join(build) + "\n\n" + "".join(load) + "".join(extra)
 

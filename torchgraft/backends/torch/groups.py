@@ -55,7 +55,7 @@ def _heights(blocks: dict[str, Block]) -> dict[str, int]:
 def _member_key(b: Block) -> tuple[object, ...]:
     source = (b.body.source, tuple(n for n, _ in b.body.attrs)) if isinstance(b.body, PySource) else None
     return (tuple((s.name, s.parameter, s.persistent, s.dtype) for s in b.state),  # requires_grad: build()
-            tuple(n for n, _ in b.constants), source)
+            tuple(n for n, _ in b.constants), source, b.extra_state and b.extra_state.source)
 
 
 def _groups(blocks: dict[str, Block], by_height: bool) -> list[Group]:
