@@ -13,6 +13,7 @@ from torch import nn
 
 from torchgraft.errors import CaptureError
 from torchgraft.frontends.cache_free import leave_out_cache, without_cache
+from torchgraft.frontends.child_attrs import with_child_attrs
 from torchgraft.frontends.compiled import compiled_block, is_compiled, no_compilation, uncompiled
 from torchgraft.frontends.concrete import concrete_trace, export_flags
 from torchgraft.frontends.examples import Example, ExampleDiverged, normalise, tripped_guard, validate
@@ -202,7 +203,7 @@ def _fallback_block(mod: nn.Module, path: str, kids: tuple[tuple[str, Node], ...
     non-persistent buffers kept as constants."""
     ctx.report.add(path, method, why)
     ctx.constants.update({join(path, n): v for n, v in _nonpersistent(mod).items()})
-    return Block(_class_ref(mod), kids, body, own_state(mod), train_body, method=method)
+    return Block(_class_ref(mod), with_child_attrs(mod, body, kids), body, own_state(mod), train_body, method=method)
 
 
 class SourceFirst(TraceError):

@@ -52,6 +52,14 @@ def _self_attrs(fdef: ast.FunctionDef) -> list[str]:
     return [a for a in dict.fromkeys(n.attr for n in found) if a in read]
 
 
+def _stored_attrs(fdef: ast.FunctionDef) -> set[str]:
+    """``self.<attr>`` names the method assigns (``self.corr_pyramid = [...]``): state the copied methods
+    make at run time (RAFT's ``CorrBlock.build_pyramid`` before ``index_pyramid``), needing no value
+    at capture; read before any assignment, it raises ``AttributeError`` in the emitted model."""
+    return {t.attr for n in ast.walk(fdef) if isinstance(n, ast.Assign) for t in n.targets
+            if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
+
+
 def copy_forward(mod: nn.Module, helpers: dict[str, Helper]) -> PySource:
     """The PySource body for ``mod`` (TraceError with the reason when it cannot be copied).
 
@@ -83,6 +91,7 @@ def _collect(mod: nn.Module, helpers: dict[str, Helper], roots: tuple[str, ...]
     todo: list[str] = list(roots)
     defs: dict[str, ast.FunctionDef] = {}
     attrs: dict[str, Arg] = {}
+    unvalued: dict[str, str] = {}  # attributes with no constant value -> the method reading them
     while todo:
         name = todo.pop()
         fn = getattr(cls, name, None)
@@ -93,9 +102,16 @@ def _collect(mod: nn.Module, helpers: dict[str, Helper], roots: tuple[str, ...]
             raise TraceError(f"{cls.__qualname__}.{name} calls super(); its source cannot stand alone")
         defs[name] = fdef
         for attr in _self_attrs(fdef):
-            _classify(mod, attr, todo, defs, attrs)
+            try:
+                _classify(mod, attr, todo, defs, attrs)
+            except TraceError:
+                unvalued.setdefault(attr, name)
+                continue
             _check_enum_use(mod, attr, fdef)
         _globals(fdef, fn, helpers)
+    stored = {a for d in defs.values() for a in _stored_attrs(d)}
+    for attr in unvalued.keys() - stored:  # read, never assigned by the copied methods, and no value to give
+        _classify(mod, attr, todo, defs, attrs)
     source = "\n\n".join(ast.unparse(defs[n]) for n in [*roots, *sorted(set(defs) - set(roots))])
     return source + "\n", tuple(sorted(attrs.items()))
 
