@@ -3,6 +3,9 @@
     python benchmarks/coverage.py                    # print the Markdown table
     python benchmarks/coverage.py --write README.md  # replace the table between the coverage markers
     python benchmarks/coverage.py --only recurrent,transformers   # families whose name contains a word
+    python benchmarks/coverage.py --save out.json    # also keep the outcomes
+    python benchmarks/coverage.py --only detection --merge out.json --write README.md
+                                                     # rerun some, take the other rows from a saved run
 
 Columns: captured (``capture`` returned), emitted (``emit`` returned), strict (the original state_dict
 loads ``strict=True`` into ``build()``, same keys), matches (the emitted model, in a fresh process
@@ -14,9 +17,12 @@ batch size or length; a call refused by a guard is listed in the notes). A clean
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
+import json
 import re
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,16 +73,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="comma-separated words; keep families or models containing one")
     parser.add_argument("--write", type=Path, help="a Markdown file with coverage markers to update")
+    parser.add_argument("--save", type=Path, help="a JSON file to keep the outcomes in")
+    parser.add_argument("--merge", type=Path, help="a saved JSON run: its rows fill in the cases not rerun")
     ns = parser.parse_args()
+    saved = {o["case"]: Outcome(**o) for o in json.loads(ns.merge.read_text())} if ns.merge else {}
     words = [w.lower() for w in ns.only.split(",") if w]
     outcomes = []
     for case in all_cases():
         if words and not any(w in case.family.lower() or w in case.name.lower() for w in words):
+            if case.name in saved:
+                outcomes.append(saved[case.name])
             continue
+        start = time.perf_counter()
         outcome = check_case(case)
-        print(f"{case.family:28} {case.name:40} {'match' if outcome.matches else _note(outcome)}", file=sys.stderr)
+        took = time.perf_counter() - start
+        print(f"{case.family:28} {case.name:40} {took:6.1f}s {'match' if outcome.matches else _note(outcome)}",
+              file=sys.stderr)
         outcomes.append(outcome)
         gc.collect()
+    if ns.save:
+        ns.save.write_text(json.dumps([dataclasses.asdict(o) for o in outcomes], indent=1))
     text = table(outcomes)
     print(text)
     if ns.write:

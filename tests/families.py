@@ -195,7 +195,8 @@ TRANSFORMERS = [
              decoder_ffn_dim=64, max_position_embeddings=64),
     _tf_case("Whisper", "WhisperConfig", "WhisperModel", "speech", vocab_size=100, d_model=32, encoder_layers=1,
              decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
-             decoder_ffn_dim=64, num_mel_bins=16, max_source_positions=16, max_target_positions=32),
+             decoder_ffn_dim=64, num_mel_bins=16, max_source_positions=16, max_target_positions=32,
+             pad_token_id=0, bos_token_id=0, eos_token_id=0, decoder_start_token_id=0),
 ]
 
 

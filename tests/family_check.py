@@ -70,7 +70,8 @@ def flatten(value: Any, prefix: str = "out") -> dict[str, torch.Tensor]:
 
 _CHILD = r"""
 import importlib.util, json, sys
-sys.modules["torchgraft"] = None  # the emitted code must not need torchgraft
+for name in ("torchgraft", "torchvision", "transformers"):
+    sys.modules[name] = None  # the emitted code needs none of them
 import torch
 from safetensors.torch import load_file, save_file
 folder = sys.argv[1]

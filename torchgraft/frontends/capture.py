@@ -13,7 +13,7 @@ from torch import nn
 
 from torchgraft.errors import CaptureError
 from torchgraft.frontends.cache_free import leave_out_cache, without_cache
-from torchgraft.frontends.child_attrs import with_child_attrs
+from torchgraft.frontends.child_attrs import with_child_attrs, with_child_methods
 from torchgraft.frontends.compiled import compiled_block, is_compiled, no_compilation, uncompiled
 from torchgraft.frontends.concrete import concrete_trace, export_flags
 from torchgraft.frontends.examples import Example, ExampleDiverged, normalise, tripped_guard, validate
@@ -47,6 +47,7 @@ from torchgraft.frontends.state import (
     updated_buffers,
     value_driven_python,
 )
+from torchgraft.frontends.substitutes import substitution_notes
 from torchgraft.ir.graph import Graph
 from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import Block, Chain, ClassRef, Container, Node, Opaque, StateSpec
@@ -203,7 +204,8 @@ def _fallback_block(mod: nn.Module, path: str, kids: tuple[tuple[str, Node], ...
     non-persistent buffers kept as constants."""
     ctx.report.add(path, method, why)
     ctx.constants.update({join(path, n): v for n, v in _nonpersistent(mod).items()})
-    return Block(_class_ref(mod), with_child_attrs(mod, body, kids), body, own_state(mod), train_body, method=method)
+    return Block(_class_ref(mod), with_child_attrs(mod, body, kids, ctx.helpers), body, own_state(mod), train_body,
+                 method=method)
 
 
 class SourceFirst(TraceError):
@@ -241,7 +243,8 @@ def _trace_fallbacks(model: nn.Module, root: Node, args: tuple[Any, ...], kwargs
 
     def swap(path: str, node: Node) -> Node:
         if isinstance(node, Opaque) and path in done:  # its children may have been replaced too
-            return map_tree(done[path], lambda p, n: swap(p, n) if p != path else n, path)
+            swapped = map_tree(done[path], lambda p, n: swap(p, n) if p != path else n, path)
+            return with_child_methods(ctx.untraced[path][0], swapped, ctx.helpers)
         if isinstance(node, Opaque) and path in failed:
             return replace(node, reason=failed[path])
         return node
@@ -373,6 +376,7 @@ def _capture(model: nn.Module, calls: list[Example], forced: set[str]) -> Model:
     root = with_extra_state(root, model, ctx.helpers)  # get_extra_state/set_extra_state copied
     ties = list(ctx.ties) + _param_ties(model, ctx.ties)
     ctx.report.account({**state, **extra_state}, ties)
+    ctx.report.notes += substitution_notes(ctx.helpers)  # nms, roi_align: plain-torch stand-ins
     return Model(type(model).__name__ if type(model).__name__.isidentifier() else "Model", root, inputs,
                  out_type, tuple(sorted(mod_types.items())), tuple(ties),
                  tuple(ctx.helpers[k] for k in sorted(ctx.helpers)),

@@ -4,15 +4,23 @@ A child captured as a Block is emitted as a class of its own, holding only what 
 needs; the parent's copied source may read more of it (RAFT reads ``hidden_state_size`` of its update
 block). Such attributes, when they are plain constants, are added to the child's Block constants, so
 the emitted child has them too (``self.hidden_state_size = 128``).
+
+Methods the parent calls on a child whose forward is itself copied source
+(``self.transform.postprocess(...)`` in torchvision's detection models) are copied into the
+child's source with its forward (``source_copy.copy_methods``).
 """
 
 from __future__ import annotations
 
 import ast
+import types
 from dataclasses import replace
 
 from torch import nn
 
+from torchgraft.frontends.fx_block import TraceError
+from torchgraft.frontends.source_copy import copy_methods
+from torchgraft.ir.model import Helper
 from torchgraft.ir.nodes import Block, Node, PySource
 from torchgraft.ir.values import Const
 
@@ -33,10 +41,48 @@ def _plain(value: object) -> bool:
     return isinstance(value, (bool, int, float, str, type(None)))
 
 
-def with_child_attrs(mod: nn.Module, body: Node, kids: tuple[tuple[str, Node], ...]) -> tuple[tuple[str, Node], ...]:
-    """``kids`` with the plain attributes ``body`` (a copied source) reads of them added as constants."""
+def _with_methods(sub: nn.Module, node: Block, attrs: set[str], helpers: dict[str, Helper]) -> Block:
+    """``node`` (a copied-source Block of ``sub``) with the methods ``attrs`` names copied too, when it lacks them."""
+    if not isinstance(node.body, PySource) or not node.body.source.startswith("def forward("):
+        return node
+    cls = type(sub)
+    methods = sorted(a for a in attrs if isinstance(getattr(cls, a, None), types.FunctionType)
+                     and not hasattr(nn.Module, a) and f"def {a}(" not in node.body.source)
+    if not methods:
+        return node
+    try:
+        source, copied = copy_methods(sub, helpers, ("forward", *methods))
+    except TraceError:
+        return node  # the emitted child lacks them: the parent's call fails loudly (AttributeError)
+    return replace(node, body=PySource(source, copied))
+
+
+def _kids_with_methods(mod: nn.Module, body: PySource, kids: tuple[tuple[str, Node], ...],
+                       helpers: dict[str, Helper]) -> tuple[tuple[str, Node], ...]:
+    reads: dict[str, set[str]] = {}
+    for child, attr in _child_reads(body.source):
+        reads.setdefault(child, set()).add(attr)
+    return tuple((n, _with_methods(mod._modules[n], k, reads[n], helpers)  # type: ignore[arg-type]
+                  if isinstance(k, Block) and n in reads and mod._modules.get(n) is not None else k)
+                 for n, k in kids)
+
+
+def with_child_methods(mod: nn.Module, node: Node, helpers: dict[str, Helper]) -> Node:
+    """``node`` (``mod``'s Block) with the methods its copied source calls on its children copied into
+    theirs, once those children are final (capture's fallbacks replace them after the parent is built)."""
+    if not isinstance(node, Block) or not isinstance(node.body, PySource):
+        return node
+    return replace(node, children=_kids_with_methods(mod, node.body, node.children, helpers))
+
+
+def with_child_attrs(mod: nn.Module, body: Node, kids: tuple[tuple[str, Node], ...],
+                     helpers: dict[str, Helper] | None = None) -> tuple[tuple[str, Node], ...]:
+    """``kids`` with the plain attributes ``body`` (a copied source) reads of them added as constants,
+    and the methods it calls on children whose forward is copied source copied into theirs."""
     if not isinstance(body, PySource):
         return kids
+    if helpers is not None:
+        kids = _kids_with_methods(mod, body, kids, helpers)
     wanted: dict[str, dict[str, object]] = {}
     for child, attr in _child_reads(body.source):
         sub = mod._modules.get(child)

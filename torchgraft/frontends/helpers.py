@@ -14,6 +14,12 @@ replaced every ``torch.fx.wrap``-ed global with a wrapper; the original function
 copied, not the wrapper. Constant globals are written as literals that parse on their
 own: ``math.inf``/``math.nan`` (with ``import math``), numpy scalars and int/str Enum
 members as the plain number or string they equal.
+
+Plain classes are copied the same way (``helper_classes``). A module model.py may not import,
+read only as ``module.f`` (torchvision's ``box_ops.batched_nms``), has those reads rewritten to
+the copied ``f``. Two different helpers of one name are emitted as ``f``, ``f_2``, ... with
+the reading code renamed to match. Functions with a plain-torch stand-in (``substitutes``:
+torchvision's ``nms``, ``roi_align``) are copied as the stand-in.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any
 import torch
 from torch.fx import _symbolic_trace as fx_trace
 
+from torchgraft.frontends.substitutes import substitute_for
 from torchgraft.ir.model import Helper
 from torchgraft.ir.values import plain_constant
 
@@ -102,9 +109,19 @@ def _fx_wrapper_code() -> Any:
 _FX_WRAPPER_CODE = _fx_wrapper_code()
 
 
+def _script_if_tracing_code() -> Any:
+    return torch.jit._script_if_tracing(_fx_wrapper_code).__code__
+
+
+_SCRIPT_IF_TRACING_CODE = _script_if_tracing_code()
+
+
 def unpatched(value: Any) -> Any:
-    """The original of a ``torch.fx.wrap``-ed function while fx has it patched; else ``value``."""
-    while getattr(value, "__code__", None) is _FX_WRAPPER_CODE and hasattr(value, "__wrapped__"):
+    """The original of a ``torch.fx.wrap``-ed function while fx has it patched, or of a
+    ``torch.jit._script_if_tracing`` function (which calls it as is outside a TorchScript trace);
+    else ``value``."""
+    while getattr(value, "__code__", None) in (_FX_WRAPPER_CODE, _SCRIPT_IF_TRACING_CODE) \
+            and hasattr(value, "__wrapped__"):
         value = value.__wrapped__
     return value
 
@@ -120,22 +137,47 @@ def collect(fn: Callable[..., Any], out: dict[str, Helper]) -> str:
     return name
 
 
-def _collect(fn: Callable[..., Any], out: dict[str, Helper]) -> str:
+def _collect(fn: Callable[..., Any], out: dict[str, Helper], reader: tuple[str, str] | None = None) -> str:
     if isinstance(fn, type) and issubclass(fn, tuple) and hasattr(fn, "_fields"):
         out.setdefault("import:collections", Helper("import:collections", "import collections\n", ""))
         out.setdefault(fn.__name__, Helper(fn.__name__, _namedtuple_source(fn), fn.__module__))
         return fn.__name__
+    if isinstance(fn, type):
+        from torchgraft.frontends.helper_classes import collect_class
+
+        return collect_class(fn, out)
+    sub = substitute_for(fn, reader)
+    if sub is not None:
+        return _collect_function(*sub[:2], out=out, origin=sub[2])
     if not isinstance(fn, types.FunctionType):
         raise HelperError(f"{fn!r} is not a plain Python function")
-    name = fn.__name__
-    if name in out:
-        if out[name].origin != f"{fn.__module__}.{fn.__qualname__}":
-            raise HelperError(f"two different helper functions are both called {name!r}")
+    return _collect_function(fn, fn.__globals__, out, f"{fn.__module__}.{fn.__qualname__}")
+
+
+def free_name(name: str, origin: str, out: dict[str, Helper]) -> tuple[str, bool]:
+    """(the name to emit a helper of ``origin`` under, whether it is already in ``out``).
+
+    Two different helpers both called ``f`` (torchvision has two ``_fake_cast_onnx``) get
+    ``f``, ``f_2``, ...; the code reading the second is rewritten to call ``f_2``.
+    """
+    candidate, k = name, 1
+    while candidate in out or f"const:{candidate}" in out:
+        if candidate in out and out[candidate].origin == origin:
+            return candidate, True
+        k += 1
+        candidate = f"{name}_{k}"
+    return candidate, False
+
+
+def _collect_function(fn: types.FunctionType, namespace: dict[str, Any], out: dict[str, Helper],
+                      origin: str) -> str:
+    name, done = free_name(fn.__name__, origin, out)
+    if done:
         return name
     if fn.__closure__:
         raise HelperError(f"{fn.__qualname__} is a closure")
-    try:
-        src = textwrap.dedent(inspect.getsource(fn))
+    try:  # from the code object: a library may have wrapped the function in itself (a skipped compile)
+        src = textwrap.dedent(inspect.getsource(fn.__code__))
     except (OSError, TypeError) as e:
         raise HelperError(f"source of {fn.__qualname__} is not available: {e}") from None
     tree = ast.parse(src)
@@ -143,14 +185,76 @@ def _collect(fn: Callable[..., Any], out: dict[str, Helper]) -> str:
     if not isinstance(fdef, ast.FunctionDef):
         raise HelperError(f"{fn.__qualname__} is not a def")
     fdef.decorator_list = []
+    fdef.name = name
     _StripLogging().visit(fdef)
-    out[name] = Helper(name, ast.unparse(fdef) + "\n", f"{fn.__module__}.{fn.__qualname__}")
-    used = dict.fromkeys(n.id for n in ast.walk(fdef) if isinstance(n, ast.Name))  # code and annotations
-    local = set(fn.__code__.co_varnames) | set(fn.__code__.co_cellvars)  # arguments and locals shadow globals
-    for g in used:
-        if g in fn.__globals__ and g not in local:
-            _resolve_global(g, fn.__globals__[g], fn, out, fdef)
+    out[name] = Helper(name, "", origin)  # placeholder while its globals are resolved (recursion)
+    resolve_globals(fdef, fn, namespace, out)
+    del out[name]  # re-added after what it needs
+    out[name] = Helper(name, ast.unparse(fdef) + "\n", origin)
     return name
+
+
+def resolve_globals(tree: ast.AST, fn: Callable[..., Any], namespace: dict[str, Any], out: dict[str, Helper],
+                    local: set[str] | None = None) -> None:
+    """Resolve every global ``tree`` (the source of ``fn``) reads from ``namespace`` into ``out``.
+
+    ``local`` names shadow globals (default: ``fn``'s arguments and locals). A module that
+    model.py may not import, read only as ``module.attr`` (``box_ops.batched_nms``), has those
+    reads rewritten in ``tree`` to the copied ``attr`` helper.
+    """
+    if local is None:
+        code = fn.__code__  # type: ignore[attr-defined]
+        local = set(code.co_varnames) | set(code.co_cellvars)
+    used = dict.fromkeys(n.id for n in ast.walk(tree) if isinstance(n, ast.Name))  # code and annotations
+    for g in used:
+        if g in namespace and g not in local:
+            value = unpatched(namespace[g])
+            if isinstance(value, types.ModuleType) and value.__name__ not in _IMPORTABLE:
+                _inline_module(tree, g, value, fn, namespace, out, local)
+                continue
+            _resolve_global(g, value, fn, out, tree, (str(namespace.get("__name__", "")), g))
+
+
+def _inline_module(tree: ast.AST, name: str, module: types.ModuleType, fn: Callable[..., Any],
+                   namespace: dict[str, Any], out: dict[str, Helper], local: set[str]) -> None:
+    """Rewrite ``name.attr`` reads of a non-importable module to ``attr`` and copy each ``attr``."""
+    uses = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == name]
+    attrs = {id(n.value): n for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+             and isinstance(n.value, ast.Name) and n.value.id == name and isinstance(n.ctx, ast.Load)}
+    if len(attrs) != len(uses):
+        raise HelperError(f"{fn.__qualname__} uses module {module.__name__!r}, which model.py may not import")
+    names = list(dict.fromkeys(node.attr for node in attrs.values()))
+    for attr in names:
+        value = getattr(module, attr, None)
+        if value is None or attr in local or (attr in namespace and unpatched(namespace[attr]) is not value):
+            raise HelperError(f"{fn.__qualname__} reads {name}.{attr}, which cannot be copied under the name {attr!r}")
+    _Rename(name).visit(tree)
+    for attr in names:
+        _resolve_global(attr, getattr(module, attr), fn, out, tree, (module.__name__, attr))
+
+
+class _RenameName(ast.NodeTransformer):
+    """Every ``Name`` ``old`` → ``new``."""
+
+    def __init__(self, old: str, new: str) -> None:
+        self.old, self.new = old, new
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id == self.old:
+            node.id = self.new
+        return node
+
+
+class _Rename(ast.NodeTransformer):
+    """``module.attr`` → ``attr`` for one module name."""
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        if isinstance(node.value, ast.Name) and node.value.id == self.module:
+            return ast.copy_location(ast.Name(node.attr, ast.Load()), node)
+        return self.generic_visit(node)
 
 
 def enum_api_use(tree: ast.AST, is_use: Callable[[ast.expr], bool], value: Any) -> str | None:
@@ -169,7 +273,7 @@ def enum_api_use(tree: ast.AST, is_use: Callable[[ast.expr], bool], value: Any) 
 
 
 def _resolve_global(name: str, value: Any, fn: Callable[..., Any], out: dict[str, Helper],
-                    tree: ast.AST | None = None) -> None:
+                    tree: ast.AST | None = None, reader: tuple[str, str] | None = None) -> None:
     """Make global ``name`` of ``fn`` available to its copy: an import, a constant or a copied helper.
 
     ``tree`` is the copied code that reads it (checked for Enum-only attribute reads).
@@ -198,11 +302,19 @@ def _resolve_global(name: str, value: Any, fn: Callable[..., Any], out: dict[str
         alias = "" if vname == name else f" as {name}"
         out.setdefault(f"import:{name}", Helper(f"import:{name}", f"from {mod} import {vname}{alias}\n", ""))
         return
+    if mod == "torch.nn.modules.utils" and vname and getattr(torch.nn.modules.utils, vname, None) is value:
+        out.setdefault(f"import:{name}", Helper(f"import:{name}", f"from {mod} import {vname}"
+                                                + ("" if vname == name else f" as {name}") + "\n", ""))
+        return
     if callable(value) and (mod == "torch" or mod.startswith("torch.")):
         raise HelperError(f"{fn.__qualname__} uses {name} from {value.__module__}; only torch, F and nn are "
                           "available in model.py")
     if isinstance(value, (types.FunctionType, type)):
-        _collect(value, out)
+        emitted = _collect(value, out, reader)
+        if emitted != name:  # emitted under another name (a clash, an alias): the reading code follows
+            if tree is None:
+                raise HelperError(f"{fn.__qualname__} reads {name!r}, which is copied as {emitted!r}")
+            _RenameName(name, emitted).visit(tree)
         return
     _add_constant(name, value, fn, out, tree)
 
@@ -220,4 +332,4 @@ def _add_constant(name: str, value: Any, fn: Callable[..., Any], out: dict[str, 
     out.setdefault(f"const:{name}", Helper(f"const:{name}", const, fn.__module__))
 
 
-__all__ = ["HelperError", "collect", "collections", "enum_api_use", "unpatched"]
+__all__ = ["HelperError", "collect", "collections", "enum_api_use", "resolve_globals", "unpatched"]

@@ -4,9 +4,11 @@ For forwards whose control flow depends on the data (``if x.sum() > 0:``), traci
 would bake one branch in. Copying the method keeps both: ``forward`` and the methods
 it calls on ``self`` are copied (decorators dropped), the plain attributes it reads
 (``self.scale``) become constructor-time constants, and the globals it uses resolve
-like helper functions (torch imports, constants, further copied functions). Anything
-else (``super()``, closures, objects that are not constants) is refused with a reason,
-and a refused copy adds nothing to the helper table.
+like helper functions (torch imports, constants, further copied functions). Attributes that
+hold objects of the model's plain helper classes (torchvision's ``self.box_coder``), helper
+functions, small tensors, or lists and dicts of them are rebuilt in the emitted ``__init__``
+(``helper_objects``). Anything else (``super()``, closures, objects that cannot be rebuilt) is
+refused with a reason, and a refused copy adds nothing to the helper table.
 
 Constants are written as plain literals (numpy scalars and int/str Enum members as the
 number or string they equal, ``float("inf")``); a forward that reads an Enum-only
@@ -24,11 +26,13 @@ from typing import Any
 from torch import nn
 
 from torchgraft.frontends.fx_block import TraceError
-from torchgraft.frontends.helpers import HelperError, _resolve_global, enum_api_use
+from torchgraft.frontends.helper_objects import attr_value
+from torchgraft.frontends.helpers import HelperError, enum_api_use, resolve_globals
 from torchgraft.frontends.state import as_self
+from torchgraft.ir.attr_values import AttrValue
 from torchgraft.ir.model import Helper
 from torchgraft.ir.nodes import PySource
-from torchgraft.ir.values import Arg, const_arg
+from torchgraft.ir.values import const_arg
 
 
 def _method_source(fn: types.FunctionType) -> ast.FunctionDef:
@@ -72,7 +76,7 @@ def copy_forward(mod: nn.Module, helpers: dict[str, Helper]) -> PySource:
 
 
 def copy_methods(mod: nn.Module, helpers: dict[str, Helper], roots: tuple[str, ...]
-                 ) -> tuple[str, tuple[tuple[str, Arg], ...]]:
+                 ) -> tuple[str, tuple[tuple[str, AttrValue], ...]]:
     """(source, attrs): the methods ``roots`` of ``mod``'s class and the methods they call, copied as
     ``copy_forward`` copies a forward (TraceError when they cannot be; ``helpers`` then unchanged)."""
     staged = dict(helpers)
@@ -86,11 +90,11 @@ def _copy_methods(mod: nn.Module, helpers: dict[str, Helper]) -> PySource:
 
 
 def _collect(mod: nn.Module, helpers: dict[str, Helper], roots: tuple[str, ...]
-             ) -> tuple[str, tuple[tuple[str, Arg], ...]]:
+             ) -> tuple[str, tuple[tuple[str, AttrValue], ...]]:
     cls = type(mod)
     todo: list[str] = list(roots)
     defs: dict[str, ast.FunctionDef] = {}
-    attrs: dict[str, Arg] = {}
+    attrs: dict[str, AttrValue] = {}
     unvalued: dict[str, str] = {}  # attributes with no constant value -> the method reading them
     while todo:
         name = todo.pop()
@@ -103,7 +107,7 @@ def _collect(mod: nn.Module, helpers: dict[str, Helper], roots: tuple[str, ...]
         defs[name] = fdef
         for attr in _self_attrs(fdef):
             try:
-                _classify(mod, attr, todo, defs, attrs)
+                _classify(mod, attr, todo, defs, attrs, helpers)
             except TraceError:
                 unvalued.setdefault(attr, name)
                 continue
@@ -111,12 +115,13 @@ def _collect(mod: nn.Module, helpers: dict[str, Helper], roots: tuple[str, ...]
         _globals(fdef, fn, helpers)
     stored = {a for d in defs.values() for a in _stored_attrs(d)}
     for attr in unvalued.keys() - stored:  # read, never assigned by the copied methods, and no value to give
-        _classify(mod, attr, todo, defs, attrs)
+        _classify(mod, attr, todo, defs, attrs, helpers)
     source = "\n\n".join(ast.unparse(defs[n]) for n in [*roots, *sorted(set(defs) - set(roots))])
     return source + "\n", tuple(sorted(attrs.items()))
 
 
-def _classify(mod: nn.Module, attr: str, todo: list[str], defs: dict[str, Any], attrs: dict[str, Arg]) -> None:
+def _classify(mod: nn.Module, attr: str, todo: list[str], defs: dict[str, Any], attrs: dict[str, AttrValue],
+              helpers: dict[str, Helper] | None = None) -> None:
     if attr in mod._modules or attr in mod._parameters or attr in mod._buffers or attr == "training":
         return
     cls_attr = getattr(type(mod), attr, None)
@@ -130,6 +135,9 @@ def _classify(mod: nn.Module, attr: str, todo: list[str], defs: dict[str, Any], 
             return
         except Exception:
             pass
+        if helpers is not None:  # an object built from the model's helpers (BoxCoder), a small tensor
+            attrs[attr] = attr_value(mod.__dict__[attr], helpers, f"self.{attr}")
+            return
     if hasattr(nn.Module, attr):
         return  # nn.Module API (self.register_buffer, self.modules, ...)
     raise TraceError(f"the forward reads self.{attr}, a {type(getattr(mod, attr, None)).__name__} that is "
@@ -147,10 +155,7 @@ def _check_enum_use(mod: nn.Module, attr: str, fdef: ast.FunctionDef) -> None:
 
 
 def _globals(fdef: ast.FunctionDef, fn: types.FunctionType, helpers: dict[str, Helper]) -> None:
-    local = set(fn.__code__.co_varnames) | set(fn.__code__.co_cellvars)  # arguments and locals shadow globals
-    for name in dict.fromkeys(n.id for n in ast.walk(fdef) if isinstance(n, ast.Name)):
-        if name in fn.__globals__ and name not in local:
-            try:
-                _resolve_global(name, fn.__globals__[name], fn, helpers, fdef)
-            except HelperError as e:
-                raise TraceError(str(e)) from None
+    try:
+        resolve_globals(fdef, fn, fn.__globals__, helpers)  # may rewrite ``box_ops.f`` to the copied ``f``
+    except HelperError as e:
+        raise TraceError(str(e)) from None

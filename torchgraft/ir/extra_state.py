@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torchgraft.errors import IRError
-from torchgraft.ir.values import Arg
+from torchgraft.ir.attr_values import AttrValue
 
 EXTRA_STATE_KEY = "_extra_state"
 """The state_dict key suffix torch uses (``torch.nn.modules.module._EXTRA_STATE_KEY_SUFFIX``)."""
@@ -24,7 +24,7 @@ class StateMethods:
     and the constant attributes they read."""
 
     source: str
-    attrs: tuple[tuple[str, Arg], ...] = ()
+    attrs: tuple[tuple[str, AttrValue], ...] = ()
 
     def __post_init__(self) -> None:
         if "def get_extra_state(" not in self.source and "def set_extra_state(" not in self.source:

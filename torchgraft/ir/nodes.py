@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from torchgraft.errors import IRError
+from torchgraft.ir.attr_values import AttrValue
 from torchgraft.ir.extra_state import StateMethods
 from torchgraft.ir.graph import Graph
 from torchgraft.ir.primitives import Primitive
@@ -240,7 +241,7 @@ class PySource:
     """
 
     source: str
-    attrs: tuple[tuple[str, Arg], ...] = ()
+    attrs: tuple[tuple[str, AttrValue], ...] = ()
 
     def __post_init__(self) -> None:
         if "def forward(" not in self.source:

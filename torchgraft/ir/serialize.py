@@ -32,6 +32,7 @@ import torch
 
 from torchgraft.errors import IRError
 from torchgraft.ir.activations import ActKind, Spelling
+from torchgraft.ir.attr_values import ATTR_VALUE_CLASSES
 from torchgraft.ir.extra_state import StateMethods
 from torchgraft.ir.graph import (
     ChildCall,
@@ -75,7 +76,7 @@ _CLASSES: tuple[type, ...] = (
     *PRIMITIVE_CLASSES, Chain, Parallel, SkipConnection, Combine, Block, Container, Opaque, ChildRef, ClassRef,
     PySource, Reparam, StateMethods,
     StateSpec, Graph, Op, Input, ChildCall, FunctionCall, MethodCall, GetAttr, PrimCall, Guard,
-    Ref, Const, Seq, Slice, DictArg, Training, ByMode, TensorType, ScalarType, Model, Helper)
+    Ref, Const, Seq, Slice, DictArg, Training, ByMode, TensorType, ScalarType, Model, Helper, *ATTR_VALUE_CLASSES)
 NODE_TAGS: dict[str, type] = {c.__name__: c for c in _CLASSES}
 """Tag → IR class: the only classes the decoder constructs."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from torchgraft.backends.torch.attr_exprs import attr_expr
 from torchgraft.backends.torch.classtext import Member, class_text
 from torchgraft.backends.torch.ctor import Call, CExpr, Lit, lit_of, node_expr
 from torchgraft.backends.torch.groups import Group, plan
@@ -128,9 +129,9 @@ class ClassTable:
                                              for s in b.state]
         out += [("attr", n, Lit(c.value)) for n, c in b.constants]
         if isinstance(b.body, PySource):
-            out += [("attr", n, lit_of(v)) for n, v in b.body.attrs]
+            out += [("attr", n, attr_expr(v)) for n, v in b.body.attrs]
         if b.extra_state is not None:
-            out += [("attr", n, lit_of(v)) for n, v in b.extra_state.attrs]
+            out += [("attr", n, attr_expr(v)) for n, v in b.extra_state.attrs]
         out += [("child", n, node_expr(c, join(path, n), self.call_of)) for n, c in b.children]
         return out
 

@@ -21,6 +21,7 @@ from torchgraft.backends.torch.classes import ClassTable
 from torchgraft.backends.torch.combinators import RUNTIME_CLASSES
 from torchgraft.backends.torch.extra_state import load_lines as extra_state_load
 from torchgraft.backends.torch.extra_state import metadata as extra_metadata
+from torchgraft.backends.torch.helper_order import in_definition_order
 from torchgraft.backends.torch.modules import WIDTH, accessor, lit_code, module_expr
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Node, Opaque, Parallel, SkipConnection
@@ -239,7 +240,7 @@ def _assemble(model: Model, table: ClassTable, runtime: list[str], root_expr: st
     head = f'"""Emitted by torchgraft from {_safe_doc(origin)}. Needs only torch and safetensors."""\n\n'
     sections = [h.source for h in model.helpers if h.name.startswith("const:")]
     sections = (["".join(sections)] if sections else [])
-    sections += [h.source + table.fx_wrap(h.name) for h in model.helpers
+    sections += [h.source + table.fx_wrap(h.name) for h in in_definition_order(list(model.helpers))
                  if not h.name.startswith(("import:", "const:"))]
     sections += runtime + table.defs + [_entry_points(model, root_expr, root_name)]
     body = "\n\n".join(sections)
