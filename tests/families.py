@@ -28,6 +28,8 @@ class Case:
     calls: Callable[[], list[Call]]
     slow: bool = True
     setup: Callable[[], Any] | None = field(default=None, compare=False)
+    tolerance: float = 1e-4
+    """Outputs match within ``tolerance`` x max|eager output|."""
 
 
 # ---------------------------------------------------------------- toy modules
@@ -216,6 +218,8 @@ def _tv_case(group: str, name: str) -> Case:
             register_reference_nms()
             # random weights score every box low: keep them all, so the comparison sees real boxes
             kwargs["box_score_thresh" if "rcnn" in name else "score_thresh"] = 0.0
+            if not name.startswith("ssd"):  # R-CNNs, RetinaNet, FCOS resize to 800 px by default: keep it small
+                kwargs.update(min_size=128, max_size=192)
         return tv.models.get_model(name, **kwargs)
 
     def calls() -> list[Call]:
@@ -229,7 +233,9 @@ def _tv_case(group: str, name: str) -> Case:
             shape = (3, 16, 224, 224)  # their pooling needs the full clip size
         return [((torch.rand(1, *shape),), {}), ((torch.rand(2, *shape),), {})]
 
-    return Case(name, "torchvision " + group.replace("_", " "), build, calls)
+    # eager torchvision runs roi_align as a torch.compile-d kernel here, model.py its Python source: float rounding
+    tolerance = 1e-3 if group == "detection" else 1e-4
+    return Case(name, "torchvision " + group.replace("_", " "), build, calls, tolerance=tolerance)
 
 
 def torchvision_cases() -> list[Case]:

@@ -23,8 +23,6 @@ from families import Call, Case
 import torchgraft
 from torchgraft.errors import TorchgraftError
 
-RTOL = 1e-4  # outputs match within RTOL x max|reference| (float32, reordered sums)
-
 
 @dataclass
 class Outcome:
@@ -132,7 +130,8 @@ def _references(model: torch.nn.Module, calls: list[Call]) -> dict[str, torch.Te
     return refs
 
 
-def _compare(outcome: Outcome, outs: dict[str, torch.Tensor], refs: dict[str, torch.Tensor], stderr: str) -> None:
+def _compare(outcome: Outcome, outs: dict[str, torch.Tensor], refs: dict[str, torch.Tensor], stderr: str,
+             tolerance: float) -> None:
     refused = {k.split(".")[0] for k in outs if k.endswith(".refused")}
     if "c0" in refused:
         outcome.error = f"the emitted model refuses its own capture example: {stderr[-500:]}"
@@ -147,7 +146,7 @@ def _compare(outcome: Outcome, outs: dict[str, torch.Tensor], refs: dict[str, to
     for key, ref in refs.items():
         try:
             scale = ref.abs().max().item() if ref.numel() and ref.is_floating_point() else 1.0
-            torch.testing.assert_close(outs[key], ref, atol=RTOL * max(scale, 1e-6), rtol=0)
+            torch.testing.assert_close(outs[key], ref, atol=tolerance * max(scale, 1e-6), rtol=0)
         except AssertionError as e:
             outcome.error = f"output {key} differs: {str(e).splitlines()[-2:]}"
             return
@@ -197,5 +196,5 @@ def check_case(case: Case) -> Outcome:
         except Exception as e:  # noqa: BLE001
             outcome.error = f"{type(e).__name__}: {str(e)[-400:]}"
             return outcome
-    _compare(outcome, outs, refs, stderr)
+    _compare(outcome, outs, refs, stderr, case.tolerance)
     return outcome
