@@ -10,11 +10,13 @@ from torchgraft.backends.torch.body import body_lines
 from torchgraft.backends.torch.ctor import Call, CExpr, Lit, Raw
 from torchgraft.backends.torch.forward import Special
 from torchgraft.backends.torch.lifting import Lifted, apply_lifting
-from torchgraft.backends.torch.modules import accessor, render
+from torchgraft.backends.torch.loops import Items
+from torchgraft.backends.torch.modules import accessor, container_kind, render
 from torchgraft.backends.torch.names import Namespace, is_plain_attr, safe_doc, str_lit
 from torchgraft.backends.torch.params import ParamSpec
 from torchgraft.backends.torch.wrap import wrap
-from torchgraft.ir.nodes import PySource
+from torchgraft.ir.nodes import Block, Node, Parallel, PySource, module_children
+from torchgraft.ir.traverse import join
 
 if TYPE_CHECKING:
     from torchgraft.backends.torch.classes import ClassTable
@@ -77,6 +79,43 @@ def _attr_names(used: list[int], names: Mapping[int, str], members: list[Member]
     return out
 
 
+def find_path(node: Node, path: str) -> Node | None:
+    """The module-level node at dotted ``path`` below ``node`` (None if there is none)."""
+    for part in path.split("."):
+        found = dict(module_children(node)).get(part)
+        if found is None:
+            return None
+        node = found
+    return node
+
+
+def _class_key(table: ClassTable, path: str, node: Node) -> object:
+    """What an item is emitted as: its class's constructor name (Blocks), else its IR node type."""
+    call = table.calls.get(path) if isinstance(node, Block) else None
+    if isinstance(call, Call):
+        return call.head
+    return type(node).__name__, getattr(node, "cls", None)
+
+
+def _items(group: Group, table: ClassTable) -> Items:
+    """The containers of ``group``'s instances, for loop re-rolling: equal in every instance, or None."""
+    def items(container: str) -> tuple[str, tuple[str, ...], tuple[object, ...]] | None:
+        found = None
+        for path, block in group.insts:
+            node = find_path(block, container) if container else block
+            kind = "self" if not container else container_kind(node) if node is not None else None
+            if node is None or kind is None or isinstance(node, Parallel):
+                return None
+            kids = module_children(node)
+            cur = (kind, tuple(k for k, _ in kids),
+                   tuple(_class_key(table, join(join(path, container), k), c) for k, c in kids))
+            if found is not None and cur != found:
+                return None
+            found = cur
+        return found
+    return items
+
+
 def class_text(group: Group, specs: list[ParamSpec], names: Mapping[int, str], members: list[Member],
                lifted: Lifted, flag_hole: int | None, extra: list[str], table: ClassTable,
                persistent: Mapping[str, bool]) -> str:
@@ -93,7 +132,7 @@ def class_text(group: Group, specs: list[ParamSpec], names: Mapping[int, str], m
     if fam.train is not None:
         train, train_syn = apply_lifting(fam.train, "train", lifted, attrs)
         syn = {**syn, **train_syn}
-    special = Special(syn, dict(fam.optional_ops))
+    special = Special(syn, dict(fam.optional_ops), items=_items(group, table))
     if fam.flag_at is not None and flag_hole is not None:
         special.flag = (fam.flag_at, f"self.{attrs[flag_hole]}", fam.flag_result)
     rep = max((b for k, (_, b) in enumerate(group.insts) if group.variant_of[k] == fam.base),

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torchgraft.backends.torch.exprs import Code, ExprContext, arg_code, guard_lines, negatable, op_code
+from torchgraft.backends.torch.loops import Items, Loop, carried_ref, find_loops, item_name, iteration
 from torchgraft.backends.torch.valnames import GENERIC, ValueNamer, chosen, hint, shape_source, specific
 from torchgraft.backends.torch.wrap import WIDTH, wrap
 from torchgraft.ir.effects import augmented_symbol, is_pure
@@ -99,12 +100,15 @@ class Special:
 
     ``attrs``: graph inputs that stand for attributes (``self.p``), not parameters;
     ``optional``: op name -> child, written ``self.c(v) if self.c is not None else v``;
-    ``flag``: (index of the first conditional op, condition code, value the tail replaces).
+    ``flag``: (index of the first conditional op, condition code, value the tail replaces);
+    ``items``: what ``loops.find_loops`` needs to re-roll runs of item calls.
     """
 
     attrs: dict[str, str] = field(default_factory=dict)
     optional: dict[str, str] = field(default_factory=dict)
     flag: tuple[int, str, str] | None = None
+    items: Items | None = None
+    """The containers whose item calls may be re-rolled into loops (``loops.py``); None: no loops."""
 
 
 class _Writer:
@@ -122,6 +126,10 @@ class _Writer:
         self.pos = -1
         self.inline_args: dict[str, list[str]] = {}
         self.namer = ValueNamer(reserved, self._dead)
+        self.loops: dict[int, Loop] = {}
+        if special.items is not None and special.flag is None:
+            self.loops = find_loops(g, special.items, frozenset(special.optional))
+        self.in_loop = {op.name for lp in self.loops.values() for op in g.ops[lp.first:lp.last + 1]}
         for inp in g.inputs:
             if inp.name in special.attrs:
                 ctx.values[inp.name] = Code(special.attrs[inp.name])
@@ -157,8 +165,15 @@ class _Writer:
         out: list[str] = []
         indent = ""
         flag = self.special.flag
+        skip_to = -1
         for i, op in enumerate(self.g.ops):
             self.pos = i
+            if i <= skip_to:
+                continue
+            if i in self.loops:
+                out += self._loop(self.loops[i])
+                skip_to = self.loops[i].last
+                continue
             if flag is not None and i == flag[0]:
                 out.append(f"if {flag[1]}:")
                 indent = "    "
@@ -175,7 +190,7 @@ class _Writer:
         user = self.ops.get(uses[0]) if len(uses) == 1 else None
         if user is not None and augmented_symbol(user) and user.args[0] == Ref(op.name):
             return False  # ``out += identity`` needs ``out`` to be a variable
-        if len(uses) != 1 or op.name in self.special.optional:
+        if len(uses) != 1 or op.name in self.special.optional or uses[0] in self.in_loop:
             return False
         if flag is not None and (op.name == flag[2] or i == len(self.g.ops) - 1):
             return False
@@ -220,6 +235,30 @@ class _Writer:
         var = self._name(i, op, reads)
         self.ctx.values[op.name] = Code(var)
         return wrap(f"{var} = {code.text}", width)
+
+    def _loop(self, loop: Loop) -> list[str]:
+        """``for layer in self.layers:`` and the one call it repeats (``loops.py``)."""
+        first, last = self.g.ops[loop.first], self.g.ops[loop.last]
+        carried = carried_ref(loop, first)
+        incoming = self.ctx.values[carried].text
+        self.pos = loop.first
+        reuse = incoming.isidentifier() and self._dead(carried) and carried not in self.special.attrs
+        self.pos = loop.last
+        var = (self.namer.take(last.name, incoming) if reuse
+               else self.namer.pick(last.name, [chosen(last) or "", "hidden", GENERIC]))
+        item = item_name(loop.container, lambda n: not self.namer.free(n) or n == var)
+        path = first.target.path  # type: ignore[union-attr]
+        ctx = ExprContext({**self.ctx.values, carried: Code(var)},
+                          lambda p: item if p == path else self.ctx.accessor(p), self.ctx.imports)
+        call = op_code(first, ctx).text + ("" if loop.unpack is None else f"[{loop.unpack}]")
+        for op in self.g.ops[loop.first:loop.last + 1]:
+            self._consume(op)
+            self.depth[op.name] = 0
+        self.ctx.values[last.name] = Code(var)
+        head = [] if reuse else wrap(f"{var} = {incoming}", self.width)
+        container = "self" if not loop.container else self.ctx.accessor(loop.container)
+        return head + [f"for {item} in {iteration(loop, container)}:"] + [
+            "    " + ln for ln in wrap(f"{var} = {call}", self.width - 4)]
 
     def _guard(self, op: Op) -> list[str]:
         """A guard's ``if``/``raise``; a comparison read only by it is written into the test, negated."""

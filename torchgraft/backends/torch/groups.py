@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from torchgraft.backends.torch.guard_text import shared_messages
 from torchgraft.backends.torch.names import Namespace
 from torchgraft.backends.torch.variants import Family, Variant, families, graph_key, lowered
 from torchgraft.ir.graph import ChildCall, Graph
@@ -81,6 +82,8 @@ def _groups(blocks: dict[str, Block], by_height: bool) -> list[Group]:
             variant_of.append(index[vkey])
         for fam in families(variants):
             members = [k for k, v in enumerate(variant_of) if v in fam.maps]
+            paths = [insts[k][0] for k in members]
+            fam.body, fam.train = shared_messages(fam.body, paths) or fam.body, shared_messages(fam.train, paths)
             out.append(Group(insts[0][1].cls, [insts[k] for k in members], variants, fam,
                              [variant_of[k] for k in members]))
     return out

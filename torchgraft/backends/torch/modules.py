@@ -93,6 +93,8 @@ def _render_items(e: Items, names: Mapping[int, str], indent: int, head: str) ->
         return fmt_call(f"{head}nn.ModuleDict({{", [f"{str_lit(k)}: {x}" for k, x in pairs], indent, "})")
     opening = {"ModuleList": "nn.ModuleList([", "list": "["}.get(e.kind, "nn.Sequential(")
     closing = {"ModuleList": "])", "list": "]"}.get(e.kind, ")")
+    if e.kind == "ModuleList" and len(sub) > 1 and len(set(sub)) == 1 and "\n" not in sub[0]:
+        return fmt_call(head + opening, [f"{sub[0]} for _ in range({len(sub)})"], indent, closing)
     if e.kind != "Sequential" or list(e.keys) == [str(i) for i in range(len(sub))]:
         return fmt_call(head + opening, _runs(sub, indent, head + opening, closing), indent, closing)
     prefix = _KEY_PREFIX.match(e.keys[0]) if e.keys else None

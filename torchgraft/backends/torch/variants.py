@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torchgraft.backends.torch.combinators import combinator_graph
-from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Op
+from torchgraft.backends.torch.guard_text import message_key
+from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Guard, Op
 from torchgraft.ir.nodes import Block, PySource
 from torchgraft.ir.values import Const, Ref
 
@@ -85,10 +86,18 @@ def graph_key(g: Graph) -> object:
     names: dict[str, object] = {inp.name: ("in", i) for i, inp in enumerate(g.inputs)}
     ops = []
     for i, op in enumerate(g.ops):
-        ops.append((op.target, arg_key(op.args, names), tuple((k, arg_key(v, names)) for k, v in op.kwargs)))
+        kwargs = tuple((k, arg_key(v, names)) for k, v in op.kwargs)
+        ops.append((_target_key(op.target), arg_key(op.args, names), kwargs))
         names[op.name] = ("op", i)
     inputs = tuple((i.name, i.kind, i.default) for i in g.inputs)
     return inputs, tuple(ops), arg_key(g.output, names, concrete=True)
+
+
+def _target_key(target: object) -> object:
+    """An op's target for comparison: a guard's message without its module path (``guard_text.py``)."""
+    if isinstance(target, Guard):
+        return "guard", target.kind, target.site, message_key(target.message)
+    return target
 
 
 def rename(g: Graph, ops: tuple[Op, ...], mapping: dict[str, str], output: Any = None) -> Graph:
