@@ -24,10 +24,11 @@ needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's d
 
 
 def _golden(name: str, text: str) -> None:
-    """Compare with tests/golden/<name>; TORCHGRAFT_UPDATE_GOLDEN=1 rewrites it."""
+    """Compare with tests/golden/<name>; TORCHGRAFT_UPDATE_GOLDEN=1 rewrites it (a missing one fails)."""
     path = GOLDEN / name
-    if os.environ.get("TORCHGRAFT_UPDATE_GOLDEN") or not path.exists():
+    if os.environ.get("TORCHGRAFT_UPDATE_GOLDEN"):
         path.write_text(text)
+    assert path.exists(), f"no golden {path}: write it with TORCHGRAFT_UPDATE_GOLDEN=1 and review it"
     assert text == path.read_text(), f"output changed; review and rerun with TORCHGRAFT_UPDATE_GOLDEN=1 ({path})"
 
 

@@ -48,6 +48,7 @@ def _meta_inputs(model: Model) -> tuple[tuple[Any, ...], dict[str, Any], dict[in
 def retype(model: Model) -> Model:
     """``model`` with module and op types re-inferred; IRError naming the path if it no longer runs."""
     from torchgraft.backends.torch.emitter import emit, import_file
+    from torchgraft.backends.torch.trim_calls import trim_calls
 
     prepared = _meta_inputs(model)
     if prepared is None or not model.inputs:
@@ -68,7 +69,7 @@ def retype(model: Model) -> Model:
     interp = MetaReplay(helpers, symbols, device=device)  # shape rules for the common ops: no meta kernels
     try:
         with torch.no_grad():
-            out = interp.run_node(model.root, built.eval(), "", args, kwargs)
+            out = interp.run_node(trim_calls(model).root, built.eval(), "", args, kwargs)  # as emitted
     except CaptureError as e:
         raise IRError(f"the rewritten model no longer runs: {e}") from e
     root = map_tree(model.root, lambda p, n: typed_block(n, interp.types, p) if isinstance(n, Block) else n)

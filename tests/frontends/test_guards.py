@@ -200,7 +200,10 @@ def test_extra_keyword_arguments_are_refused_not_ignored() -> None:
     with pytest.raises(TypeError, match="output_attentions"):  # the root takes no **kwargs: none was given
         emitted(ids, attention_mask=_masks(2, 7), output_attentions=True)
     inner = torchgraft.emit(torchgraft.capture(model, (ids,), {"attention_mask": _masks(2, 7)})).source
-    assert "if len(kwargs) != " in inner  # inner blocks, called by their parents, guard their **kwargs
+    assert inner.count("**kwargs") == inner.count("if len(kwargs) != ")  # a **kwargs an inner block keeps is guarded
+    with pytest.raises(TypeError, match="output_attentions"):  # one its parents never fill is gone (trim_calls)
+        emitted.encoder.layer[0](torch.randn(2, 7, 32), torch.ones(2, 1, 7, 7, dtype=torch.bool),
+                                 output_attentions=True)
 
 
 class _Masked(nn.Module):

@@ -23,6 +23,7 @@ from torchgraft.backends.torch.extra_state import load_lines as extra_state_load
 from torchgraft.backends.torch.extra_state import metadata as extra_metadata
 from torchgraft.backends.torch.helper_order import in_definition_order
 from torchgraft.backends.torch.modules import WIDTH, accessor, lit_code, module_expr
+from torchgraft.backends.torch.trim_calls import trim_calls
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Node, Opaque, Parallel, SkipConnection
 from torchgraft.ir.primitives import Primitive
@@ -126,6 +127,7 @@ def emit(model: Model) -> EmittedCode:
     original's and its outputs match. ``build()`` (so ``load()`` too) sets
     ``requires_grad=False`` on exactly the parameters ``frozen_keys`` lists.
     """
+    model = trim_calls(model)  # children take only the arguments they use (trim_calls.py)
     table = ClassTable(helpers=model.helpers)
     for h in model.helpers:
         name = h.name.split(":", 1)[-1]

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 
 from torchgraft.backends.torch.exprs import Code, ExprContext, arg_code, guard_lines, negatable, op_code
 from torchgraft.backends.torch.loops import Items, Loop, carried_ref, find_loops, item_name, iteration
-from torchgraft.backends.torch.valnames import GENERIC, ValueNamer, chosen, hint, shape_source, specific
+from torchgraft.backends.torch.valnames import (
+    GENERIC,
+    ValueNamer,
+    child_word,
+    chosen,
+    hint,
+    shape_source,
+    specific,
+)
 from torchgraft.backends.torch.wrap import WIDTH, wrap
 from torchgraft.ir.effects import augmented_symbol, is_pure
 from torchgraft.ir.graph import (
@@ -123,6 +131,8 @@ class _Writer:
         self.depth: dict[str, int] = {}
         self.shapes: dict[str, int] = {}
         self.types = {i.name: i.type for i in g.inputs} | {op.name: op.type for op in g.ops}
+        self.ranks = {v: t.rank for v, t in self.types.items() if isinstance(t, TensorType)}
+        self.from_child: dict[str, str] = {}  # value -> child whose call it derives from (through its first input)
         self.pos = -1
         self.inline_args: dict[str, list[str]] = {}
         self.namer = ValueNamer(reserved, self._dead)
@@ -217,6 +227,7 @@ class _Writer:
                 self.ctx.values[op.name] = Code(self.namer.take(op.name, target))
                 return wrap(line, width)
         code = self._code(op)
+        self._note_child(op)
         rank = shape_source(op, self.types)
         if rank is not None:
             self.shapes[op.name] = rank
@@ -260,6 +271,19 @@ class _Writer:
         return head + [f"for {item} in {iteration(loop, container)}:"] + [
             "    " + ln for ln in wrap(f"{var} = {call}", self.width - 4)]
 
+    def _note_child(self, op: Op) -> None:
+        """Remember the child a value comes from when three or more child calls read one input (``query``,
+        ``key``, ``value`` of one hidden state; Inception's branches): such values take the child's name."""
+        t = op.target
+        if isinstance(t, ChildCall) and op.args and isinstance(op.args[0], Ref):
+            readers = [u for u in self.users.get(op.args[0].name, []) if u in self.ops
+                       and isinstance(self.ops[u].target, ChildCall)]
+            if len(readers) >= 3 and child_word(t.path):
+                self.from_child[op.name] = child_word(t.path)
+        elif op.args and isinstance(op.args[0], Ref) and op.args[0].name in self.from_child:
+            if self.users.get(op.args[0].name) == [op.name] and _same_kind(self.types, op.args[0].name, op.name):
+                self.from_child[op.name] = self.from_child[op.args[0].name]
+
     def _guard(self, op: Op) -> list[str]:
         """A guard's ``if``/``raise``; a comparison read only by it is written into the test, negated."""
         src = op.args[0]
@@ -282,11 +306,13 @@ class _Writer:
         flag = self.special.flag
         if flag is not None and i == len(self.g.ops) - 1:
             return self.namer.take(op.name, self.ctx.values[flag[2]].text)
-        own = specific(op, self.shapes)
-        cands: list[str] = [c for c in (chosen(op),) if c]
+        own = specific(op, self.shapes, self.ranks)
+        cands: list[str] = [c for c in (chosen(op), self.from_child.get(op.name)) if c]
         if op.name in self.special.optional:
             cands.append("identity")
-        if own is None and reads and self._dead(reads[0]) and _same_kind(self.types, reads[0], op.name):
+        mine = self.from_child.get(op.name)
+        if (own is None and reads and self._dead(reads[0]) and _same_kind(self.types, reads[0], op.name)
+                and self.from_child.get(reads[0], mine) == mine):  # ``query`` does not name the attention output
             cands.append(self.namer.var_of[reads[0]])  # carries on from its (now dead) main input
         word = hint(op)
         word = word if word in ("", "item") else f"{word}_{own or GENERIC}"

@@ -94,7 +94,10 @@ def _render_items(e: Items, names: Mapping[int, str], indent: int, head: str) ->
     opening = {"ModuleList": "nn.ModuleList([", "list": "["}.get(e.kind, "nn.Sequential(")
     closing = {"ModuleList": "])", "list": "]"}.get(e.kind, ")")
     if e.kind == "ModuleList" and len(sub) > 1 and len(set(sub)) == 1 and "\n" not in sub[0]:
-        return fmt_call(head + opening, [f"{sub[0]} for _ in range({len(sub)})"], indent, closing)
+        one = f"{head}{opening}{sub[0]} for _ in range({len(sub)}){closing}"
+        if indent + len(one) <= WIDTH:
+            return one
+        return f"{head}{opening}\n    {sub[0]}\n    for _ in range({len(sub)})\n{closing}"
     if e.kind != "Sequential" or list(e.keys) == [str(i) for i in range(len(sub))]:
         return fmt_call(head + opening, _runs(sub, indent, head + opening, closing), indent, closing)
     prefix = _KEY_PREFIX.match(e.keys[0]) if e.keys else None

@@ -24,7 +24,7 @@ from torchgraft.ir.primitives import Activation
 from torchgraft.ir.types import TensorType, ValueType
 from torchgraft.ir.values import Const, Ref
 
-DIM_NAMES = {2: ("n", "d"), 3: ("n", "l", "d"), 4: ("n", "c", "h", "w"), 5: ("n", "c", "t", "h", "w")}
+DIM_NAMES = {2: ("batch", "dim"), 3: ("batch", "seq_len", "dim"), 4: ("n", "c", "h", "w"), 5: ("n", "c", "t", "h", "w")}
 GENERIC = "out"
 
 
@@ -86,8 +86,9 @@ def _generated(name: str) -> bool:
 _ACT_WORDS = frozenset(w.lower() for k in ActKind for w in (k.module, k.functional, k.method, k.torch_fn) if w)
 
 
-def specific(op: Op, shapes: dict[str, int]) -> str | None:
-    """A name the op itself suggests (sizes, attributes), or None for a value that flows on."""
+def specific(op: Op, shapes: dict[str, int], ranks: dict[str, int] | None = None) -> str | None:
+    """A name the op itself suggests (sizes, attributes), or None for a value that flows on.
+    ``shapes``: values that are a tensor's shape, with its rank; ``ranks``: tensors' ranks."""
     t = op.target
     if isinstance(t, GetAttr):
         return ident(t.path.rsplit(".", 1)[-1]) or None
@@ -97,7 +98,7 @@ def specific(op: Op, shapes: dict[str, int]) -> str | None:
     if isinstance(t, MethodCall) and t.name == "dim" and len(op.args) == 1:
         return "ndim"
     if isinstance(t, MethodCall) and t.name == "size" and len(op.args) == 2 and isinstance(op.args[1], Const):
-        return _dim_name(op.args[0], op.args[1].value, shapes)
+        return _dim_name(op.args[0], op.args[1].value, {**(ranks or {}), **shapes})
     if isinstance(t, MethodCall) and t.name == "size" and len(op.args) == 1:
         return "size"
     if isinstance(t, FunctionCall) and t.qualname == "operator.getitem" and isinstance(op.args[1], Const):
@@ -115,6 +116,13 @@ def _dim_name(src: object, index: object, shapes: dict[str, int], direct: bool =
     if names is None or not -rank <= index < rank:
         return "size"
     return names[index]
+
+
+def child_word(path: str) -> str:
+    """A value name from the child that produced it: ``query`` for ``self.query``, ``q`` for ``self.q_proj``."""
+    last = path.rpartition(".")[2]
+    word = re.sub(r"_(proj|projection|layer|linear|fc)$", "", last)
+    return ident(word) if word and not word[0].isdigit() else ""
 
 
 def shape_source(op: Op, types: dict[str, ValueType]) -> int | None:

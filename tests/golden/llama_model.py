@@ -1,0 +1,248 @@
+"""Emitted by torchgraft from transformers.models.llama.modeling_llama.LlamaModel. Needs only torch and safetensors."""
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class LlamaAttention(nn.Module):
+    """From transformers.models.llama.modeling_llama.LlamaAttention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj = nn.Linear(32, 32, bias=False)
+        self.k_proj = nn.Linear(32, 16, bias=False)
+        self.v_proj = nn.Linear(32, 16, bias=False)
+        self.o_proj = nn.Linear(32, 32, bias=False)
+
+    def forward(
+        self, hidden_states: Tensor, position_embeddings, attention_mask: Tensor
+    ):
+        if len(position_embeddings) != 2:
+            raise ValueError('layers.*.self_attn (LlamaAttention) was captured with 2 items in position_embeddings; others would be ignored; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+        if attention_mask is None:
+            raise ValueError('layers.*.self_attn (LlamaAttention) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+        q = self.q_proj(hidden_states)
+        batch = hidden_states.size(0)
+        seq_len = hidden_states.size(1)
+        q = q.view((batch, seq_len, -1, 8)).transpose(1, 2)
+        k = self.k_proj(hidden_states).view((batch, seq_len, -1, 8)).transpose(1, 2)
+        v = self.v_proj(hidden_states).view((batch, seq_len, -1, 8)).transpose(1, 2)
+        out = position_embeddings[0].unsqueeze(1)
+        unsqueeze_out = position_embeddings[1].unsqueeze(1)
+        mul_out = q.mul(out)
+        item = q[..., :q.size(-1) // 2]
+        cat_out = torch.cat((q[..., q.size(-1) // 2:].neg(), item), dim=-1)
+        mul_out = mul_out.add(cat_out.mul(unsqueeze_out))
+        out = k.mul(out)
+        item = k[..., :k.size(-1) // 2]
+        cat_out = torch.cat((k[..., k.size(-1) // 2:].neg(), item), dim=-1)
+        out = out.add(cat_out.mul(unsqueeze_out))
+        h = mul_out.size(2)
+        if h == 1:
+            raise ValueError('layers.*.self_attn (LlamaAttention) was captured where a size comparison (==) at transformers/integrations/sdpa_attention.py:121 was False; inputs for which it is True take another branch; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+        item = out[:, :, None, :, :]
+        n = out.size(0)
+        c = out.size(1)
+        size_h = out.size(2)
+        w = out.size(3)
+        item = item.expand(n, c, 2, size_h, w)
+        item = item.reshape(n, c * 2, size_h, w)
+        out = v[:, :, None, :, :]
+        n = v.size(0)
+        c = v.size(1)
+        size_h = v.size(2)
+        w = v.size(3)
+        out = out.expand(n, c, 2, size_h, w)
+        out = out.reshape(n, c * 2, size_h, w)
+        if h <= 1:
+            raise ValueError('layers.*.self_attn (LlamaAttention) was captured where a size comparison (>) at transformers/integrations/sdpa_attention.py:148 was True; inputs for which it is False take another branch; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+        mul_out = F.scaled_dot_product_attention(
+            mul_out,
+            item,
+            out,
+            attn_mask=attention_mask,
+            dropout_p=0.0,
+            scale=0.3535533905932738,
+            is_causal=False,
+        )
+        out = mul_out.reshape(mul_out.size(0), -1, h, out.size(-1)).transpose(1, 2)
+        out = out.contiguous().reshape(batch, seq_len, -1).contiguous()
+        return (self.o_proj(out), None)
+
+
+class SiLUActivation(nn.Module):
+    """From transformers.activations.SiLUActivation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.silu(input)
+
+
+class LlamaMLP(nn.Module):
+    """From transformers.models.llama.modeling_llama.LlamaMLP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(32, 64, bias=False)
+        self.up_proj = nn.Linear(32, 64, bias=False)
+        self.down_proj = nn.Linear(64, 32, bias=False)
+        self.act_fn = SiLUActivation()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.act_fn(self.gate_proj(x))
+        return self.down_proj(out * self.up_proj(x))
+
+
+class LlamaRMSNorm(nn.Module):
+    """From transformers.models.llama.modeling_llama.LlamaRMSNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(32))
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        out = hidden_states.to(torch.float32)
+        out = out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + 1e-06)
+        return self.weight * out.to(hidden_states.dtype)
+
+
+class LlamaDecoderLayer(nn.Module):
+    """From transformers.models.llama.modeling_llama.LlamaDecoderLayer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention()
+        self.mlp = LlamaMLP()
+        self.input_layernorm = LlamaRMSNorm()
+        self.post_attention_layernorm = LlamaRMSNorm()
+
+    def forward(
+        self, hidden_states: Tensor, attention_mask: Tensor, position_embeddings
+    ) -> Tensor:
+        if attention_mask is None:
+            raise ValueError('layers.* (LlamaDecoderLayer) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+        if len(position_embeddings) != 2:
+            raise ValueError('layers.* (LlamaDecoderLayer) was captured with 2 items in position_embeddings; others would be ignored; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+        out = self.input_layernorm(hidden_states)
+        position_embeddings_0 = position_embeddings[0]
+        out = self.self_attn(
+            hidden_states=out,
+            attention_mask=attention_mask,
+            position_embeddings=(position_embeddings_0, position_embeddings[1]),
+        )
+        hidden_states = hidden_states.add(out[0])
+        return hidden_states.add(self.mlp(self.post_attention_layernorm(hidden_states)))
+
+
+class LlamaRotaryEmbedding(nn.Module):
+    """From transformers.models.llama.modeling_llama.LlamaRotaryEmbedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer('inv_freq', torch.zeros(4), persistent=False)
+        self.register_buffer('original_inv_freq', torch.zeros(4), persistent=False)
+
+    def forward(self, x: Tensor, position_ids: Tensor):
+        position_ids = position_ids[..., None].float()
+        position_ids = position_ids * self.inv_freq.to(
+            device=x.device, dtype=torch.float32
+        )
+        position_ids = torch.cat((position_ids, position_ids), dim=-1)
+        out = position_ids.cos() * 1.0
+        position_ids = position_ids.sin() * 1.0
+        out = out.to(dtype=x.dtype)
+        return (out, position_ids.to(dtype=x.dtype))
+
+
+class LlamaModel(nn.Module):
+    """From transformers.models.llama.modeling_llama.LlamaModel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(num_embeddings=100, embedding_dim=32)
+        self.layers = nn.ModuleList([LlamaDecoderLayer() for _ in range(2)])
+        self.norm = LlamaRMSNorm()
+        self.rotary_emb = LlamaRotaryEmbedding()
+
+    def forward(
+        self, input_ids: Tensor, *, use_cache=None, cache=None, past_key_values=None
+    ):
+        if use_cache is True:
+            raise ValueError('<root> (LlamaModel) was captured without a key/value cache (as with use_cache=False; its config says True), so it returns no past_key_values and incremental decoding is not supported; call it without use_cache (or with use_cache=False)')
+        if cache is not None:
+            raise ValueError('<root> (LlamaModel) was captured without a key/value cache, so a cache passed in (cache=...) would be ignored: incremental decoding is not supported; call it without cache')
+        if past_key_values is not None:
+            raise ValueError('<root> (LlamaModel) was captured without a key/value cache, so a cache passed in (past_key_values=...) would be ignored: incremental decoding is not supported; call it without past_key_values')
+        if input_ids is None:
+            raise ValueError('<root> (LlamaModel) was captured with input_ids given; calling it with input_ids=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+        embed_tokens_out = self.embed_tokens(input_ids)
+        device = input_ids.device
+        out = torch.arange(embed_tokens_out.size(1), device=device).add(0)
+        out = out.unsqueeze(0)
+        batch = embed_tokens_out.size(0)
+        if batch == out.size(0):
+            raise ValueError('<root> (LlamaModel) was captured where a size comparison (!=) at transformers/masking_utils.py:868 was True; inputs for which it is False take another branch; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+        expand_out = out.expand(batch, -1)
+        expand_out = torch.diff(
+            expand_out, prepend=expand_out[:, :1].sub(1), dim=-1
+        ).ne(1)
+        expand_out = expand_out.cumsum(-1)
+        if embed_tokens_out.dtype != torch.float32:
+            raise ValueError('<root> (LlamaModel) was captured with a float32 tensor whose dtype it reads at transformers/masking_utils.py:965; other dtypes may take another path; capture with an example of that dtype')
+        batch = embed_tokens_out.size(0)
+        out2 = out.expand(batch, -1)
+        arange_out = torch.arange(batch, device=device)
+        seq_len = embed_tokens_out.size(1)
+        add_out = torch.arange(seq_len, device=device).add(0)
+        out3 = torch.arange(seq_len, device=device).add(0)
+        arange_out = arange_out[:, None, None, None]
+        add_out = add_out[None, None, :, None]
+        out3 = out3[None, None, None, :]
+        new_ones_out = add_out.new_ones((), dtype=torch.bool)
+        item = out2[arange_out, add_out]
+        new_ones_out = new_ones_out & out2[arange_out, out3].le(item).to(device)
+        item = expand_out[arange_out, add_out]
+        new_ones_out = (
+            new_ones_out & (item == expand_out[arange_out, out3]).to(device)
+        ).expand(batch, -1, seq_len, seq_len)
+        rotary_emb_out = self.rotary_emb(embed_tokens_out, position_ids=out)
+        rotary_emb_0 = rotary_emb_out[0]
+        rotary_emb_1 = rotary_emb_out[1]
+        for layer in self.layers:
+            embed_tokens_out = layer(
+                embed_tokens_out,
+                attention_mask=new_ones_out,
+                position_embeddings=(rotary_emb_0, rotary_emb_1),
+            )
+        return {'last_hidden_state': self.norm(embed_tokens_out)}
+
+
+def build() -> LlamaModel:
+    """The model, freshly initialised."""
+    model = LlamaModel()
+    _load_constants(model)
+    return model
+
+
+def load(weights: str | Path | None = None) -> LlamaModel:
+    """The model with weights loaded strict=True (default: the file beside this one)."""
+    from safetensors.torch import load_file
+
+    model = build()
+    path = weights if weights is not None else Path(__file__).with_name("weights.safetensors")
+    model.load_state_dict(load_file(str(path)), strict=True)
+    return model
+
+
+def _load_constants(model: nn.Module) -> None:
+    """Fill tensors that are not in the state_dict (non-persistent buffers, traced constants)."""
+    from safetensors.torch import load_file
+
+    with torch.no_grad():
+        for key, value in load_file(str(Path(__file__).with_name("constants.safetensors"))).items():
+            model.get_buffer(key).copy_(value)
