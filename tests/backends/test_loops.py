@@ -129,3 +129,49 @@ def test_three_calls_in_a_row_and_a_recapture_give_the_same_result(tmp_path: Pat
             torch.testing.assert_close(emitted(x), model(x), **TOL)
     again = torchgraft.capture(emitted, (x,))
     assert len([op for op in again.root.body.ops if "layers." in str(op.target)]) == 4  # type: ignore[union-attr]
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, 4)
+
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.tanh(self.fc(torch.cat(inputs, 1)))
+
+
+class DenseBlock(nn.ModuleDict):
+    """DenseNet's pattern: each layer reads everything before it; blocks differ in depth."""
+
+    def __init__(self, depth: int, width: int) -> None:
+        super().__init__()
+        for i in range(depth):
+            self.add_module(f"layer{i + 1}", DenseLayer(width + 4 * i))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [x]
+        for layer in self.values():
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+class Dense(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block1 = DenseBlock(2, 8)
+        self.block2 = DenseBlock(5, 16)
+        self.block3 = DenseBlock(3, 36)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block3(self.block2(self.block1(x)))
+
+
+def test_a_growing_list_is_one_loop_and_blocks_of_any_depth_share_one_class(tmp_path: Path) -> None:
+    source, _ = _emit(Dense(), tmp_path)
+    assert re.findall(r"^class (\w+)\(", source, re.M) == ["DenseLayer", "DenseBlock", "Dense"]
+    block = source.split("class DenseBlock(")[1].split("\nclass ")[0]
+    assert "def __init__(self, num_layers: int, in_features: int) -> None:" in block, block
+    assert 'for i in range(num_layers):\n            self.add_module(f"layer{i + 1}", DenseLayer(in_features + 4 * i))' in block
+    assert ("features = [x]\n        for layer in self.children():\n            features.append(layer(features))\n"
+            "        return torch.cat(features, 1)") in block, block
+    assert "DenseBlock(2, 8)" in source and "DenseBlock(5, 16)" in source and "DenseBlock(3, 36)" in source

@@ -89,3 +89,12 @@ def test_resnet50_stays_short(torchvision: Any) -> None:  # noqa: ANN401
     source = _source(torchvision.models.resnet50().eval(), torch.randn(1, 3, 64, 64))
     assert _lines(source) <= 80
     assert _classes(source) == ["Bottleneck", "ResNet"]
+
+
+def test_densenet121_loops_and_one_block_class(torchvision: Any) -> None:  # noqa: ANN401
+    source = _source(torchvision.models.densenet121().eval(), torch.randn(1, 3, 64, 64))
+    assert _lines(source) <= 100  # was 922, with a class per block size
+    assert _classes(source) == ["_DenseLayer", "_DenseBlock", "DenseNet"]  # _Transition: see README
+    assert "for layer in self.children():\n            features.append(layer(features))" in source
+    assert 'self.add_module(f"denselayer{i + 1}", _DenseLayer(in_channels + 32 * i))' in source
+    assert "_DenseBlock(24, 256)" in source

@@ -19,6 +19,7 @@ from torchgraft.backends.torch.lifting import lift_consts
 from torchgraft.backends.torch.modules import render
 from torchgraft.backends.torch.names import Namespace, str_lit
 from torchgraft.backends.torch.params import build_params, instance_call
+from torchgraft.backends.torch.series import series_members
 from torchgraft.backends.torch.unify import Unifier
 from torchgraft.errors import EmitError
 from torchgraft.ir.graph import FunctionCall
@@ -111,6 +112,8 @@ class ClassTable:
 
     def _members(self, group: Group, u: Unifier) -> list[Member]:
         per_inst = [self._member_exprs(path, b) for path, b in group.insts]
+        if group.family.rolled:  # instances with more or fewer numbered children build them in a loop
+            per_inst = [series_members(ms) for ms in per_inst]
         order: dict[str, str] = {}
         for ms in sorted(per_inst, key=len, reverse=True):
             for kind, name, _ in ms:

@@ -14,6 +14,7 @@ from torchgraft.backends.torch.loops import Items
 from torchgraft.backends.torch.modules import accessor, container_kind, render
 from torchgraft.backends.torch.names import Namespace, is_plain_attr, safe_doc, str_lit
 from torchgraft.backends.torch.params import ParamSpec
+from torchgraft.backends.torch.series import series_text
 from torchgraft.backends.torch.wrap import wrap
 from torchgraft.ir.nodes import Block, Node, Parallel, PySource, module_children
 from torchgraft.ir.traverse import join
@@ -45,6 +46,8 @@ def _statement(m: Member, persistent: bool) -> CExpr:
 
 def member_lines(m: Member, names: Mapping[int, str], persistent: bool = True) -> list[str]:
     """Statements (at the indentation of ``__init__``'s body) building one member."""
+    if m.kind == "series":
+        return [series_text(m.name, m.expr, names, render)]
     plain = is_plain_attr(m.name) and m.kind != "buffer"
     indent = 8 if m.flag is None else 12
     text = (render(m.expr, names, indent, f"self.{m.name} = ") if plain
@@ -100,6 +103,9 @@ def _class_key(table: ClassTable, path: str, node: Node) -> object:
 def _items(group: Group, table: ClassTable) -> Items:
     """The containers of ``group``'s instances, for loop re-rolling: equal in every instance, or None."""
     def items(container: str) -> tuple[str, tuple[str, ...], tuple[object, ...]] | None:
+        if group.family.rolled and not container:  # every instance loops over all its own children (rolled.py)
+            base = next(b for k, (_, b) in enumerate(group.insts) if group.variant_of[k] == group.family.base)
+            return "self", tuple(n for n, _ in base.children), ("child",) * len(base.children)
         found = None
         for path, block in group.insts:
             node = find_path(block, container) if container else block
@@ -132,7 +138,7 @@ def class_text(group: Group, specs: list[ParamSpec], names: Mapping[int, str], m
     if fam.train is not None:
         train, train_syn = apply_lifting(fam.train, "train", lifted, attrs)
         syn = {**syn, **train_syn}
-    special = Special(syn, dict(fam.optional_ops), items=_items(group, table))
+    special = Special(syn, dict(fam.optional_ops), items=_items(group, table), rolled=fam.rolled)
     if fam.flag_at is not None and flag_hole is not None:
         special.flag = (fam.flag_at, f"self.{attrs[flag_hole]}", fam.flag_result)
     rep = max((b for k, (_, b) in enumerate(group.insts) if group.variant_of[k] == fam.base),

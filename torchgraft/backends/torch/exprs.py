@@ -45,6 +45,8 @@ class ExprContext:
     values: dict[str, Code]
     accessor: Callable[[str], str]
     imports: set[str] = field(default_factory=set)
+    lists: dict[Seq, str] = field(default_factory=dict)
+    """Lists held in a variable: a loop appended their items (``loops.py``)."""
 
 
 def const_code(v: Any) -> str:
@@ -88,6 +90,9 @@ def arg_code(a: Arg, ctx: ExprContext, in_subscript: bool = False) -> Code:
             return Code(":".join(parts[:2]) + (f":{parts[2]}" if parts[2] else ""))
         return Code(f"slice({', '.join(p or 'None' for p in parts)})")
     if isinstance(a, Seq):
+        alias = ctx.lists.get(a) if a.is_list and ctx.lists and all(isinstance(i, Ref) for i in a.items) else None
+        if alias is not None:  # a list a loop built by appending (``features``)
+            return Code(alias)
         items = [arg_code(i, ctx, in_subscript).text for i in a.items]
         if a.is_list:
             return Code(f"[{', '.join(items)}]")

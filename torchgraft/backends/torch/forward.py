@@ -23,6 +23,7 @@ from torchgraft.backends.torch.valnames import (
     specific,
 )
 from torchgraft.backends.torch.wrap import WIDTH, wrap
+from torchgraft.errors import EmitError
 from torchgraft.ir.effects import augmented_symbol, is_pure
 from torchgraft.ir.graph import (
     ChildCall,
@@ -37,7 +38,7 @@ from torchgraft.ir.graph import (
     PrimCall,
 )
 from torchgraft.ir.types import UNKNOWN, ScalarType, TensorType, ValueType
-from torchgraft.ir.values import Const, Ref, refs_in
+from torchgraft.ir.values import Const, Ref, Seq, refs_in
 
 MAX_INLINE = 72
 MAX_DEPTH = 3
@@ -117,6 +118,8 @@ class Special:
     flag: tuple[int, str, str] | None = None
     items: Items | None = None
     """The containers whose item calls may be re-rolled into loops (``loops.py``); None: no loops."""
+    rolled: bool = False
+    """The class serves instances with more or fewer children: its growing loop must be re-rolled."""
 
 
 class _Writer:
@@ -140,6 +143,9 @@ class _Writer:
         if special.items is not None and special.flag is None:
             self.loops = find_loops(g, special.items, frozenset(special.optional))
         self.in_loop = {op.name for lp in self.loops.values() for op in g.ops[lp.first:lp.last + 1]}
+        if special.rolled and not any(lp.grows is not None and not lp.container for lp in self.loops.values()):
+            raise EmitError("internal: a class shared by blocks with different numbers of children must loop "
+                            "over them, and no such loop was found in its forward; please report this model")
         for inp in g.inputs:
             if inp.name in special.attrs:
                 ctx.values[inp.name] = Code(special.attrs[inp.name])
@@ -249,6 +255,8 @@ class _Writer:
 
     def _loop(self, loop: Loop) -> list[str]:
         """``for layer in self.layers:`` and the one call it repeats (``loops.py``)."""
+        if loop.grows is not None:
+            return self._growing(loop, loop.grows)
         first, last = self.g.ops[loop.first], self.g.ops[loop.last]
         carried = carried_ref(loop, first)
         incoming = self.ctx.values[carried].text
@@ -270,6 +278,25 @@ class _Writer:
         container = "self" if not loop.container else self.ctx.accessor(loop.container)
         return head + [f"for {item} in {iteration(loop, container)}:"] + [
             "    " + ln for ln in wrap(f"{var} = {call}", self.width - 4)]
+
+    def _growing(self, loop: Loop, whole: Seq) -> list[str]:
+        """``features = [x]``, then ``for layer in self.children(): features.append(layer(features))``."""
+        first, last = self.g.ops[loop.first], self.g.ops[loop.last]
+        start = arg_code(whole.items[0], self.ctx).text
+        self.pos = loop.last
+        var = self.namer.pick(last.name, ["features", "outputs", GENERIC])
+        item = item_name(loop.container, lambda n: not self.namer.free(n) or n == var)
+        path = first.target.path  # type: ignore[union-attr]
+        self.ctx.lists[whole] = var
+        for op in self.g.ops[loop.first:loop.last + 1]:
+            self._consume(op)
+            self.depth[op.name] = 0
+            self.ctx.values[op.name] = Code(var)  # never read on its own (``find_loops`` checked)
+        ctx = ExprContext({**self.ctx.values}, lambda p: item if p == path else self.ctx.accessor(p),
+                          self.ctx.imports, {Seq(whole.items[:1], True): var})
+        container = "self" if not loop.container else self.ctx.accessor(loop.container)
+        call = op_code(first, ctx).text
+        return [f"{var} = [{start}]", f"for {item} in {iteration(loop, container)}:", f"    {var}.append({call})"]
 
     def _note_child(self, op: Op) -> None:
         """Remember the child a value comes from when three or more child calls read one input (``query``,

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Op
-from torchgraft.ir.values import Arg, Const, Ref
+from torchgraft.ir.values import Arg, Const, Ref, Seq, refs_in
 
 GETITEM = FunctionCall("operator.getitem")
 
@@ -41,6 +41,8 @@ class Loop:
     count: int
     carry: int | str
     unpack: int | None
+    grows: Seq | None = None
+    """For a loop that grows a list (DenseNet: ``features.append(layer(features))``), the whole list."""
 
     @property
     def whole(self) -> bool:
@@ -123,6 +125,55 @@ def _join(a: str, b: str) -> str:
     return f"{a}.{b}" if a else b
 
 
+def _list_arg(op: Op) -> Seq | None:
+    """The op's one argument when it is a list of values (``layer([x, a, b])``)."""
+    if not isinstance(op.target, ChildCall) or len(op.args) != 1 or op.kwargs:
+        return None
+    a = op.args[0]
+    return a if isinstance(a, Seq) and a.is_list and all(isinstance(i, Ref) for i in a.items) else None
+
+
+def _outside(a: object, whole: Seq, results: set[str]) -> bool:
+    """True if ``a`` reads one of ``results`` other than through the whole list."""
+    if a == whole:
+        return False
+    if isinstance(a, Ref):
+        return a.name in results
+    if isinstance(a, (tuple, Seq)):
+        return any(_outside(x, whole, results) for x in (a.items if isinstance(a, Seq) else a))
+    return bool(set(refs_in(a)) & results) if not isinstance(a, Const) else False  # type: ignore[arg-type]
+
+
+def _grow(g: Graph, i: int, items: Items) -> Loop | None:
+    """A run of calls each taking the list of everything before it: ``[x]``, ``[x, a]``, ``[x, a, b]``..."""
+    ops = g.ops
+    first = _list_arg(ops[i])
+    if first is None or len(first.items) != 1:
+        return None
+    container, key = _split(ops[i].target.path)  # type: ignore[union-attr]
+    found = items(container)
+    if found is None or key not in found[1]:
+        return None
+    kind, keys, classes = found
+    start, run, listed = found[1].index(key), [i], list(first.items)
+    while start + len(run) < len(keys) and run[-1] + 1 < len(ops):
+        k, nxt = start + len(run), ops[run[-1] + 1]
+        listed.append(Ref(ops[run[-1]].name))
+        if (nxt.target != ChildCall(_join(container, keys[k])) or classes[k] != classes[start]
+                or _list_arg(nxt) != Seq(tuple(listed), True)):
+            listed.pop()
+            break
+        run.append(run[-1] + 1)
+    whole = Seq(tuple(listed + [Ref(ops[run[-1]].name)]), True)
+    results = {ops[j].name for j in run}
+    later = [op for op in ops[run[-1] + 1:]]
+    if (len(run) < 2 or not (start == 0 and len(run) == len(keys))
+            or any(_outside((op.args, tuple(v for _, v in op.kwargs)), whole, results) for op in later)
+            or _outside(g.output, whole, results)):
+        return None
+    return Loop(i, run[-1], container, kind, keys, start, len(run), 0, None, whole)
+
+
 def find_loops(g: Graph, items: Items, exclude: frozenset[str] = frozenset()) -> dict[int, Loop]:
     """Runs of item calls in ``g`` to write as loops, by index of their first op (``exclude``: op
     names that must stay as they are)."""
@@ -130,7 +181,7 @@ def find_loops(g: Graph, items: Items, exclude: frozenset[str] = frozenset()) ->
     out: dict[int, Loop] = {}
     i = 0
     while i < len(g.ops):
-        loop = _run(g.ops, i, users, items)
+        loop = _run(g.ops, i, users, items) or _grow(g, i, items)
         if loop is not None and not any(op.name in exclude for op in g.ops[loop.first:loop.last + 1]):
             out[i] = loop
             i = loop.last + 1

@@ -20,6 +20,8 @@ from typing import Any
 
 from torchgraft.backends.torch.combinators import combinator_graph
 from torchgraft.backends.torch.guard_text import message_key
+from torchgraft.backends.torch.loops import Loop
+from torchgraft.backends.torch.rolled import collapse, op_map, self_run
 from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Guard, Op
 from torchgraft.ir.nodes import Block, PySource
 from torchgraft.ir.values import Const, Ref
@@ -133,6 +135,8 @@ class Family:
     flag_result: str = ""
     flag_name: str = ""
     flagged: set[int] = field(default_factory=set)
+    rolled: bool = False
+    """The variants differ only in the length of a growing run over all children (``rolled.py``)."""
 
     @property
     def variants(self) -> list[int]:
@@ -216,10 +220,30 @@ def _try_merge(fam: Family, vs: list[Variant], j: int) -> bool:
     return False
 
 
+def _rolled_key(v: Variant) -> tuple[object, Loop] | None:
+    run = self_run(v.body, v.children) if v.train is None else None
+    return None if run is None else (graph_key(collapse(v.body, run)), run)
+
+
+def _merge_rolled(fam: Family, vs: list[Variant], j: int, keys: dict[int, tuple[object, Loop] | None]) -> bool:
+    """Merge variant ``j`` into ``fam`` when both are the same growing loop over all children."""
+    mine, base = keys[j], keys[fam.base]
+    if mine is None or base is None or mine[0] != base[0] or fam.flag_at is not None or fam.optional_ops:
+        return False
+    if not fam.rolled and len(fam.maps) != 1:
+        return False
+    fam.rolled = True
+    fam.maps[j] = (op_map(base[1], mine[1], len(vs[fam.base].body.ops)), [])
+    return True
+
+
 def families(vs: list[Variant]) -> list[Family]:
     """Group variants into families, merging pairs where a pattern fits (first variant first)."""
     fams: list[Family] = []
+    keys = {j: _rolled_key(v) for j, v in enumerate(vs)} if len(vs) > 1 else {}
     for j, v in enumerate(vs):
-        if not any(_try_merge(f, vs, j) for f in fams):
+        if any(_merge_rolled(f, vs, j, keys) for f in fams) if keys else False:
+            continue
+        if not any(_try_merge(f, vs, j) for f in fams if not f.rolled):
             fams.append(Family(v.body, v.train, j, {j: _identity_map(v)}))
     return fams
