@@ -171,7 +171,8 @@ def test_a_growing_list_is_one_loop_and_blocks_of_any_depth_share_one_class(tmp_
     assert re.findall(r"^class (\w+)\(", source, re.M) == ["DenseLayer", "DenseBlock", "Dense"]
     block = source.split("class DenseBlock(")[1].split("\nclass ")[0]
     assert "def __init__(self, num_layers: int, in_features: int) -> None:" in block, block
-    assert 'for i in range(num_layers):\n            self.add_module(f"layer{i + 1}", DenseLayer(in_features + 4 * i))' in block
+    assert ('for i in range(num_layers):\n            self.add_module(f"layer{i + 1}", '
+            "DenseLayer(in_features + 4 * i))") in block
     assert ("features = [x]\n        for layer in self.children():\n            features.append(layer(features))\n"
             "        return torch.cat(features, 1)") in block, block
     assert "DenseBlock(2, 8)" in source and "DenseBlock(5, 16)" in source and "DenseBlock(3, 36)" in source

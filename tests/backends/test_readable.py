@@ -54,7 +54,7 @@ def test_llama_depth_does_not_change_the_source() -> None:
                                "LlamaRotaryEmbedding", "LlamaModel"]  # one class per original class, no Variant
     assert "layers.*.self_attn (LlamaAttention)" in eight  # one guard message names every instance
     _golden("llama_model.py", two)
-    assert _lines(two) <= 215  # issue 12 asks for <= 130: the attention body and mask building are still long
+    assert _lines(two) <= 205  # issue 12 asks for <= 130: the attention body and mask building are still long
 
 
 def test_bert_reads_like_the_original() -> None:
@@ -65,13 +65,13 @@ def test_bert_reads_like_the_original() -> None:
     attention = source.split("class BertSelfAttention(")[1].split("\nclass ")[0]
     for name in ("query", "key", "value"):  # names from the child that produced them
         assert re.search(rf"\b{name} = self\.{name}\(hidden_states\)", attention), attention
-    assert "batch = hidden_states.size(0)" in attention and "seq_len = hidden_states.size(1)" in attention
+    assert "batch, seq_len = hidden_states.shape[:2]" in attention  # sizes named for what they are
     assert "def forward(self, hidden_states: Tensor, attention_mask: Tensor)" in attention  # only real inputs
     assert "cache=None" not in source and "position_ids=None" not in source.split("class BertModel(")[0]
     assert "for block in self.layer:" in source
     assert not any("Variant" in c for c in _classes(source))
     _golden("bert_model.py", source)
-    assert _lines(source) <= 190  # issue 12 asks for <= 140
+    assert _lines(source) <= 186  # issue 12 asks for <= 140
 
 
 def test_gpt2_loop_and_classes() -> None:
@@ -82,7 +82,7 @@ def test_gpt2_loop_and_classes() -> None:
     assert re.search(r"for layer in self\.h:\n +\w+ = layer\(", source)
     assert _classes(source) == ["Conv1D", "GPT2Attention", "NewGELUActivation", "GPT2MLP", "GPT2Block", "GPT2Model",
                                 "GPT2LMHeadModel"]
-    assert _lines(source) <= 185  # issue 12 asks for <= 120
+    assert _lines(source) <= 176  # issue 12 asks for <= 120
 
 
 def test_resnet50_stays_short(torchvision: Any) -> None:  # noqa: ANN401

@@ -241,12 +241,14 @@ def test_size_and_dtype_guards_stay(kind: str) -> None:
     assert trim_calls(model) == model
 
 
-def test_a_positional_argument_before_a_used_one_stays() -> None:
+def test_a_positional_argument_before_a_used_one_goes_and_the_rest_pass_by_keyword() -> None:
+    """``child(x, None, x)`` -> ``child(x, y=x)``: GPT-2's ``block(hidden, None, mask)``."""
     inputs = (ir.Input("x", _T), ir.Input("cache", default=Const(None)), ir.Input("y", _T))
     add = ir.Op("lin_in", ir.FunctionCall("operator.add"), (Ref("x"), Ref("y")))
     call = ir.Op("child", ir.ChildCall("child"), (Ref("x"), Const(None), Ref("x")))
-    model = _model(inputs, (*_guard("cache", "is_", None), add), call)
-    assert trim_calls(model) == model
+    trimmed = trim_calls(_model(inputs, (*_guard("cache", "is_", None), add), call))
+    assert [i.name for i in _child_graph(trimmed).inputs] == ["x", "y"]
+    assert _call(trimmed).args == (Ref("x"),) and _call(trimmed).kwargs == (("y", Ref("x")),)
 
 
 def test_a_child_read_as_an_attribute_keeps_its_signature() -> None:

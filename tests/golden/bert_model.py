@@ -55,8 +55,7 @@ class BertSelfAttention(nn.Module):
         if attention_mask is None:
             raise ValueError('encoder.layer.*.attention.self (BertSelfAttention) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
         query = self.query(hidden_states)
-        batch = hidden_states.size(0)
-        seq_len = hidden_states.size(1)
+        batch, seq_len = hidden_states.shape[:2]
         query = query.view(batch, seq_len, -1, 8).transpose(1, 2)
         key = self.key(hidden_states).view(batch, seq_len, -1, 8).transpose(1, 2)
         value = self.value(hidden_states).view(batch, seq_len, -1, 8).transpose(1, 2)
@@ -111,9 +110,6 @@ class BertAttention(nn.Module):
 
 class GELUActivation(nn.Module):
     """From transformers.activations.GELUActivation."""
-
-    def __init__(self) -> None:
-        super().__init__()
 
     def forward(self, input: Tensor) -> Tensor:
         return F.gelu(input)

@@ -25,8 +25,7 @@ class LlamaAttention(nn.Module):
         if attention_mask is None:
             raise ValueError('layers.*.self_attn (LlamaAttention) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
         q = self.q_proj(hidden_states)
-        batch = hidden_states.size(0)
-        seq_len = hidden_states.size(1)
+        batch, seq_len = hidden_states.shape[:2]
         q = q.view((batch, seq_len, -1, 8)).transpose(1, 2)
         k = self.k_proj(hidden_states).view((batch, seq_len, -1, 8)).transpose(1, 2)
         v = self.v_proj(hidden_states).view((batch, seq_len, -1, 8)).transpose(1, 2)
@@ -44,17 +43,11 @@ class LlamaAttention(nn.Module):
         if h == 1:
             raise ValueError('layers.*.self_attn (LlamaAttention) was captured where a size comparison (==) at transformers/integrations/sdpa_attention.py:121 was False; inputs for which it is True take another branch; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
         item = out[:, :, None, :, :]
-        n = out.size(0)
-        c = out.size(1)
-        size_h = out.size(2)
-        w = out.size(3)
+        n, c, size_h, w = out.shape
         item = item.expand(n, c, 2, size_h, w)
         item = item.reshape(n, c * 2, size_h, w)
         out = v[:, :, None, :, :]
-        n = v.size(0)
-        c = v.size(1)
-        size_h = v.size(2)
-        w = v.size(3)
+        n, c, size_h, w = v.shape
         out = out.expand(n, c, 2, size_h, w)
         out = out.reshape(n, c * 2, size_h, w)
         if h <= 1:
@@ -75,9 +68,6 @@ class LlamaAttention(nn.Module):
 
 class SiLUActivation(nn.Module):
     """From transformers.activations.SiLUActivation."""
-
-    def __init__(self) -> None:
-        super().__init__()
 
     def forward(self, input: Tensor) -> Tensor:
         return F.silu(input)

@@ -147,10 +147,9 @@ def class_text(group: Group, specs: list[ParamSpec], names: Mapping[int, str], m
         forward = rep.body.source.rstrip("\n").split("\n")
     else:
         forward = body_lines(body, train, accessor(rep), table.imports, frozenset(table.reserved), special)
-    lines = [f"class {group.name}(nn.Module):", f'    """From {safe_doc(str(group.cls))}."""', "",
-             _signature(specs)]
-    lines += [f"        {ln}" for stmt in init for ln in stmt.split("\n")]
-    lines.append("")
+    lines = [f"class {group.name}(nn.Module):", f'    """From {safe_doc(str(group.cls))}."""', ""]
+    if specs or init != ["super().__init__()"]:  # nothing to set up: nn.Module's own __init__ serves
+        lines += [_signature(specs)] + [f"        {ln}" for stmt in init for ln in stmt.split("\n")] + [""]
     lines += [f"    {ln}" if ln else "" for ln in forward]
     if rep.extra_state is not None:  # get_extra_state/set_extra_state, as the original class wrote them
         lines += [""] + [f"    {ln}" if ln else "" for ln in rep.extra_state.source.rstrip("\n").split("\n")]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from torchgraft.backends.torch.exprs import Code, ExprContext, arg_code, guard_lines, negatable, op_code
+from torchgraft.backends.torch.exprs import POSTFIX, Code, ExprContext, arg_code, guard_lines, negatable, op_code
 from torchgraft.backends.torch.loops import Items, Loop, carried_ref, find_loops, item_name, iteration
 from torchgraft.backends.torch.valnames import (
     GENERIC,
@@ -190,6 +190,11 @@ class _Writer:
                 out += self._loop(self.loops[i])
                 skip_to = self.loops[i].last
                 continue
+            sizes = self._size_run(i)
+            if sizes > 1:
+                out += self._unpack(i, sizes)
+                skip_to = i + sizes - 1
+                continue
             if flag is not None and i == flag[0]:
                 out.append(f"if {flag[1]}:")
                 indent = "    "
@@ -278,6 +283,36 @@ class _Writer:
         container = "self" if not loop.container else self.ctx.accessor(loop.container)
         return head + [f"for {item} in {iteration(loop, container)}:"] + [
             "    " + ln for ln in wrap(f"{var} = {call}", self.width - 4)]
+
+    def _size_run(self, i: int) -> int:
+        """How many ops from ``i`` on read ``x.size(0)``, ``x.size(1)``... of one tensor, each used twice or more."""
+        first = self.g.ops[i]
+        src = first.args[0] if first.args else None
+        if not isinstance(src, Ref) or src.name not in self.ranks or self.special.flag is not None:
+            return 0
+        k = 0
+        while (i + k < len(self.g.ops) and k < self.ranks[src.name]
+               and self.g.ops[i + k].target == MethodCall("size") and not self.g.ops[i + k].kwargs
+               and self.g.ops[i + k].args == (src, Const(k)) and len(self.users.get(self.g.ops[i + k].name, [])) > 1
+               and self.g.ops[i + k].name not in self.in_loop):
+            k += 1
+        return k
+
+    def _unpack(self, i: int, count: int) -> list[str]:
+        """``n, c, h, w = x.shape`` (or ``batch, seq_len = x.shape[:2]``) for a run of size reads."""
+        ops = self.g.ops[i:i + count]
+        src = ops[0].args[0]
+        assert isinstance(src, Ref)
+        names = []
+        for k, op in enumerate(ops):
+            self.pos = i + k
+            self._consume(op)
+            self.depth[op.name] = 0
+            names.append(self._name(i + k, op, []))
+            self.ctx.values[op.name] = Code(names[-1])
+        whole = count == self.ranks[src.name]
+        shape = f"{arg_code(src, self.ctx).wrap(POSTFIX)}.shape" + ("" if whole else f"[:{count}]")
+        return wrap(f"{', '.join(names)} = {shape}", self.width)
 
     def _growing(self, loop: Loop, whole: Seq) -> list[str]:
         """``features = [x]``, then ``for layer in self.children(): features.append(layer(features))``."""

@@ -8,7 +8,7 @@ parameters and as many guards. ``trim_calls`` removes that noise before emission
 - a parameter of a non-root Block whose forward reads it only in argument guards (``Guard`` of
   kind ``"argument"``, and the comparison or ``len`` feeding only them) or not at all is
   removed, with its guards, from the child's signature and from every call of the child
-  (positional arguments only when trailing). A ``**kwargs`` read only by its count guard goes
+  (the positional arguments after it are then passed by keyword). A ``**kwargs`` read only by its count guard goes
   the same way, and with it the keyword arguments that landed in it;
 - an argument equal to the callee's declared default is left out (keywords; positionals when
   trailing).
@@ -250,10 +250,10 @@ class _State:
             value = None
         if not all(_holds(c, value) for c in checks):
             return None
-        if isinstance(where, int):
-            if where != len(op.args) - 1:
-                return None
-            return replace(op, args=op.args[:-1])
+        if isinstance(where, int):  # later positionals are passed by keyword instead: ``layer(h, mask=m)``
+            positional = [i.name for i in inputs if i.kind is InputKind.POSITIONAL]
+            moved = tuple((positional[k], op.args[k]) for k in range(where + 1, len(op.args)))
+            return replace(op, args=op.args[:where], kwargs=moved + op.kwargs)
         if isinstance(where, str):
             return replace(op, kwargs=tuple((k, a) for k, a in op.kwargs if k != where))
         if isinstance(where, tuple):
