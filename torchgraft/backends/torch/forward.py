@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from torchgraft.backends.torch.exprs import POSTFIX, Code, ExprContext, arg_code, guard_lines, negatable, op_code
-from torchgraft.backends.torch.loops import Items, Loop, carried_ref, find_loops, item_name, iteration
+from torchgraft.backends.torch.exprs import Code, ExprContext, arg_code, guard_lines, negatable, op_code
+from torchgraft.backends.torch.grouped import GroupedStatements
+from torchgraft.backends.torch.loops import Items, Loop, find_loops
 from torchgraft.backends.torch.valnames import (
     GENERIC,
     ValueNamer,
@@ -38,7 +39,7 @@ from torchgraft.ir.graph import (
     PrimCall,
 )
 from torchgraft.ir.types import UNKNOWN, ScalarType, TensorType, ValueType
-from torchgraft.ir.values import Const, Ref, Seq, refs_in
+from torchgraft.ir.values import Const, Ref, refs_in
 
 MAX_INLINE = 72
 MAX_DEPTH = 3
@@ -122,7 +123,7 @@ class Special:
     """The class serves instances with more or fewer children: its growing loop must be re-rolled."""
 
 
-class _Writer:
+class _Writer(GroupedStatements):
     """Writes one graph's statements, deciding what to inline and what to name."""
 
     def __init__(self, g: Graph, ctx: ExprContext, reserved: frozenset[str], special: Special, width: int) -> None:
@@ -257,81 +258,6 @@ class _Writer:
         var = self._name(i, op, reads)
         self.ctx.values[op.name] = Code(var)
         return wrap(f"{var} = {code.text}", width)
-
-    def _loop(self, loop: Loop) -> list[str]:
-        """``for layer in self.layers:`` and the one call it repeats (``loops.py``)."""
-        if loop.grows is not None:
-            return self._growing(loop, loop.grows)
-        first, last = self.g.ops[loop.first], self.g.ops[loop.last]
-        carried = carried_ref(loop, first)
-        incoming = self.ctx.values[carried].text
-        self.pos = loop.first
-        reuse = incoming.isidentifier() and self._dead(carried) and carried not in self.special.attrs
-        self.pos = loop.last
-        var = (self.namer.take(last.name, incoming) if reuse
-               else self.namer.pick(last.name, [chosen(last) or "", "hidden", GENERIC]))
-        item = item_name(loop.container, lambda n: not self.namer.free(n) or n == var)
-        path = first.target.path  # type: ignore[union-attr]
-        ctx = ExprContext({**self.ctx.values, carried: Code(var)},
-                          lambda p: item if p == path else self.ctx.accessor(p), self.ctx.imports)
-        call = op_code(first, ctx).text + ("" if loop.unpack is None else f"[{loop.unpack}]")
-        for op in self.g.ops[loop.first:loop.last + 1]:
-            self._consume(op)
-            self.depth[op.name] = 0
-        self.ctx.values[last.name] = Code(var)
-        head = [] if reuse else wrap(f"{var} = {incoming}", self.width)
-        container = "self" if not loop.container else self.ctx.accessor(loop.container)
-        return head + [f"for {item} in {iteration(loop, container)}:"] + [
-            "    " + ln for ln in wrap(f"{var} = {call}", self.width - 4)]
-
-    def _size_run(self, i: int) -> int:
-        """How many ops from ``i`` on read ``x.size(0)``, ``x.size(1)``... of one tensor, each used twice or more."""
-        first = self.g.ops[i]
-        src = first.args[0] if first.args else None
-        if not isinstance(src, Ref) or src.name not in self.ranks or self.special.flag is not None:
-            return 0
-        k = 0
-        while (i + k < len(self.g.ops) and k < self.ranks[src.name]
-               and self.g.ops[i + k].target == MethodCall("size") and not self.g.ops[i + k].kwargs
-               and self.g.ops[i + k].args == (src, Const(k)) and len(self.users.get(self.g.ops[i + k].name, [])) > 1
-               and self.g.ops[i + k].name not in self.in_loop):
-            k += 1
-        return k
-
-    def _unpack(self, i: int, count: int) -> list[str]:
-        """``n, c, h, w = x.shape`` (or ``batch, seq_len = x.shape[:2]``) for a run of size reads."""
-        ops = self.g.ops[i:i + count]
-        src = ops[0].args[0]
-        assert isinstance(src, Ref)
-        names = []
-        for k, op in enumerate(ops):
-            self.pos = i + k
-            self._consume(op)
-            self.depth[op.name] = 0
-            names.append(self._name(i + k, op, []))
-            self.ctx.values[op.name] = Code(names[-1])
-        whole = count == self.ranks[src.name]
-        shape = f"{arg_code(src, self.ctx).wrap(POSTFIX)}.shape" + ("" if whole else f"[:{count}]")
-        return wrap(f"{', '.join(names)} = {shape}", self.width)
-
-    def _growing(self, loop: Loop, whole: Seq) -> list[str]:
-        """``features = [x]``, then ``for layer in self.children(): features.append(layer(features))``."""
-        first, last = self.g.ops[loop.first], self.g.ops[loop.last]
-        start = arg_code(whole.items[0], self.ctx).text
-        self.pos = loop.last
-        var = self.namer.pick(last.name, ["features", "outputs", GENERIC])
-        item = item_name(loop.container, lambda n: not self.namer.free(n) or n == var)
-        path = first.target.path  # type: ignore[union-attr]
-        self.ctx.lists[whole] = var
-        for op in self.g.ops[loop.first:loop.last + 1]:
-            self._consume(op)
-            self.depth[op.name] = 0
-            self.ctx.values[op.name] = Code(var)  # never read on its own (``find_loops`` checked)
-        ctx = ExprContext({**self.ctx.values}, lambda p: item if p == path else self.ctx.accessor(p),
-                          self.ctx.imports, {Seq(whole.items[:1], True): var})
-        container = "self" if not loop.container else self.ctx.accessor(loop.container)
-        call = op_code(first, ctx).text
-        return [f"{var} = [{start}]", f"for {item} in {iteration(loop, container)}:", f"    {var}.append({call})"]
 
     def _note_child(self, op: Op) -> None:
         """Remember the child a value comes from when three or more child calls read one input (``query``,
