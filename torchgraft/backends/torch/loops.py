@@ -86,16 +86,24 @@ def _carried(prev: Op, nxt: Op, prev_out: str) -> int | str | None:
     return carried[0]
 
 
-def _run(ops: tuple[Op, ...], i: int, users: dict[str, list[str]], items: Items) -> Loop | None:
-    unit = _unit(ops, i, users)
-    if unit is None:
-        return None
-    container, key = _split(ops[i].target.path)  # type: ignore[union-attr]
+def _item_of(op: Op, items: Items) -> tuple[str, str, tuple[str, ...], tuple[object, ...], int] | None:
+    """(container, kind, keys, classes, position) of the item ``op`` calls, when it calls one."""
+    container, key = _split(op.target.path)  # type: ignore[union-attr]
     found = items(container)
     if found is None or key not in found[1]:
         return None
     kind, keys, classes = found
-    start = keys.index(key)
+    return container, kind, keys, classes, keys.index(key)
+
+
+def _run(ops: tuple[Op, ...], i: int, users: dict[str, list[str]], items: Items) -> Loop | None:
+    unit = _unit(ops, i, users)
+    if unit is None:
+        return None
+    where = _item_of(ops[i], items)
+    if where is None:
+        return None
+    container, kind, keys, classes, start = where
     units, carry = [unit], None
     while start + len(units) < len(keys):
         prev = units[-1]
@@ -150,12 +158,11 @@ def _grow(g: Graph, i: int, items: Items) -> Loop | None:
     first = _list_arg(ops[i])
     if first is None or len(first.items) != 1:
         return None
-    container, key = _split(ops[i].target.path)  # type: ignore[union-attr]
-    found = items(container)
-    if found is None or key not in found[1]:
+    where = _item_of(ops[i], items)
+    if where is None:
         return None
-    kind, keys, classes = found
-    start, run, listed = found[1].index(key), [i], list(first.items)
+    container, kind, keys, classes, start = where
+    run, listed = [i], list(first.items)
     while start + len(run) < len(keys) and run[-1] + 1 < len(ops):
         k, nxt = start + len(run), ops[run[-1] + 1]
         listed.append(Ref(ops[run[-1]].name))
