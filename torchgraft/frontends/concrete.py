@@ -433,7 +433,7 @@ def concrete_trace(mod: nn.Module, training: bool, args: tuple[Any, ...], kwargs
     rec = _Recorder(mod, where)
     object.__setattr__(view, "_modules", _spied(mod, rec))
     inputs = _inputs(mod, args, kwargs, rec)
-    _RECORDER[0] = rec
+    _RECORDER.value = rec
     try:
         with torch.no_grad(), export_flags(), pinning_range(), rec:
             out = type(mod).forward(view, *args, **kwargs)
@@ -445,4 +445,4 @@ def concrete_trace(mod: nn.Module, training: bool, args: tuple[Any, ...], kwargs
         raise TraceError(f"tracing {type(mod).__qualname__}.forward on its recorded inputs failed: "
                          f"{type(e).__name__}: {e}") from e
     finally:
-        _RECORDER[0] = None
+        _RECORDER.value = None

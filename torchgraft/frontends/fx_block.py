@@ -232,8 +232,8 @@ def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper
     try:
         try:
             graph = _OwnCodeTracer(view, math_autowrap=False).trace(view, concrete_args=concrete)
-        except TypeError as e:
-            if "Proxy" not in str(e) or probe.read:
+        except TypeError:  # maybe a math function met a Proxy (its message is all that says so): retry with them
+            if probe.read:
                 raise
             graph = _OwnCodeTracer(view).trace(view, concrete_args=concrete)
     except Exception as e:  # noqa: BLE001 - fx raises many kinds

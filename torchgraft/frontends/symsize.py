@@ -21,6 +21,7 @@ import contextlib
 import operator
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -51,7 +52,7 @@ def pin(*values: Any, loop: bool = False) -> None:
     """A size left the symbolic world (``n / 2``, ``float(n)``, ``n * 0.5``): the result is a plain
     number, so guard that each size is what it was in the example. ``loop``: it is the trip count
     of a ``for ... in range(n)`` the trace unrolls (its guard message says so)."""
-    recorder = _RECORDER[0]
+    recorder = _RECORDER.value
     if recorder is None:
         return
     site = call_site()
@@ -72,7 +73,7 @@ def _binary(op: Callable[[Any, Any], Any], opname: str, reverse: bool = False) -
         if not isinstance(value, int):
             pin(a, b)
             return value
-        recorder = _RECORDER[0]
+        recorder = _RECORDER.value
         if recorder is None:
             return value
         return SymInt(value, lambda: recorder.int_op(opname, a, b))
@@ -85,7 +86,7 @@ def _unary(op: Callable[[Any], Any]) -> Callable[..., Any]:
         if op is operator.pos:
             return self
         value = op(int(self))
-        recorder = _RECORDER[0]
+        recorder = _RECORDER.value
         if recorder is not None and op is operator.neg:
             return SymInt(value, lambda: recorder.int_op("sub", 0, self))
         pin(self)
@@ -93,8 +94,16 @@ def _unary(op: Callable[[Any], Any]) -> Callable[..., Any]:
     return method
 
 
-_RECORDER: list[Any] = [None]
-"""The active recorder (set by the concrete tracer while it runs)."""
+class _Current(threading.local):
+    """The recorder of the concrete trace running in this thread (``value``; None when there is none)."""
+
+    def __init__(self) -> None:
+        self.value: Any = None
+
+
+_RECORDER = _Current()
+"""Per thread: a size computed in another thread never reaches this thread's trace, and the other
+thread's sizes and ranges are never guarded."""
 
 for _name, _op in (("add", operator.add), ("sub", operator.sub), ("mul", operator.mul),
                    ("floordiv", operator.floordiv), ("mod", operator.mod), ("truediv", operator.truediv),
@@ -120,7 +129,7 @@ def _compare(opname: str) -> Callable[..., Any]:
         if not isinstance(other, int) or isinstance(other, bool):
             return op(int(self), other)
         held = op(int(self), int(other))
-        recorder = _RECORDER[0]
+        recorder = _RECORDER.value
         if recorder is not None:
             recorder.compare(opname, self, other, held, call_site())
         return held
@@ -182,6 +191,8 @@ class SymSize(tuple):  # torch.Size cannot be subclassed; a tuple reads the same
 
 
 _RANGE = builtins.range
+_RANGE_LOCK = threading.Lock()
+_RANGE_USERS = [0]  # concrete traces running now, in any thread
 
 
 class _RangeType(type):
@@ -204,9 +215,16 @@ class _PinningRange(metaclass=_RangeType):
 @contextlib.contextmanager
 def pinning_range() -> Iterator[None]:
     """Swap ``builtins.range`` for one that guards sizes, for the duration of a concrete trace
-    (``isinstance(r, range)`` still holds for every range)."""
-    builtins.range = _PinningRange  # type: ignore[misc,assignment]
+    (``isinstance(r, range)`` still holds for every range). Other threads see the swap, but their
+    ``range`` calls build a plain range and guard nothing (``pin`` reads this thread's recorder);
+    the original comes back when the last trace of any thread ends."""
+    with _RANGE_LOCK:
+        _RANGE_USERS[0] += 1
+        builtins.range = _PinningRange  # type: ignore[misc,assignment]
     try:
         yield
     finally:
-        builtins.range = _RANGE  # type: ignore[misc]
+        with _RANGE_LOCK:
+            _RANGE_USERS[0] -= 1
+            if not _RANGE_USERS[0]:
+                builtins.range = _RANGE  # type: ignore[misc]
