@@ -45,6 +45,7 @@ from torchgraft.probes import (
     run_both,
     run_copy,
 )
+from torchgraft.train_batch import train_batch_error
 
 __all__ = ["PROBE_KINDS", "CheckReport", "OutputDiff", "ProbeResult", "check", "flatten", "tensor_diff"]
 
@@ -188,7 +189,8 @@ def check(
     ``max |ref - cand| <= atol + rtol * max |ref|`` (defaults ``1e-7`` and ``1e-5``);
     other leaves must compare equal, and both outputs must have the same structure.
     On a mismatch, ``first_divergence[mode]`` names the first submodule whose output differs.
-    Exceptions raised by either model on the example inputs propagate.
+    Exceptions raised by either model on the example inputs propagate, except a train-mode
+    BatchNorm fed one value per channel (a batch of one): a ``CheckError`` says so and what to do.
 
     ``probes`` picks the kinds to run, any of ``("example", "batch", "length", "padding",
     "repeat")`` or a comma-separated string of them; ``True`` (default) runs all, ``False``
@@ -217,12 +219,24 @@ def check(
 def _example(report: CheckReport, ref: nn.Module, cand: nn.Module, mode: str, inputs: Inputs, tol: Tolerance,
              seed: int) -> ProbeResult:
     """Compare on the example inputs (errors propagate); fills ``report.results`` and ``first_divergence``."""
-    (_, [ref_out]), (_, [cand_out]) = run_copy(ref, mode, inputs, seed), run_copy(cand, mode, inputs, seed)
+    ref_out, cand_out = _run_example(ref, "reference", mode, inputs, seed), _run_example(cand, "candidate", mode,
+                                                                                         inputs, seed)
     results = compare_outputs(mode, ref_out, cand_out, tol)
     report.results.extend(results)
     ok = all(r.ok for r in results)
     report.first_divergence[mode] = None if ok else _first_divergence(ref, cand, mode, inputs, seed, tol)
     return _summary(mode, "example", results, report.first_divergence[mode])
+
+
+def _run_example(module: nn.Module, which: str, mode: str, inputs: Inputs, seed: int) -> Any:
+    """One run on the example; a train-mode BatchNorm fed a batch of one is a ``CheckError`` saying so."""
+    try:
+        return run_copy(module, mode, inputs, seed)[1][0]
+    except ValueError as e:
+        error = train_batch_error(module, which, inputs, seed) if mode == "train" else None
+        if error is None:
+            raise
+        raise error from e
 
 
 def _probe(ref: nn.Module, cand: nn.Module, probe: Probe, mode: str, tol: Tolerance, seed: int) -> ProbeResult:

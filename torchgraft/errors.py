@@ -25,3 +25,7 @@ class CaptureError(TorchgraftError):
 
 class EmitError(TorchgraftError):
     """The IR cannot be written as PyTorch source (says which node and why)."""
+
+
+class CheckError(TorchgraftError, ValueError):
+    """``check()`` cannot compare the two modules on the inputs given (says why and what to do)."""

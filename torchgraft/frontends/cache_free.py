@@ -27,6 +27,7 @@ from torch import nn
 
 from torchgraft.frontends.examples import Example
 from torchgraft.frontends.guards import guards_of, where_text
+from torchgraft.frontends.rng import kept_rng
 from torchgraft.frontends.state import restore_state
 from torchgraft.ir.graph import FunctionCall, Graph, Guard, Input, InputKind, Op
 from torchgraft.ir.model import Model
@@ -99,7 +100,7 @@ def returns_cache(model: nn.Module, call: Example) -> bool:
         modes.append(_evaluating(model))
     try:
         for mode in modes:
-            with mode, torch.no_grad(), torch.random.fork_rng(devices=[]), restore_state(model), export_flags():
+            with mode, torch.no_grad(), kept_rng(), restore_state(model), export_flags():
                 if _holds_cache(model(*args, **kwargs)):
                     return True
     except Exception:  # noqa: BLE001 - the capture's own runs report it, with the module path

@@ -37,6 +37,7 @@ from torchgraft.frontends.recording import (
 )
 from torchgraft.frontends.reparam import is_reparametrized, reparametrized_primitive
 from torchgraft.frontends.report import CaptureReport
+from torchgraft.frontends.rng import kept_rng
 from torchgraft.frontends.signature import honest_root
 from torchgraft.frontends.source_copy import copy_forward
 from torchgraft.frontends.state import (
@@ -332,7 +333,7 @@ def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str
     with without_cache(model, calls) as cache_off, experts_as_loops(model):
         while True:
             try:
-                with torch.random.fork_rng(devices=[]), no_compilation(model):  # no RNG drawn, nothing compiled
+                with kept_rng(), no_compilation(model):  # no RNG drawn (CPU nor CUDA), nothing compiled
                     captured = _capture(model, calls, forced)
                 break
             except ExampleDiverged as e:

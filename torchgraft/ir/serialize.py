@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
@@ -82,6 +83,9 @@ NODE_TAGS: dict[str, type] = {c.__name__: c for c in _CLASSES}
 
 ENUM_TAGS: dict[str, type[enum.Enum]] = {c.__name__: c for c in (ActKind, Spelling, InputKind, CombineKind)}
 """Tag → enum class."""
+
+MAX_DEPTH = 500
+"""Deepest nesting of JSON arrays and objects ``from_json`` reads (a 200-deep ``nn.Sequential`` is about 404)."""
 
 _SKIPPED_FIELDS: dict[type, tuple[str, ...]] = {Model: ("weights", "report", "constants")}
 """Fields not in the JSON: tensors go to safetensors files, the capture report is not kept."""
@@ -158,12 +162,19 @@ def to_dict(model: Model) -> dict[str, Any]:
     """The JSON-ready dict of ``model`` (what ``to_json`` writes)."""
     if not isinstance(model, Model):
         raise IRError(f"to_json needs an ir.Model, got {type(model).__name__}")
-    return {"format": FORMAT, "version": VERSION, "model": _encode(model)}
+    try:
+        return {"format": FORMAT, "version": VERSION, "model": _encode(model)}
+    except RecursionError:
+        raise _too_deep(f"deeper than Python's recursion limit of {sys.getrecursionlimit()} allows") from None
 
 
 def to_json(model: Model) -> str:
     """The model's structure as deterministic JSON text (weights are not included; see ``save``)."""
-    return json.dumps(to_dict(model), sort_keys=True, indent=1, allow_nan=False)
+    doc = to_dict(model)
+    try:
+        return json.dumps(doc, sort_keys=True, indent=1, allow_nan=False)
+    except RecursionError:
+        raise _too_deep(f"deeper than Python's recursion limit of {sys.getrecursionlimit()} allows") from None
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -289,25 +300,52 @@ def _decode(v: Any) -> Any:
                   f"'node' (one of the IR classes), 'enum', or 'py' (one of {', '.join(sorted(_SPECIAL))})")
 
 
+def _too_deep(detail: str) -> IRError:
+    return IRError(f"torchgraft IR JSON is nested too deeply ({detail}); the limit is {MAX_DEPTH} levels of "
+                   "arrays and objects. A model nested that deeply cannot be read back: flatten its nesting "
+                   "(e.g. one nn.Sequential holding the layers) before saving it.")
+
+
+def _check_depth(doc: Any) -> None:
+    """Raise ``IRError`` when ``doc`` nests arrays/objects more than ``MAX_DEPTH`` deep (no recursion)."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise _too_deep(f"more than {MAX_DEPTH} levels")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack += [(c, depth + 1) for c in children if isinstance(c, (dict, list))]
+
+
 def from_dict(doc: Any) -> Model:
-    """The model encoded in ``doc`` (the parsed form of ``to_json``'s text)."""
+    """The model encoded in ``doc`` (the parsed form of ``to_json``'s text).
+
+    A document nested more than ``MAX_DEPTH`` levels deep is an ``IRError``.
+    """
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise IRError(f"not a torchgraft IR document: expected an object with format={FORMAT!r}")
     if doc.get("version") != VERSION:
         raise IRError(f"torchgraft IR version {doc.get('version')!r} is not supported (this library reads "
                       f"version {VERSION})")
-    model = _decode(doc.get("model"))
+    _check_depth(doc)
+    try:
+        model = _decode(doc.get("model"))
+    except RecursionError:
+        raise _too_deep(f"deeper than Python's recursion limit of {sys.getrecursionlimit()} allows here") from None
     if not isinstance(model, Model):
         raise IRError(f"the document's 'model' is a {type(model).__name__}, not a Model")
     return model
 
 
 def from_json(text: str) -> Model:
-    """The model written by ``to_json`` (weights empty; see ``load``)."""
+    """The model written by ``to_json`` (weights empty; see ``load``); nested more than ``MAX_DEPTH``
+    levels deep, an ``IRError``."""
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise IRError(f"torchgraft IR JSON does not parse: {e}") from None
+    except RecursionError:
+        raise _too_deep(f"deeper than Python's recursion limit of {sys.getrecursionlimit()} allows") from None
     return from_dict(doc)
 
 

@@ -22,7 +22,7 @@ from torchgraft.backends.torch.combinators import RUNTIME_CLASSES
 from torchgraft.backends.torch.extra_state import load_lines as extra_state_load
 from torchgraft.backends.torch.extra_state import metadata as extra_metadata
 from torchgraft.backends.torch.helper_order import in_definition_order
-from torchgraft.backends.torch.modules import WIDTH, accessor, lit_code, module_expr
+from torchgraft.backends.torch.modules import WIDTH, accessor, lit_code, module_expr, with_head
 from torchgraft.backends.torch.trim_calls import trim_calls
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Node, Opaque, Parallel, SkipConnection
@@ -210,8 +210,8 @@ def _frozen_section(keys: list[str]) -> str:
 def _build_function(model: Model, root_expr: str, root_name: str, frozen: list[str]) -> list[str]:
     build = [f"def build() -> {root_name}:\n", '    """The model, freshly initialised."""\n']
     if not model.constants and not frozen:
-        return build + [f"    return {root_expr}\n"]
-    build.append(f"    model = {root_expr}\n")
+        return build + [f"    {with_head(root_expr, 'return ')}\n"]
+    build.append(f"    {with_head(root_expr, 'model = ')}\n")
     if model.constants:
         build.append("    _load_constants(model)\n")
     if frozen:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 
 from torchgraft.backends.torch.ctor import Call, CExpr, Guarded, Items, Lit, Param, Raw, node_expr, prim_call
 from torchgraft.backends.torch.exprs import const_code
+from torchgraft.backends.torch.hoist import hoist
 from torchgraft.backends.torch.names import is_plain_attr, member, str_lit
 from torchgraft.errors import EmitError
 from torchgraft.ir.nodes import Block, Chain, Container, Node, Parallel, module_children
@@ -45,7 +46,18 @@ def prim_expr(p: Primitive) -> str:
 
 
 def render(e: CExpr, names: Mapping[int, str], indent: int, head: str = "") -> str:
-    """Code for a constructor expression; ``Param(i)`` is written ``names[i]``; ``head`` goes in front."""
+    """Code for a constructor expression; ``Param(i)`` is written ``names[i]``; ``head`` goes in front.
+
+    An expression nested too deeply for Python's parser (a 200-deep ``nn.Sequential`` nest)
+    comes back as statements building its inner parts first (``inner_1 = ...``, see hoist.py),
+    then ``head`` and the rest: callers write the text where a statement goes.
+    """
+    parts, e = hoist(e, names.values())
+    lines = [_render(part, names, indent, f"{name} = ") for name, part in parts]
+    return "\n".join([*lines, _render(e, names, indent, head)])
+
+
+def _render(e: CExpr, names: Mapping[int, str], indent: int, head: str = "") -> str:
     if isinstance(e, Param):
         return head + names[e.index]
     if isinstance(e, Lit):
@@ -55,7 +67,7 @@ def render(e: CExpr, names: Mapping[int, str], indent: int, head: str = "") -> s
     if isinstance(e, Items):
         return _render_items(e, names, indent, head)
     if isinstance(e, Guarded):
-        return f"{head}*([{render(e.expr, names, indent)}] if {names[e.flag]} else [])"
+        return f"{head}*([{_render(e.expr, names, indent)}] if {names[e.flag]} else [])"
     callee = names[e.head.index] if isinstance(e.head, Param) else e.head
     return fmt_call(f"{head}{callee}(", _call_args(e, names, indent + 4), indent)
 
@@ -65,8 +77,8 @@ def _call_args(e: Call, names: Mapping[int, str], indent: int) -> list[str]:
     args = list(e.args)
     while args and len(args) <= len(e.arg_names) and defaults.get(e.arg_names[len(args) - 1]) == args[-1]:
         args.pop()
-    out = [render(a, names, indent) for a in args]
-    return out + [render(v, names, indent, f"{k}=") for k, v in e.kwargs if defaults.get(k) != v]
+    out = [_render(a, names, indent) for a in args]
+    return out + [_render(v, names, indent, f"{k}=") for k, v in e.kwargs if defaults.get(k) != v]
 
 
 def _runs(items: list[str], indent: int, head: str, tail: str) -> list[str]:
@@ -87,7 +99,7 @@ def _runs(items: list[str], indent: int, head: str, tail: str) -> list[str]:
 
 
 def _render_items(e: Items, names: Mapping[int, str], indent: int, head: str) -> str:
-    sub = [render(i, names, indent + 4) for i in e.items]
+    sub = [_render(i, names, indent + 4) for i in e.items]
     pairs = list(zip(e.keys, sub, strict=True))
     if e.kind == "ModuleDict":
         return fmt_call(f"{head}nn.ModuleDict({{", [f"{str_lit(k)}: {x}" for k, x in pairs], indent, "})")
@@ -110,8 +122,22 @@ def _render_items(e: Items, names: Mapping[int, str], indent: int, head: str) ->
 
 
 def module_expr(node: Node, class_of: Callable[[Node, str], str], path: str, indent: int) -> str:
-    """The constructor expression building ``node`` (``class_of`` writes Block and Opaque calls)."""
-    return render(node_expr(node, path, lambda n, p: Raw(class_of(n, p))), {}, indent)
+    """The constructor expression building ``node`` (``class_of`` writes Block and Opaque calls).
+
+    Where ``node`` nests too deeply for one expression, the text starts with statements
+    (see ``render``) and ``HEAD_SLOT`` marks where the caller's ``return ``/``x = `` goes:
+    write it with ``with_head``.
+    """
+    return render(node_expr(node, path, lambda n, p: Raw(class_of(n, p))), {}, indent, HEAD_SLOT)
+
+
+HEAD_SLOT = "\x00"
+"""Marks the start of the final statement in ``module_expr``'s text (never in rendered code)."""
+
+
+def with_head(text: str, head: str) -> str:
+    """``module_expr``'s text with ``head`` (``return ``) where the expression starts."""
+    return text.replace(HEAD_SLOT, head, 1) if HEAD_SLOT in text else head + text
 
 
 def container_kind(node: Node) -> str | None:
