@@ -29,3 +29,4 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check torchgraft tests
 	$(BIN)/mypy torchgraft
+	$(BIN)/lint-imports setup.cfg
