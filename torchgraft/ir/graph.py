@@ -102,6 +102,10 @@ class Op:
             raise IRError(f"method call {self.target.name!r} in op {self.name!r} needs the object as first arg")
         if isinstance(self.target, Guard) and (len(self.args) != 1 or self.kwargs):
             raise IRError(f"guard {self.name!r} takes exactly one argument, the condition that must hold")
+        bad = [k for k, _ in self.kwargs if not isinstance(k, str) or not k.isidentifier() or keyword.iskeyword(k)]
+        if bad:
+            raise IRError(f"op {self.name!r}: keyword argument names {bad!r} are not identifiers; "
+                          "a keyword argument must be a plain Python name")
 
     def reads(self) -> list[str]:
         """Names of the values this op reads."""

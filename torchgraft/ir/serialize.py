@@ -339,7 +339,14 @@ def from_dict(doc: Any) -> Model:
 
 def from_json(text: str) -> Model:
     """The model written by ``to_json`` (weights empty; see ``load``); nested more than ``MAX_DEPTH``
-    levels deep, an ``IRError``."""
+    levels deep, an ``IRError``.
+
+    The text is untrusted input: decoding imports and calls nothing, but ``emit`` writes parts of the
+    model as code, so run ``verify`` before emitting (it refuses functions outside the allow-list,
+    names that are not identifiers and Opaque classes that are not module classes). Copied source
+    (``PySource`` bodies, ``Model.helpers``, ``StateMethods``) is code that the emitted ``model.py``
+    runs on import or build; it cannot be checked, so only emit a file holding it when you trust it.
+    """
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:

@@ -13,7 +13,10 @@ Checked, with the node path and a fix in every message:
 * ``model.ties``: every alias and target is a module path or a state key;
 * Chains compose: a Conv/BatchNorm/GroupNorm/Linear/LayerNorm item agrees with the
   channels (dim 1) or features (last dims) of the previous item's known output type;
-* a functional ``PrimCall`` never wraps a primitive with state (it would have no weights).
+* a functional ``PrimCall`` never wraps a primitive with state (it would have no weights);
+* what ``emit`` writes as code is safe (``ir.codecheck``): every ``FunctionCall`` is allow-listed
+  (``ir.functions``) or names one of the model's helpers, class and helper names are identifiers,
+  an ``Opaque`` names an ``nn.Module`` class. A model read from JSON is untrusted: verify it before emitting.
 
 All problems are collected and raised together as one ``IRError``.
 """
@@ -24,6 +27,7 @@ from collections.abc import Iterator
 from itertools import pairwise
 
 from torchgraft.errors import IRError
+from torchgraft.ir.codecheck import code_problems
 from torchgraft.ir.extra_state import EXTRA_STATE_KEY
 from torchgraft.ir.graph import ChildCall, GetAttr, Graph, Guard, PrimCall
 from torchgraft.ir.model import Model
@@ -238,6 +242,7 @@ def problems(model: Model) -> list[str]:
     if model.weights:
         out += _check_state(model, implied)
     out += _check_ties(model, implied)
+    out += code_problems(model)
     return out
 
 

@@ -24,6 +24,8 @@ from torchgraft.backends.torch.extra_state import metadata as extra_metadata
 from torchgraft.backends.torch.helper_order import in_definition_order
 from torchgraft.backends.torch.modules import WIDTH, accessor, lit_code, module_expr, with_head
 from torchgraft.backends.torch.trim_calls import trim_calls
+from torchgraft.errors import EmitError
+from torchgraft.ir.codecheck import code_problems
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Node, Opaque, Parallel, SkipConnection
 from torchgraft.ir.primitives import Primitive
@@ -127,6 +129,10 @@ def emit(model: Model) -> EmittedCode:
     original's and its outputs match. ``build()`` (so ``load()`` too) sets
     ``requires_grad=False`` on exactly the parameters ``frozen_keys`` lists.
     """
+    unsafe = list(code_problems(model))  # names and calls that would become code (a crafted JSON file)
+    if unsafe:
+        raise EmitError("refusing to emit: " + "; ".join(unsafe[:5]) + (f" (and {len(unsafe) - 5} more)"
+                        if len(unsafe) > 5 else "") + ". Fix the IR (verify(model) lists every problem)")
     model = trim_calls(model)  # children take only the arguments they use (trim_calls.py)
     table = ClassTable(helpers=model.helpers)
     for h in model.helpers:

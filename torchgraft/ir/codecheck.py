@@ -1,0 +1,121 @@
+"""Checks of the IR fields that emission writes as code: what makes the JSON form safe to emit.
+
+A model read from JSON is untrusted input. ``emit`` writes some of its strings as code, not as
+string literals: function qualnames, keyword-argument names, class names and Opaque class
+references, helper names. ``code_problems`` lists every such field that is not what capture
+produces (an allow-listed function, an identifier, a dotted name of a class), so that
+``verify`` refuses it before ``emit`` runs. Nothing here imports or calls anything named in the IR.
+
+Copied sources (``PySource``, ``Helper.source``, ``StateMethods.source``) ARE code and cannot be
+checked: the emitted ``model.py`` runs them. Only emit a JSON file that holds them when it is trusted.
+"""
+
+from __future__ import annotations
+
+import keyword
+import sys
+from collections.abc import Iterator
+
+from torch import nn
+
+from torchgraft.errors import IRError
+from torchgraft.ir.functions import HELPER_PREFIX, resolve
+from torchgraft.ir.graph import FunctionCall, Graph
+from torchgraft.ir.model import Model
+from torchgraft.ir.nodes import Block, ClassRef, Opaque
+from torchgraft.ir.traverse import walk
+
+HELPER_KINDS = ("import:", "const:")
+"""Prefixes of helpers that are not functions (import lines, module constants)."""
+
+
+def _ident(name: object) -> bool:
+    return isinstance(name, str) and name.isidentifier() and name.isascii() and not keyword.iskeyword(name)
+
+
+def _where(path: str) -> str:
+    return path or "<root>"
+
+
+def _class_ref(ref: ClassRef, where: str, what: str) -> Iterator[str]:
+    if not all(_ident(p) for p in ref.module.split(".")):
+        yield (f"{where}: {what} module {ref.module!r} is not a dotted name of identifiers; the emitted code "
+               "names it, so it must be a Python module path")
+    if not all(_ident(p) or p == "<locals>" for p in ref.qualname.split(".")):
+        yield (f"{where}: {what} qualname {ref.qualname!r} is not a dotted name of identifiers; the emitted "
+               "code names the class, so it must be a Python class name")
+
+
+def _loaded_object(ref: ClassRef) -> tuple[bool, object]:
+    """(True, the object) when ``ref``'s module is already imported; nothing is imported here."""
+    module = sys.modules.get(ref.module)
+    if module is None:
+        return False, None
+    obj: object = module
+    for part in ref.qualname.split("."):
+        obj = getattr(obj, part, None)
+    return True, obj
+
+
+def _opaque(node: Opaque, where: str) -> Iterator[str]:
+    found = list(_class_ref(node.cls, where, "Opaque class"))
+    yield from found
+    bad = [k for k, _ in node.ctor or () if not _ident(k)]
+    if bad:
+        yield f"{where}: Opaque constructor keyword names {bad!r} are not identifiers; use plain argument names"
+    if found:
+        return
+    top = node.cls.module.split(".")[0]
+    if top == "builtins" or top in sys.stdlib_module_names:
+        yield (f"{where}: Opaque class {node.cls} is from the standard library, which holds no nn.Module; "
+               "an Opaque must name the module class it keeps")
+        return
+    loaded, obj = _loaded_object(node.cls)
+    if top in sys.modules and not loaded:
+        yield (f"{where}: Opaque class module {node.cls.module!r} is not imported, so {node.cls} cannot be "
+               "checked to be an nn.Module class; import it before verifying")
+    elif loaded and not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        yield f"{where}: Opaque class {node.cls} is not an nn.Module class; an Opaque must name a module class"
+
+
+def _functions(graph: Graph, where: str, helpers: set[str]) -> Iterator[str]:
+    for op in graph.ops:
+        t = op.target
+        if not isinstance(t, FunctionCall):
+            continue
+        if t.qualname.startswith(HELPER_PREFIX):
+            if t.qualname[len(HELPER_PREFIX):] not in helpers:
+                yield (f"{where}: op {op.name!r} calls {t.qualname!r}, but the model has no such helper "
+                       f"(helpers: {sorted(helpers)}); helper calls must name one of Model.helpers")
+            continue
+        try:
+            resolve(t.qualname)
+        except IRError as e:
+            yield f"{where}: op {op.name!r} calls {t.qualname!r}: {e}; only allow-listed functions can be called"
+
+
+def _helpers(model: Model) -> Iterator[str]:
+    for h in model.helpers:
+        kind = next((k for k in HELPER_KINDS if isinstance(h.name, str) and h.name.startswith(k)), "")
+        rest = h.name[len(kind):] if kind else h.name
+        if not all(_ident(p) for p in str(rest).split(".")) or (not kind and "." in rest):
+            yield (f"helper name {h.name!r} is not an identifier (or 'import:'/'const:' and a dotted name); "
+                   "the emitted code defines and calls it by that name")
+
+
+def code_problems(model: Model) -> Iterator[str]:
+    """Every field ``emit`` would write as code that is not a safe name (see the module docstring)."""
+    helpers = {h.name for h in model.helpers if not h.name.startswith(HELPER_KINDS)}
+    yield from _helpers(model)
+    for path, node in walk(model.root):
+        where = _where(path)
+        if isinstance(node, Opaque):
+            yield from _opaque(node, where)
+        if not isinstance(node, Block):
+            continue
+        yield from _class_ref(node.cls, where, "Block class")
+        for body in (node.body, node.train_body):
+            for _, sub in walk(body) if body is not None else ():
+                if isinstance(sub, Graph):
+                    yield from _functions(sub, where, helpers)
+
