@@ -48,7 +48,7 @@ from torchgraft.ir.nodes import (
 )
 from torchgraft.ir.primitives import Primitive
 from torchgraft.ir.printer import format_op, kind_label
-from torchgraft.ir.traverse import join, walk
+from torchgraft.ir.traverse import join, node_at, walk
 from torchgraft.ir.types import UNKNOWN
 from torchgraft.ir.values import refs_in
 
@@ -135,15 +135,6 @@ def param_counts(model: Model) -> dict[str, int]:
             prefix = ".".join(parts[:i])
             counts[prefix] = counts.get(prefix, 0) + n
     return counts
-
-
-def _child(node: Node, rel: str) -> Node | None:
-    for part in rel.split("."):
-        kids = dict(module_children(node))
-        if part not in kids:
-            return None
-        node = kids[part]
-    return node
 
 
 def _op_kind(op: Op) -> str:
@@ -276,7 +267,7 @@ class _Builder:
 
     def _drawn_ancestor(self, path: str) -> Node:
         parent = path.rsplit(".", 1)[0] if "." in path else ""
-        node = _child(self.model.root, parent) if parent else self.model.root
+        node = node_at(self.model.root, parent) if parent else self.model.root
         return node if node is not None else self.model.root
 
     def combine(self, path: str, what: str, sources: Producers) -> Producers:
@@ -290,7 +281,7 @@ class _Builder:
         if isinstance(body, Graph):
             return self.graph(body, path, block, args, kwargs)
         if isinstance(body, ChildRef):
-            child = _child(block, body.path)
+            child = node_at(block, body.path)
             return self.call(join(path, body.path), child, args, kwargs) if child is not None else []
         if isinstance(body, Chain):
             out = args
@@ -327,7 +318,7 @@ class _Builder:
 
         t = op.target
         if isinstance(t, ChildCall):
-            child = _child(block, t.path)
+            child = node_at(block, t.path)
             if child is not None:
                 kw = {k: producers(v) for k, v in op.kwargs}
                 return self.call(join(path, t.path), child, [producers(a) for a in op.args], kw)

@@ -15,6 +15,16 @@ def join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
+def node_at(node: Node, path: str) -> Node | None:
+    """The module-level node at dotted ``path`` below ``node`` (None if there is none)."""
+    for part in path.split("."):
+        found = dict(module_children(node)).get(part)
+        if found is None:
+            return None
+        node = found
+    return node
+
+
 def walk(node: Node, path: str = "") -> Iterator[tuple[str, Node]]:
     """Every module-level node with its dotted path, parents before children."""
     yield path, node

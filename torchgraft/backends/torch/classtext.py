@@ -17,7 +17,7 @@ from torchgraft.backends.torch.params import ParamSpec
 from torchgraft.backends.torch.series import series_text
 from torchgraft.backends.torch.wrap import wrap
 from torchgraft.ir.nodes import Block, Node, Parallel, PySource, module_children
-from torchgraft.ir.traverse import join
+from torchgraft.ir.traverse import join, node_at
 
 if TYPE_CHECKING:
     from torchgraft.backends.torch.classes import ClassTable
@@ -82,16 +82,6 @@ def _attr_names(used: list[int], names: Mapping[int, str], members: list[Member]
     return out
 
 
-def find_path(node: Node, path: str) -> Node | None:
-    """The module-level node at dotted ``path`` below ``node`` (None if there is none)."""
-    for part in path.split("."):
-        found = dict(module_children(node)).get(part)
-        if found is None:
-            return None
-        node = found
-    return node
-
-
 def _class_key(table: ClassTable, path: str, node: Node) -> object:
     """What an item is emitted as: its class's constructor name (Blocks), else its IR node type."""
     call = table.calls.get(path) if isinstance(node, Block) else None
@@ -108,7 +98,7 @@ def _items(group: Group, table: ClassTable) -> Items:
             return "self", tuple(n for n, _ in base.children), ("child",) * len(base.children)
         found = None
         for path, block in group.insts:
-            node = find_path(block, container) if container else block
+            node = node_at(block, container) if container else block
             kind = "self" if not container else container_kind(node) if node is not None else None
             if node is None or kind is None or isinstance(node, Parallel):
                 return None

@@ -10,16 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from torchgraft.backends.torch.exprs import POSTFIX, Code, ExprContext, arg_code, op_code
-from torchgraft.backends.torch.loops import Loop, carried_ref, item_name, iteration
+from torchgraft.backends.torch.loops import GETITEM, Loop, carried_ref, item_name, iteration
 from torchgraft.backends.torch.valnames import GENERIC, ValueNamer, chosen
 from torchgraft.backends.torch.wrap import wrap
-from torchgraft.ir.graph import FunctionCall, Graph, MethodCall, Op
+from torchgraft.ir.graph import Graph, MethodCall, Op
 from torchgraft.ir.values import Const, Ref, Seq
 
 if TYPE_CHECKING:
     from torchgraft.backends.torch.forward import Special
-
-GETITEM = FunctionCall("operator.getitem")
 
 
 class GroupedStatements:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Op
+from torchgraft.ir.traverse import join
 from torchgraft.ir.values import Arg, Const, Ref, Seq, refs_in
 
 GETITEM = FunctionCall("operator.getitem")
@@ -109,7 +110,7 @@ def _run(ops: tuple[Op, ...], i: int, users: dict[str, list[str]], items: Items)
         prev = units[-1]
         nxt = _unit(ops, prev.end + 1, users)
         k = start + len(units)
-        if nxt is None or ops[nxt.call].target != ChildCall(_join(container, keys[k])) or classes[k] != classes[start]:
+        if nxt is None or ops[nxt.call].target != ChildCall(join(container, keys[k])) or classes[k] != classes[start]:
             break
         c = _carried(ops[prev.call], ops[nxt.call], ops[prev.end].name)
         if c is None or (carry is not None and c != carry) or nxt.unpack != unit.unpack:
@@ -127,10 +128,6 @@ def _run(ops: tuple[Op, ...], i: int, users: dict[str, list[str]], items: Items)
 
 def _arg(op: Op, pos: int | str) -> Arg:
     return op.args[pos] if isinstance(pos, int) else dict(op.kwargs)[pos]
-
-
-def _join(a: str, b: str) -> str:
-    return f"{a}.{b}" if a else b
 
 
 def _list_arg(op: Op) -> Seq | None:
@@ -166,7 +163,7 @@ def _grow(g: Graph, i: int, items: Items) -> Loop | None:
     while start + len(run) < len(keys) and run[-1] + 1 < len(ops):
         k, nxt = start + len(run), ops[run[-1] + 1]
         listed.append(Ref(ops[run[-1]].name))
-        if (nxt.target != ChildCall(_join(container, keys[k])) or classes[k] != classes[start]
+        if (nxt.target != ChildCall(join(container, keys[k])) or classes[k] != classes[start]
                 or _list_arg(nxt) != Seq(tuple(listed), True)):
             listed.pop()
             break

@@ -242,7 +242,7 @@ def families(vs: list[Variant]) -> list[Family]:
     fams: list[Family] = []
     keys = {j: _rolled_key(v) for j, v in enumerate(vs)} if len(vs) > 1 else {}
     for j, v in enumerate(vs):
-        if any(_merge_rolled(f, vs, j, keys) for f in fams) if keys else False:
+        if keys and any(_merge_rolled(f, vs, j, keys) for f in fams):
             continue
         if not any(_try_merge(f, vs, j) for f in fams if not f.rolled):
             fams.append(Family(v.body, v.train, j, {j: _identity_map(v)}))
