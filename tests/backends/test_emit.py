@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import torchgraft
 from torchgraft import ir
@@ -107,3 +108,15 @@ def test_hand_built_block_with_combinator_body() -> None:
     mod = code.materialize().eval()
     x = torch.randn(2, 8, 5, 5)
     torch.testing.assert_close(mod(x), torch.relu(mod.bn(mod.conv(x)) + x))
+
+
+def test_ties_are_kept_when_the_root_is_a_sequential() -> None:
+    """A module used twice in an ``nn.Sequential`` stays one module in the emitted ``build()``."""
+    shared = nn.Linear(4, 4)
+    original = nn.Sequential(shared, nn.ReLU(), shared)
+    captured = torchgraft.capture(original, (torch.randn(2, 4),))
+    assert captured.ties == (("2", "0"),)
+    rebuilt = torchgraft.emit(captured).materialize()
+    assert rebuilt[0] is rebuilt[2]
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(rebuilt(x), original(x), rtol=1e-6, atol=1e-6)

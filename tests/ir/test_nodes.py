@@ -57,11 +57,11 @@ def _graph(*ops: Op, output: str = "x") -> Graph:
     (lambda: Conv("Conv2d", 3, 16, (0, 3)), "kernel_size must be a positive int"),
     (lambda: Conv("Conv2d", 0, 16), "in_channels must be a positive int"),
     (lambda: Conv("Conv2d", True, 16), "in_channels must be a positive int"),
-    (lambda: ir.Linear("Linear", 0, 4), "in_features"),
+    (lambda: ir.LinearOp("Linear", 0, 4), "in_features"),
     (lambda: ir.BatchNorm("BatchNorm2d", -1), "num_features"),
     (lambda: ir.BatchNorm("BatchNorm4d", 8), "not one of"),
     (lambda: ir.GroupNorm("GroupNorm", 3, 8), "not divisible by num_groups=3"),
-    (lambda: ir.LayerNorm("LayerNorm", (0,)), "normalized_shape"),
+    (lambda: ir.LayerNormOp("LayerNorm", (0,)), "normalized_shape"),
     (lambda: ir.DropoutOp("Dropout", 1.5), r"must be in \[0, 1\]"),
     (lambda: TorchLayer("NotALayer"), "is not a torch.nn layer class"),
     (lambda: TorchLayer("functional"), "is not a torch.nn layer class"),
@@ -114,7 +114,7 @@ def test_nodes_are_frozen() -> None:
     (("N", -1), "float32", "must be a size >= 0"),
     (("N", True), "float32", "must be a size >= 0"),
     (("N", 2.0), "float32", "must be a size >= 0"),
-    (("N-1", 3), "float32", "must be an identifier"),
+    (("N**2", 3), "float32", "must be an identifier"),
     (["N", 3], "float32", "must be a tuple"),
     (("N", 3), "float 32", "unknown dtype"),
 ])
@@ -225,10 +225,10 @@ def test_parallel_needs_two_branches() -> None:
 
 
 def test_unknown_combine() -> None:
-    with pytest.raises(IRError, match="unknown combine 'sub'"):
-        Combine("sub")
+    with pytest.raises(IRError, match="unknown combine 'bogus'"):
+        Combine("bogus")
     with pytest.raises(IRError, match="unknown combine"):
-        SkipConnection(ir.ReLU(), "max")  # type: ignore[arg-type]
+        SkipConnection(ir.ReLU(), "maximum")  # type: ignore[arg-type]
 
 
 def test_skip_connection_body_must_be_a_node() -> None:

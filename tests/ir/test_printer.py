@@ -213,3 +213,11 @@ def test_format_node_without_types() -> None:
     assert format_node(chain) == "Chain\n  conv  Conv2d(3, 8, kernel_size=3)\n  act   ReLU"
     assert format_node(chain, depth=0) == "Chain"
     assert format_node(ir.ReLU()) == "ReLU"
+
+
+def test_dict_arguments_print_as_dicts() -> None:
+    """A dict output reads ``{'logits': y}``, not the node's repr."""
+    from torchgraft.ir.printer import format_arg
+    from torchgraft.ir.values import Const, DictArg, Ref
+
+    assert format_arg(DictArg((("logits", Ref("y")), ("n", Const(2))))) == "{'logits': y, 'n': 2}"

@@ -68,7 +68,7 @@ def _every_primitive() -> tuple[ir.Primitive, ...]:
         Conv("ConvTranspose2d", 8, 4, (2, 2), (2, 2), 0, (1, 1), 1, 1, True, "zeros"),
         ir.LinearLayer(16, 10),
         ir.BatchNorm("BatchNorm1d", 8, 1e-3, None, False, False),
-        ir.LayerNorm("LayerNorm", (4, 8), 1e-6, True, False),
+        ir.LayerNormOp("LayerNorm", (4, 8), 1e-6, True, False),
         ir.GroupNorm("GroupNorm", 2, 8),
         Activation.of(ActKind.LEAKY_RELU, negative_slope=0.2, inplace=True),
         Activation.of(ActKind.GELU, approximate="tanh", spelling=Spelling.FUNCTIONAL),

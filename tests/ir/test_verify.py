@@ -257,7 +257,7 @@ def test_chain_composition_conv_and_linear() -> None:
 
 def test_chain_composition_skips_unknown_and_symbolic_dims() -> None:
     chain = Chain(ir.Conv2d(3, 8, 3), ir.BatchNorm2d(4), ir.LinearLayer(5, 2),
-                  ir.LayerNorm("LayerNorm", (3, 2)), ir.GroupNorm("GroupNorm", 2, 6))
+                  ir.LayerNormOp("LayerNorm", (3, 2)), ir.GroupNorm("GroupNorm", 2, 6))
     types = (("1", TensorType(("N", "C", 5))), ("2", TensorType(("N", 3, 2))),
              ("3", ir.ScalarType("tuple")))
     verify(Model("M", chain, types=types))

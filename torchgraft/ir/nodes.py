@@ -7,47 +7,18 @@ Inside a Block's ``body`` the same combinators describe the forward over ``Child
 
 from __future__ import annotations
 
-import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union, overload
 
 from torchgraft.errors import IRError
 from torchgraft.ir.attr_values import AttrValue
+from torchgraft.ir.children import Structural, by_keyword, default_names, item_names, lookup
+from torchgraft.ir.combine import Combine, CombineKind, as_combine
 from torchgraft.ir.extra_state import StateMethods
 from torchgraft.ir.graph import Graph
 from torchgraft.ir.primitives import Primitive
 from torchgraft.ir.values import Arg, Const
-
-
-class CombineKind(enum.Enum):
-    """How Parallel branches or a SkipConnection's two values are joined."""
-
-    ADD = "add"
-    MUL = "mul"
-    CONCAT = "cat"
-
-
-@dataclass(frozen=True, slots=True)
-class Combine:
-    """``Combine("add")``, ``Combine("cat", dim=1)``."""
-
-    kind: CombineKind | str = CombineKind.ADD
-    dim: int = 1
-
-    def __post_init__(self) -> None:
-        if isinstance(self.kind, str):
-            try:
-                object.__setattr__(self, "kind", CombineKind(self.kind))
-            except ValueError:
-                raise IRError(f"unknown combine {self.kind!r}; use one of 'add', 'mul', 'cat'") from None
-
-    def __str__(self) -> str:
-        k = self.kind.value if isinstance(self.kind, CombineKind) else self.kind
-        return f"cat(dim={self.dim})" if self.kind is CombineKind.CONCAT else k
-
-
-def _combine(c: Combine | str) -> Combine:
-    return c if isinstance(c, Combine) else Combine(c)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,37 +44,63 @@ class ClassRef:
         return f"{self.module}.{self.qualname}"
 
 
-def _names(given: tuple[str, ...], n: int, what: str) -> tuple[str, ...]:
-    if not given:
-        return tuple(str(i) for i in range(n))
-    if len(given) != n:
-        raise IRError(f"{what} has {n} items but {len(given)} names: {given!r}")
-    if len(set(given)) != n:
-        raise IRError(f"{what} item names must be unique, got {given!r}")
-    return given
+class Pipeable:
+    """``a >> b``: a flat Chain of ``a`` then ``b`` (see ``pipe``)."""
+
+    __slots__ = ()
+
+    def __rshift__(self, other: object) -> Chain:
+        return pipe(self, other)  # type: ignore[arg-type]
 
 
-class Chain:
+def pipe(first: Node, second: Node) -> Chain:
+    """``first >> second`` as one flat Chain: a Chain with default names on either side is spliced in,
+    a Chain with its own names stays one item.
+
+    >>> pipe(ir.LinearLayer(4, 8, activation="relu"), ir.LinearLayer(8, 2))   # doctest: +SKIP
+    Chain(Linear(4, 8), ReLU, Linear(8, 2))
+    """
+    if not isinstance(second, NODE_TYPES):
+        return NotImplemented  # type: ignore[no-any-return]
+
+    def parts(node: Node) -> list[Node]:
+        if isinstance(node, Chain) and node.names == default_names(len(node.items)):
+            return list(node.items)
+        return [node]
+
+    return Chain(*parts(first), *parts(second))
+
+
+class Chain(Structural, Pipeable):
     """Sequential composition: ``Chain(a, b, c)(x) == c(b(a(x)))``.
 
-    ``names`` are the item names (state_dict key parts), ``"0", "1", ...`` by default.
+    Items are named ``"0", "1", ...`` when given positionally, by their keyword when given as
+    keywords (``Chain(stem=conv, act=ir.ReLU())``), or by ``names=``: these names are the
+    state_dict key parts. ``chain["stem"]`` and ``chain[0]`` give an item.
     """
 
     __slots__ = ("items", "names")
     items: tuple[Node, ...]
     names: tuple[str, ...]
 
-    def __init__(self, *items: Node, names: tuple[str, ...] = ()) -> None:
+    def __init__(self, *items: Node, names: tuple[str, ...] = (), **named: Node) -> None:
         if len(items) == 1 and isinstance(items[0], (list, tuple)):
             items = tuple(items[0])
-        for it in items:
+        found, given = by_keyword("Chain", items, names, named)
+        for it in found:
             if not isinstance(it, NODE_TYPES):
                 raise IRError(f"Chain item {it!r} is not an IR node")
-        object.__setattr__(self, "items", tuple(items))
-        object.__setattr__(self, "names", _names(tuple(names), len(items), "Chain"))
+        object.__setattr__(self, "items", found)
+        object.__setattr__(self, "names", item_names(given, len(found), "Chain"))
 
     def __setattr__(self, k: str, v: object) -> None:
         raise AttributeError("IR nodes are immutable; build a new Chain")
+
+    def __copy__(self) -> Chain:
+        return self  # immutable: a copy is the same value
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Chain:
+        return self
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Chain) and (self.items, self.names) == (other.items, other.names)
@@ -112,26 +109,74 @@ class Chain:
         return hash(("Chain", self.items, self.names))
 
     def __repr__(self) -> str:
-        return f"Chain({', '.join(map(repr, self.items))})"
+        if self.names == default_names(len(self.items)):
+            return f"Chain({', '.join(map(repr, self.items))})"
+        return f"Chain({', '.join(f'{n}={i!r}' for n, i in self.named())})"
 
     def named(self) -> tuple[tuple[str, Node], ...]:
         """(name, item) pairs."""
         return tuple(zip(self.names, self.items))
 
 
-@dataclass(frozen=True, slots=True)
-class Parallel:
-    """Fan-out then reduce: ``combine(b1(x), b2(x), ...)``."""
+_UNSET: Any = object()
+CombineSpec = Union[Combine, CombineKind, str, Callable[..., Any]]
+"""What ``combine=`` takes: a Combine, a kind or its name (``"max"``), or a matching torch function."""
+
+
+def _parallel_parts(args: tuple[Any, ...], combine: Any, names: Any,
+                    named: dict[str, Any]) -> tuple[tuple[object, ...], Any, Any]:
+    """(branches, combine, names) from any of Parallel's call forms."""
+    if "branches" in named:  # Parallel(branches=(...), ...), as dataclasses.replace calls it
+        if args:
+            raise IRError("Parallel: give branches=(...) or branches as arguments, not both")
+        args = (named.pop("branches"),)
+    if args and isinstance(args[0], (tuple, list)):  # Parallel((b1, b2), combine, names)
+        if len(args) > 3 or named:
+            raise IRError("Parallel((b1, b2, ...), combine, names) takes no further branches")
+        if len(args) > 1 and combine is not _UNSET:
+            raise IRError("Parallel: combine given twice (positionally and as combine=)")
+        if len(args) > 2 and names:
+            raise IRError("Parallel: names given twice (positionally and as names=)")
+        combine = args[1] if len(args) > 1 else combine
+        names = args[2] if len(args) > 2 else names
+        args = tuple(args[0])
+    for b in args:
+        if isinstance(b, (Combine, CombineKind, str)):
+            raise IRError(f"Parallel branch {b!r} is not an IR node; pass the join as combine={b!r}")
+    branches, names = by_keyword("Parallel", args, names, named)
+    return branches, Combine() if combine is _UNSET else combine, names
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class Parallel(Structural, Pipeable):
+    """Fan-out then join: ``combine(b1(x), b2(x), ...)`` (``ir.combine`` lists the joins).
+
+    ``Parallel(b1, b2, combine="max")`` names the branches ``"0", "1"``;
+    ``Parallel(left=b1, right=b2, combine=ir.Concat(dim=1))`` by their keywords (state keys
+    ``<path>.left.*``); ``Parallel((b1, b2), combine, names)`` is the field-by-field form.
+    The keywords ``combine`` and ``names`` cannot name a branch.
+    """
 
     branches: tuple[Node, ...]
-    combine: Combine = field(default_factory=Combine)
-    names: tuple[str, ...] = ()
+    combine: Combine
+    names: tuple[str, ...]
 
-    def __post_init__(self) -> None:
-        if len(self.branches) < 2:
-            raise IRError(f"Parallel needs at least two branches, got {len(self.branches)}")
-        object.__setattr__(self, "combine", _combine(self.combine))
-        object.__setattr__(self, "names", _names(self.names, len(self.branches), "Parallel"))
+    @overload
+    def __init__(self, branches: tuple[Node, ...] | list[Node], combine: CombineSpec = ...,
+                 names: tuple[str, ...] = ...) -> None: ...
+    @overload
+    def __init__(self, *branches: Node, combine: CombineSpec = ..., names: tuple[str, ...] = ...,
+                 **named: Node) -> None: ...
+    def __init__(self, *branches: Any, combine: Any = _UNSET, names: Any = (), **named: Any) -> None:
+        found, how, given = _parallel_parts(branches, combine, names, named)
+        if len(found) < 2:
+            raise IRError(f"Parallel needs at least two branches, got {len(found)}")
+        for b in found:
+            if not isinstance(b, NODE_TYPES):
+                raise IRError(f"Parallel branch {b!r} is not an IR node")
+        object.__setattr__(self, "branches", found)
+        object.__setattr__(self, "combine", as_combine(how))
+        object.__setattr__(self, "names", item_names(given, len(found), "Parallel"))
 
     def named(self) -> tuple[tuple[str, Node], ...]:
         """(name, branch) pairs."""
@@ -139,16 +184,34 @@ class Parallel:
 
 
 @dataclass(frozen=True, slots=True)
-class SkipConnection:
-    """``combine(x, body(x))``: a residual connection when combine is add."""
+class SkipConnection(Structural, Pipeable):
+    """``combine(x, body(x))``: a residual connection when combine is add; ``sub`` is ``x - body(x)``.
+
+    Its one child is called ``body`` (state keys ``<path>.body.*``); ``skip["body"]`` gives it, and
+    any other name is looked up in the body (``skip["reduce"] is skip.body["reduce"]``).
+    """
 
     body: Node
     combine: Combine = field(default_factory=Combine)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "combine", _combine(self.combine))
+        object.__setattr__(self, "combine", as_combine(self.combine))
         if not isinstance(self.body, NODE_TYPES):
             raise IRError(f"SkipConnection body {self.body!r} is not an IR node")
+
+    def named(self) -> tuple[tuple[str, Node], ...]:
+        """``(("body", body),)``."""
+        return (("body", self.body),)
+
+    def __getitem__(self, key: str | int) -> Node:
+        if key in ("body", 0, -1) or not isinstance(self.body, Structural) or isinstance(key, int):
+            return lookup("SkipConnection", self.named(), key)
+        try:
+            return self.body[key]
+        except KeyError:
+            names = [n for n, _ in self.body.named()]
+            raise KeyError(f"SkipConnection has no child {key!r}: its child is 'body', whose children are "
+                           f"{names}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +227,7 @@ class StateSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class Block:
+class Block(Structural, Pipeable):
     """One instance of a user module class: its children, own state and forward body.
 
     ``body`` is a Graph, or a combinator tree over ``ChildRef``s. ``train_body`` is set
@@ -198,9 +261,16 @@ class Block:
                 return c
         raise KeyError(f"Block<{self.cls.name}> has no child {name!r}; children: {[n for n, _ in self.children]}")
 
+    def named(self) -> tuple[tuple[str, Node], ...]:
+        """(name, child) pairs: ``children``."""
+        return self.children
+
+    def __getitem__(self, key: str | int) -> Node:
+        return lookup(f"Block<{self.cls.name}>", self.children, key)
+
 
 @dataclass(frozen=True, slots=True)
-class Container:
+class Container(Structural):
     """An ``nn.ModuleList`` or ``nn.ModuleDict``: keeps its children, has no forward."""
 
     kind: str
@@ -257,10 +327,8 @@ NODE_TYPES = (Primitive, Chain, Parallel, SkipConnection, Block, Container, Opaq
 
 def module_children(node: Node) -> tuple[tuple[str, Node], ...]:
     """The named submodules a module-level node owns (empty for primitives and refs)."""
-    if isinstance(node, (Chain, Parallel, Container)):
+    if isinstance(node, (Chain, Parallel, Container, SkipConnection)):
         return node.named()
-    if isinstance(node, SkipConnection):
-        return (("body", node.body),)
     if isinstance(node, Block):
         return node.children
     return ()

@@ -103,6 +103,12 @@ class Primitive:
         text = f"{self.op}({', '.join(args)})" if args else self.op
         return text + "".join(f" + {r.label()}" for r in self.reparam)
 
+    def __rshift__(self, other: object) -> Any:
+        """``a >> b``: one flat ``Chain`` of ``a`` then ``b`` (``ir.nodes.pipe``)."""
+        from torchgraft.ir.nodes import pipe
+
+        return pipe(self, other)  # type: ignore[arg-type]
+
 
 NOT_CTOR = frozenset({"op", "spelling", "reparam"})
 """Primitive fields that are not constructor arguments."""

@@ -44,7 +44,7 @@ from torchgraft.ir.nodes import (
 )
 from torchgraft.ir.primitives import Activation, Primitive
 from torchgraft.ir.types import UNKNOWN, ValueType
-from torchgraft.ir.values import Arg, ByMode, Const, Ref, Seq, Slice, Training
+from torchgraft.ir.values import Arg, ByMode, Const, DictArg, Ref, Seq, Slice, Training
 
 MAX_OPS = 12
 SHOWN_OPS = 10
@@ -75,6 +75,8 @@ def format_arg(arg: Arg) -> str:
         return f"({format_arg(arg.train)} if training else {format_arg(arg.eval)})"
     if isinstance(arg, Training):
         return "self.training"
+    if isinstance(arg, DictArg):
+        return "{" + ", ".join(f"{k!r}: {format_arg(v)}" for k, v in arg.items) + "}"
     return repr(arg)
 
 

@@ -14,12 +14,17 @@ from __future__ import annotations
 
 from collections import Counter
 
+from torchgraft.ir.combine import FUNCTION_KINDS, Combine, CombineKind
 from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Input, Op, PrimCall
-from torchgraft.ir.nodes import Chain, ChildRef, Combine, CombineKind, Node, Parallel, SkipConnection
+from torchgraft.ir.nodes import Chain, ChildRef, Node, Parallel, SkipConnection
 from torchgraft.ir.values import Const, Ref, Seq
 
-_COMBINE = {"operator.add": CombineKind.ADD, "torch.add": CombineKind.ADD,
-            "operator.mul": CombineKind.MUL, "torch.mul": CombineKind.MUL}
+_COMBINE = {name: kind for name, kind in FUNCTION_KINDS.items() if not kind.takes_dim}
+"""Binary functions read as a join: ``a + b``, ``torch.maximum(a, b)``, ``a - b`` (its order kept)."""
+_ORDERED = frozenset({CombineKind.SUB})
+"""Joins whose operands cannot be swapped: ``x - f(x)`` is a SkipConnection, ``f(x) - x`` is not."""
+_INPLACE = {"operator.iadd": CombineKind.ADD, "operator.imul": CombineKind.MUL}
+"""``out += x`` joins like ``out + x`` when ``out`` is a value of this forward (not its input)."""
 _IDENTITY = Chain()
 
 
@@ -42,16 +47,21 @@ def _unary_input(op: Op) -> str | None:
     return None
 
 
-def _combine_inputs(op: Op) -> tuple[Combine, list[str]] | None:
+def _combine_inputs(op: Op, fresh: dict[str, Op]) -> tuple[Combine, list[str]] | None:
     t = op.target
+    if (isinstance(t, FunctionCall) and t.qualname in _INPLACE and len(op.args) == 2 and not op.kwargs
+            and all(isinstance(a, Ref) for a in op.args) and op.args[0].name in fresh):  # type: ignore[union-attr]
+        return Combine(_INPLACE[t.qualname]), [a.name for a in op.args]  # type: ignore[union-attr]
     if isinstance(t, FunctionCall) and t.qualname in _COMBINE and len(op.args) == 2 and not op.kwargs:
         if all(isinstance(a, Ref) for a in op.args):
             return Combine(_COMBINE[t.qualname]), [a.name for a in op.args]  # type: ignore[union-attr]
-    if isinstance(t, FunctionCall) and t.qualname == "torch.cat" and op.args and isinstance(op.args[0], Seq):
+    kind = FUNCTION_KINDS.get(t.qualname) if isinstance(t, FunctionCall) else None
+    if kind is not None and kind.takes_dim and op.args and isinstance(op.args[0], Seq) and len(op.args) <= 2:
         items = op.args[0].items
         dim_arg = op.args[1] if len(op.args) > 1 else dict(op.kwargs).get("dim", Const(0))
-        if all(isinstance(i, Ref) for i in items) and isinstance(dim_arg, Const) and isinstance(dim_arg.value, int):
-            return Combine(CombineKind.CONCAT, dim_arg.value), [i.name for i in items]  # type: ignore[union-attr]
+        if (all(isinstance(i, Ref) for i in items) and isinstance(dim_arg, Const) and isinstance(dim_arg.value, int)
+                and set(dict(op.kwargs)) <= {"dim"} and not isinstance(dim_arg.value, bool)):
+            return Combine(kind, dim_arg.value), [i.name for i in items]  # type: ignore[union-attr]
     return None
 
 
@@ -72,7 +82,7 @@ class _Recognizer:
         if op is None:
             return v, _IDENTITY
         self.used[v] += 1
-        comb = _combine_inputs(op)
+        comb = _combine_inputs(op, self.ops)
         if comb is not None:
             combine, ins = comb
             parts = [self.rec(i) for i in ins]
@@ -81,14 +91,17 @@ class _Recognizer:
                 raise _Misfit
             src = sources.pop()
             bodies = [n for _, n in parts]
-            if len(bodies) == 2 and _IDENTITY in bodies and combine.kind is not CombineKind.CONCAT:
+            ordered = combine.kind in _ORDERED
+            if (len(bodies) == 2 and _IDENTITY in bodies and not combine.kind.takes_dim
+                    and (bodies[0] == _IDENTITY or not ordered)):
                 other = bodies[1 - bodies.index(_IDENTITY)]
                 return src, SkipConnection(other, combine)
             if any(b == _IDENTITY for b in bodies):
                 raise _Misfit
             flat: list[Node] = []
-            for b in bodies:  # (a + b) + c reads as one three-way Parallel
-                same = isinstance(b, Parallel) and b.combine == combine and combine.kind is not CombineKind.CONCAT
+            for i, b in enumerate(bodies):  # (a + b) + c reads as one three-way Parallel; (a - b) - c too
+                same = (isinstance(b, Parallel) and b.combine == combine and not combine.kind.takes_dim
+                        and (i == 0 or not ordered))
                 flat.extend(b.branches if same else (b,))  # type: ignore[union-attr]
             return src, Parallel(tuple(flat), combine)
         inp = _unary_input(op)

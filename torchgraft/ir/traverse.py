@@ -8,6 +8,7 @@ from dataclasses import replace
 from torchgraft.ir.graph import Graph, PrimCall
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Chain, Container, Node, Parallel, SkipConnection, module_children
+from torchgraft.ir.primitives import Primitive
 
 
 def join(path: str, name: str) -> str:
@@ -76,3 +77,30 @@ def graph_prims(node: Node) -> Iterator[tuple[str, PrimCall]]:
                 for op in body.ops:
                     if isinstance(op.target, PrimCall):
                         yield op.name, op.target
+
+
+def _body_prims(body: Node | None) -> Iterator[Primitive]:
+    """The primitives a Block body uses: inline in its combinators, or called in its graph (PrimCall)."""
+    if isinstance(body, Graph):
+        yield from (op.target.prim for op in body.ops if isinstance(op.target, PrimCall))
+    elif isinstance(body, Primitive):
+        yield body
+    elif isinstance(body, (Chain, Parallel, SkipConnection)):
+        for _, item in module_children(body):
+            yield from _body_prims(item)
+
+
+def descendants(node: Node) -> Iterator[Node]:
+    """Every node below ``node`` (not ``node`` itself): module-level descendants, parents first, and
+    the primitives each Block's forward uses (see ``_body_prims``)."""
+    if isinstance(node, Block):
+        for body in (node.body, node.train_body):
+            yield from _body_prims(body)
+    for _, child in module_children(node):
+        yield child
+        yield from descendants(child)
+
+
+def contains(node: Node, kind: type | tuple[type, ...]) -> bool:
+    """True when a node below ``node`` is a ``kind``: ``contains(block, Conv)`` (see ``descendants``)."""
+    return any(isinstance(n, kind) for n in descendants(node))

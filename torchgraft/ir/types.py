@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Union
 
 from torchgraft.errors import IRError
 
 Dim = Union[int, str]
-"""A tensor dimension: a fixed size, or a symbol such as ``"N"`` for a size that may vary."""
+"""A tensor dimension: a fixed size, a symbol such as ``"N"`` for a size that may vary, or a size
+derived from symbols (``"N*4"``, ``"T-1"``, ``"N*T"``: see ``is_dim_expr``)."""
+
+_ATOM = r"(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+)"
+_DIM_EXPR = re.compile(rf"-?{_ATOM}(?:(?:\*|//|\+|-){_ATOM})*")
+
+
+def is_dim_expr(d: str) -> bool:
+    """Whether ``d`` is a derived dim: symbols and ints joined by ``*``, ``//``, ``+``, ``-`` (no spaces,
+    no brackets, a leading ``-`` allowed), naming at least one symbol. Checked by pattern, never evaluated.
+
+    >>> is_dim_expr("N*4"), is_dim_expr("T-1"), is_dim_expr("N*T"), is_dim_expr("N**2"), is_dim_expr("f(N)")
+    (True, True, True, False, False)
+    """
+    return bool(_DIM_EXPR.fullmatch(d)) and re.search(r"[A-Za-z_]", d) is not None
 
 _DTYPE_SHORT = {
     "float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16",
@@ -35,8 +50,9 @@ class TensorType:
         for d in self.shape:
             if isinstance(d, bool) or not isinstance(d, (int, str)) or (isinstance(d, int) and d < 0):
                 raise IRError(f"TensorType dim {d!r} in {self.shape!r} must be a size >= 0 or a symbol name")
-            if isinstance(d, str) and not d.isidentifier():
-                raise IRError(f"symbolic dim {d!r} must be an identifier such as 'N'")
+            if isinstance(d, str) and not d.isidentifier() and not is_dim_expr(d):
+                raise IRError(f"symbolic dim {d!r} must be an identifier such as 'N', or an expression of symbols "
+                              "and ints joined by *, //, +, - such as 'N*4' or 'T-1'")
         if self.dtype not in _DTYPE_SHORT and not self.dtype.isidentifier():
             raise IRError(f"unknown dtype {self.dtype!r}; use a torch dtype name such as 'float32'")
 

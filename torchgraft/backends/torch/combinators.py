@@ -7,12 +7,11 @@ lets one code path write every forward.
 from __future__ import annotations
 
 from torchgraft.errors import EmitError
+from torchgraft.ir.combine import Combine, CombineKind, combine_ops
 from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Input, Op, PrimCall
-from torchgraft.ir.nodes import Block, Chain, ChildRef, CombineKind, Node, Parallel, SkipConnection
+from torchgraft.ir.nodes import Block, Chain, ChildRef, Node, Parallel, SkipConnection
 from torchgraft.ir.primitives import Activation
 from torchgraft.ir.values import Const, Ref, Seq
-
-_COMBINE_FN = {CombineKind.ADD: "operator.add", CombineKind.MUL: "operator.mul"}
 
 
 class _Lowering:
@@ -31,13 +30,10 @@ class _Lowering:
         self.ops.append(Op(name, target, tuple(args)))
         return name
 
-    def combine(self, kind: CombineKind, dim: int, values: list[str]) -> str:
-        if kind is CombineKind.CONCAT:
-            return self.emit("cat", FunctionCall("torch.cat"), Seq(tuple(Ref(v) for v in values), True), Const(dim))
-        acc = values[0]
-        for v in values[1:]:
-            acc = self.emit(kind.value, FunctionCall(_COMBINE_FN[kind]), Ref(acc), Ref(v))
-        return acc
+    def combine(self, how: Combine, values: list[str]) -> str:
+        ops, out = combine_ops(how, values, self.fresh)
+        self.ops += ops
+        return out
 
     def lower(self, node: Node, x: str) -> str:
         if isinstance(node, ChildRef):
@@ -50,10 +46,10 @@ class _Lowering:
             return x
         if isinstance(node, SkipConnection):
             y = self.lower(node.body, x)
-            return self.combine(node.combine.kind, node.combine.dim, [x, y])  # type: ignore[arg-type]
+            return self.combine(node.combine, [x, y])
         if isinstance(node, Parallel):
             vals = [self.lower(b, x) for b in node.branches]
-            return self.combine(node.combine.kind, node.combine.dim, vals)  # type: ignore[arg-type]
+            return self.combine(node.combine, vals)
         raise EmitError(f"{type(node).__name__} cannot appear inside a Block body; "
                         "use ChildRef for stateful children")
 
@@ -71,37 +67,69 @@ def combinator_graph(block: Block) -> Graph:
     return lower_body(block.body)
 
 
+_COMBINES = tuple(k.value for k in CombineKind)
+
+_JOIN = '''
+    def join(self, values: list[Tensor]) -> Tensor:
+        """Joins values: add, sub, mul, max, min fold left (v0 - v1 - ...); mean is the sum over the
+        count; cat and stack join along self.dim."""
+        if self.combine == "cat":
+            return torch.cat(values, self.dim)
+        if self.combine == "stack":
+            return torch.stack(values, self.dim)
+        out = values[0]
+        for value in values[1:]:
+            if self.combine in ("add", "mean"):
+                out = out + value
+            elif self.combine == "sub":
+                out = out - value
+            elif self.combine == "mul":
+                out = out * value
+            elif self.combine == "max":
+                out = torch.maximum(out, value)
+            elif self.combine == "min":
+                out = torch.minimum(out, value)
+            else:
+                raise ValueError(f"unknown combine {self.combine!r}")
+        return out / len(values) if self.combine == "mean" else out
+'''
+
+_CHECK = '''        if combine not in self.COMBINES:
+            raise ValueError(f"unknown combine {combine!r}; use one of {self.COMBINES}")
+'''
+
 RUNTIME_CLASSES = {
     "SkipConnection": '''class SkipConnection(nn.Module):
-    """combine(x, body(x)), with combine one of add, mul, cat."""
+    """combine(x, body(x)): add, sub (x - body(x)), mul, max, min, mean, cat or stack (along dim)."""
+
+    COMBINES = ''' + repr(_COMBINES) + '''
 
     def __init__(self, body: nn.Module, combine: str = "add", dim: int = 1) -> None:
         super().__init__()
-        self.body = body
+''' + _CHECK + '''        self.body = body
         self.combine = combine
         self.dim = dim
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.body(x)
-        if self.combine == "cat":
-            return torch.cat([x, y], self.dim)
-        return x * y if self.combine == "mul" else x + y
-''',
-    "Parallel": '''class Parallel(nn.ModuleList):
-    """Runs every branch on the same input and joins the results (add, mul or cat)."""
+        return self.join([x, self.body(x)])
+''' + _JOIN,
+    "Parallel": '''class Parallel(nn.ModuleDict):
+    """Runs every branch on the same input and joins the results (add, sub, mul, max, min, mean, cat, stack).
 
-    def __init__(self, branches: list[nn.Module], combine: str = "add", dim: int = 1) -> None:
-        super().__init__(branches)
-        self.combine = combine
+    Branches given as a list are named "0", "1", ...; as an nn.ModuleDict, by its keys.
+    """
+
+    COMBINES = ''' + repr(_COMBINES) + '''
+
+    def __init__(self, branches: list[nn.Module] | nn.ModuleDict, combine: str = "add", dim: int = 1) -> None:
+        super().__init__({str(i): b for i, b in enumerate(branches)} if isinstance(branches, list) else branches)
+''' + _CHECK + '''        self.combine = combine
         self.dim = dim
 
+    def __getitem__(self, key: str | int) -> nn.Module:
+        return super().__getitem__(str(key))
+
     def forward(self, x: Tensor) -> Tensor:
-        outs = [branch(x) for branch in self]
-        if self.combine == "cat":
-            return torch.cat(outs, self.dim)
-        result = outs[0]
-        for out in outs[1:]:
-            result = result * out if self.combine == "mul" else result + out
-        return result
-''',
+        return self.join([branch(x) for branch in self.values()])
+''' + _JOIN,
 }

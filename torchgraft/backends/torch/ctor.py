@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Union
 
 from torchgraft.errors import EmitError
+from torchgraft.ir.children import default_names
 from torchgraft.ir.nodes import Block, Chain, Combine, CombineKind, Container, Node, Opaque, Parallel, SkipConnection
 from torchgraft.ir.primitives import NOT_CTOR, Dropout, Primitive, torch_defaults
 from torchgraft.ir.values import Arg, Const, Seq
@@ -126,8 +127,9 @@ def reparametrized(layer: CExpr, p: Primitive) -> CExpr:
 
 
 def _combine_kwargs(c: Combine) -> tuple[tuple[str, CExpr], ...]:
-    kind = c.kind.value if isinstance(c.kind, CombineKind) else str(c.kind)
-    return (("combine", Lit(kind)),) + ((("dim", Lit(c.dim)),) if kind == "cat" else ())
+    if not isinstance(c.kind, CombineKind):
+        raise EmitError(f"combine {c!r} is not one of {[k.value for k in CombineKind]}")
+    return (("combine", Lit(c.kind.value)),) + ((("dim", Lit(c.dim)),) if c.kind.takes_dim else ())
 
 
 _COMBINE_DEFAULTS = (("combine", Lit("add")), ("dim", Lit(1)))
@@ -152,7 +154,8 @@ def node_expr(node: Node, path: str, call_of: ClassCall) -> CExpr:
     if isinstance(node, Container):
         return Items(node.kind, tuple(n for n, _ in node.items), tuple(sub(n, c) for n, c in node.items))
     if isinstance(node, Parallel):
-        branches = Items("list", node.names, tuple(sub(n, c) for n, c in node.named()))
+        numbered = node.names == default_names(len(node.names))  # Parallel([...]): keys "0", "1", ...
+        branches = Items("list" if numbered else "ModuleDict", node.names, tuple(sub(n, c) for n, c in node.named()))
         return Call("Parallel", (branches,), _combine_kwargs(node.combine), (), _COMBINE_DEFAULTS)
     if isinstance(node, SkipConnection):
         return Call("SkipConnection", (sub("body", node.body),), _combine_kwargs(node.combine), (),

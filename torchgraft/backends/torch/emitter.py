@@ -117,8 +117,8 @@ def _unshared(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _tie_lines(model: Model) -> list[str]:
-    reach = accessor(model.root, "self")
+def _tie_lines(model: Model, base: str = "self") -> list[str]:
+    reach = accessor(model.root, base)
     return [f"{reach(alias)} = {reach(target)}" for alias, target in model.ties]
 
 
@@ -215,9 +215,11 @@ def _frozen_section(keys: list[str]) -> str:
 
 def _build_function(model: Model, root_expr: str, root_name: str, frozen: list[str]) -> list[str]:
     build = [f"def build() -> {root_name}:\n", '    """The model, freshly initialised."""\n']
-    if not model.constants and not frozen:
+    ties = [] if isinstance(model.root, Block) else _tie_lines(model, "model")  # a Block root ties in __init__
+    if not model.constants and not frozen and not ties:
         return build + [f"    {with_head(root_expr, 'return ')}\n"]
     build.append(f"    {with_head(root_expr, 'model = ')}\n")
+    build += [f"    {line}\n" for line in ties]
     if model.constants:
         build.append("    _load_constants(model)\n")
     if frozen:

@@ -141,9 +141,15 @@ def with_head(text: str, head: str) -> str:
 
 
 def container_kind(node: Node) -> str | None:
-    """How members of ``node`` are indexed: Sequential/ModuleList by int, ModuleDict by key."""
+    """How members of ``node`` are indexed: Sequential/ModuleList by int, ModuleDict by key.
+
+    A Chain or Parallel whose names are not ``"0", "1", ...`` in order is reached by name: an
+    ``nn.Sequential`` indexes by position, so ``[1]`` would be the wrong layer for names ``("1", "0")``.
+    """
     if isinstance(node, (Chain, Parallel)):
-        return "Sequential"
+        if list(node.names) == [str(i) for i in range(len(node.names))]:
+            return "Sequential"
+        return "ModuleDict" if isinstance(node, Parallel) else None
     if isinstance(node, Container):
         return node.kind
     return None

@@ -27,14 +27,14 @@ from torchgraft.backends.torch.forward import is_movable, prune
 from torchgraft.backends.torch.modules import prim_expr
 from torchgraft.backends.torch.variants import arg_key, lowered
 from torchgraft.ir.activations import Spelling
-from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Input, Op, PrimCall
+from torchgraft.ir.combine import Combine, combine_ops
+from torchgraft.ir.graph import ChildCall, Graph, Input, Op, PrimCall
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import (
     Block,
     Chain,
     ChildRef,
     ClassRef,
-    CombineKind,
     Container,
     Node,
     Opaque,
@@ -43,9 +43,7 @@ from torchgraft.ir.nodes import (
     SkipConnection,
 )
 from torchgraft.ir.primitives import Activation
-from torchgraft.ir.values import Const, Ref, Seq
-
-_FN = {CombineKind.ADD: "operator.add", CombineKind.MUL: "operator.mul"}
+from torchgraft.ir.values import Ref
 
 
 def _target(op: Op) -> object:
@@ -72,15 +70,12 @@ def graph_form(g: Graph) -> tuple[Any, ...]:
     return "graph", inputs, tuple(ops), arg_key(g.output, names, True)
 
 
-def _combine(kind: CombineKind, dim: int, values: list[str], ops: list[Op]) -> str:
-    if kind is CombineKind.CONCAT:
-        ops.append(Op("cat", FunctionCall("torch.cat"), (Seq(tuple(Ref(v) for v in values), True), Const(dim))))
-        return "cat"
-    acc = values[0]
-    for i, v in enumerate(values[1:]):
-        ops.append(Op(f"acc{i}", FunctionCall(_FN[kind]), (Ref(acc), Ref(v))))
-        acc = f"acc{i}"
-    return acc
+def _combine(how: Combine, values: list[str], ops: list[Op]) -> str:
+    """The ops the runtime class's ``join`` traces to (``combine_ops``: the same for every kind)."""
+    count = iter(range(len(values) + 1))
+    new, out = combine_ops(how, values, lambda base: f"acc{next(count)}")
+    ops += new
+    return out
 
 
 def runtime_block(node: SkipConnection | Parallel) -> Block:
@@ -88,11 +83,11 @@ def runtime_block(node: SkipConnection | Parallel) -> Block:
     ops: list[Op] = []
     if isinstance(node, SkipConnection):
         ops.append(Op("body", ChildCall("body"), (Ref("x"),)))
-        out = _combine(node.combine.kind, node.combine.dim, ["x", "body"], ops)  # type: ignore[arg-type]
+        out = _combine(node.combine, ["x", "body"], ops)
         kids: tuple[tuple[str, Node], ...] = (("body", node.body),)
     else:
         ops += [Op(f"b{n}", ChildCall(n), (Ref("x"),)) for n in node.names]
-        out = _combine(node.combine.kind, node.combine.dim, [f"b{n}" for n in node.names], ops)  # type: ignore[arg-type]
+        out = _combine(node.combine, [f"b{n}" for n in node.names], ops)
         kids = node.named()
     name = "SkipConnection" if isinstance(node, SkipConnection) else "Parallel"
     return Block(ClassRef("", name), kids, Graph((Input("x"),), tuple(ops), Ref(out)))

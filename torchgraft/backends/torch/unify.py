@@ -73,7 +73,7 @@ class Unifier:
             return None
         head: str | Param = first.head
         if any(e.head != first.head for e in present):
-            if not all(_torch_layer(e.head) for e in present):
+            if not all(_torch_layer(e.head) for e in present) or not _one_family(present):
                 return None
             heads: list[CExpr | None] = [None if e is None else Raw(str(e.head)) for e in exprs]
             head = self.hole(heads, (site[0], layer_role(present)))
@@ -126,6 +126,13 @@ class Unifier:
 
 def _torch_layer(head: str | Param) -> bool:
     return isinstance(head, str) and head.startswith("nn.") and head[3:].isidentifier()
+
+
+def _one_family(calls: list[Call]) -> bool:
+    """Layer classes one constructor parameter may stand for: one primitive family, the same positional
+    parameters (``nn.ReLU``/``nn.GELU``, ``nn.BatchNorm2d``/``nn.BatchNorm1d``; never a BatchNorm and a Dropout)."""
+    kinds = {primitive_class_for(str(c.head)[3:]) for c in calls}
+    return len(kinds) == 1 and len({c.arg_names for c in calls}) == 1
 
 
 def layer_role(calls: list[Call]) -> str:
