@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import keyword
 import re
 import sys
 import types
@@ -38,7 +39,7 @@ def _type_name(hint: Any) -> str:
 
 
 def _option_name(field: str) -> str:
-    return "from" if field == "from_" else field
+    return field[:-1] if field.endswith("_") and keyword.iskeyword(field[:-1]) else field
 
 
 def _markdown(doc: str) -> str:

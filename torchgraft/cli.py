@@ -105,6 +105,8 @@ def _rewrite_parser(sub: Any) -> None:
     p.add_argument("-p", "--pipeline", default="", help='e.g. "swap-activation{from=relu to=silu},fuse-conv-bn" '
                    "(default: none, the model is emitted as is)")
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="folder to write model.py and weights to")
+    p.add_argument("--strict", action="store_true",
+                   help="fail when a pass's where= selector selects nothing (default: a warning)")
     p.add_argument("--check", action="store_true",
                    help="compare the emitted model with the original on the example inputs and beyond them: "
                         "batch 1 and batch+1, token inputs 3 longer, right/left-padded masks, three calls in a "
@@ -193,13 +195,13 @@ def _capture(loaded: Any) -> Any:
         return capture(loaded.module, loaded.args, loaded.kwargs)
 
 
-def _run_pipeline(model: Any, passes: list[Any]) -> Any:
+def _run_pipeline(model: Any, passes: list[Any], strict: bool = False) -> Any:
     from torchgraft.passes import run
     from torchgraft.progress import step
 
     with step("running passes"):
         try:
-            return run(model, passes)
+            return run(model, passes, strict=strict)
         except ValueError as e:  # passes check option values as they run (e.g. an unknown activation)
             if isinstance(e, TorchgraftError):
                 raise
@@ -223,7 +225,7 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
     passes = parse_pipeline(args.pipeline)  # fail on a bad pipeline before the slow capture
     modes, probes = _modes(args.modes), _probes(args.probes)
     loaded = _load(args)
-    result = _run_pipeline(_capture(loaded), passes)
+    result = _run_pipeline(_capture(loaded), passes, args.strict)
     if result.reports:
         print(result.report)
     _save(result.model, loaded, Path(args.out))
@@ -371,9 +373,11 @@ def _first_paragraph(doc: str | None) -> str:
 
 def pass_options(cls: type) -> list[str]:
     """``name: type = default`` for every option of a pass class (``from_`` shown as ``from``)."""
+    from torchgraft.passes.pipeline import option_name
+
     out = []
     for f in dataclasses.fields(cls):
-        name = "from" if f.name == "from_" else f.name
+        name = option_name(f.name)
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         if f.default is not dataclasses.MISSING:
             out.append(f"{name}: {kind} = {f.default!r}")

@@ -29,3 +29,10 @@ class EmitError(TorchgraftError):
 
 class CheckError(TorchgraftError, ValueError):
     """``check()`` cannot compare the two modules on the inputs given (says why and what to do)."""
+
+
+class SelectorWarning(UserWarning):
+    """A pass's ``where=`` selector picked nothing in the model (a typo, or a class name that is not there).
+
+    ``passes.run(..., strict=True)`` (CLI: ``--strict``) turns it into a ``PipelineError``.
+    """

@@ -10,6 +10,7 @@ from types import ModuleType
 import pytest
 
 from torchgraft.passes import REGISTRY
+from torchgraft.passes.pipeline import option_name
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +35,7 @@ def test_generating_writes_one_page_per_registered_pass(generate: ModuleType, tm
         assert text.splitlines()[2] == f"# `{name}`"
         assert f"[`{name}`]({name}.md)" in index
         for f in dataclasses.fields(cls):
-            option = "from" if f.name == "from_" else f.name
+            option = option_name(f.name)  # from_ -> from, as_ -> as
             assert f"| `{option}` |" in text, (name, option)
         if not dataclasses.fields(cls):
             assert "## Options\n\nNone." in text

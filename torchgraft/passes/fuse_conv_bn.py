@@ -38,6 +38,7 @@ from torchgraft.ir.traverse import join, map_tree
 from torchgraft.ir.types import TensorType
 from torchgraft.ir.values import Arg, Const, Ref, Training, rename_refs
 from torchgraft.passes.base import Match, Pass, Skip
+from torchgraft.passes.rewrite import enclosing_map
 from torchgraft.passes.selectors import Selector, Site, parse_selector
 
 BATCH_NORM_FN = "torch.nn.functional.batch_norm"
@@ -104,18 +105,6 @@ def _with_tail(node: Node, new: Node) -> Node:
     if not isinstance(node, Chain) or not node.items:
         return new
     return Chain(*node.items[:-1], _with_tail(node.items[-1], new), names=node.names)
-
-
-def _enclosing(root: Node) -> dict[str, tuple[str, ...]]:
-    """Module path → classes of the Blocks around it (itself excluded), outermost first."""
-    out: dict[str, tuple[str, ...]] = {}
-    stack: list[tuple[Node, str, tuple[str, ...]]] = [(root, "", ())]
-    while stack:
-        node, path, enc = stack.pop()
-        out[path] = enc
-        inner = enc + ((node.cls.name,) if isinstance(node, Block) else ())
-        stack.extend((c, join(path, n), inner) for n, c in module_children(node))
-    return out
 
 
 def _tied(model: Model) -> set[str]:
@@ -260,7 +249,7 @@ class FuseConvBN(Pass):
         consts = dict(model.constants)
         matches: list[Match] = []
         sel = parse_selector(self.where)
-        enclosing = _enclosing(model.root)
+        enclosing = enclosing_map(model.root)
         tied = _tied(model)
 
         def fuse(path: str, node: Node) -> Node:
@@ -289,7 +278,7 @@ class FuseConvBN(Pass):
         ``after``, with why it was not folded (see ``fuse_conv_bn_skips``)."""
         from torchgraft.passes.fuse_conv_bn_skips import skipped_sites  # it imports this module
 
-        sel, enclosing, tied = parse_selector(self.where), _enclosing(before.root), _tied(before)
+        sel, enclosing, tied = parse_selector(self.where), enclosing_map(before.root), _tied(before)
         return skipped_sites(before, after, lambda p, n: self._selected(sel, p, n, enclosing),
                              lambda p: _is_tied(p, tied))
 

@@ -144,7 +144,10 @@ class _Matcher:
                 return False
             if len(node.branches) != len(pat.branches):
                 return False
-            for order in itertools.permutations(node.named()):
+            kind = node.combine.kind
+            orders = (itertools.permutations(node.named()) if isinstance(kind, CombineKind) and kind.commutative
+                      else [node.named()])  # a - b is not b - a; cat order is the channel order
+            for order in orders:
                 trial = PatternMatch(out.path)
                 if all(self.match(p, c, join(path, n), trial) for p, (n, c) in zip(pat.branches, order)):
                     out.nodes.update(trial.nodes)

@@ -9,13 +9,15 @@ spaces. ``from`` is spelled ``from_`` in Python (a keyword).
 from __future__ import annotations
 
 import dataclasses
+import keyword
 import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Union, get_type_hints
 
-from torchgraft.errors import IRError, TorchgraftError
+from torchgraft.errors import IRError, SelectorWarning, TorchgraftError
 from torchgraft.ir.model import Model
 from torchgraft.passes.base import Pass, PassReport
 from torchgraft.passes.registry import REGISTRY
@@ -31,7 +33,13 @@ _ITEM = re.compile(r"\s*([a-z][a-z0-9-]*)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")
 
 
 def _field_name(key: str) -> str:
-    return "from_" if key == "from" else key.replace("-", "_")
+    """The Python field of a text option: a Python keyword takes a trailing ``_`` (``from_``, ``as_``)."""
+    return key + "_" if keyword.iskeyword(key) else key.replace("-", "_")
+
+
+def option_name(field: str) -> str:
+    """The text form of a pass field (``from_`` -> ``from``)."""
+    return field[:-1] if field.endswith("_") and keyword.iskeyword(field[:-1]) else field
 
 
 def _convert(value: str, hint: Any, where: str) -> Any:
@@ -66,7 +74,7 @@ def make_pass(name: str, options: dict[str, str]) -> Pass:
     for key, value in options.items():
         fname = _field_name(key)
         if fname not in fields:
-            known = ", ".join(sorted("from" if f == "from_" else f for f in fields)) or "none"
+            known = ", ".join(sorted(option_name(f) for f in fields)) or "none"
             raise PipelineError(f"pass {name!r} has no option {key!r}; its options: {known}")
         kwargs[fname] = _convert(value, hints[fname], f"{name}{{{key}=...}}")
     try:
@@ -99,7 +107,7 @@ def pipeline_text(passes: list[Pass]) -> str:
     """The text form of a list of passes (options that differ from the defaults only)."""
     out = []
     for p in passes:
-        opts = [f"{'from' if f.name == 'from_' else f.name}={getattr(p, f.name)}"
+        opts = [f"{option_name(f.name)}={getattr(p, f.name)}"
                 for f in dataclasses.fields(p)  # type: ignore[arg-type]
                 if getattr(p, f.name) != f.default]
         out.append(p.name + (f"{{{' '.join(opts)}}}" if opts else ""))
@@ -134,13 +142,28 @@ def _retyped(before: Model, after: Model, name: str) -> Model:
         raise TorchgraftError(f"pass {name} broke the model's types: {e}") from e
 
 
+def _check_selector(model: Model, p: Pass, strict: bool) -> None:
+    """Warn (or, when ``strict``, fail) when the pass's ``where=`` selects nothing in ``model``."""
+    from torchgraft.passes.sites import select
+
+    where = getattr(p, "where", None)
+    if not isinstance(where, str) or where in ("", "*") or select(model, where):
+        return
+    msg = (f"{p.name}{{where={where}}} selects nothing in {model.name}; check the path or class name "
+           f"(preview a selector with torchgraft.passes.select(model, {where!r}))")
+    if strict:
+        raise PipelineError(msg)
+    warnings.warn(msg, SelectorWarning, stacklevel=3)
+
+
 def run(model: Model, pipeline: str | Pass | list[Pass], *, dry_run: bool = False,
-        verify: bool = True, retype_after: bool = True) -> PassResult:
+        verify: bool = True, retype_after: bool = True, strict: bool = False) -> PassResult:
     """Run a pipeline (text or pass objects) over ``model``; ``ir.verify`` after every pass.
 
     After a pass that changed the model, its types are re-inferred by replaying it on the
     meta device (``retype_after``); a pass that breaks a shape fails there with the path.
     With ``dry_run=True`` the report says what would change and the model is returned unchanged.
+    A ``where=`` selector that selects nothing warns (``SelectorWarning``); ``strict=True`` fails instead.
     """
     from torchgraft.ir.verify import verify as verify_model
 
@@ -149,6 +172,7 @@ def run(model: Model, pipeline: str | Pass | list[Pass], *, dry_run: bool = Fals
     reports = []
     current = model
     for p in passes:
+        _check_selector(current, p, strict)
         new, matches = p.rewrite(current)
         if retype_after and new is not current and matches:
             new = _retyped(current, new, p.name)

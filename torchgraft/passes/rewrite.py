@@ -15,14 +15,14 @@ from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Node, module_children
 from torchgraft.ir.primitives import Primitive
 from torchgraft.ir.traverse import join, with_children
-from torchgraft.passes.selectors import Site
+from torchgraft.passes.selectors import Site, enclosing_label
 
 Rewriter = Callable[[Site, str], "Node | None"]
 """``fn(site, spelling)``: the replacement, or None to keep the node. ``spelling`` is
 ``"module"`` for layers and the op's spelling (``functional``, ``method``...) inside graphs."""
 
 
-def _graph(g: Node | None, path: str, enclosing: tuple[str, ...], fn: Rewriter) -> Node | None:
+def _graph(g: Node | None, path: str, enclosing: tuple[str, ...], fn: Rewriter, block: Block) -> Node | None:
     if not isinstance(g, Graph):
         return g
     ops = []
@@ -31,7 +31,8 @@ def _graph(g: Node | None, path: str, enclosing: tuple[str, ...], fn: Rewriter) 
         if isinstance(op.target, PrimCall):
             prim = op.target.prim
             spelling = getattr(prim, "spelling", None)
-            new = fn(Site(join(path, op.name), prim, enclosing), spelling.value if spelling else "functional")
+            how = spelling.value if spelling else "functional"
+            new = fn(Site(join(path, op.name), prim, enclosing, block, how), how)
             if new is not None and new != prim:
                 if not isinstance(new, Primitive):
                     raise TypeError(f"{join(path, op.name)}: a functional call can only become another primitive")
@@ -44,23 +45,23 @@ def _graph(g: Node | None, path: str, enclosing: tuple[str, ...], fn: Rewriter) 
 def fmap(model: Model, fn: Rewriter) -> Model:
     """Apply ``fn`` to every primitive site; returns a new Model (the same one if nothing changed)."""
 
-    def visit(node: Node, path: str, enclosing: tuple[str, ...]) -> Node:
+    def visit(node: Node, path: str, enclosing: tuple[str, ...], parent: Node | None) -> Node:
         if isinstance(node, Primitive):
-            new = fn(Site(path, node, enclosing), "module")
+            new = fn(Site(path, node, enclosing, parent), "module")
             return node if new is None else new
-        inner = enclosing + ((node.cls.name,) if isinstance(node, Block) else ())
+        inner = enclosing + enclosing_label(node)
         kids = module_children(node)
-        new_kids = tuple((n, visit(c, join(path, n), inner)) for n, c in kids)
+        new_kids = tuple((n, visit(c, join(path, n), inner, node)) for n, c in kids)
         if any(a is not b for (_, a), (_, b) in zip(kids, new_kids)):
             node = with_children(node, new_kids)
         if isinstance(node, Block):
-            body = _graph(node.body, path, inner, fn)
-            train = _graph(node.train_body, path, inner, fn)
+            body = _graph(node.body, path, inner, fn, node)
+            train = _graph(node.train_body, path, inner, fn, node)
             if body is not node.body or train is not node.train_body:
                 node = replace(node, body=body, train_body=train)  # type: ignore[arg-type]
         return node
 
-    root = visit(model.root, "", ())
+    root = visit(model.root, "", (), None)
     return model if root is model.root else model.with_root(root)
 
 
@@ -112,7 +113,7 @@ def rename_children(block: Block, renames: dict[str, str]) -> Block:
 
 
 def enclosing_map(root: Node) -> dict[str, tuple[str, ...]]:
-    """Path → classes of the Blocks enclosing it (outermost first), for ``in:`` selectors.
+    """Path → classes of the Blocks enclosing it (``Sequential`` for Chains; outermost first), for ``in:``.
 
     A graph op inside a Block at ``p`` is addressed ``p.<op>`` and is enclosed by that Block too.
     """
@@ -120,7 +121,7 @@ def enclosing_map(root: Node) -> dict[str, tuple[str, ...]]:
 
     def visit(node: Node, path: str, enclosing: tuple[str, ...]) -> None:
         out[path] = enclosing
-        inner = enclosing + ((node.cls.name,) if isinstance(node, Block) else ())
+        inner = enclosing + enclosing_label(node)
         if isinstance(node, Block):
             for g in (node.body, node.train_body):
                 if isinstance(g, Graph):

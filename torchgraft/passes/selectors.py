@@ -5,7 +5,7 @@ Text forms (usable as ``where=`` in a pipeline):
 - ``layer1.*``, ``blocks.*.attn.qkv``, ``layer[12].*`` — a glob over dotted paths
   (graph ops inside a block are addressed as ``<block path>.<op name>``);
 - ``kind:Conv2d`` — the torch op or original class name (``kind:Bottleneck``);
-- ``in:Bottleneck`` — anything inside a Block of that class;
+- ``in:Bottleneck`` — anything inside a Block of that class (``in:Sequential``: inside a Chain);
 - ``~<selector>`` — everything the selector does not select (``~layer4.*``, ``~in:Bottleneck``);
 - ``*`` — everything (the default).
 
@@ -21,17 +21,44 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Union
 
-from torchgraft.ir.nodes import Block, Node, Opaque
-from torchgraft.ir.primitives import Primitive
+from torchgraft.ir.nodes import Block, Chain, Node, Opaque
+from torchgraft.ir.primitives import Activation, Primitive
 
 
 @dataclass(frozen=True)
 class Site:
-    """Where a node sits: its path, the node, and the classes of the Blocks enclosing it."""
+    """Where a node sits: its path, the node, the classes of the Blocks enclosing it (``Sequential``
+    for Chains), the node that holds it (``parent``: a Chain, a Block, ... None at the root) and how it
+    is spelled (``"module"`` for layers; ``"functional"``, ``"method"``, ... for calls inside a forward).
+
+    ``site.parent.contains(ir.Conv)`` asks whether a convolution sits beside or below it.
+    """
 
     path: str
     node: Node
     enclosing: tuple[str, ...] = ()
+    parent: Node | None = None
+    spelling: str = "module"
+
+    @property
+    def is_activation(self) -> bool:
+        """True for an activation (``nn.ReLU``, ``F.gelu``, ``x.sigmoid()``...)."""
+        return isinstance(self.node, Activation)
+
+    @property
+    def is_primitive(self) -> bool:
+        """True for a primitive layer or functional call (not a Block, Chain or other structure)."""
+        return isinstance(self.node, Primitive)
+
+
+def enclosing_label(node: Node) -> tuple[str, ...]:
+    """What ``in:<name>`` matches for things inside ``node``: a Block's class, ``Sequential`` for a Chain."""
+    if isinstance(node, Block):
+        return (node.cls.name,)
+    if isinstance(node, Chain):
+        return ("Sequential",)
+    return ()
+
 
 
 class Selector:

@@ -1,0 +1,160 @@
+"""``desugar`` and ``name-block``: Blocks to structure and back, keys moved and reported, outputs equal.
+
+References are the original eager modules (desugar must not change what the model computes)
+and plain torch written out by hand (name-block on a built model).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import torchgraft
+from torchgraft import ir
+from torchgraft.frontends.hand import build_model
+from torchgraft.ir.verify import verify
+from torchgraft.passes import PipelineError, run
+from torchgraft.passes.name_block import NameBlock
+
+TOL: dict[str, Any] = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def _same(emitted: nn.Module, original: nn.Module, shape: tuple[int, ...], batches: tuple[int, ...] = (2, 3)) -> None:
+    emitted.eval()
+    original.eval()
+    with torch.no_grad():
+        for b in batches:
+            x = torch.randn(b, *shape[1:])
+            torch.testing.assert_close(emitted(x), original(x), **TOL)
+
+
+@pytest.fixture(scope="module")
+def resnet18(torchvision: Any) -> tuple[nn.Module, ir.Model]:
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18().eval()
+    return m, torchgraft.capture(m, (torch.randn(2, 3, 64, 64),))
+
+
+def test_desugar_resnet_blocks_become_structure_and_outputs_stay(resnet18: tuple[nn.Module, ir.Model]) -> None:
+    original, captured = resnet18
+    result = run(captured, "desugar{where=kind:BasicBlock}")
+    verify(result.model)
+    report = result.reports[0]
+    assert len(report.matches) == 8
+    assert not report.skipped
+    assert report.keys_renamed["layer1.0.conv1.weight"] == "layer1.0.0.body.conv1.weight"
+    assert report.keys_renamed["layer2.0.downsample.0.weight"] == "layer2.0.0.downsample.0.weight"
+    assert not report.keys_added and not report.keys_removed
+    node = ir.traverse.node_at(result.model.root, "layer1.0")
+    assert isinstance(node, ir.Chain) and isinstance(node.items[0], ir.SkipConnection)
+    emitted = torchgraft.emit(result.model)
+    assert "class BasicBlock" not in emitted.source
+    rebuilt = emitted.materialize()
+    renamed = {report.keys_renamed.get(k, k) for k in original.state_dict()}
+    assert set(rebuilt.state_dict()) == renamed
+    _same(rebuilt, original, (2, 3, 64, 64))
+    assert captured.root == resnet18[1].root  # the input model is not changed
+
+
+class Gated(nn.Module):
+    """Not structure: it multiplies by a parameter it owns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.scale = nn.Parameter(torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * self.scale
+
+
+class TwiceFc(nn.Module):
+    """Not structure: one child with weights is called twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.fc(x))
+
+
+class Branches(nn.Module):
+    """Structure: a Parallel of a chain and a layer, then a functional relu."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.c = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.b(self.a(x)) + self.c(x))
+
+
+def test_desugar_skips_what_is_not_structure_and_says_why() -> None:
+    model = nn.Sequential(Gated(), TwiceFc(), Branches())
+    captured = torchgraft.capture(model, (torch.randn(3, 4),))
+    result = run(captured, "desugar")
+    reasons = {s.path: s.reason for s in result.reports[0].skipped}
+    assert "owns parameters" in reasons["0"]
+    assert "called twice and has state" in reasons["1"]
+    assert [m.path for m in result.reports[0].matches] == ["2"]
+    verify(result.model)
+    rebuilt = torchgraft.emit(result.model).materialize()
+    _same(rebuilt, model, (3, 4), batches=(1, 5))
+    # Chain(Parallel(Chain(a, b), c), relu): the Parallel is item 0, its first branch the Chain
+    assert result.reports[0].keys_renamed == {"2.a.weight": "2.0.0.a.weight", "2.a.bias": "2.0.0.a.bias",
+                                              "2.b.weight": "2.0.0.b.weight", "2.b.bias": "2.0.0.b.bias",
+                                              "2.c.weight": "2.0.c.weight", "2.c.bias": "2.0.c.bias"}
+
+
+def _neck() -> ir.Model:
+    net = ir.Chain(ir.Conv2d(3, 8, 3, padding=1),
+                   ir.SkipConnection(ir.Chain(ir.Conv2d(8, 4, 1), ir.ReLU(), ir.Conv2d(4, 8, 1))),
+                   ir.SkipConnection(ir.Chain(ir.Conv2d(8, 4, 1), ir.ReLU(), ir.Conv2d(4, 8, 1))))
+    return build_model(net, ir.TensorType(("N", 3, 8, 8)), seed=0)
+
+
+def test_name_block_wraps_structure_into_one_class() -> None:
+    model = _neck()
+    result = run(model, "name-block{where=kind:SkipConnection as=Bottleneck}")
+    verify(result.model)
+    renamed = result.reports[0].keys_renamed
+    assert renamed["1.body.0.weight"] == "1.conv2d.weight"
+    assert renamed["2.body.2.bias"] == "2.conv2d_2.bias"
+    source = torchgraft.emit(result.model).source
+    assert source.count("class Bottleneck") == 1
+    rebuilt = torchgraft.emit(result.model).materialize().eval()
+    w = model.weights
+
+    def conv(x: torch.Tensor, p: str, pad: int = 0) -> torch.Tensor:
+        return torch.nn.functional.conv2d(x, w[p + ".weight"], w[p + ".bias"], padding=pad)
+
+    def skip(h: torch.Tensor, p: str) -> torch.Tensor:
+        return h + conv(torch.relu(conv(h, p + ".body.0")), p + ".body.2")
+
+    with torch.no_grad():
+        for b in (1, 4):
+            x = torch.randn(b, 3, 8, 8)
+            torch.testing.assert_close(rebuilt(x), skip(skip(conv(x, "0", 1), "1"), "2"), **TOL)
+
+
+def test_name_block_then_desugar_gives_the_structure_back() -> None:
+    model = _neck()
+    named = run(model, "name-block{where=kind:SkipConnection as=Bottleneck}").model
+    back = run(named, "desugar{where=kind:Bottleneck}").model
+    verify(back)
+    rebuilt = torchgraft.emit(back).materialize()
+    original = torchgraft.emit(model).materialize()
+    _same(rebuilt, original, (2, 3, 8, 8))
+
+
+def test_name_block_refuses_a_bad_class_name() -> None:
+    with pytest.raises(PipelineError, match="capital letter"):
+        run(_neck(), "name-block{where=1 as=bottle-neck}")
+    with pytest.raises(Exception, match="capital letter"):
+        NameBlock(as_="lower")

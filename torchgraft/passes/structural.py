@@ -1,0 +1,57 @@
+"""Moving state with structure: prefix renames applied to every path-keyed field of a Model.
+
+A structural pass (``desugar``, ``name-block``) moves whole subtrees; it records the moves as
+groups of ``old path -> new path`` and ``rename_model`` carries weights, frozen flags, constants,
+extra state, types and ties along. Groups apply in order (inner edits first); the renames in one
+group are simultaneous, so ``{"a": "b", "b": "c"}`` swaps nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torchgraft.ir.model import Model
+
+Renames = list[dict[str, str]]
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_2``, ``base_3``... whichever is not in ``taken``."""
+    if base not in taken:
+        return base
+    i = 2
+    while f"{base}_{i}" in taken:
+        i += 1
+    return f"{base}_{i}"
+
+
+def rename_path(path: str, renames: Renames) -> str:
+    """``path`` after every group of prefix renames (``layer1.0.conv1.weight`` -> ``layer1.0.0.conv1.weight``)."""
+    for group in renames:
+        for old, new in group.items():
+            if path == old or path.startswith(old + "."):
+                path = new + path[len(old):]
+                break
+    return path
+
+
+def _keys(d: Mapping[str, Any], renames: Renames) -> dict[str, Any]:
+    return {rename_path(k, renames): v for k, v in d.items()}
+
+
+def rename_model(model: Model, renames: Renames, keys_only: bool = False) -> Any:
+    """``model`` with every path-keyed field renamed; with ``keys_only``, the old -> new weight keys."""
+    if keys_only:
+        return {k: rename_path(k, renames) for k in model.weights}
+    if not any(renames):
+        return model
+    return model.with_root(
+        model.root,
+        weights=_keys(model.weights, renames),
+        constants=_keys(model.constants, renames),
+        extra_state=_keys(model.extra_state, renames),
+        frozen=tuple(rename_path(k, renames) for k in model.frozen),
+        types=tuple((rename_path(p, renames), t) for p, t in model.types),
+        ties=tuple((rename_path(a, renames), rename_path(b, renames)) for a, b in model.ties),
+    )
