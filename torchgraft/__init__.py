@@ -11,12 +11,29 @@ PyTorch source plus weights that load without torchgraft::
 """
 
 from torchgraft import ir, passes
-from torchgraft.backends.torch.emitter import EmittedCode, emit
+from torchgraft.backends.torch.emitter import EmittedCode
+from torchgraft.backends.torch.emitter import emit as _emit_model
 from torchgraft.check import CheckReport, check
+from torchgraft.compose import compose
 from torchgraft.errors import CaptureError, EmitError, IRError, TorchgraftError
 from torchgraft.frontends.capture import capture
+from torchgraft.frontends.hand import build
+from torchgraft.functional import functional
+from torchgraft.system import System, emit_system
 
 __version__ = "0.1.0"
 
-__all__ = ["CaptureError", "CheckReport", "EmitError", "EmittedCode", "IRError", "TorchgraftError", "capture", "check",
-           "emit", "ir", "passes"]
+
+def emit(model: ir.Model | System) -> EmittedCode:
+    """Write ``model`` as a standalone ``model.py`` plus weights (``backends.torch.emitter.emit``), or a
+    training ``System`` as ``system.py`` (``torchgraft.system.emit_system``). Needs only torch and safetensors.
+
+    >>> tg.emit(tg.capture(net, (x,))).save("out/")  # doctest: +SKIP
+    """
+    if isinstance(model, System):
+        return emit_system(model)
+    return _emit_model(model)
+
+
+__all__ = ["CaptureError", "CheckReport", "EmitError", "EmittedCode", "IRError", "TorchgraftError", "build", "capture",
+           "check", "compose", "emit", "functional", "ir", "passes"]
