@@ -1,63 +1,143 @@
 """Re-infer every type of a Model after a rewrite, without real weights (used by passes.run).
 
-The model is emitted, built on the meta device (no memory) and the IR is replayed on it
-with meta inputs shaped like ``model.inputs``: module output types and every graph op's
-type come back, as at capture. A rewrite that breaks a shape fails here with the path.
+The model is emitted, built once on the meta device (no memory) and the IR is replayed on it
+with meta inputs shaped like ``model.inputs``, at trial sizes for the symbolic dims
+(``retype_dims``): two runs for one symbol (``N``), k + 2 for k symbols (``N``, ``T``). Each
+value's types across the runs merge into one symbolic type (``f32[N, T, 32]``, ``f32[N*T, 32]``),
+for module outputs, every graph op and the model's output; a dim equal in every run stays a
+number, so a real size is never read as a symbol. A rewrite that breaks a shape fails here
+with the path.
+
+>>> retype(model).output_type  # doctest: +SKIP
+TensorType(shape=('N', 'T', 32), dtype='float32', device='cpu')
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
 import torch
+from torch import nn
 
 from torchgraft.errors import CaptureError, IRError
 from torchgraft.frontends.interpret import typed_block
 from torchgraft.frontends.meta_replay import MetaReplay
-from torchgraft.ir.graph import InputKind
 from torchgraft.ir.model import Model
-from torchgraft.ir.nodes import Block
+from torchgraft.ir.nodes import Block, Chain, Container, Node, module_children
 from torchgraft.ir.traverse import map_tree
-from torchgraft.ir.types import TensorType, type_of
-
-BATCH = 3
-"""The size given to symbolic dims in the replay; dim 0 of that size reads back as the symbol."""
-
-
-def _meta_inputs(model: Model) -> tuple[tuple[Any, ...], dict[str, Any], dict[int, str]] | None:
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
-    symbols: dict[int, str] = {}
-    for inp in model.inputs:
-        if not isinstance(inp.type, TensorType):
-            if inp.default is None:
-                return None
-            continue
-        shape = [BATCH if isinstance(d, str) else d for d in inp.type.shape]
-        if inp.type.shape and isinstance(inp.type.shape[0], str):
-            symbols[BATCH] = inp.type.shape[0]
-        t = torch.empty(shape, dtype=getattr(torch, inp.type.dtype), device="meta")
-        if inp.kind is InputKind.KEYWORD:
-            kwargs[inp.name] = t
-        else:
-            args.append(t)
-    return tuple(args), kwargs, symbols
+from torchgraft.ir.types import TensorType, ValueType, type_of
+from torchgraft.retype_dims import Run, example_inputs, merge_runs, trial_plan
 
 
 def retype(model: Model) -> Model:
-    """``model`` with module and op types re-inferred; IRError naming the path if it no longer runs."""
-    from torchgraft.backends.torch.emitter import emit, import_file
+    """``model`` with module and op types re-inferred; IRError naming the path if it no longer runs.
+
+    A model it cannot call on meta inputs (a non-tensor input without a default, an input
+    dim written as an expression) comes back unchanged.
+    """
     from torchgraft.backends.torch.trim_calls import trim_calls
 
-    prepared = _meta_inputs(model)
-    if prepared is None or not model.inputs:
+    plan = trial_plan([i.type for i in model.inputs])
+    if plan is None or not model.inputs:
         return model
-    args, kwargs, symbols = prepared
-    code = emit(model)
+    examples = [example_inputs(model, sizes) for sizes in plan.runs]
+    if any(e is None for e in examples):
+        return model
+    built, helpers = _built(model)
+    device = next((i.type.device for i in model.inputs if isinstance(i.type, TensorType)), "cpu")
+    root = trim_calls(model).root  # replayed as emitted
+    wanted = {p for p, _ in model.types}
+    hooked = _Hooked([(p, m) for p, m in _called_whole(model.root, built) if p in wanted], device)
+    runs = []
+    try:
+        for i, example in enumerate(examples):
+            assert example is not None
+            at = f" (trial sizes {plan.sizes(i)})" if plan.symbols else ""
+            runs.append(hooked.fill(_replay(root, built, helpers, device, example, at)))
+    finally:
+        hooked.remove()
+    merged = merge_runs(plan, runs, device)
+    typed = map_tree(model.root, lambda p, n: typed_block(n, merged.ops, p) if isinstance(n, Block) else n)
+    return replace(model, root=typed, output_type=merged.output, types=tuple(sorted(merged.modules.items())))
+
+
+def _replay(root: Node, built: torch.nn.Module, helpers: dict[str, Any], device: str,
+            example: tuple[tuple[Any, ...], dict[str, Any]], at: str) -> Run:
+    """One replay at one set of trial sizes: concrete types (no symbols), merged later."""
+    interp = MetaReplay(helpers, {}, device=device)  # shape rules for the common ops: no meta kernels
+    try:
+        with torch.no_grad():
+            out = interp.run_node(root, built, "", *example)
+    except CaptureError as e:
+        raise IRError(f"the rewritten model no longer runs{at}: {e}") from e
+    return Run(type_of(out, None, device), interp.module_types, interp.types)
+
+
+class _Hooked:
+    """Output types of modules the replay calls as a whole (a Parallel's branches, children of an
+    opaque block), for the paths the model had types for: the interpreter records only the
+    modules it steps into, and these would otherwise lose their types."""
+
+    def __init__(self, modules: list[tuple[str, torch.nn.Module]], device: str) -> None:
+        self.seen: dict[str, ValueType] = {}
+        self.handles = [m.register_forward_hook(self._hook(p, device)) for p, m in modules]
+
+    def _hook(self, path: str, device: str) -> Callable[[torch.nn.Module, Any, Any], None]:
+        def post(module: torch.nn.Module, args: Any, out: Any) -> None:
+            self.seen.setdefault(path, type_of(out, None, device))
+        return post
+
+    def fill(self, run: Run) -> Run:
+        """``run`` with the hooked types of the paths it has none for (and a fresh record for the next run)."""
+        seen, self.seen = self.seen, {}
+        return replace(run, modules=seen | run.modules) if seen.keys() - run.modules.keys() else run
+
+    def remove(self) -> None:
+        """Take the hooks off the built model."""
+        for h in self.handles:
+            h.remove()
+
+
+def _stepped_into(node: Node, mod: torch.nn.Module) -> bool:
+    """Whether the replay runs ``node``'s own body (so it calls each child itself) when it reaches it."""
+    if isinstance(node, Block):
+        return node.method in ("fx", "trace")
+    return isinstance(node, Container) or (isinstance(node, Chain) and type(mod).forward is nn.Sequential.forward)
+
+
+def _called_whole(node: Node, mod: torch.nn.Module, path: str = "") -> Iterator[tuple[str, torch.nn.Module]]:
+    """Modules below ``node`` that their parent's own forward calls (the replay does not reach them),
+    with their paths: hooks on these record types and never slow the shape rules of the others."""
+    inside = _stepped_into(node, mod)
+    for name, child in module_children(node):
+        sub = mod._modules.get(name)
+        if sub is None:
+            continue
+        at = f"{path}.{name}" if path else name
+        if not inside:
+            yield at, sub
+        yield from _called_whole(child, sub, at) if inside else _all_below(child, sub, at)
+
+
+def _all_below(node: Node, mod: torch.nn.Module, path: str) -> Iterator[tuple[str, torch.nn.Module]]:
+    for name, child in module_children(node):
+        sub = mod._modules.get(name)
+        if sub is not None:
+            at = f"{path}.{name}"
+            yield at, sub
+            yield from _all_below(child, sub, at)
+
+
+def _built(model: Model) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The emitted model built on meta (in eval mode) and its helper functions."""
     import tempfile
     from pathlib import Path
 
+    from torchgraft.backends.torch.emitter import emit, import_file
+
+    code = emit(model)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.py"
         path.write_text(code.source)
@@ -65,16 +145,7 @@ def retype(model: Model) -> Model:
         with torch.device("meta"):
             built = _build(module)
     helpers = {h.name: getattr(module, h.name) for h in model.helpers if hasattr(module, h.name)}
-    device = next((i.type.device for i in model.inputs if isinstance(i.type, TensorType)), "cpu")
-    interp = MetaReplay(helpers, symbols, device=device)  # shape rules for the common ops: no meta kernels
-    try:
-        with torch.no_grad():
-            out = interp.run_node(trim_calls(model).root, built.eval(), "", args, kwargs)  # as emitted
-    except CaptureError as e:
-        raise IRError(f"the rewritten model no longer runs: {e}") from e
-    root = map_tree(model.root, lambda p, n: typed_block(n, interp.types, p) if isinstance(n, Block) else n)
-    return replace(model, root=root, output_type=type_of(out, symbols, device),
-                   types=tuple(sorted(interp.module_types.items())))
+    return built.eval(), helpers
 
 
 def _build(module: Any) -> torch.nn.Module:

@@ -139,7 +139,7 @@ def test_captured_encoder_must_take_the_input() -> None:
     wrong = tg.capture(_cnn(), (torch.randn(2, 3, 32, 32),))
     gray = Input(("N", 1, 64, 64), name="image")
     with pytest.raises(SpecError, match=r"encoders\['image'\] does not fit Input 'image' \(f32\[N, 1, 64, 64\]\): "
-                                        r"it fails on the input's type"):
+                                        r"dim 1 is 3 in the encoder's input type f32\[N, 3, 32, 32\]"):
         universal([gray], [], [Output(("N",), vocab=3, name="y")], encoders={"image": wrong})
 
 

@@ -49,7 +49,7 @@ from torchgraft.frontends.state import (
     value_driven_python,
 )
 from torchgraft.frontends.substitutes import substitution_notes
-from torchgraft.ir.graph import Graph
+from torchgraft.ir.graph import Graph, Input
 from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import Block, Chain, ClassRef, Container, Node, Opaque, StateSpec
 from torchgraft.ir.traverse import join, map_tree, walk
@@ -373,6 +373,8 @@ def _capture(model: nn.Module, calls: list[Example], forced: set[str]) -> Model:
             root, model, "", a, kw), lambda: restore_state(model))
     root = honest_root(root) if isinstance(root, Block) else root
     inputs = root.body.inputs if isinstance(root, Block) and isinstance(root.body, Graph) else ()
+    if isinstance(root, Chain) and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+        inputs = (Input("input", type_of(args[0], symbols)),)  # nn.Sequential.forward(self, input)
     ctx.report.guards = guards_of(root)
     root = with_extra_state(root, model, ctx.helpers)  # get_extra_state/set_extra_state copied
     ties = list(ctx.ties) + _param_ties(model, ctx.ties)
