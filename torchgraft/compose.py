@@ -237,7 +237,7 @@ def compose(*models: Model, names: Sequence[str] | None = None, wiring: Mapping[
         # emitted: def forward(self, image, label): ... return {"logits": head, "embedding": image_tower}
 
     Every seam is type-checked now (``seam_problem``): an ``IRError`` names the receiving model
-    and input and both types. A model with no recorded signature (a captured ``nn.Sequential``)
+    and input and both types. A model with no recorded input types (an IR read from JSON without them)
     is checked by running it on meta tensors of the incoming type. Unknown names, cycles,
     unwired inputs and models whose output is never used are refused with the fix.
     """
