@@ -158,3 +158,38 @@ def test_name_block_refuses_a_bad_class_name() -> None:
         run(_neck(), "name-block{where=1 as=bottle-neck}")
     with pytest.raises(Exception, match="capital letter"):
         NameBlock(as_="lower")
+
+
+class JustConv(nn.Module):
+    """A forward that is one child: the Block becomes that child (torchvision's InvertedResidual without skip)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("at_root", [False, True])
+def test_desugar_a_forward_that_is_one_child(at_root: bool) -> None:
+    model = JustConv() if at_root else nn.Sequential(JustConv(), nn.Flatten())
+    captured = torchgraft.capture(model.eval(), (torch.randn(2, 3, 6, 6),))
+    result = run(captured, "desugar{where=kind:JustConv}")
+    verify(result.model)
+    expected = {"conv.0.weight": "0.weight"} if at_root else {"0.conv.0.weight": "0.0.weight"}
+    assert expected.items() <= result.reports[0].keys_renamed.items()
+    _same(torchgraft.emit(result.model).materialize(), model, (2, 3, 6, 6))
+
+
+def test_desugar_says_what_a_forward_calls() -> None:
+    captured = torchgraft.capture(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()), (torch.randn(2, 3, 6, 6),))
+    resnet_like = torchgraft.capture(JustConvFlat().eval(), (torch.randn(2, 3, 6, 6),))
+    skipped = run(resnet_like, "desugar").reports[0].skipped
+    assert "its forward calls torch.flatten" in skipped[0].reason
+    assert run(captured, "desugar").reports[0].matches == []
+
+
+class JustConvFlat(JustConv):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.conv(x), 1)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from torchgraft.ir.activations import Spelling
-from torchgraft.ir.graph import ChildCall, Graph, PrimCall
+from torchgraft.ir.graph import ChildCall, Graph, MethodCall, PrimCall
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Chain, ChildRef, Node, Parallel, SkipConnection
 from torchgraft.ir.primitives import Activation, Primitive
@@ -55,6 +55,15 @@ def _first_inplace(node: Node, block: Block) -> bool:
     return bool(getattr(node, "inplace", False))
 
 
+def _what(node: Node) -> str:
+    """``torch.flatten``, ``.view``: what a non-structural part of a forward calls."""
+    if isinstance(node, Graph) and node.ops:
+        target = node.ops[0].target
+        name = getattr(target, "qualname", None) or getattr(target, "name", None) or type(target).__name__
+        return f"{'.' if isinstance(target, MethodCall) else ''}{name}"
+    return type(node).__name__
+
+
 class _Builder:
     """Substitutes children for ChildRefs, names items after them, and records where each child went."""
 
@@ -90,7 +99,7 @@ class _Builder:
             names = self._names(node.branches)
             return Parallel(tuple(self.build(b, join(rel, n)) for n, b in zip(names, node.branches)),
                             node.combine, names)
-        raise _Unfit(f"part of its forward ({type(node).__name__}) is not a layer or a combinator")
+        raise _Unfit(f"its forward calls {_what(node)}, which is neither a layer nor a way of joining branches")
 
     def _names(self, items: tuple[Node, ...]) -> tuple[str, ...]:
         taken: set[str] = set()
@@ -150,7 +159,8 @@ class Desugar(Pass):
             except _Unfit as e:
                 skips.append(Skip(path, f"Block<{node.cls.name}> kept: {e}"))
                 return node
-            renames.append({join(path, c): join(path, rel) for c, rel in placed.items() if c != rel})
+            # rel "" when the forward is one child: the Block becomes that child (b.conv.0 -> b.0)
+            renames.append({join(path, c): join(path, rel) if rel else path for c, rel in placed.items() if c != rel})
             matches.append(Match(path, f"Block<{node.cls.name}> -> {type(new).__name__}", "structure"))
             return new
 

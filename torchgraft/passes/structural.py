@@ -31,7 +31,8 @@ def rename_path(path: str, renames: Renames) -> str:
     for group in renames:
         for old, new in group.items():
             if path == old or path.startswith(old + "."):
-                path = new + path[len(old):]
+                rest = path[len(old):]
+                path = new + rest if new else rest.lstrip(".")  # a child that became the root
                 break
     return path
 
