@@ -69,16 +69,6 @@ def replace_at(model: Model, path: str, new: Node) -> Model:
     return model.with_root(map_tree(model.root, lambda p, n: new if p == path else n))
 
 
-def graph_prims(node: Node) -> Iterator[tuple[str, PrimCall]]:
-    """(op name, call) for every functional primitive inside a Block's graphs."""
-    if isinstance(node, Block):
-        for body in (node.body, node.train_body):
-            if isinstance(body, Graph):
-                for op in body.ops:
-                    if isinstance(op.target, PrimCall):
-                        yield op.name, op.target
-
-
 def _body_prims(body: Node | None) -> Iterator[Primitive]:
     """The primitives a Block body uses: inline in its combinators, or called in its graph (PrimCall)."""
     if isinstance(body, Graph):

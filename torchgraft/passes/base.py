@@ -74,7 +74,6 @@ class Pass:
 
     name: ClassVar[str] = ""
     keeps_semantics: ClassVar[bool] = True
-    renames: ClassVar[bool] = False
 
     def rewrite(self, model: Model) -> tuple[Model, list[Match]]:
         """The rewritten model and the sites that changed."""

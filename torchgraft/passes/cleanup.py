@@ -136,7 +136,6 @@ class EliminateIdentity(Pass):
     """
 
     name: ClassVar[str] = "eliminate-identity"
-    renames: ClassVar[bool] = True
     where: str | None = None
 
     def rewrite(self, model: Model) -> tuple[Model, list[Match]]:
@@ -199,7 +198,6 @@ class FlattenChains(Pass):
     """
 
     name: ClassVar[str] = "flatten-chains"
-    renames: ClassVar[bool] = True
 
     def rewrite(self, model: Model) -> tuple[Model, list[Match]]:
         renames: dict[str, str] = {}

@@ -30,7 +30,7 @@ from torch import nn
 from torchgraft.errors import TorchgraftError
 from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Input, Op
 from torchgraft.ir.model import Model
-from torchgraft.ir.nodes import Block, ClassRef, Node, module_children
+from torchgraft.ir.nodes import Block, ClassRef, Node
 from torchgraft.ir.primitives import Dropout, Linear, TorchLayer
 from torchgraft.ir.traverse import join, walk
 from torchgraft.ir.types import UNKNOWN, TensorType, ValueType
@@ -38,6 +38,7 @@ from torchgraft.ir.values import Const, Ref
 from torchgraft.passes.base import Match, Pass
 from torchgraft.passes.rewrite import fmap
 from torchgraft.passes.selectors import Site, parse_selector
+from torchgraft.passes.sites import iter_sites
 
 LORA_CLASS = ClassRef("torchgraft.lora", "LoRALinear")
 """The original class recorded on every adapter Block (selectable as ``kind:LoRALinear``)."""
@@ -104,7 +105,6 @@ class LoRA(Pass):
     """
 
     name: ClassVar[str] = "lora"
-    renames: ClassVar[bool] = True
     where: str | None = None
     r: int = 8
     alpha: float = 16.0
@@ -213,16 +213,7 @@ class LoRA(Pass):
 
 
 def _sites(model: Model) -> list[tuple[str, Node, tuple[str, ...]]]:
-    out: list[tuple[str, Node, tuple[str, ...]]] = []
-
-    def visit(node: Node, path: str, enclosing: tuple[str, ...]) -> None:
-        out.append((path, node, enclosing))
-        inner = enclosing + ((node.cls.name,) if isinstance(node, Block) else ())
-        for n, c in module_children(node):
-            visit(c, join(path, n), inner)
-
-    visit(model.root, "", ())
-    return out
+    return [(s.path, s.node, s.enclosing) for s in iter_sites(model, graphs=False)]
 
 
 def _check_shared(model: Model, wrapped: set[str]) -> None:

@@ -42,7 +42,7 @@ from torchgraft.ir.traverse import join, walk, with_children
 from torchgraft.ir.types import UNKNOWN, TensorType, ValueType
 from torchgraft.ir.values import Const, Ref
 from torchgraft.passes.base import Match, Pass
-from torchgraft.passes.selectors import Site, parse_selector
+from torchgraft.passes.selectors import Site, enclosing_label, parse_selector
 
 Tensors = dict[str, torch.Tensor]
 Factory = Callable[[Site, Tensors], tuple[Node, Tensors] | None]
@@ -256,7 +256,7 @@ class ReplaceModule(Pass):
                     matches.append(Match(path, f"{_label(node)} -> {_label(new)}"))
                     replaced.append(path)
                     return new
-            inner = enclosing + ((node.cls.name,) if isinstance(node, Block) else ())
+            inner = enclosing + enclosing_label(node)
             kids = module_children(node)
             new_kids = tuple((n, visit(c, join(path, n), inner)) for n, c in kids)
             if any(a is not b for (_, a), (_, b) in zip(kids, new_kids, strict=True)):

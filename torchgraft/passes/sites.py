@@ -28,10 +28,10 @@ def _spelling(prim: object) -> str:
     return spelling.value if spelling is not None else "functional"
 
 
-def _visit(node: Node, path: str, parent: Node | None, enclosing: tuple[str, ...]) -> Iterator[Site]:
+def _visit(node: Node, path: str, parent: Node | None, enclosing: tuple[str, ...], graphs: bool) -> Iterator[Site]:
     yield Site(path, node, enclosing, parent, "module")
     inner = enclosing + enclosing_label(node)
-    if isinstance(node, Block):
+    if graphs and isinstance(node, Block):
         seen: set[str] = set()
         for g in (node.body, node.train_body):
             if isinstance(g, Graph):
@@ -40,13 +40,14 @@ def _visit(node: Node, path: str, parent: Node | None, enclosing: tuple[str, ...
                         seen.add(op.name)
                         yield Site(join(path, op.name), op.target.prim, inner, node, _spelling(op.target.prim))
     for name, child in module_children(node):
-        yield from _visit(child, join(path, name), node, inner)
+        yield from _visit(child, join(path, name), node, inner, graphs)
 
 
-def iter_sites(model: Model | Node) -> Iterator[Site]:
-    """Every site, parents before children: module-level nodes, then the functional primitives in their forwards."""
+def iter_sites(model: Model | Node, graphs: bool = True) -> Iterator[Site]:
+    """Every site, parents before children: module-level nodes, then the functional primitives in their
+    forwards (left out with ``graphs=False``)."""
     root = model.root if isinstance(model, Model) else model
-    yield from _visit(root, "", None, ())
+    yield from _visit(root, "", None, (), graphs)
 
 
 @dataclass(frozen=True)
