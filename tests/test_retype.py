@@ -7,6 +7,9 @@ before and after) and ``retype`` called directly (which raises instead).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import pytest
 import torch
 from torch import nn
@@ -137,3 +140,27 @@ def test_a_captured_transformers_model_keeps_its_types_through_a_pass() -> None:
     assert _types(model)["embeddings.position_embeddings"] == "f32[1, 10, 32]"  # a real 1 stays 1
     for new in (_swapped(model, "swap-activation{from=gelu to=relu}"), retype(model)):
         assert (_types(new), _op_type_list(new), new.output_type) == before
+
+
+def test_a_pass_that_breaks_a_type_on_tiny_bert_fails_with_the_node_path() -> None:
+    """A rewrite that narrows one Linear (weights consistent, so ``verify`` passes) breaks the residual
+    add after it: ``passes.run`` fails naming the pass, the block and the op."""
+    import_torchvision()
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=64)
+    model = tg.capture(transformers.BertModel(cfg).eval(), (), {"input_ids": torch.randint(1, 100, (2, 6))})
+    path = "encoder.layer.0.attention.output.dense"
+
+    @dataclass(frozen=True)
+    class Narrow(passes.Pass):
+        name: ClassVar[str] = "narrow"
+
+        def rewrite(self, m: ir.Model) -> tuple[ir.Model, list[passes.Match]]:
+            new = ir.replace_at(m, path, ir.Linear(32, 16))
+            weights = {**m.weights, path + ".weight": torch.zeros(16, 32), path + ".bias": torch.zeros(16)}
+            return new.with_root(new.root, weights=weights), [passes.Match(path, "narrowed")]
+
+    with pytest.raises(tg.TorchgraftError, match=r"pass narrow broke the model's types: .*"
+                                                  r"encoder\.layer\.0\.attention\.output: op 'add' failed"):
+        passes.run(model, Narrow())
