@@ -43,6 +43,7 @@ from torchgraft.ir.nodes import (
     module_children,
 )
 from torchgraft.ir.primitives import Activation, Primitive
+from torchgraft.ir.structure import recognize
 from torchgraft.ir.types import UNKNOWN, ValueType
 from torchgraft.ir.values import Arg, ByMode, Const, DictArg, Ref, Seq, Slice, Training
 
@@ -165,6 +166,27 @@ def format_body(node: Node) -> str:
     return kind_label(node)
 
 
+def structural_form(body: Node) -> Node | None:
+    """The combinator form of a Block body when it has one (a Graph that is only structure over children
+    and layers: ``Chain(SkipConnection(add, Chain(conv1, bn1, relu, conv2, bn2)), relu)``), else None."""
+    if not isinstance(body, Graph):
+        return body
+    form = recognize(body)
+    if isinstance(form, Graph) or any(isinstance(n, Graph) for n in _parts(form)):
+        return None
+    return form
+
+
+def _parts(node: Node) -> list[Node]:
+    if isinstance(node, Chain):
+        return [p for i in node.items for p in _parts(i)]
+    if isinstance(node, Parallel):
+        return [p for b in node.branches for p in _parts(b)]
+    if isinstance(node, SkipConnection):
+        return _parts(node.body)
+    return [node]
+
+
 def kind_label(node: Node) -> str:
     """The kind column: ``Conv2d(3, 16, kernel_size=3)``, ``Chain x3 of Block<BasicBlock>``, ``ModuleList[4]``."""
     if isinstance(node, Primitive):
@@ -203,7 +225,8 @@ def _forward_rows(block: Block, indent: str) -> list[Row]:
         bodies.append((block.train_body, "forward [training]"))
     lines: list[str] = []
     for body, title in bodies:
-        lines += format_graph(body, title) if isinstance(body, Graph) else [f"{title}: {format_body(body)}"]
+        form = structural_form(body)
+        lines += format_graph(body, title) if form is None else [f"{title}: {format_body(form)}"]
     return [(f"{indent}| {line}", "") for line in lines]
 
 
