@@ -8,6 +8,7 @@
     torchgraft diff mypkg.models:build -p fuse-conv-bn --format html -o diff.html
     torchgraft passes
     torchgraft demo
+    torchgraft new torchgraft/examples/animal_sound.toml -o out/animal
 
 A SPEC names a model (see ``torchgraft.specs``): ``package.module:callable``,
 ``torchvision:NAME``, ``timm:NAME`` or a folder torchgraft emitted. Errors print one
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _rewrite_parser(sub)
     _graph_parser(sub)
     _diff_parser(sub)
+    _new_parser(sub)
     _add(sub, "passes", "list every registered pass with its options")
     demo = _add(sub, "demo", "capture -> rewrite -> emit -> reload on the bundled model (no download)")
     demo.add_argument("-o", "--out", help="folder for model.py and weights (default: a temp folder)")
@@ -136,6 +138,17 @@ def _diff_parser(sub: Any) -> None:
     p.add_argument("-o", "--out", metavar="FILE", help="write to FILE instead of standard output")
 
 
+def _new_parser(sub: Any) -> None:
+    p = _add(sub, "new", "build a model from a TOML file of its inputs and outputs; print its plan; emit DIR",
+             "Build a composable model from a TOML spec file (its inputs and outputs, as "
+             "torchgraft.composable.universal takes them; see docs/composable.md and the bundled "
+             "torchgraft/examples/animal_sound.toml), print its plan and write DIR/model.py, "
+             "DIR/weights.safetensors and example inputs (so DIR is itself a SPEC).")
+    p.add_argument("spec_file", metavar="SPEC.toml", help="the spec file: [[unaligned]], [[aligned]] and "
+                   "[[outputs]] tables with name, shape, dtype, vocab, ...; top-level name, compute, seed")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="folder to write model.py and weights to")
+
+
 # running ---------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,7 +188,7 @@ def error_message(e: BaseException) -> str:
 
 def _dispatch(args: argparse.Namespace) -> int:
     commands = {"inspect": cmd_inspect, "rewrite": cmd_rewrite, "graph": cmd_graph, "diff": cmd_diff,
-                "passes": cmd_passes, "demo": cmd_demo}
+                "passes": cmd_passes, "demo": cmd_demo, "new": cmd_new}
     return commands[args.command](args)
 
 
@@ -362,6 +375,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     diff = run(args.out, show_source=not args.quiet)
     return 0 if diff <= 1e-4 else EXIT_CHECK_FAILED
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    """``torchgraft new``: a composable model from a spec file: plan, DIR/model.py, weights, example inputs."""
+    from safetensors.torch import save_file
+
+    from torchgraft.backends.torch.emitter import emit
+    from torchgraft.composable.spec_file import read_spec
+    from torchgraft.progress import step
+    from torchgraft.specs import EXAMPLE_INPUTS
+
+    spec = read_spec(args.spec_file)
+    with step(f"building {spec.name}"):
+        model = spec.build()
+    print(model.plan)
+    out = Path(args.out)
+    with step(f"saving {out}"):
+        code = emit(model)
+        code.save(out)
+        save_file({str(i): x for i, x in enumerate(spec.example_inputs())}, str(out / EXAMPLE_INPUTS))
+    inputs = ", ".join(i.name for i in model.inputs)
+    print(f"wrote {out}/: model.py, weights.safetensors, {EXAMPLE_INPUTS} ({len(code.source.splitlines())} lines "
+          f"of source)\n  {spec.name}.forward({inputs}) -> {model.output_type}\n"
+          f"  {out} is itself a SPEC now: torchgraft inspect {out}")
+    return 0
 
 
 # text helpers ----------------------------------------------------------------------------------

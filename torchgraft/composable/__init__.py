@@ -22,7 +22,8 @@ The result is an ordinary typed ``ir.Model``: every pass applies, and it emits a
 
 from torchgraft.composable.plan import CONFIGS, Config, Plan, PlanRow, count_params
 from torchgraft.composable.spec import HIGH_AT, Input, Output, SpecError
+from torchgraft.composable.spec_file import ModelSpec, SpecFileError, parse_spec, read_spec
 from torchgraft.composable.universal import UniversalModel, plan_of, universal
 
-__all__ = ["CONFIGS", "HIGH_AT", "Config", "Input", "Output", "Plan", "PlanRow", "SpecError", "UniversalModel",
-           "count_params", "plan_of", "universal"]
+__all__ = ["CONFIGS", "HIGH_AT", "Config", "Input", "ModelSpec", "Output", "Plan", "PlanRow", "SpecError",
+           "SpecFileError", "UniversalModel", "count_params", "parse_spec", "plan_of", "read_spec", "universal"]
