@@ -193,3 +193,58 @@ def test_desugar_says_what_a_forward_calls() -> None:
 class JustConvFlat(JustConv):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.conv(x), 1)
+
+
+class Clamp(nn.Module):
+    """Writes its input in place before using it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.clamp_(min=0)
+        return self.lin(x)
+
+
+class LaterFirst(nn.Module):
+    """Calls b before a, then joins ``a + b``: the structure must still run b first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = Clamp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hb = self.b(x)
+        ha = self.a(x)
+        return ha + hb
+
+
+class RightNested(nn.Module):
+    """``a + (b + c)``: float addition is not associative, so this is not ``(a + b) + c``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) + (self.b(x) + self.c(x))
+
+
+@pytest.mark.parametrize("block", [LaterFirst, RightNested])
+def test_desugar_keeps_call_order_and_grouping_exactly(block: type[nn.Module]) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), block()).eval()
+    captured = torchgraft.capture(model, (torch.randn(3, 4),))
+    result = run(captured, "desugar{where=1}")
+    assert [m.path for m in result.reports[0].matches] == ["1"]
+    rebuilt = torchgraft.emit(result.model).materialize().eval()
+    with torch.no_grad():
+        for b in (2, 5):
+            x = torch.randn(b, 4) * 1e3
+            assert torch.equal(rebuilt(x), model(x))  # bit for bit: same order of calls and of additions
+    node = ir.traverse.node_at(result.model.root, "1")
+    if block is RightNested:
+        assert isinstance(node, ir.Parallel) and isinstance(node.branches[1], ir.Parallel)
+    else:
+        assert isinstance(node, ir.Parallel) and node.names == ("b", "a")

@@ -226,7 +226,8 @@ def _forward_rows(block: Block, indent: str) -> list[Row]:
     lines: list[str] = []
     for body, title in bodies:
         form = structural_form(body)
-        lines += format_graph(body, title) if form is None else [f"{title}: {format_body(form)}"]
+        lines += format_graph(body, title) if isinstance(body, Graph) and form is None else [
+            f"{title}: {format_body(form if form is not None else body)}"]
     return [(f"{indent}| {line}", "") for line in lines]
 
 

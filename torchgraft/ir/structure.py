@@ -21,7 +21,6 @@ from torchgraft.ir.values import Const, Ref, Seq
 
 _COMBINE = {name: kind for name, kind in FUNCTION_KINDS.items() if not kind.takes_dim}
 """Binary functions read as a join: ``a + b``, ``torch.maximum(a, b)``, ``a - b`` (its order kept)."""
-_ORDERED = frozenset({CombineKind.SUB})
 """Joins whose operands cannot be swapped: ``x - f(x)`` is a SkipConnection, ``f(x) - x`` is not."""
 _INPLACE = {"operator.iadd": CombineKind.ADD, "operator.imul": CombineKind.MUL}
 """``out += x`` joins like ``out + x`` when ``out`` is a value of this forward (not its input)."""
@@ -71,46 +70,67 @@ def _then(first: Node, nxt: Node) -> Node:
     return items[0] if len(items) == 1 else Chain(*items)
 
 
+_NEVER = 1 << 62
+"""The ``first`` of a derivation that runs no op (the identity)."""
+
+
 class _Recognizer:
+    """Reads the graph backwards from its output. Each derivation also gives ``first``, the index of
+    the first op it runs, so branches keep the order their calls ran in: a structure never runs
+    children in another order than the forward did (dropout draws, in-place writes)."""
+
     def __init__(self, g: Graph) -> None:
         self.ops = {op.name: op for op in g.ops}
+        self.index = {op.name: i for i, op in enumerate(g.ops)}
         self.used: Counter[str] = Counter()
+        self.branch_firsts: dict[int, list[tuple[Node, int]]] = {}  # a Parallel built here -> its branches' firsts
 
-    def rec(self, v: str) -> tuple[str, Node]:
-        """(source value, node mapping source -> v)."""
+    def rec(self, v: str) -> tuple[str, Node, int]:
+        """(source value, node mapping source -> v, index of the first op that node runs)."""
         op = self.ops.get(v)
         if op is None:
-            return v, _IDENTITY
+            return v, _IDENTITY, _NEVER
         self.used[v] += 1
         comb = _combine_inputs(op, self.ops)
         if comb is not None:
-            combine, ins = comb
-            parts = [self.rec(i) for i in ins]
-            sources = {s for s, _ in parts}
-            if len(sources) != 1:
-                raise _Misfit
-            src = sources.pop()
-            bodies = [n for _, n in parts]
-            ordered = combine.kind in _ORDERED
-            if (len(bodies) == 2 and _IDENTITY in bodies and not combine.kind.takes_dim
-                    and (bodies[0] == _IDENTITY or not ordered)):
-                other = bodies[1 - bodies.index(_IDENTITY)]
-                return src, SkipConnection(other, combine)
-            if any(b == _IDENTITY for b in bodies):
-                raise _Misfit
-            flat: list[Node] = []
-            for i, b in enumerate(bodies):  # (a + b) + c reads as one three-way Parallel; (a - b) - c too
-                same = (isinstance(b, Parallel) and b.combine == combine and not combine.kind.takes_dim
-                        and (i == 0 or not ordered))
-                flat.extend(b.branches if same else (b,))  # type: ignore[union-attr]
-            return src, Parallel(tuple(flat), combine)
+            return self._combined(*comb)
         inp = _unary_input(op)
         if inp is None:
             raise _Misfit
-        src, node = self.rec(inp)
+        src, node, first = self.rec(inp)
         if inp in self.ops and self._fans_out(inp):
             raise _Misfit
-        return src, _then(node, _leaf(op))
+        return src, _then(node, _leaf(op)), min(first, self.index[op.name])
+
+    def _combined(self, combine: Combine, ins: list[str]) -> tuple[str, Node, int]:
+        parts = [self.rec(i) for i in ins]
+        sources = {s for s, _, _ in parts}
+        if len(sources) != 1:
+            raise _Misfit
+        src = sources.pop()
+        kind = combine.kind
+        assert isinstance(kind, CombineKind)
+        bodies = [n for _, n, _ in parts]
+        first = min(f for _, _, f in parts)
+        if len(bodies) == 2 and _IDENTITY in bodies and not kind.takes_dim and (bodies[0] == _IDENTITY
+                                                                              or kind.commutative):
+            return src, SkipConnection(bodies[1 - bodies.index(_IDENTITY)], combine), first
+        if any(b == _IDENTITY for b in bodies):
+            raise _Misfit
+        flat: list[tuple[Node, int]] = []
+        for i, (_, b, f) in enumerate(parts):  # (a + b) + c reads as one three-way Parallel (the fold is left first)
+            if isinstance(b, Parallel) and b.combine == combine and not kind.takes_dim and i == 0:
+                flat.extend(self.branch_firsts.pop(id(b)))
+            else:
+                flat.append((b, f))
+        ran = sorted(flat, key=lambda bf: bf[1])
+        if ran != flat:
+            if not (len(flat) == 2 and kind.commutative):  # b + a == a + b exactly; longer folds are not
+                raise _Misfit
+            flat = ran
+        node = Parallel(tuple(b for b, _ in flat), combine)
+        self.branch_firsts[id(node)] = flat
+        return src, node, first
 
     def _fans_out(self, v: str) -> bool:
         return self.used[v] > 1
@@ -122,7 +142,7 @@ def recognize(g: Graph) -> Node:
         return g
     r = _Recognizer(g)
     try:
-        src, node = r.rec(g.output.name)
+        src, node, _ = r.rec(g.output.name)
     except _Misfit:
         return g
     all_used = all(r.used[name] >= 1 for name in r.ops)
