@@ -76,10 +76,10 @@ def test_a_real_size_equal_to_a_trial_size_stays_a_number() -> None:
 
 
 def test_trial_sizes_avoid_the_fixed_input_dims() -> None:
-    """A fixed dim 11 in dim 0 stays 11: no trial size equals it, and two runs tell it from N."""
+    """A fixed dim 11 in dim 0 stays 11: no trial size equals it, and three runs tell it from N."""
     model = tg.build(ir.Chain(ir.LinearLayer(4, 4), ir.ReLU()), T((11, "N", 4)))
     plan = trial_plan([T((11, "N", 4))])
-    assert plan is not None and all(11 not in r.values() for r in plan.runs) and len(plan.runs) == 2
+    assert plan is not None and all(11 not in r.values() for r in plan.runs) and len(plan.runs) == 3
     for new in (_swapped(model), retype(model)):
         assert str(new.output_type) == "f32[11, N, 4]"
 
@@ -164,3 +164,20 @@ def test_a_pass_that_breaks_a_type_on_tiny_bert_fails_with_the_node_path() -> No
     with pytest.raises(tg.TorchgraftError, match=r"pass narrow broke the model's types: .*"
                                                   r"encoder\.layer\.0\.attention\.output: op 'add' failed"):
         passes.run(model, Narrow())
+
+
+def test_one_symbol_gets_three_runs_so_a_square_is_not_fitted_by_a_line() -> None:
+    """Two runs always fit a line: ``(h @ h.T).flatten()`` was typed ``N*24-143``; three runs see ``N*N``."""
+
+    class Gram(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.act = nn.Linear(4, 4), nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.act(self.lin(x))
+            return (h @ h.T).flatten()
+
+    model = tg.capture(Gram(), (torch.randn(5, 4),))
+    assert str(retype(model).output_type) == "f32[N*N]"
+    assert str(passes.run(model, "swap-activation{from=relu to=silu}").model.output_type) == "f32[N*N]"

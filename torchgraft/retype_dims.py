@@ -34,17 +34,18 @@ from torchgraft.ir.types import TensorType, ValueType
 def trial_plan(inputs: Sequence[ValueType]) -> TrialPlan | None:
     """The runs a replay of a model with these input types needs; None when an input has a derived dim.
 
-    One symbol: two runs (a base and one changed); none: one run; k symbols: TrialPlan's k + 2.
+    None: one run; k symbols: TrialPlan's k + 2 (one symbol: three runs, so a dim that is not a line
+    in N, such as N*N, is seen rather than fitted by the line through two points).
 
     >>> trial_plan((TensorType(("N", 3, 11)),)).runs
-    ({'N': 13}, {'N': 17})
+    ({'N': 13}, {'N': 17}, {'N': 19})
     """
     tensors = [t for t in inputs if isinstance(t, TensorType)]
     symbols = tuple(dict.fromkeys(d for t in tensors for d in t.shape if isinstance(d, str)))
     if any(not s.isidentifier() for s in symbols):
         return None  # "N*2" as an input dim: no size to give it from the symbols alone
     plan = TrialPlan.for_symbols(symbols, {d for t in tensors for d in t.shape if isinstance(d, int)})
-    return TrialPlan(plan.symbols, plan.runs[:2]) if len(symbols) == 1 else plan
+    return plan
 
 
 def example_inputs(model: Model, sizes: Mapping[str, int]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:

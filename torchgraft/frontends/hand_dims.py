@@ -85,12 +85,12 @@ class TrialPlan:
         linear = self._linear(values)
         if linear is not None:
             return linear
-        for a, b in itertools.combinations(self.symbols, 2):
+        for a, b in itertools.combinations_with_replacement(self.symbols, 2):  # N*T, and N*N
             coef, rest = divmod(values[0], self.runs[0][a] * self.runs[0][b])
             if not rest and coef > 0 and all(v == coef * r[a] * r[b] for v, r in zip(values, self.runs)):
                 return f"{a}*{b}" if coef == 1 else f"{a}*{b}*{coef}"
         seen = "; ".join(f"{v} at {self.sizes(i)}" for i, v in enumerate(values))
-        product = f", nor c*{self.symbols[0]}*{self.symbols[1]}" if len(self.symbols) > 1 else ""
+        product = f", nor c*{self.symbols[0]}*{self.symbols[-1]}"
         raise IRError(f"{where(path)}: {what} of the output is {seen}: not c0 + c1*{self.symbols[0]} + ... with "
                       f"integer coefficients{product}, so it has no symbolic type (a stride or pooling on a symbolic "
                       "size?); fix that input dim to a size")
