@@ -5,7 +5,8 @@ Built on the emitted module (``torchgraft.emit(model)``) and ``torch.func.functi
     init, predict = torchgraft.functional(model)
     params = init(seed=0)                      # {name: tensor}: parameters, then buffers
     y = predict(params, x)                     # eval mode; params are not changed
-    grads = torch.func.grad(lambda p: predict(p, x).sum())(params)
+    weights = {k: params[k] for k in init.trainable}       # differentiate the parameters, not the buffers
+    grads = torch.func.grad(lambda w: predict({**params, **w}, x).sum())(weights)
 
 ``params`` is a plain dict: train it with ``torch.func.grad`` or with autograd (set
 ``requires_grad`` on its tensors and hand them to a ``torch.optim`` optimiser).

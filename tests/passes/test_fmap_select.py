@@ -91,3 +91,31 @@ def test_a_selector_that_selects_nothing_warns_and_strict_fails() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run(captured, "swap-activation{from=relu to=gelu where=in:Sequential}")
+
+
+class Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Linear(6, 6, bias=False)
+        self.mid = nn.ReLU()
+        self.head = nn.Linear(6, 6, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mid(self.emb(x)))
+
+
+def test_fmap_keeps_ties_consistent() -> None:
+    """Replacing the alias of a tie drops the tie; replacing its owner while the alias stays is refused."""
+    original = Tied().eval()
+    captured = torchgraft.capture(original, (torch.randn(3, 6),))
+    assert captured.ties == (("head.weight", "emb.weight"),)
+    no_head = fmap(captured, lambda s: ir.Tanh() if s.path == "head" else None)
+    verify(no_head)
+    assert no_head.ties == () and set(no_head.weights) == {"emb.weight"}
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(torchgraft.emit(no_head).materialize()(x), torch.tanh(original.mid(original.emb(x))),
+                                   **TOL)
+    with pytest.raises(IRError, match=r"head.weight shares it \(a tie\)"):
+        fmap(captured, lambda s: ir.Tanh() if s.path == "emb" else None)

@@ -56,9 +56,27 @@ def fmap(model: Model, fn: SiteFn) -> Model:
     out = _fmap(model, visit)
     if out is model:
         return model
-    keep = set(dropped)
-    weights = {k: v for k, v in model.weights.items() if k not in keep}
-    return out.with_root(out.root, weights=weights, frozen=tuple(k for k in model.frozen if k not in keep))
+    gone = set(dropped)
+    weights = {k: v for k, v in model.weights.items() if k not in gone}
+    return out.with_root(out.root, weights=weights, frozen=tuple(k for k in model.frozen if k not in gone),
+                         ties=_ties(model, gone))
+
+
+def _ties(model: Model, gone: set[str]) -> tuple[tuple[str, str], ...]:
+    """The ties left when the state keys ``gone`` went: an alias that went goes with them; a tie whose
+    owner went while its alias stays is refused (the alias would read a tensor that is no longer there)."""
+    def under(path: str) -> bool:
+        return path in gone or any(k.startswith(path + ".") for k in gone)
+
+    kept = []
+    for alias, target in model.ties:
+        if under(alias):
+            continue
+        if under(target):
+            raise IRError(f"fmap: {target} was replaced by a layer without its state, but {alias} shares it (a "
+                          f"tie); replace {alias} too, or keep {target}")
+        kept.append((alias, target))
+    return tuple(kept)
 
 
 def _label(node: Node) -> str:
