@@ -340,3 +340,31 @@ def test_wired_seam_types_are_checked(towers: tuple[ir.Model, ir.Model, ir.Model
     with pytest.raises(tg.IRError, match=r"model 'head' input 'b' cannot take input 'x': it gives f32\[N, 12\]"):
         tg.compose(img, head, names=("image_tower", "head"),  # one input feeds two models: their types must agree
                    wiring={"image_tower": "x", "head.a": "image_tower", "head.b": "x"})
+
+
+class Branchy(nn.Module):
+    """Takes another branch for batches above 3: capture at batch 2 guards that."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) * 2 if x.shape[0] > 3 else self.lin(x)
+
+
+class WithBranchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.g = Branchy()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.g(x) + 1
+
+
+def test_guards_of_a_composed_model_name_their_new_paths() -> None:
+    enc = tg.capture(WithBranchy(), (torch.randn(2, 4),))
+    head = tg.capture(nn.Sequential(nn.Linear(4, 2)), (torch.randn(2, 4),))
+    rebuilt = tg.emit(tg.compose(enc, head, names=("enc", "head"))).materialize()
+    with pytest.raises(ValueError, match=r"^enc\.g \(Branchy\) was captured where a size comparison"):
+        rebuilt(torch.randn(5, 4))

@@ -35,8 +35,9 @@ def path_pattern(paths: list[str]) -> str:
 
 
 def shared_messages(g: Graph | None, paths: list[str]) -> Graph | None:
-    """``g`` with each guard message's leading module path replaced by the pattern of ``paths``."""
-    if g is None or len(set(paths)) < 2:
+    """``g`` with each guard message's leading module path replaced by the pattern of ``paths`` (also for
+    one instance: a model composed under a prefix names its guards by their new paths, ``enc.g``)."""
+    if g is None or not paths:
         return g
     pattern = path_pattern(paths)
     ops = tuple(dataclasses.replace(op, target=dataclasses.replace(
