@@ -1,4 +1,5 @@
-"""Run one family case end to end: capture -> emit -> save -> strict load -> fresh-process reload -> compare.
+"""Run one family case end to end: capture -> emit -> save -> ruff-clean -> strict load -> fresh-process reload
+-> compare (ruff-clean: ``ruff format --check`` and ``ruff check`` find nothing in model.py, see zoo.py).
 
 ``check_case`` returns an ``Outcome`` rather than raising, so the coverage script can tabulate every case;
 the sweep test asserts on it. Calls are saved as safetensors plus a JSON layout (tensors, lists of
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 from families import Call, Case
+from zoo import ruff_problems
 
 import torchgraft
 from torchgraft.errors import TorchgraftError
@@ -183,6 +185,10 @@ def check_case(case: Case) -> Outcome:
         folder = Path(tmp)
         try:
             code.save(folder)
+            unformatted = ruff_problems(folder / "model.py")
+            if unformatted:
+                outcome.error = f"model.py is not ruff-clean: {unformatted[:400]}"
+                return outcome
             try:
                 rebuilt = code.materialize(load_weights=False, device="meta")
             except RuntimeError:  # a layer that computes while it is built (orthogonal): build it for real

@@ -1,9 +1,9 @@
 """The families of ``tests/families.py`` (the README's coverage table), each captured once and checked.
 
-Each case: capture -> emit -> save -> the original state_dict loads strict=True with the same keys ->
-a fresh process without torchgraft runs the example and another batch size or length -> equal to
-eager within 1e-4 x max|output| (1e-3 for detection, whose eager roi_align is a
-torch.compile-d kernel here) (``family_check``). The few models listed in ``REFUSED`` must be
+Each case: capture -> emit -> save -> model.py is ruff-format and ruff-check clean -> the original
+state_dict loads strict=True with the same keys -> a fresh process without torchgraft runs the example
+and another batch size or length -> equal to eager within 1e-4 x max|output| (1e-3 for detection, whose
+eager roi_align is a torch.compile-d kernel here) (``family_check``). The few models listed in ``REFUSED`` must be
 refused cleanly (a torchgraft error naming the module path and what to do), never with a raw
 ``TypeError``/``RuntimeError``; every other model must match. Weights live in a temporary folder
 removed after each model.

@@ -8,6 +8,8 @@
   without torchgraft) within 1e-4 x max|output|; no relu is left in the source; no more
   BatchNorm remains than after torch.fx's ``fuse()``;
 - the emitted model.py defines every name it uses and leaves no variable unused (ruff F821/F841),
+  and is formatted: ``ruff format --isolated --check`` and ``ruff check`` (E, F, W but E501) are clean
+  on it and on the rewritten model.py,
   and defines no class the original model does not have (one class per original class; the one
   exception, ShuffleNet's stride-2 ``InvertedResidualBranch1``, is listed in ``EXTRA_CLASSES``).
 
@@ -28,7 +30,7 @@ import torch
 import torch.fx.experimental.optimization
 import torch.nn.functional as F
 from torch import nn
-from zoo import assert_names_defined, import_torchvision, input_size, run_fresh_many
+from zoo import assert_formatted, assert_names_defined, import_torchvision, input_size, run_fresh_many
 
 import torchgraft
 from torchgraft.ir.verify import verify
@@ -110,6 +112,7 @@ def _check_model(name: str, tmp_path: Path) -> None:
     new_code = torchgraft.emit(result.model)
     assert not re.search(r"relu(?!6)", new_code.source, re.IGNORECASE), "a relu survived the swap"
     new_code.save(rewritten)
+    assert_formatted(plain / "model.py", rewritten / "model.py")
     del ir_model, result
 
     outs = run_fresh_many({plain: xs, rewritten: {"b2": xs["b2"]}})

@@ -93,6 +93,28 @@ def assert_names_defined(model_py: Any) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:]
 
 
+RUFF_FORMAT_CHECK = ("format", "--isolated", "--no-cache", "--check", "--diff")
+RUFF_LINT = ("check", "--isolated", "--no-cache", "--select", "E,F,W", "--ignore", "E501")
+"""What a user's own checks would say: ruff's defaults (88 columns, double quotes), no config of ours."""
+
+
+def ruff_problems(*files: Any) -> str:
+    """What ``ruff format --check`` and ``ruff check --select E,F,W --ignore E501`` (both ``--isolated``)
+    report on emitted files; empty when they are clean. ruff is a dependency of torchgraft."""
+    out = []
+    for args in (RUFF_FORMAT_CHECK, RUFF_LINT):
+        proc = subprocess.run([sys.executable, "-m", "ruff", *args, *map(str, files)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            out.append(f"ruff {args[0]}: {proc.stdout[-3000:]}{proc.stderr[-1000:]}")
+    return "\n".join(out)
+
+
+def assert_formatted(*files: Any) -> None:
+    """``ruff_problems`` finds nothing: the emitted model.py is formatter-stable and lint-clean."""
+    problems = ruff_problems(*files)
+    assert not problems, problems
+
+
 def _reference_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Greedy non-maximum suppression in plain torch (torchvision's kernel semantics: strict ``>``)."""
     if boxes.numel() == 0:

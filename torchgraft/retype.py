@@ -137,7 +137,7 @@ def _built(model: Model) -> tuple[torch.nn.Module, dict[str, Any]]:
 
     from torchgraft.backends.torch.emitter import emit, import_file
 
-    code = emit(model)
+    code = emit(model, formatted=False)  # built on meta, never shown: no need to format
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.py"
         path.write_text(code.source)

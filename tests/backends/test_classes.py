@@ -71,9 +71,9 @@ def test_one_class_per_original_class(emitted: Emitted, name: str) -> None:
 def test_efficientnet_generalises_constants_and_optional_layers(emitted: Emitted) -> None:
     source = emitted("efficientnet_b0")[2].source
     assert "def __init__(self, p: float) -> None:" in source  # StochasticDepth's probability
-    assert "stochastic_depth(input, self.p, 'row', self.training)" in source
+    assert 'stochastic_depth(input, self.p, "row", self.training)' in source
     assert "if self.residual:" in source
-    assert "if use_block_0 else [])" in source  # the expand layer only some MBConvs have
+    assert re.search(r"\]\s+if use_block_0\s+else \[\]\s+\)", source)  # the expand layer only some MBConvs have
 
 
 def test_forward_names_are_not_fx_numbered(emitted: Emitted) -> None:

@@ -173,7 +173,7 @@ def test_numpy_scalar_attribute_of_copied_forward(tmp_path: Path) -> None:
 
 def test_enum_members_become_their_values(tmp_path: Path) -> None:
     source = _roundtrip_two_sizes(EnumPad(), [(2, 3, 4), (1, 5, 6)], tmp_path)
-    assert "Mode" not in source and "Axis" not in source and "PAD_MODE = 'constant'" in source
+    assert "Mode" not in source and "Axis" not in source and 'PAD_MODE = "constant"' in source
     assert "FILL = 2" in source and "def _pad(" in source
     assert "'constant'" in source or '"constant"' in source
 

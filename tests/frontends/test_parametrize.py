@@ -66,7 +66,7 @@ def test_reparametrized_layers_round_trip(tmp_path: Path) -> None:
     assert [r.kind for r in nodes["g"].reparam] == ["legacy_spectral_norm"]  # type: ignore[union-attr]
     code = torchgraft.emit(captured)
     assert "nn.utils.parametrizations.weight_norm(" in code.source
-    assert "orthogonal_map='householder'" in code.source and "use_trivialization=False" in code.source
+    assert 'orthogonal_map="householder"' in code.source and "use_trivialization=False" in code.source
     assert "nn.utils.weight_norm(" in code.source and "nn.utils.spectral_norm(" in code.source
 
     emitted = code.materialize()

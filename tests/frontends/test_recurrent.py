@@ -192,7 +192,7 @@ def _code(model: nn.Module, args: tuple[Tensor, ...]) -> str:
 def test_emitted_constructor_keeps_every_argument() -> None:
     source = _code(Stack().eval(), _sf(2, 5))
     assert "nn.GRU(4, 6, num_layers=2, bias=False, bidirectional=True)" in source
-    assert "nn.RNN(12, 5, nonlinearity='relu')" in source
+    assert 'nn.RNN(12, 5, nonlinearity="relu")' in source
     source = _code(Projected().eval(), _bf(2, 5))
     assert "nn.LSTM(4, 8, num_layers=2, batch_first=True, bidirectional=True, proj_size=3)" in source
 

@@ -13,10 +13,10 @@ class BertEmbeddings(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer(
-            'position_ids', torch.zeros(1, 64, dtype=torch.int64), persistent=False
+            "position_ids", torch.zeros(1, 64, dtype=torch.int64), persistent=False
         )
         self.register_buffer(
-            'token_type_ids', torch.zeros(1, 64, dtype=torch.int64), persistent=False
+            "token_type_ids", torch.zeros(1, 64, dtype=torch.int64), persistent=False
         )
         self.word_embeddings = nn.Embedding(
             num_embeddings=100, embedding_dim=32, padding_idx=0
@@ -28,9 +28,11 @@ class BertEmbeddings(nn.Module):
 
     def forward(self, input_ids: Tensor) -> Tensor:
         if input_ids is None:
-            raise ValueError('embeddings (BertEmbeddings) was captured with input_ids given; calling it with input_ids=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+            raise ValueError(
+                "embeddings (BertEmbeddings) was captured with input_ids given; calling it with input_ids=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
+            )
         dim = input_ids.size(1)
-        out = self.position_ids[:, 0:dim + 0]
+        out = self.position_ids[:, 0 : dim + 0]
         gather_out = torch.gather(
             self.token_type_ids.expand(out.size(0), -1), dim=1, index=out
         )
@@ -53,7 +55,9 @@ class BertSelfAttention(nn.Module):
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor):
         if attention_mask is None:
-            raise ValueError('encoder.layer.*.attention.self (BertSelfAttention) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+            raise ValueError(
+                "encoder.layer.*.attention.self (BertSelfAttention) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
+            )
         query = self.query(hidden_states)
         batch, seq_len = hidden_states.shape[:2]
         query = query.view(batch, seq_len, -1, 8).transpose(1, 2)
@@ -61,7 +65,9 @@ class BertSelfAttention(nn.Module):
         value = self.value(hidden_states).view(batch, seq_len, -1, 8).transpose(1, 2)
         h = query.size(2)
         if h <= 1:
-            raise ValueError('encoder.layer.*.attention.self (BertSelfAttention) was captured where a size comparison (>) at transformers/integrations/sdpa_attention.py:148 was True; inputs for which it is False take another branch; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+            raise ValueError(
+                "encoder.layer.*.attention.self (BertSelfAttention) was captured where a size comparison (>) at transformers/integrations/sdpa_attention.py:148 was True; inputs for which it is False take another branch; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
+            )
         out = F.scaled_dot_product_attention(
             query,
             key,
@@ -98,7 +104,9 @@ class BertAttention(nn.Module):
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor):
         if attention_mask is None:
-            raise ValueError('encoder.layer.*.attention (BertAttention) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+            raise ValueError(
+                "encoder.layer.*.attention (BertAttention) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
+            )
         return (
             self.output(
                 self.self(hidden_states, attention_mask=attention_mask)[0],
@@ -151,7 +159,9 @@ class BertLayer(nn.Module):
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor) -> Tensor:
         if attention_mask is None:
-            raise ValueError('encoder.layer.* (BertLayer) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+            raise ValueError(
+                "encoder.layer.* (BertLayer) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
+            )
         attention_0 = self.attention(hidden_states, attention_mask)[0]
         return self.output(self.intermediate(attention_0), attention_0)
 
@@ -165,10 +175,12 @@ class BertEncoder(nn.Module):
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor):
         if attention_mask is None:
-            raise ValueError('encoder (BertEncoder) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+            raise ValueError(
+                "encoder (BertEncoder) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
+            )
         for block in self.layer:
             hidden_states = block(hidden_states, attention_mask)
-        return {'last_hidden_state': hidden_states}
+        return {"last_hidden_state": hidden_states}
 
 
 class BertPooler(nn.Module):
@@ -194,21 +206,25 @@ class BertModel(nn.Module):
 
     def forward(self, input_ids: Tensor):
         if input_ids is None:
-            raise ValueError('<root> (BertModel) was captured with input_ids given; calling it with input_ids=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+            raise ValueError(
+                "<root> (BertModel) was captured with input_ids given; calling it with input_ids=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
+            )
         embeddings_out = self.embeddings(input_ids=input_ids)
         if embeddings_out.dtype != torch.float32:
-            raise ValueError('<root> (BertModel) was captured with a float32 tensor whose dtype it reads at transformers/masking_utils.py:1074; other dtypes may take another path; capture with an example of that dtype')
+            raise ValueError(
+                "<root> (BertModel) was captured with a float32 tensor whose dtype it reads at transformers/masking_utils.py:1074; other dtypes may take another path; capture with an example of that dtype"
+            )
         seq_len = embeddings_out.size(1)
-        input_ids = torch.arange(
-            seq_len, device=input_ids.device
-        ).add(0)[None, None, :, None]
+        input_ids = torch.arange(seq_len, device=input_ids.device).add(0)[
+            None, None, :, None
+        ]
         input_ids = input_ids.ge(0).expand(embeddings_out.size(0), -1, seq_len, seq_len)
-        last_hidden_state = self.encoder(
-            embeddings_out, attention_mask=input_ids
-        )['last_hidden_state']
+        last_hidden_state = self.encoder(embeddings_out, attention_mask=input_ids)[
+            "last_hidden_state"
+        ]
         return {
-            'last_hidden_state': last_hidden_state,
-            'pooler_output': self.pooler(last_hidden_state),
+            "last_hidden_state": last_hidden_state,
+            "pooler_output": self.pooler(last_hidden_state),
         }
 
 
@@ -224,8 +240,9 @@ def load(weights: str | Path | None = None) -> BertModel:
     from safetensors.torch import load_file
 
     model = build()
-    path = weights if weights is not None else Path(__file__).with_name("weights.safetensors")
-    model.load_state_dict(load_file(str(path)), strict=True)
+    if weights is None:
+        weights = Path(__file__).with_name("weights.safetensors")
+    model.load_state_dict(load_file(str(weights)), strict=True)
     return model
 
 
@@ -233,6 +250,7 @@ def _load_constants(model: nn.Module) -> None:
     """Fill tensors that are not in the state_dict (non-persistent buffers, traced constants)."""
     from safetensors.torch import load_file
 
+    constants = load_file(str(Path(__file__).with_name("constants.safetensors")))
     with torch.no_grad():
-        for key, value in load_file(str(Path(__file__).with_name("constants.safetensors"))).items():
+        for key, value in constants.items():
             model.get_buffer(key).copy_(value)

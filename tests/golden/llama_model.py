@@ -21,9 +21,13 @@ class LlamaAttention(nn.Module):
         self, hidden_states: Tensor, position_embeddings, attention_mask: Tensor
     ):
         if len(position_embeddings) != 2:
-            raise ValueError('layers.*.self_attn (LlamaAttention) was captured with 2 items in position_embeddings; others would be ignored; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+            raise ValueError(
+                "layers.*.self_attn (LlamaAttention) was captured with 2 items in position_embeddings; others would be ignored; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
+            )
         if attention_mask is None:
-            raise ValueError('layers.*.self_attn (LlamaAttention) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+            raise ValueError(
+                "layers.*.self_attn (LlamaAttention) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
+            )
         q = self.q_proj(hidden_states)
         batch, seq_len = hidden_states.shape[:2]
         q = q.view((batch, seq_len, -1, 8)).transpose(1, 2)
@@ -32,16 +36,18 @@ class LlamaAttention(nn.Module):
         out = position_embeddings[0].unsqueeze(1)
         unsqueeze_out = position_embeddings[1].unsqueeze(1)
         mul_out = q.mul(out)
-        item = q[..., :q.size(-1) // 2]
-        cat_out = torch.cat((q[..., q.size(-1) // 2:].neg(), item), dim=-1)
+        item = q[..., : q.size(-1) // 2]
+        cat_out = torch.cat((q[..., q.size(-1) // 2 :].neg(), item), dim=-1)
         mul_out = mul_out.add(cat_out.mul(unsqueeze_out))
         out = k.mul(out)
-        item = k[..., :k.size(-1) // 2]
-        cat_out = torch.cat((k[..., k.size(-1) // 2:].neg(), item), dim=-1)
+        item = k[..., : k.size(-1) // 2]
+        cat_out = torch.cat((k[..., k.size(-1) // 2 :].neg(), item), dim=-1)
         out = out.add(cat_out.mul(unsqueeze_out))
         h = mul_out.size(2)
         if h == 1:
-            raise ValueError('layers.*.self_attn (LlamaAttention) was captured where a size comparison (==) at transformers/integrations/sdpa_attention.py:121 was False; inputs for which it is True take another branch; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+            raise ValueError(
+                "layers.*.self_attn (LlamaAttention) was captured where a size comparison (==) at transformers/integrations/sdpa_attention.py:121 was False; inputs for which it is True take another branch; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
+            )
         item = out[:, :, None, :, :]
         n, c, size_h, w = out.shape
         item = item.expand(n, c, 2, size_h, w)
@@ -51,7 +57,9 @@ class LlamaAttention(nn.Module):
         out = out.expand(n, c, 2, size_h, w)
         out = out.reshape(n, c * 2, size_h, w)
         if h <= 1:
-            raise ValueError('layers.*.self_attn (LlamaAttention) was captured where a size comparison (>) at transformers/integrations/sdpa_attention.py:148 was True; inputs for which it is False take another branch; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+            raise ValueError(
+                "layers.*.self_attn (LlamaAttention) was captured where a size comparison (>) at transformers/integrations/sdpa_attention.py:148 was True; inputs for which it is False take another branch; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
+            )
         mul_out = F.scaled_dot_product_attention(
             mul_out,
             item,
@@ -115,9 +123,13 @@ class LlamaDecoderLayer(nn.Module):
         self, hidden_states: Tensor, attention_mask: Tensor, position_embeddings
     ) -> Tensor:
         if attention_mask is None:
-            raise ValueError('layers.* (LlamaDecoderLayer) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+            raise ValueError(
+                "layers.* (LlamaDecoderLayer) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
+            )
         if len(position_embeddings) != 2:
-            raise ValueError('layers.* (LlamaDecoderLayer) was captured with 2 items in position_embeddings; others would be ignored; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+            raise ValueError(
+                "layers.* (LlamaDecoderLayer) was captured with 2 items in position_embeddings; others would be ignored; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
+            )
         out = self.input_layernorm(hidden_states)
         position_embeddings_0 = position_embeddings[0]
         out = self.self_attn(
@@ -134,8 +146,8 @@ class LlamaRotaryEmbedding(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer('inv_freq', torch.zeros(4), persistent=False)
-        self.register_buffer('original_inv_freq', torch.zeros(4), persistent=False)
+        self.register_buffer("inv_freq", torch.zeros(4), persistent=False)
+        self.register_buffer("original_inv_freq", torch.zeros(4), persistent=False)
 
     def forward(self, x: Tensor, position_ids: Tensor):
         position_ids = position_ids[..., None].float()
@@ -163,27 +175,39 @@ class LlamaModel(nn.Module):
         self, input_ids: Tensor, *, use_cache=None, cache=None, past_key_values=None
     ):
         if use_cache is True:
-            raise ValueError('<root> (LlamaModel) was captured without a key/value cache (as with use_cache=False; its config says True), so it returns no past_key_values and incremental decoding is not supported; call it without use_cache (or with use_cache=False)')
+            raise ValueError(
+                "<root> (LlamaModel) was captured without a key/value cache (as with use_cache=False; its config says True), so it returns no past_key_values and incremental decoding is not supported; call it without use_cache (or with use_cache=False)"
+            )
         if cache is not None:
-            raise ValueError('<root> (LlamaModel) was captured without a key/value cache, so a cache passed in (cache=...) would be ignored: incremental decoding is not supported; call it without cache')
+            raise ValueError(
+                "<root> (LlamaModel) was captured without a key/value cache, so a cache passed in (cache=...) would be ignored: incremental decoding is not supported; call it without cache"
+            )
         if past_key_values is not None:
-            raise ValueError('<root> (LlamaModel) was captured without a key/value cache, so a cache passed in (past_key_values=...) would be ignored: incremental decoding is not supported; call it without past_key_values')
+            raise ValueError(
+                "<root> (LlamaModel) was captured without a key/value cache, so a cache passed in (past_key_values=...) would be ignored: incremental decoding is not supported; call it without past_key_values"
+            )
         if input_ids is None:
-            raise ValueError('<root> (LlamaModel) was captured with input_ids given; calling it with input_ids=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+            raise ValueError(
+                "<root> (LlamaModel) was captured with input_ids given; calling it with input_ids=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
+            )
         embed_tokens_out = self.embed_tokens(input_ids)
         device = input_ids.device
         out = torch.arange(embed_tokens_out.size(1), device=device).add(0)
         out = out.unsqueeze(0)
         batch = embed_tokens_out.size(0)
         if batch == out.size(0):
-            raise ValueError('<root> (LlamaModel) was captured where a size comparison (!=) at transformers/masking_utils.py:868 was True; inputs for which it is False take another branch; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])')
+            raise ValueError(
+                "<root> (LlamaModel) was captured where a size comparison (!=) at transformers/masking_utils.py:868 was True; inputs for which it is False take another branch; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
+            )
         expand_out = out.expand(batch, -1)
         expand_out = torch.diff(
             expand_out, prepend=expand_out[:, :1].sub(1), dim=-1
         ).ne(1)
         expand_out = expand_out.cumsum(-1)
         if embed_tokens_out.dtype != torch.float32:
-            raise ValueError('<root> (LlamaModel) was captured with a float32 tensor whose dtype it reads at transformers/masking_utils.py:965; other dtypes may take another path; capture with an example of that dtype')
+            raise ValueError(
+                "<root> (LlamaModel) was captured with a float32 tensor whose dtype it reads at transformers/masking_utils.py:965; other dtypes may take another path; capture with an example of that dtype"
+            )
         batch = embed_tokens_out.size(0)
         out2 = out.expand(batch, -1)
         arange_out = torch.arange(batch, device=device)
@@ -209,7 +233,7 @@ class LlamaModel(nn.Module):
                 attention_mask=new_ones_out,
                 position_embeddings=(rotary_emb_0, rotary_emb_1),
             )
-        return {'last_hidden_state': self.norm(embed_tokens_out)}
+        return {"last_hidden_state": self.norm(embed_tokens_out)}
 
 
 def build() -> LlamaModel:
@@ -224,8 +248,9 @@ def load(weights: str | Path | None = None) -> LlamaModel:
     from safetensors.torch import load_file
 
     model = build()
-    path = weights if weights is not None else Path(__file__).with_name("weights.safetensors")
-    model.load_state_dict(load_file(str(path)), strict=True)
+    if weights is None:
+        weights = Path(__file__).with_name("weights.safetensors")
+    model.load_state_dict(load_file(str(weights)), strict=True)
     return model
 
 
@@ -233,6 +258,7 @@ def _load_constants(model: nn.Module) -> None:
     """Fill tensors that are not in the state_dict (non-persistent buffers, traced constants)."""
     from safetensors.torch import load_file
 
+    constants = load_file(str(Path(__file__).with_name("constants.safetensors")))
     with torch.no_grad():
-        for key, value in load_file(str(Path(__file__).with_name("constants.safetensors"))).items():
+        for key, value in constants.items():
             model.get_buffer(key).copy_(value)

@@ -22,11 +22,17 @@ class InvertedResidual(nn.Module):
         super().__init__()
         self.residual = residual
         self.conv = nn.Sequential(
-            *([nn.Sequential(
-                nn.Conv2d(in_channels, channels, kernel_size=1, bias=False),
-                nn.BatchNorm2d(channels),
-                nn.ReLU6(inplace=True),
-            )] if use_conv_0 else []),
+            *(
+                [
+                    nn.Sequential(
+                        nn.Conv2d(in_channels, channels, kernel_size=1, bias=False),
+                        nn.BatchNorm2d(channels),
+                        nn.ReLU6(inplace=True),
+                    )
+                ]
+                if use_conv_0
+                else []
+            ),
             nn.Sequential(
                 nn.Conv2d(
                     channels,
@@ -67,22 +73,30 @@ class MobileNetV2(nn.Module):
             InvertedResidual(144, 24, in_channels=24, use_conv_0=True, residual=True),
             InvertedResidual(144, 32, in_channels=24, use_conv_0=True, stride=2),
             *[
-                InvertedResidual(192, 32, in_channels=32, use_conv_0=True, residual=True)
+                InvertedResidual(
+                    192, 32, in_channels=32, use_conv_0=True, residual=True
+                )
                 for _ in range(2)
             ],
             InvertedResidual(192, 64, in_channels=32, use_conv_0=True, stride=2),
             *[
-                InvertedResidual(384, 64, in_channels=64, use_conv_0=True, residual=True)
+                InvertedResidual(
+                    384, 64, in_channels=64, use_conv_0=True, residual=True
+                )
                 for _ in range(3)
             ],
             InvertedResidual(384, 96, in_channels=64, use_conv_0=True),
             *[
-                InvertedResidual(576, 96, in_channels=96, use_conv_0=True, residual=True)
+                InvertedResidual(
+                    576, 96, in_channels=96, use_conv_0=True, residual=True
+                )
                 for _ in range(2)
             ],
             InvertedResidual(576, 160, in_channels=96, use_conv_0=True, stride=2),
             *[
-                InvertedResidual(960, 160, in_channels=160, use_conv_0=True, residual=True)
+                InvertedResidual(
+                    960, 160, in_channels=160, use_conv_0=True, residual=True
+                )
                 for _ in range(2)
             ],
             InvertedResidual(960, 320, in_channels=160, use_conv_0=True),
@@ -109,6 +123,7 @@ def load(weights: str | Path | None = None) -> MobileNetV2:
     from safetensors.torch import load_file
 
     model = build()
-    path = weights if weights is not None else Path(__file__).with_name("weights.safetensors")
-    model.load_state_dict(load_file(str(path)), strict=True)
+    if weights is None:
+        weights = Path(__file__).with_name("weights.safetensors")
+    model.load_state_dict(load_file(str(weights)), strict=True)
     return model

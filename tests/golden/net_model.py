@@ -53,6 +53,7 @@ def load(weights: str | Path | None = None) -> Net:
     from safetensors.torch import load_file
 
     model = build()
-    path = weights if weights is not None else Path(__file__).with_name("weights.safetensors")
-    model.load_state_dict(load_file(str(path)), strict=True)
+    if weights is None:
+        weights = Path(__file__).with_name("weights.safetensors")
+    model.load_state_dict(load_file(str(weights)), strict=True)
     return model

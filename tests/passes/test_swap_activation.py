@@ -244,8 +244,8 @@ def test_leaky_relu_negative_slope(spellings: Any) -> None:
 def test_gelu_approximate_tanh(spellings: Any) -> None:
     net, x, model = spellings
     _, source, emitted = _swapped(model, "swap-activation{from=relu to=gelu approximate=tanh}")
-    assert "nn.GELU(approximate='tanh')" in source
-    assert re.search(r"F\.gelu\([^()]*, approximate='tanh'\)", source)
+    assert 'nn.GELU(approximate="tanh")' in source
+    assert re.search(r'F\.gelu\([^()]*, approximate="tanh"\)', source)
     with torch.no_grad():
         with _relu_is(lambda t: F.gelu(t, approximate="tanh")):
             ref = net(x.clone())

@@ -82,7 +82,7 @@ def infer_types(root: Node, inputs: tuple[TensorType, ...], name: str = "Model")
     plan = _plan(tuple(inputs))
     device = inputs[0].device if inputs else "cpu"
     bare = Model(name, root, tuple(Input(f"x{i}" if i else "x", t) for i, t in enumerate(inputs)))
-    module = emit(bare).materialize(load_weights=False, device="meta")
+    module = emit(bare, formatted=False).materialize(load_weights=False, device="meta")
     runs = [record(module, tuple(example(t, sizes) for t in inputs), device) for sizes in plan.runs]
     failures = [r.failure.error for r in runs if r.failure is not None]
     if failures:
@@ -107,7 +107,7 @@ def build_model(root: Node, *inputs: TensorType, seed: int = 0, name: str = "Mod
     typed = infer_types(root, tuple(inputs), name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = emit(typed).materialize(load_weights=False)
+        module = emit(typed, formatted=False).materialize(load_weights=False)
     state = {k: v.detach() for k, v in module.state_dict().items()}
     return Model(typed.name, typed.root, typed.inputs, typed.output_type, typed.types, weights=state)
 

@@ -67,7 +67,7 @@ def combinator_graph(block: Block) -> Graph:
     return lower_body(block.body)
 
 
-_COMBINES = tuple(k.value for k in CombineKind)
+_COMBINES = "(" + ", ".join(f'"{k.value}"' for k in CombineKind) + ")"
 
 _JOIN = '''
     def join(self, values: list[Tensor]) -> Tensor:
@@ -102,7 +102,7 @@ RUNTIME_CLASSES = {
     "SkipConnection": '''class SkipConnection(nn.Module):
     """combine(x, body(x)): add, sub (x - body(x)), mul, max, min, mean, cat or stack (along dim)."""
 
-    COMBINES = ''' + repr(_COMBINES) + '''
+    COMBINES = ''' + _COMBINES + '''
 
     def __init__(self, body: nn.Module, combine: str = "add", dim: int = 1) -> None:
         super().__init__()
@@ -119,7 +119,7 @@ RUNTIME_CLASSES = {
     Branches given as a list are named "0", "1", ...; as an nn.ModuleDict, by its keys.
     """
 
-    COMBINES = ''' + repr(_COMBINES) + '''
+    COMBINES = ''' + _COMBINES + '''
 
     def __init__(self, branches: list[nn.Module] | nn.ModuleDict, combine: str = "add", dim: int = 1) -> None:
         super().__init__({str(i): b for i, b in enumerate(branches)} if isinstance(branches, list) else branches)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib.util
 import re
@@ -21,6 +22,7 @@ from torchgraft.backends.torch.classes import ClassTable
 from torchgraft.backends.torch.combinators import RUNTIME_CLASSES
 from torchgraft.backends.torch.extra_state import load_lines as extra_state_load
 from torchgraft.backends.torch.extra_state import metadata as extra_metadata
+from torchgraft.backends.torch.formatting import formatted as format_source
 from torchgraft.backends.torch.helper_order import in_definition_order
 from torchgraft.backends.torch.modules import WIDTH, accessor, lit_code, module_expr, with_head
 from torchgraft.backends.torch.trim_calls import trim_calls
@@ -122,12 +124,17 @@ def _tie_lines(model: Model, base: str = "self") -> list[str]:
     return [f"{reach(alias)} = {reach(target)}" for alias, target in model.ties]
 
 
-def emit(model: Model) -> EmittedCode:
+def emit(model: Model, *, formatted: bool = True) -> EmittedCode:
     """Write ``model`` as a standalone ``model.py`` (torch + safetensors only).
 
     With no pass applied, the emitted model's state_dict keys are exactly the
     original's and its outputs match. ``build()`` (so ``load()`` too) sets
     ``requires_grad=False`` on exactly the parameters ``frozen_keys`` lists.
+    The source is as ``ruff format --isolated`` writes it (formatting.py);
+    ``formatted=False`` skips that step, for internal builds no one reads.
+
+    >>> emit(model).save("out/")  # doctest: +SKIP
+    PosixPath('out/model.py')
     """
     unsafe = list(code_problems(model))  # names and calls that would become code (a crafted JSON file)
     if unsafe:
@@ -153,22 +160,37 @@ def emit(model: Model) -> EmittedCode:
                if any(isinstance(n, SkipConnection if name == "SkipConnection" else Parallel)
                       for _, n in walk(model.root))]
     source = _assemble(model, table, runtime, root_expr, root_name)
+    if formatted:
+        source = format_source(source)
     return EmittedCode(source, dict(model.weights), root_name, dict(model.constants), dict(model.extra_state))
 
 
+def _names_used(body: str) -> set[str] | None:
+    """Every name the body reads (None if it does not parse: then imports are found by regex)."""
+    try:
+        return {n.id for n in ast.walk(ast.parse(body)) if isinstance(n, ast.Name)}
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+
+
+def _uses(name: str, body: str, used: set[str] | None) -> bool:
+    return name in used if used is not None else re.search(rf"\b{name}\b", body) is not None
+
+
 def _imports(model: Model, table: ClassTable, body: str) -> str:
-    """The import block: only what the body uses."""
+    """The import block: only what the body uses (names in docstrings or comments do not count)."""
+    used = _names_used(body)
     std = ["from pathlib import Path\n"]
-    if re.search(r"\bjson\.", body):
+    if _uses("json", body, used):
         std.append("import json\n")
-    if "OrderedDict(" in body:
+    if _uses("OrderedDict", body, used):
         std.append("from collections import OrderedDict\n")
     std += [f"import {m}\n" for m in sorted(table.imports - {"torch"})]
     std += sorted({h.source for h in model.helpers if h.name.startswith("import:")})
-    torch_lines = ["import torch\n"]
-    if re.search(r"\bF\.", body):
+    torch_lines = ["import torch\n"] if _uses("torch", body, used) else []
+    if _uses("F", body, used):
         torch_lines.append("import torch.nn.functional as F\n")
-    names = [n for n in ("Tensor", "nn") if re.search(rf"\b{n}\b", body)]
+    names = [n for n in ("Tensor", "nn") if _uses(n, body, used)]
     if names:
         torch_lines.append(f"from torch import {', '.join(names)}\n")
     opaque = [f"from {m} import {q.split('.')[0]}{'' if a == q.split('.')[0] else ' as ' + a}\n"
@@ -236,8 +258,9 @@ def _entry_points(model: Model, root_expr: str, root_name: str) -> str:
             '    """The model with weights loaded strict=True (default: the file beside this one)."""\n',
             "    from safetensors.torch import load_file\n\n",
             "    model = build()\n",
-            f'    path = weights if weights is not None else Path(__file__).with_name("{WEIGHTS}")\n',
-            "    model.load_state_dict(load_file(str(path)), strict=True)\n",
+            "    if weights is None:\n",
+            f'        weights = Path(__file__).with_name("{WEIGHTS}")\n',
+            "    model.load_state_dict(load_file(str(weights)), strict=True)\n",
             "    return model\n"]
     if model.extra_state:
         load = extra_state_load(root_name, WEIGHTS)
@@ -261,8 +284,9 @@ LOAD_CONSTANTS = f'''def _load_constants(model: nn.Module) -> None:
     """Fill tensors that are not in the state_dict (non-persistent buffers, traced constants)."""
     from safetensors.torch import load_file
 
+    constants = load_file(str(Path(__file__).with_name("{CONSTANTS}")))
     with torch.no_grad():
-        for key, value in load_file(str(Path(__file__).with_name("{CONSTANTS}"))).items():
+        for key, value in constants.items():
             model.get_buffer(key).copy_(value)
 '''
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from torchgraft.backends.torch.names import str_lit
 from torchgraft.errors import EmitError
 from torchgraft.ir.activations import Spelling, functional_params
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Guard, MethodCall, Op, PrimCall
@@ -60,12 +62,14 @@ def const_code(v: Any) -> str:
     if isinstance(v, torch.dtype):
         return str(v)
     if isinstance(v, torch.device):
-        return f"torch.device({str(v)!r})"
+        return f"torch.device({str_lit(str(v))})"
     if isinstance(v, (torch.memory_format, torch.layout)):
         return str(v)
     if v is Ellipsis:
         return "..."
-    if isinstance(v, (bool, int, str, type(None), complex)):
+    if isinstance(v, str):
+        return str_lit(v)
+    if isinstance(v, (bool, int, type(None), complex)):
         return repr(v)
     raise EmitError(f"cannot write constant {v!r} of type {type(v).__name__}")
 
@@ -82,12 +86,12 @@ def arg_code(a: Arg, ctx: ExprContext, in_subscript: bool = False) -> Code:
     if isinstance(a, ByMode):
         return Code(f"{const_code(a.train.value)} if self.training else {const_code(a.eval.value)}", 5)
     if isinstance(a, DictArg):
-        return Code("{" + ", ".join(f"{k!r}: {arg_code(v, ctx).text}" for k, v in a.items) + "}")
+        return Code("{" + ", ".join(f"{str_lit(k)}: {arg_code(v, ctx).text}" for k, v in a.items) + "}")
     if isinstance(a, Slice):
         parts = [("" if isinstance(p, Const) and p.value is None else arg_code(p, ctx).text)
                  for p in (a.start, a.stop, a.step)]
         if in_subscript:
-            return Code(":".join(parts[:2]) + (f":{parts[2]}" if parts[2] else ""))
+            return Code(slice_code(*parts))
         return Code(f"slice({', '.join(p or 'None' for p in parts)})")
     if isinstance(a, Seq):
         alias = ctx.lists.get(a) if a.is_list and ctx.lists and all(isinstance(i, Ref) for i in a.items) else None
@@ -100,6 +104,23 @@ def arg_code(a: Arg, ctx: ExprContext, in_subscript: bool = False) -> Code:
             return Code(", ".join(items) + ("," if len(items) == 1 else ""))
         return Code(f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})")
     raise EmitError(f"cannot write argument {a!r}")
+
+
+_SIMPLE = re.compile(r"[-+~]*(?:[A-Za-z_]\w*|\d[\w.]*(?:[eE][-+]?\d+)?)")
+
+
+def slice_code(start: str, stop: str, step: str) -> str:
+    """``a:b:c`` in a subscript, spaced as ruff does: ``1:n``, but ``0 : n + 1`` when a part is not simple.
+
+    >>> slice_code("0", "dim + 1", ""), slice_code("", "n", "2")
+    ('0 : dim + 1', ':n:2')
+    """
+    parts = [start, stop, step] if step else [start, stop]
+    if all(not p or _SIMPLE.fullmatch(p) for p in parts):
+        return ":".join(parts)
+    text = f"{start} :" if start else ":"
+    text += f" {stop}" if stop else ""
+    return text + ((" :" if stop else ":") + f" {step}" if step else "")
 
 
 def _call_args(op: Op, ctx: ExprContext, skip: int = 0) -> str:
@@ -184,7 +205,14 @@ def guard_lines(op: Op, cond: Op | None, ctx: ExprContext) -> list[str]:
         test = function_code(flipped, ctx).text
     else:
         test = f"not {arg_code(op.args[0], ctx).wrap(UNARY)}"
-    return [f"if {test}:", f"    raise ValueError({op.target.message!r})"]
+    message = str_lit(op.target.message)
+    if len(message) > GUARD_MESSAGE_WIDTH:  # laid out as ruff does a call that cannot fit
+        return [f"if {test}:", "    raise ValueError(", f"        {message}", "    )"]
+    return [f"if {test}:", f"    raise ValueError({message})"]
+
+
+GUARD_MESSAGE_WIDTH = 88 - 8 - len("    raise ValueError()")
+"""The longest guard message literal that fits on its ``raise`` line in a forward (at indent 8)."""
 
 
 def negatable(op: Op) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import keyword
 import re
 from collections.abc import Callable, Mapping
 
@@ -117,8 +118,10 @@ def _render_items(e: Items, names: Mapping[int, str], indent: int, head: str) ->
             and list(e.keys) == [f"{prefix.group(0)}{i}" for i in range(len(sub))]):
         gen = f'(f"{prefix.group(0)}{{i}}", {sub[0]}) for i in range({len(sub)})'
         return fmt_call(f"{head}nn.Sequential(OrderedDict(", [gen], indent, "))")
-    items = [f"({str_lit(k)}, {x})" for k, x in pairs]
-    return fmt_call(f"{head}nn.Sequential(OrderedDict([", items, indent, "]))")
+    if all(k.isidentifier() and k.isascii() and not keyword.iskeyword(k) for k in e.keys):
+        return fmt_call(f"{head}nn.Sequential(OrderedDict(", [f"{k}={x}" for k, x in pairs], indent, "))")
+    items = [f"{str_lit(k)}: {x}" for k, x in pairs]  # a dict display keeps its order, as OrderedDict(k=...)
+    return fmt_call(f"{head}nn.Sequential(OrderedDict({{", items, indent, "}))")
 
 
 def module_expr(node: Node, class_of: Callable[[Node, str], str], path: str, indent: int) -> str:

@@ -2,7 +2,7 @@
 
 Names that came from a model (attribute names, ModuleDict keys) never become code
 as they are: they are either plain identifiers checked here, or string literals
-written with ``repr`` (so quotes, newlines and anything else stay data).
+written by ``str_lit`` (so quotes, newlines and anything else stay data).
 """
 
 from __future__ import annotations
@@ -67,8 +67,16 @@ def safe_doc(text: str) -> str:
 
 
 def str_lit(text: str) -> str:
-    """A string literal for text that came from a model: pure ASCII, escapes for everything else."""
-    return ascii(text)
+    """A string literal for text that came from a model: pure ASCII, escapes for everything else.
+
+    Quoted as ruff's formatter prefers: double quotes, single ones where that needs fewer escapes.
+
+    >>> print(str_lit("it's"), str_lit('say "hi"'))
+    "it's" 'say "hi"'
+    """
+    quote = "'" if text.count('"') > text.count("'") else '"'
+    body = text.encode("unicode_escape").decode("ascii")  # backslashes, control and non-ASCII escaped
+    return quote + body.replace(quote, "\\" + quote) + quote
 
 
 def member(owner: str, name: str, container: str | None = None) -> str:
