@@ -31,6 +31,7 @@ def test_system_doc_examples_run(tmp_path: Path, capsys: pytest.CaptureFixture[s
         sys.modules.pop("system", None)
     out = capsys.readouterr().out.splitlines()
     assert out[0] == str(tuple(f"discriminator.{k}" for k in ("0.weight", "0.bias", "2.weight", "2.bias")))
-    assert out[1].startswith("{'generator': ") and "'discriminator': " in out[1]
-    assert out[2] == "{'classifier': ('classifier.fc.lora_A.weight', 'classifier.fc.lora_B.weight')}"
+    assert out[1] == "{'generator': 'generator_loss', 'discriminator': 'discriminator_loss'}"
+    assert out[2].startswith("{'generator': ") and "'discriminator': " in out[2]
+    assert out[3] == "{'classifier': ('classifier.fc.lora_A.weight', 'classifier.fc.lora_B.weight')}"
     assert (tmp_path / "out" / "system.py").exists() and (tmp_path / "out" / "weights.safetensors").exists()

@@ -1,26 +1,40 @@
 """Write a ``System`` as ``system.py``: the models' classes and ``class System(nn.Module)``.
 
-The System model is emitted like any model (its ``forward(**batch)`` returns the losses, in
-order); the training methods are then added to the end of its class from a fixed template,
-filled only with checked identifiers (model names), string literals (``ascii``) and literals
-of numbers. ``build()``/``load()`` are the emitted ones: they return the System, with every
-parameter that does not train frozen (``FROZEN``).
+The System model is emitted like any model: its ``__init__``, the models' classes, helpers,
+imports, ``build()``/``load()`` (which return the System with every parameter that does not
+train frozen: ``FROZEN``). Its forward is replaced by one method per loss, ``<model>_loss(batch)``:
+the System emitted again with that loss's own graph as its forward (``System.loss_graphs``), whose
+``forward`` text is taken and renamed; everything else that emission wrote must equal the whole
+system's (checked), and every name the final class reads must be defined (checked). The new
+``forward(**batch)`` calls each loss method once; the training methods come from
+``template.py``, filled only with checked identifiers, string literals and literals of numbers.
+The torch imports are made to match the final text (``import torch`` is always there: the
+training methods use it), and the whole file is formatted once.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from torchgraft.backends.torch.emitter import EmittedCode, emit
-from torchgraft.backends.torch.names import str_lit
+from torchgraft.backends.torch.formatting import formatted as format_source
 from torchgraft.errors import EmitError
+from torchgraft.ir.model import Model
+from torchgraft.ir.nodes import Block
+from torchgraft.system.source import class_def, definitions, method_def, parsed, unbound, with_torch_imports
 from torchgraft.system.spec import System
+from torchgraft.system.template import forward_text, loss_head, training_text
 
 FILENAME = "system.py"
-CLASS_LINE = "class System(nn.Module):\n"
+OWN = frozenset({"System", "build", "load", "_load_constants", "FROZEN"})
+"""Module-level names each emission writes for its own root: not compared between emissions."""
+HEADER = re.compile(r"\s*def forward\(self, \*\*\w+[^()]*\)(\s*->[^:]*)?:\s*", re.S)
+"""The ``def`` line the emitter writes for the System's forward (a loss's graph)."""
 FROZEN_NOTE = ("# parameters with requires_grad=False in the original model: build() freezes them",
                "# parameters that do not train (frozen in their model, not selected by trainable, or in a model "
                "without a loss): build() freezes them")
@@ -51,92 +65,63 @@ def emit_system(system: System) -> SystemCode:
     >>> tg.emit(gan).source.count("class System(nn.Module)")  # doctest: +SKIP
     1
     """
-    code = emit(system.model)
-    if code.class_name != "System" or code.source.count(CLASS_LINE) != 1:
-        raise EmitError("internal: the emitted system has no single `class System(nn.Module)` (a model class may be "
-                        "called System: rename it)")
-    start = code.source.index(CLASS_LINE)
-    end = _class_end(code.source, start)
-    source = code.source[:end] + methods(system) + code.source[end:]
-    source = source.replace(*FROZEN_NOTE)
-    return SystemCode(source, code.weights, code.class_name, code.constants, code.extra_state)
+    base = emit(system.model, formatted=False)
+    if base.class_name != "System":
+        raise EmitError("internal: the emitted system's root class is not called System")
+    tree = parsed(base.source, "system")
+    shared = definitions(tree, base.source, OWN)
+    cls = class_def(tree, "System")
+    forward = method_def(cls, "forward")
+    methods = [forward_text(system.loss_methods)] + [_loss_method(system, name, shared) for name in system.losses]
+    lines = base.source.splitlines(keepends=True)
+    end = cls.end_lineno or len(lines)
+    lines = (lines[:forward.lineno - 1] + ["\n".join(methods)] + lines[forward.end_lineno or end:end]
+             + [_training(system)] + lines[end:])
+    source = with_torch_imports("".join(lines).replace(*FROZEN_NOTE))
+    final = parsed(source, "system")
+    missing = unbound(final, class_def(final, "System"))
+    if missing:
+        raise EmitError(f"internal: the emitted System reads {missing}, which system.py does not define; please "
+                        "report it")
+    return SystemCode(format_source(source), base.weights, base.class_name, base.constants, base.extra_state)
 
 
-def _class_end(source: str, start: int) -> int:
-    """Where the class starting at ``start`` ends: after its last indented line."""
-    pos = start + len(CLASS_LINE)
-    end = pos
-    for line in source[pos:].splitlines(keepends=True):
-        if line.strip() and not line.startswith((" ", "\t")):
-            break
-        pos += len(line)
-        if line.strip():
-            end = pos
-    return end
+def _loss_model(system: System, name: str) -> Model:
+    """``system.model`` with loss ``name``'s graph as the root's forward."""
+    graph = system.loss_graphs[name]
+    root = system.model.root
+    assert isinstance(root, Block)
+    types = (("", graph.type),) + tuple((p, t) for p, t in system.model.types if p)
+    return system.model.with_root(dataclasses.replace(root, body=graph.body, train_body=graph.train_body),
+                                  output_type=graph.type, types=types)
 
 
-def methods(system: System) -> str:
-    """The training methods of ``class System``, indented to sit in its body.
+def _loss_method(system: System, name: str, shared: dict[str, str]) -> str:
+    """The method computing loss ``name``: the System forward emitted for that loss alone, renamed.
 
-    >>> "def training_step(self" in methods(gan)  # doctest: +SKIP
-    True
+    Its body is our emitter's text; the classes and functions it reaches must be those the whole
+    system's emission wrote (checked), so it runs against the file's classes unchanged.
     """
-    names = tuple(system.losses)
-    tuple_text = "(" + ", ".join(str_lit(n) for n in names) + ("," if len(names) == 1 else "") + ")"
-    terms = [f"losses[{str_lit(n)}]" if w == 1.0 else f"{float.__repr__(w)} * losses[{str_lit(n)}]"
-             for n, w in system.weights.items()]
-    weights = "{" + ", ".join(f"{str_lit(n)}: {float.__repr__(w)}" for n, w in system.weights.items()) + "}"
-    optims = "".join(f"            {str_lit(n)}: {spec.code(f'self._trainable(self.{n})')},\n"
-                     for n, spec in system.specs.items())
-    return TEMPLATE.format(names=tuple_text, order=", ".join(names), total=" + ".join(terms), weights=weights,
-                           optimizers=optims)
+    code = emit(_loss_model(system, name), formatted=False)
+    tree = parsed(code.source, f"loss {name!r}")
+    for key, text in definitions(tree, code.source, OWN).items():
+        if shared.get(key) != text:
+            raise EmitError(f"internal: emitting loss {name!r} alone wrote {key} differently from the whole "
+                            "system; please report it")
+    fn = method_def(class_def(tree, "System"), "forward")
+    a = fn.args
+    if a.args[1:] or a.posonlyargs or a.vararg or a.kwonlyargs or a.kwarg is None or not fn.body:
+        raise EmitError(f"internal: the forward emitted for loss {name!r} does not take (self, **batch)")
+    lines = code.source.splitlines(keepends=True)
+    header = "".join(lines[fn.lineno - 1:fn.body[0].lineno - 1])
+    if not HEADER.fullmatch(header):
+        raise EmitError(f"internal: unexpected forward header emitted for loss {name!r}: {header!r}")
+    function = getattr(system.losses[name], "__qualname__", type(system.losses[name]).__name__)
+    head = loss_head(system.loss_methods[name], name, a.kwarg.arg, function)
+    return head + "".join(lines[fn.body[0].lineno - 1:fn.end_lineno])
 
 
-TEMPLATE = '''
-    # training: added by torchgraft.system (forward(**batch) above returns the losses, in this order)
-    optimizers: dict[str, torch.optim.Optimizer] | None = None
-
-    def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Each trained model's loss on ``batch`` (a dict of tensors), by model name."""
-        return dict(zip({names}, self(**batch)))
-
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The system's loss: the models' losses, weighted, summed."""
-        losses = self.losses(batch)
-        return {total}
-
-    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """One optimizer per trained model, over its parameters that train (requires_grad)."""
-        return {{
-{optimizers}        }}
-
-    def _trainable(self, model: nn.Module) -> list[nn.Parameter]:
-        return [p for p in model.parameters() if p.requires_grad]
-
-    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
-        """One optimisation step for each trained model in turn ({order}): its loss on ``batch`` is computed
-        afresh (after the steps before it), all gradients are zeroed, its weighted loss is backpropagated
-        and its optimizer steps. Returns each model's loss before its step, detached. The optimizers are
-        made by ``configure_optimizers()`` on first use (or by ``setup``); ``step`` is the step number,
-        for schedules you add."""
-        if self.optimizers is None:
-            self.optimizers = self.configure_optimizers()
-        weights = {weights}
-        out = {{}}
-        for name, optimizer in self.optimizers.items():
-            self.zero_grad(set_to_none=True)
-            loss = self.losses(batch)[name]
-            (weights[name] * loss).backward()
-            optimizer.step()
-            out[name] = loss.detach()
-        return out
-
-    def setup(self, data: dict[str, torch.Tensor] | None = None) -> "System":
-        """Ready the system to train: on the device of ``data`` (a batch) when given, in train mode,
-        with fresh optimizers. Returns ``self``."""
-        if data is not None:
-            self.to(next(iter(data.values())).device)
-        self.train()
-        self.optimizers = self.configure_optimizers()
-        return self
-'''
+def _training(system: System) -> str:
+    untrained = tuple(n for n in system.models if n not in system.losses)
+    optimizers = {n: spec.code(f"self._trainable(self.{n})") for n, spec in system.specs.items()}
+    return training_text(system.weights, system.loss_methods, optimizers, untrained)

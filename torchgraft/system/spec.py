@@ -11,14 +11,13 @@ import torch
 
 from torchgraft.backends.torch.names import is_plain_attr
 from torchgraft.ir.model import Model
+from torchgraft.system.combine import LossGraph
 from torchgraft.system.errors import SystemSpecError
 from torchgraft.system.losses import capture_losses
 from torchgraft.system.options import OptimizerLike, OptimizerSpec, optimizer_spec
 from torchgraft.system.probe import LossFn
+from torchgraft.system.template import METHODS, loss_method_names
 from torchgraft.system.trainable import TrainableLike, frozen_for_system, trainable_keys
-
-METHODS = frozenset({"forward", "losses", "loss", "configure_optimizers", "training_step", "setup", "optimizers"})
-"""Names the emitted ``System`` class defines; no model may be called one of them."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -32,10 +31,12 @@ class System:
     torch.optim class name with literal options (``("Adam", {"lr": 2e-4})``), over the
     parameters ``trainable`` selects (``"*"``, ``"generator.*"``, ``{"net": "head.*"}``: see
     ``system.trainable``) that are not frozen. Every other parameter is frozen in the emitted
-    ``build()``; a model without a loss does not train. ``loss_weights`` scale the losses in the
-    system's ``loss(batch)`` (default 1.0 each) and in each model's step.
+    ``build()``; a model without a loss does not train (frozen, and kept in eval mode by the
+    emitted ``train()``). ``loss_weights`` scale the losses in the system's ``loss(batch)``
+    (default 1.0 each) and in each model's step.
 
-    ``tg.emit(system)`` writes ``system.py``: the models' classes and ``class System(nn.Module)``.
+    ``tg.emit(system)`` writes ``system.py``: the models' classes and ``class System(nn.Module)``,
+    with one method per loss (``loss_methods``: ``{"generator": "generator_loss", ...}``).
 
     >>> gan = System(models={"generator": G, "discriminator": D},  # doctest: +SKIP
     ...              losses={"generator": g_loss, "discriminator": d_loss},
@@ -51,6 +52,10 @@ class System:
     loss_weights: Mapping[str, float] | None = None
     model: Model = field(init=False, repr=False)
     """The captured ``System`` model: the models as children, ``forward(**batch)`` the losses in order."""
+    loss_graphs: dict[str, LossGraph] = field(init=False, repr=False)
+    """Each loss's own captured graph, over ``model``'s root: what the emitted ``<name>_loss`` method runs."""
+    loss_methods: dict[str, str] = field(init=False, repr=False)
+    """The emitted method computing each loss: ``<name>_loss``, made unique against the class's other names."""
     specs: dict[str, OptimizerSpec] = field(init=False, repr=False)
     weights: dict[str, float] = field(init=False, repr=False)
     trains: dict[str, tuple[str, ...]] = field(init=False, repr=False)
@@ -67,8 +72,10 @@ class System:
         weights = _weights(self.loss_weights, tuple(self.losses))
         trains = trainable_keys(self.models, tuple(self.losses), self.trainable)
         frozen = frozen_for_system(self.models, trains)
-        model = capture_losses(self.models, self.losses, batch, trains, frozen)
-        for name, value in (("specs", specs), ("weights", weights), ("trains", trains), ("model", model)):
+        model, graphs = capture_losses(self.models, self.losses, batch, trains, frozen)
+        methods = loss_method_names(model, tuple(self.losses))
+        for name, value in (("specs", specs), ("weights", weights), ("trains", trains), ("model", model),
+                            ("loss_graphs", graphs), ("loss_methods", methods)):
             object.__setattr__(self, name, value)
 
     def trainable_parameters(self) -> dict[str, tuple[str, ...]]:
