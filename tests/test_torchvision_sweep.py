@@ -33,6 +33,9 @@ from torch import nn
 from zoo import assert_formatted, assert_names_defined, import_torchvision, input_size, run_fresh_many
 
 import torchgraft
+from torchgraft.ir.nodes import Block
+from torchgraft.ir.printer import structural_form
+from torchgraft.ir.traverse import walk
 from torchgraft.ir.verify import verify
 
 tv = import_torchvision()
@@ -83,6 +86,19 @@ def test_torchvision_model(name: str) -> None:
         _check_model(name, Path(folder))
 
 
+STRUCTURAL = {"resnet": {"BasicBlock", "Bottleneck"}, "resnext": {"Bottleneck"}, "wide_resnet": {"Bottleneck"},
+              "mobilenet_v2": {"InvertedResidual"}, "mnasnet": {"_InvertedResidual"}}
+"""Block classes whose forward is only structure (counted over the zoo by benchmarks/structure_share.py)."""
+
+
+def _check_structure(name: str, ir_model: torchgraft.ir.Model) -> None:
+    """Every Block of the classes ``STRUCTURAL`` lists for this family reads as structure."""
+    classes = next((c for prefix, c in STRUCTURAL.items() if name.startswith(prefix)), set())
+    blocks = [n for _, n in walk(ir_model.root) if isinstance(n, Block) and n.cls.name in classes]
+    assert all(structural_form(b.body) is not None for b in blocks), name
+    assert blocks or not classes, f"{name}: no {classes} Blocks captured"
+
+
 def _check_model(name: str, tmp_path: Path) -> None:
     """Every check on one capture; ``tmp_path`` is removed by the caller, pass or fail."""
     torch.manual_seed(0)
@@ -100,6 +116,7 @@ def _check_model(name: str, tmp_path: Path) -> None:
     assert not ir_model.report.opaque, ir_model.report.summary()
     verify(ir_model)
     assert ir_model.inputs[0].type.shape[0] == "N"
+    _check_structure(name, ir_model)
     code = torchgraft.emit(ir_model)
     assert "getattr(self" not in code.source
     emitted_classes = set(re.findall(r"^class (\w+)\(", code.source, re.M))
