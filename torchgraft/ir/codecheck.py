@@ -1,9 +1,9 @@
 """Checks of the IR fields that emission writes as code: what makes the JSON form safe to emit.
 
 A model read from JSON is untrusted input. ``emit`` writes some of its strings as code, not as
-string literals: function qualnames, keyword-argument names, class names and Opaque class
-references, helper names. ``code_problems`` lists every such field that is not what capture
-produces (an allow-listed function, an identifier, a dotted name of a class), so that
+string literals: function qualnames (of ``FunctionCall`` ops and of ``call`` Combines), keyword-argument
+names, class names and Opaque class references, helper names. ``code_problems`` lists every such field
+that is not what capture produces (an allow-listed function, an identifier, a dotted name of a class), so that
 ``verify`` refuses it before ``emit`` runs. Nothing here imports or calls anything named in the IR.
 
 Copied sources (``PySource``, ``Helper.source``, ``StateMethods.source``) ARE code and cannot be
@@ -22,7 +22,7 @@ from torchgraft.errors import IRError
 from torchgraft.ir.functions import HELPER_PREFIX, resolve
 from torchgraft.ir.graph import FunctionCall, Graph
 from torchgraft.ir.model import Model
-from torchgraft.ir.nodes import Block, ClassRef, Opaque
+from torchgraft.ir.nodes import Block, ClassRef, CombineKind, Node, Opaque, Parallel, SkipConnection
 from torchgraft.ir.traverse import walk
 
 HELPER_KINDS = ("import:", "const:")
@@ -94,6 +94,17 @@ def _functions(graph: Graph, where: str, helpers: set[str]) -> Iterator[str]:
             yield f"{where}: op {op.name!r} calls {t.qualname!r}: {e}; only allow-listed functions can be called"
 
 
+def _combine(node: Node, where: str) -> Iterator[str]:
+    """A ``call`` combine names an allow-listed function (emission writes it as code, or calls it)."""
+    if not isinstance(node, (Parallel, SkipConnection)) or node.combine.kind is not CombineKind.CALL:
+        return
+    try:
+        resolve(node.combine.fn)
+    except IRError as e:
+        yield (f"{where}: {type(node).__name__} combine calls {node.combine.fn!r}: {e}; only allow-listed "
+               "functions of two tensors can join values")
+
+
 def _helpers(model: Model) -> Iterator[str]:
     for h in model.helpers:
         kind = next((k for k in HELPER_KINDS if isinstance(h.name, str) and h.name.startswith(k)), "")
@@ -111,6 +122,7 @@ def code_problems(model: Model) -> Iterator[str]:
         where = _where(path)
         if isinstance(node, Opaque):
             yield from _opaque(node, where)
+        yield from _combine(node, where)
         if not isinstance(node, Block):
             continue
         yield from _class_ref(node.cls, where, "Block class")
@@ -118,4 +130,5 @@ def code_problems(model: Model) -> Iterator[str]:
             for _, sub in walk(body) if body is not None else ():
                 if isinstance(sub, Graph):
                     yield from _functions(sub, where, helpers)
+                yield from _combine(sub, where)
 

@@ -5,23 +5,43 @@ Kinds and their meaning over values ``v0, v1, ...`` (a SkipConnection's are ``x,
 * ``add``, ``sub``, ``mul``, ``max``, ``min``: folded left, ``((v0 - v1) - v2)``; ``max``/``min``
   are elementwise (``torch.maximum``/``torch.minimum``);
 * ``mean``: the sum folded left, divided by the number of values;
-* ``cat``/``stack``: ``torch.cat``/``torch.stack`` of the values along ``dim``.
+* ``cat``/``stack``: ``torch.cat``/``torch.stack`` of the values along ``dim``;
+* ``call``: an allow-listed binary function ``f`` (``Combine.fn``, a qualified name such as
+  ``"torch.atan2"``) folded left: ``f(f(v0, v1), v2)``; a SkipConnection's is ``f(x, body(x))``.
 
-Spell them ``Combine("max")``, ``combine="max"``, ``Concat(dim=1)``, ``Stack(dim=0)``, or with the
-matching torch function (``Combine(torch.maximum)``, ``Combine(operator.sub)``). Anything else is
-refused when the Combine is built.
+Spell them ``Combine("max")``, ``combine="max"``, ``Concat(dim=1)``, ``Stack(dim=0)``, or with a
+function: one that means a kind is stored as that kind (``Combine(torch.maximum) == Combine("max")``,
+``Combine(operator.sub)``); any other is stored as ``call`` when both hold:
+
+1. it is in the function allow-list (``torchgraft.ir.functions``: ``torch.*``, ``torch.nn.functional.*``,
+   ``torch.linalg/fft/special.*``, ``operator.*``, ``math.*``, a few builtins) under a public name, found
+   by identity (``qualname_of``), never by evaluating a string;
+2. it takes two tensors positionally and returns a tensor without changing them: checked once per
+   function (cached) by calling it on two small CPU tensors of shape (2, 2) (float32, then int64, then
+   bool, so bitwise functions pass), under ``torch.no_grad`` with the global RNG state restored.
+   Functions named ``set_*``/``use_*``/``enable_*``/``disable_*`` or private (``_*``) are refused
+   without being called, as they change global state.
+
+So ``Combine(torch.atan2)``, ``Combine(torch.logaddexp)``, ``Combine(torch.bitwise_and)`` are accepted;
+a lambda, ``os.system``, ``torch.relu`` (one argument) or ``torch.lerp`` (needs a weight) are refused
+when the Combine is built, with the list of kinds and this rule. ``Combine("call", fn="torch.atan2")``,
+what the JSON form holds, checks only the name's shape, so that reading JSON calls nothing: the
+allow-list is checked by ``verify``/``emit`` (``ir.codecheck``), as for ``FunctionCall``.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from torchgraft.errors import IRError
-from torchgraft.ir.functions import resolve
+from torchgraft.ir.functions import qualname_of, resolve
 from torchgraft.ir.graph import FunctionCall, Op
 from torchgraft.ir.values import Const, Ref, Seq
 
@@ -37,11 +57,13 @@ class CombineKind(enum.Enum):
     MEAN = "mean"
     CONCAT = "cat"
     STACK = "stack"
+    CALL = "call"
 
     @property
     def commutative(self) -> bool:
-        """True when the order of the values does not change the result (add, mul, max, min, mean)."""
-        return self not in (CombineKind.SUB, CombineKind.CONCAT, CombineKind.STACK)
+        """True when the order of the values does not change the result (add, mul, max, min, mean);
+        ``call`` answers per function (``Combine.commutative``), so the kind alone says False."""
+        return self not in (CombineKind.SUB, CombineKind.CONCAT, CombineKind.STACK, CombineKind.CALL)
 
     @property
     def takes_dim(self) -> bool:
@@ -64,7 +86,15 @@ FUNCTION_KINDS: dict[str, CombineKind] = {
     "torch.maximum": CombineKind.MAX, "torch.minimum": CombineKind.MIN,
     "torch.cat": CombineKind.CONCAT, "torch.concat": CombineKind.CONCAT, "torch.concatenate": CombineKind.CONCAT,
     "torch.stack": CombineKind.STACK}
-"""Allow-listed functions accepted as a Combine, by qualified name, and the kind each stands for."""
+"""Allow-listed functions that mean a kind, by qualified name, and the kind each stands for."""
+
+COMMUTATIVE_CALLS = frozenset({
+    "torch.bitwise_and", "torch.bitwise_or", "torch.bitwise_xor", "torch.logical_and", "torch.logical_or",
+    "torch.logical_xor", "torch.gcd", "torch.lcm", "operator.and_", "operator.or_", "operator.xor"})
+"""``call`` functions whose operands can be swapped exactly (integer and boolean ones); any other ``call``
+is treated as order-sensitive (``atan2`` is not symmetric; float ones may round differently)."""
+
+_STATEFUL_PREFIXES = ("set_", "use_", "enable_", "disable_", "_")
 
 
 @functools.lru_cache(maxsize=1)
@@ -73,54 +103,145 @@ def _function_table() -> dict[int, CombineKind]:
 
 
 def _accepted() -> str:
-    kinds = ", ".join(repr(k.value) for k in CombineKind)
-    return (f"accepted: {kinds}, ir.Concat(dim), ir.Stack(dim), or one of the functions "
-            f"{', '.join(FUNCTION_KINDS)}")
+    kinds = ", ".join(repr(k.value) for k in CombineKind if k is not CombineKind.CALL)
+    return (f"accepted: {kinds}, ir.Concat(dim), ir.Stack(dim), one of the functions "
+            f"{', '.join(FUNCTION_KINDS)}, or another function of the allow-list (torchgraft.ir.functions) "
+            "that takes two tensors positionally and returns a tensor, folded left as f(f(v0, v1), v2)")
+
+
+def _probe_tensors() -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    a = torch.tensor([[0.25, 1.5], [2.0, 3.0]])
+    b = torch.tensor([[0.5, 1.0], [3.5, 2.5]])
+    return (a, b), (torch.tensor([[6, 3], [4, 9]]), torch.tensor([[4, 2], [6, 3]])), (a > 1, b > 1)
+
+
+@functools.lru_cache(maxsize=256)
+def binary_problem(qualname: str) -> str | None:
+    """Why the allow-listed ``qualname`` cannot fold two tensors, or None when it can (module docstring, rule 2).
+
+    >>> binary_problem("torch.atan2") is None
+    True
+    """
+    fn = resolve(qualname)
+    if qualname.rpartition(".")[2].startswith(_STATEFUL_PREFIXES):
+        return "it is private or changes global state, so it is not called to check it"
+    why = "it returned no tensor"
+    for a, b in _probe_tensors():
+        before = (a.clone(), b.clone())
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = fn(a, b)
+        except Exception as e:  # noqa: BLE001 - any failure means "not a function of two tensors"
+            first = (str(e).splitlines() or [""])[0][:120]
+            why = f"calling it on two tensors failed ({type(e).__name__}: {first})"
+            continue
+        if not (torch.equal(a, before[0]) and torch.equal(b, before[1])):
+            return "it changes its arguments in place"
+        if isinstance(out, torch.Tensor):
+            return None
+        why = f"it returned a {type(out).__name__}, not a tensor"
+    return why
+
+
+def _from_function(spec: Callable[..., Any]) -> tuple[CombineKind, str]:
+    kind = _function_table().get(id(spec))
+    if kind is not None:
+        return kind, ""
+    label = ".".join(str(p) for p in (getattr(spec, "__module__", None), getattr(spec, "__qualname__", None))
+                     if p) or repr(spec)
+    name = qualname_of(spec)
+    if name is None:
+        raise IRError(f"combine function {label} is not in torchgraft's function allow-list, so it cannot be "
+                      f"written as code; {_accepted()}")
+    problem = binary_problem(name)
+    if problem is not None:
+        raise IRError(f"combine function {name} cannot join values: {problem}; {_accepted()}")
+    return CombineKind.CALL, name
+
+
+def parse_combine(spec: object) -> tuple[CombineKind, str]:
+    """(kind, function name) for ``spec``: a ``CombineKind``, its value (``"max"``) or a function.
+
+    >>> parse_combine(torch.atan2)
+    (<CombineKind.CALL: 'call'>, 'torch.atan2')
+    """
+    if isinstance(spec, CombineKind):
+        return spec, ""
+    if isinstance(spec, str):
+        try:
+            return CombineKind(spec), ""
+        except ValueError:
+            raise IRError(f"unknown combine {spec!r}; {_accepted()}") from None
+    if callable(spec):
+        return _from_function(spec)
+    raise IRError(f"combine {spec!r} is neither a kind name nor a function; {_accepted()}")
 
 
 def combine_kind(spec: object) -> CombineKind:
-    """The kind ``spec`` names: a ``CombineKind``, its value (``"max"``) or a matching torch function.
+    """The kind ``spec`` names: a ``CombineKind``, its value (``"max"``) or a function (``call`` when it
+    means no other kind).
 
     >>> combine_kind("cat") is CombineKind.CONCAT
     True
     """
-    if isinstance(spec, CombineKind):
-        return spec
-    if isinstance(spec, str):
-        try:
-            return CombineKind(spec)
-        except ValueError:
-            raise IRError(f"unknown combine {spec!r}; {_accepted()}") from None
-    if callable(spec):
-        kind = _function_table().get(id(spec))
-        if kind is None:
-            name = getattr(spec, "__qualname__", None) or repr(spec)
-            raise IRError(f"combine function {name} is not one torchgraft can write faithfully; {_accepted()}")
-        return kind
-    raise IRError(f"combine {spec!r} is neither a kind name nor a function; {_accepted()}")
+    return parse_combine(spec)[0]
+
+
+def _check_fn(kind: CombineKind, fn: object) -> None:
+    if not isinstance(fn, str):
+        raise IRError(f"Combine fn must be a function's qualified name (a str), got {fn!r}")
+    if kind is not CombineKind.CALL:
+        if fn:
+            raise IRError(f"Combine({kind.value!r}) takes no fn (got {fn!r}); only 'call' names a function")
+        return
+    if not fn or not all(p.isidentifier() for p in fn.split(".")) or "." not in fn:
+        raise IRError(f"Combine('call') needs fn, the qualified name of an allow-listed function such as "
+                      f"'torch.atan2'; got {fn!r}. Pass the function itself: Combine(torch.atan2)")
+    if fn in FUNCTION_KINDS:
+        raise IRError(f"Combine('call', fn={fn!r}) means the kind {FUNCTION_KINDS[fn].value!r}: "
+                      f"write Combine({FUNCTION_KINDS[fn].value!r})")
 
 
 @dataclass(frozen=True, slots=True, init=False)
 class Combine:
-    """``Combine("add")``, ``Combine("cat", dim=1)``, ``Combine(torch.maximum)`` (stored as ``max``).
+    """``Combine("add")``, ``Combine("cat", dim=1)``, ``Combine(torch.maximum)`` (stored as ``max``),
+    ``Combine(torch.atan2)`` (stored as ``call`` with ``fn="torch.atan2"``).
 
     ``dim`` is used by ``cat`` and ``stack`` only; the other kinds refuse a ``dim`` other than 1.
+    ``fn`` is set for ``call`` only (see the module docstring for which functions are accepted).
     """
 
     kind: CombineKind
     dim: int
+    fn: str
 
-    def __init__(self, kind: CombineKind | str | Callable[..., Any] = CombineKind.ADD, dim: int = 1) -> None:
-        k = combine_kind(kind)
+    def __init__(self, kind: CombineKind | str | Callable[..., Any] = CombineKind.ADD, dim: int = 1,
+                 fn: str = "") -> None:
+        k, named = parse_combine(kind)
+        if named and fn:
+            raise IRError(f"Combine: the function is given twice ({named} and fn={fn!r}); give it once")
+        fn = named or fn
+        _check_fn(k, fn)
         if isinstance(dim, bool) or not isinstance(dim, int):
             raise IRError(f"Combine dim must be an int, got {dim!r}")
         if dim != 1 and not k.takes_dim:
-            raise IRError(f"Combine({k.value!r}) joins elementwise and takes no dim (got dim={dim}); "
+            what = fn if k is CombineKind.CALL else repr(k.value)
+            raise IRError(f"Combine({what}) joins elementwise and takes no dim (got dim={dim}); "
                           "only 'cat' and 'stack' take one")
         object.__setattr__(self, "kind", k)
         object.__setattr__(self, "dim", dim)
+        object.__setattr__(self, "fn", fn)
+
+    @property
+    def commutative(self) -> bool:
+        """True when swapping the values cannot change the result (``CombineKind.commutative``;
+        for ``call``, only the functions in ``COMMUTATIVE_CALLS``)."""
+        return self.fn in COMMUTATIVE_CALLS if self.kind is CombineKind.CALL else self.kind.commutative
 
     def __str__(self) -> str:
+        if self.kind is CombineKind.CALL:
+            return self.fn
         return f"{self.kind.value}(dim={self.dim})" if self.kind.takes_dim else self.kind.value
 
 
@@ -145,20 +266,28 @@ def combine_ops(combine: Combine, values: list[str], fresh: Callable[[str], str]
     ``fresh(base)`` gives an unused value name. Every kind is written out; there is no default.
     """
     kind = combine.kind
+    if kind is CombineKind.CALL:
+        return _fold(combine.fn, combine.fn.rpartition(".")[2], values, fresh)
     if kind in JOIN_FUNCTIONS:
         name = fresh(kind.value)
         seq = Seq(tuple(Ref(v) for v in values), True)
         return [Op(name, FunctionCall(JOIN_FUNCTIONS[kind]), (seq, Const(combine.dim)))], name
     if kind not in FOLD_FUNCTIONS:
         raise IRError(f"combine kind {kind!r} has no lowering")
-    ops: list[Op] = []
-    acc = values[0]
-    for v in values[1:]:
-        name = fresh("sum" if kind is CombineKind.MEAN else kind.value)
-        ops.append(Op(name, FunctionCall(FOLD_FUNCTIONS[kind]), (Ref(acc), Ref(v))))
-        acc = name
+    ops, acc = _fold(FOLD_FUNCTIONS[kind], "sum" if kind is CombineKind.MEAN else kind.value, values, fresh)
     if kind is CombineKind.MEAN:
         name = fresh("mean")
         ops.append(Op(name, FunctionCall("operator.truediv"), (Ref(acc), Const(len(values)))))
+        acc = name
+    return ops, acc
+
+
+def _fold(qualname: str, base: str, values: list[str], fresh: Callable[[str], str]) -> tuple[list[Op], str]:
+    """``f(f(v0, v1), v2)`` as ops calling ``qualname``, each named ``fresh(base)``; the last name."""
+    ops: list[Op] = []
+    acc = values[0]
+    for v in values[1:]:
+        name = fresh(base)
+        ops.append(Op(name, FunctionCall(qualname), (Ref(acc), Ref(v))))
         acc = name
     return ops, acc

@@ -120,7 +120,8 @@ class Chain(Structural, Pipeable):
 
 _UNSET: Any = object()
 CombineSpec = Union[Combine, CombineKind, str, Callable[..., Any]]
-"""What ``combine=`` takes: a Combine, a kind or its name (``"max"``), or a matching torch function."""
+"""What ``combine=`` takes: a Combine, a kind or its name (``"max"``), or an allow-listed function of two
+tensors (``torch.maximum`` is stored as ``max``; ``torch.atan2`` is folded left as a ``call``: see ``ir.combine``)."""
 
 
 def _parallel_parts(args: tuple[Any, ...], combine: Any, names: Any,

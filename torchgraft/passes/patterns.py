@@ -55,7 +55,8 @@ class Seq:
 
 @dataclass(frozen=True)
 class Branches:
-    """A Parallel (any branch order) joined by ``combine``; ``Kind("Identity")`` matches a skip."""
+    """A Parallel joined by ``combine`` (a kind name; ``"call"`` matches any function combine), its branches
+    in any order when the combine is commutative (``Combine.commutative``); ``Kind("Identity")`` matches a skip."""
 
     branches: tuple[Pattern, ...]
     combine: str = "add"
@@ -144,9 +145,8 @@ class _Matcher:
                 return False
             if len(node.branches) != len(pat.branches):
                 return False
-            kind = node.combine.kind
-            orders = (itertools.permutations(node.named()) if isinstance(kind, CombineKind) and kind.commutative
-                      else [node.named()])  # a - b is not b - a; cat order is the channel order
+            orders = (itertools.permutations(node.named()) if node.combine.commutative
+                      else [node.named()])  # a - b is not b - a; cat order is the channel order; atan2(a, b)
             for order in orders:
                 trial = PatternMatch(out.path)
                 if all(self.match(p, c, join(path, n), trial) for p, (n, c) in zip(pat.branches, order)):

@@ -67,12 +67,19 @@ def combinator_graph(block: Block) -> Graph:
     return lower_body(block.body)
 
 
-_COMBINES = "(" + ", ".join(f'"{k.value}"' for k in CombineKind) + ")"
+_COMBINES = "(" + ", ".join(f'"{k.value}"' for k in CombineKind if k is not CombineKind.CALL) + ")"
+COMBINE_TYPE = "str | Callable[[Tensor, Tensor], Tensor]"
+"""The runtime classes' ``combine`` argument: a kind name, or a function of two tensors folded left."""
 
 _JOIN = '''
     def join(self, values: list[Tensor]) -> Tensor:
-        """Joins values: add, sub, mul, max, min fold left (v0 - v1 - ...); mean is the sum over the
-        count; cat and stack join along self.dim."""
+        """Joins values: a function f folds left (f(f(v0, v1), v2)), as do add, sub, mul, max, min
+        (v0 - v1 - ...); mean is the sum over the count; cat and stack join along self.dim."""
+        if callable(self.combine):
+            out = values[0]
+            for value in values[1:]:
+                out = self.combine(out, value)
+            return out
         if self.combine == "cat":
             return torch.cat(values, self.dim)
         if self.combine == "stack":
@@ -94,17 +101,18 @@ _JOIN = '''
         return out / len(values) if self.combine == "mean" else out
 '''
 
-_CHECK = '''        if combine not in self.COMBINES:
-            raise ValueError(f"unknown combine {combine!r}; use one of {self.COMBINES}")
+_CHECK = '''        if not callable(combine) and combine not in self.COMBINES:
+            raise ValueError(f"unknown combine {combine!r}; use one of {self.COMBINES} or a function of two tensors")
 '''
 
 RUNTIME_CLASSES = {
     "SkipConnection": '''class SkipConnection(nn.Module):
-    """combine(x, body(x)): add, sub (x - body(x)), mul, max, min, mean, cat or stack (along dim)."""
+    """combine(x, body(x)): add, sub (x - body(x)), mul, max, min, mean, cat or stack (along dim), or a
+    function of two tensors, called as combine(x, body(x))."""
 
     COMBINES = ''' + _COMBINES + '''
 
-    def __init__(self, body: nn.Module, combine: str = "add", dim: int = 1) -> None:
+    def __init__(self, body: nn.Module, combine: ''' + COMBINE_TYPE + ''' = "add", dim: int = 1) -> None:
         super().__init__()
 ''' + _CHECK + '''        self.body = body
         self.combine = combine
@@ -114,14 +122,17 @@ RUNTIME_CLASSES = {
         return self.join([x, self.body(x)])
 ''' + _JOIN,
     "Parallel": '''class Parallel(nn.ModuleDict):
-    """Runs every branch on the same input and joins the results (add, sub, mul, max, min, mean, cat, stack).
+    """Runs every branch on the same input and joins the results (add, sub, mul, max, min, mean, cat, stack,
+    or a function of two tensors folded left: f(f(b0, b1), b2)).
 
     Branches given as a list are named "0", "1", ...; as an nn.ModuleDict, by its keys.
     """
 
     COMBINES = ''' + _COMBINES + '''
 
-    def __init__(self, branches: list[nn.Module] | nn.ModuleDict, combine: str = "add", dim: int = 1) -> None:
+    def __init__(
+        self, branches: list[nn.Module] | nn.ModuleDict, combine: ''' + COMBINE_TYPE + ''' = "add", dim: int = 1
+    ) -> None:
         super().__init__({str(i): b for i, b in enumerate(branches)} if isinstance(branches, list) else branches)
 ''' + _CHECK + '''        self.combine = combine
         self.dim = dim

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Union
 
-from torchgraft.errors import EmitError
+from torchgraft.errors import EmitError, IRError
 from torchgraft.ir.children import default_names
+from torchgraft.ir.functions import resolve
 from torchgraft.ir.nodes import Block, Chain, Combine, CombineKind, Container, Node, Opaque, Parallel, SkipConnection
 from torchgraft.ir.primitives import NOT_CTOR, Dropout, Primitive, torch_defaults
 from torchgraft.ir.values import Arg, Const, Seq
@@ -126,9 +127,22 @@ def reparametrized(layer: CExpr, p: Primitive) -> CExpr:
     return layer
 
 
+def function_ref(qualname: str) -> str:
+    """How ``model.py`` names an allow-listed function: ``torch.atan2``, ``F.cosine_similarity``, ``pow``
+    (a builtin), ``operator.pow`` (the emitter imports ``operator``/``math`` when written)."""
+    resolve(qualname)  # allow-listed, and dotted identifiers only: the name becomes code
+    ns, _, name = qualname.rpartition(".")
+    return f"F.{name}" if ns == "torch.nn.functional" else name if ns == "builtins" else qualname
+
+
 def _combine_kwargs(c: Combine) -> tuple[tuple[str, CExpr], ...]:
     if not isinstance(c.kind, CombineKind):
         raise EmitError(f"combine {c!r} is not one of {[k.value for k in CombineKind]}")
+    if c.kind is CombineKind.CALL:
+        try:
+            return (("combine", Raw(function_ref(c.fn))),)
+        except IRError as e:
+            raise EmitError(f"combine function {c.fn!r}: {e}") from None
     return (("combine", Lit(c.kind.value)),) + ((("dim", Lit(c.dim)),) if c.kind.takes_dim else ())
 
 

@@ -28,6 +28,7 @@ from torchgraft.backends.torch.modules import WIDTH, accessor, lit_code, module_
 from torchgraft.backends.torch.trim_calls import trim_calls
 from torchgraft.errors import EmitError
 from torchgraft.ir.codecheck import code_problems
+from torchgraft.ir.combine import CombineKind
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Node, Opaque, Parallel, SkipConnection
 from torchgraft.ir.primitives import Primitive
@@ -146,8 +147,9 @@ def emit(model: Model, *, formatted: bool = True) -> EmittedCode:
         name = h.name.split(":", 1)[-1]
         table.names.reserve(name)
         table.reserved.add(name)
-    for name in (*RUNTIME_CLASSES, FROZEN):
+    for name in (*RUNTIME_CLASSES, FROZEN, "Callable"):
         table.names.reserve(name)
+    table.imports |= _combine_modules(model.root)
     if isinstance(model.root, Block):
         table.extra_init[id(model.root)] = _tie_lines(model)
         root_expr = table.class_of(model.root, "")
@@ -163,6 +165,14 @@ def emit(model: Model, *, formatted: bool = True) -> EmittedCode:
     if formatted:
         source = format_source(source)
     return EmittedCode(source, dict(model.weights), root_name, dict(model.constants), dict(model.extra_state))
+
+
+def _combine_modules(root: Node) -> set[str]:
+    """Modules that module-level ``call`` combines name in constructor calls (``operator`` for
+    ``combine=operator.pow``); ``torch``/``F`` are imported when used, builtins need nothing."""
+    return {n.combine.fn.split(".")[0] for _, n in walk(root)
+            if isinstance(n, (Parallel, SkipConnection)) and n.combine.kind is CombineKind.CALL
+            and n.combine.fn.split(".")[0] not in ("torch", "builtins")}
 
 
 def _names_used(body: str) -> set[str] | None:
@@ -185,6 +195,8 @@ def _imports(model: Model, table: ClassTable, body: str) -> str:
         std.append("import json\n")
     if _uses("OrderedDict", body, used):
         std.append("from collections import OrderedDict\n")
+    if _uses("Callable", body, used):
+        std.append("from collections.abc import Callable\n")
     std += [f"import {m}\n" for m in sorted(table.imports - {"torch"})]
     std += sorted({h.source for h in model.helpers if h.name.startswith("import:")})
     torch_lines = ["import torch\n"] if _uses("torch", body, used) else []
