@@ -196,3 +196,19 @@ def test_a_budget_builds_the_largest_model_within_it() -> None:
     chosen = universal(*specs, compute=budget)  # type: ignore[arg-type]
     assert chosen.plan is not None and small.plan.params < chosen.plan.params <= budget  # type: ignore[union-attr]
     assert sum(v.numel() for v in chosen.weights.values()) == chosen.plan.params
+
+
+def test_lora_swap_and_fuse_apply_and_keep_outputs(built: dict[str, Built]) -> None:
+    """The generated model is an ordinary IR model: LoRA (B starts at zero) and fuse-conv-bn leave its outputs
+    as they were; swapping silu to relu and back gives the original outputs again."""
+    b = built["animal"]
+    case = _animal_cases()["n3l9"]
+    with torch.no_grad():
+        want = b.module.eval()(**case)
+    result = tg.passes.run(b.model, "lora{r=4},fuse-conv-bn,swap-activation{from=silu to=relu},"
+                                    "swap-activation{from=relu to=silu}")
+    assert len(result.reports[0].matches) > 0  # every Linear got an adapter
+    ir.verify(result.model)
+    with torch.no_grad():
+        got = tg.emit(result.model).materialize().eval()(**case)
+    torch.testing.assert_close(got, want, **TOL)
