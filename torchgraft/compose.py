@@ -21,7 +21,7 @@ import torch
 from torchgraft.errors import IRError
 from torchgraft.ir.graph import Graph, InputKind
 from torchgraft.ir.graph import Input as GraphInput
-from torchgraft.ir.model import Helper, Model
+from torchgraft.ir.model import Helper, Model, merge_helpers
 from torchgraft.ir.nodes import Block, Chain
 from torchgraft.ir.traverse import join
 from torchgraft.ir.types import UNKNOWN, TensorType, ValueType
@@ -143,14 +143,12 @@ def _prefixed(name: str, mapping: Mapping[str, object]) -> dict[str, object]:
 
 
 def _helpers(parts: Sequence[Part]) -> tuple[Helper, ...]:
-    seen: dict[str, tuple[Helper, str]] = {}
-    for p in parts:
-        for h in p.model.helpers:
-            if h.name in seen and seen[h.name][0].source != h.source:
-                raise IRError(f"compose: models {seen[h.name][1]!r} and {p.name!r} both carry a helper named "
-                              f"{h.name!r} with different code; the emitted file can hold only one. Rename the "
-                              "helper in one model's source and capture it again")
-            seen.setdefault(h.name, (h, p.name))
+    def clash(first: str, other: str, name: str) -> IRError:
+        return IRError(f"compose: models {first!r} and {other!r} both carry a helper named {name!r} with different "
+                       "code; the emitted file can hold only one. Rename the helper in one model's source and "
+                       "capture it again")
+
+    seen = merge_helpers(((p.name, p.model.helpers) for p in parts), clash)
     return tuple(seen[k][0] for k in sorted(seen))
 
 

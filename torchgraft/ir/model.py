@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,6 +23,25 @@ class Helper:
     name: str
     source: str
     origin: str
+
+
+def merge_helpers(groups: Iterable[tuple[str, Iterable[Helper]]],
+                  clash: Callable[[str, str, str], Exception]) -> dict[str, tuple[Helper, str]]:
+    """The helpers of several owners in one file: name -> (helper, first owner carrying it), in first-seen order.
+
+    The same helper carried twice is kept once; two owners with different code under one name raise
+    ``clash(first owner, other owner, helper name)`` (one emitted file cannot hold both).
+
+    >>> merge_helpers([("a", [h]), ("b", [h])], ValueError)   # doctest: +SKIP
+    {'fn': (h, 'a')}
+    """
+    out: dict[str, tuple[Helper, str]] = {}
+    for owner, helpers in groups:
+        for h in helpers:
+            if h.name in out and out[h.name][0].source != h.source:
+                raise clash(out[h.name][1], owner, h.name)
+            out.setdefault(h.name, (h, owner))
+    return out
 
 
 def _frozen_keys(keys: tuple[str, ...], weights: Mapping[str, Any]) -> tuple[str, ...]:

@@ -22,7 +22,7 @@ from typing import Any
 from torchgraft.errors import CaptureError
 from torchgraft.frontends.guards import HOW, where_text
 from torchgraft.ir.graph import GetAttr, Graph, Guard, Op
-from torchgraft.ir.model import Helper, Model
+from torchgraft.ir.model import Helper, Model, merge_helpers
 from torchgraft.ir.nodes import Block
 from torchgraft.ir.types import ScalarType, ValueType
 from torchgraft.ir.values import Arg, Seq, rename_refs
@@ -164,17 +164,12 @@ def _chained(graphs: list[Graph]) -> Graph:
 
 
 def _helpers(captures: Mapping[str, Model]) -> tuple[Helper, ...]:
-    out: dict[str, Helper] = {}
-    owner: dict[str, str] = {}
-    for name, model in captures.items():
-        for h in model.helpers:
-            if h.name in out and out[h.name].source != h.source:
-                raise SystemSpecError(f"losses {owner[h.name]!r} and {name!r} both call a function named "
-                                      f"{h.name.split(':', 1)[-1]!r} with different code; one emitted file cannot "
-                                      "hold both: rename the function one of them calls")
-            out.setdefault(h.name, h)
-            owner.setdefault(h.name, name)
-    return tuple(out.values())
+    def clash(first: str, other: str, name: str) -> SystemSpecError:
+        return SystemSpecError(f"losses {first!r} and {other!r} both call a function named "
+                               f"{name.split(':', 1)[-1]!r} with different code; one emitted file cannot "
+                               "hold both: rename the function one of them calls")
+
+    return tuple(h for h, _ in merge_helpers(((n, m.helpers) for n, m in captures.items()), clash).values())
 
 
 def combined(captures: Mapping[str, Model], models: tuple[str, ...]) -> tuple[Model, dict[str, LossGraph]]:

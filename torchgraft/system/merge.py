@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from torchgraft.ir.graph import FunctionCall, Graph
-from torchgraft.ir.model import Helper, Model
+from torchgraft.ir.model import Helper, Model, merge_helpers
 from torchgraft.ir.nodes import Block, ClassRef
 from torchgraft.ir.traverse import join
 from torchgraft.ir.verify import verify
@@ -51,16 +51,14 @@ def _referenced(root: Block) -> set[str]:
 
 
 def _helpers(captured: Model, models: Mapping[str, Model]) -> tuple[Helper, ...]:
-    out: dict[str, Helper] = {}
-    owner: dict[str, str] = {}
-    for name, model in models.items():
-        for h in model.helpers:
-            if h.name in out and out[h.name].source != h.source:
-                raise SystemSpecError(f"models {owner[h.name]!r} and {name!r} both need a helper named "
-                                      f"{h.name.split(':', 1)[-1]!r} with different code; one emitted file "
-                                      "cannot hold both: rename the function in one model's source")
-            out.setdefault(h.name, h)
-            owner.setdefault(h.name, name)
+    def clash(first: str, other: str, name: str) -> SystemSpecError:
+        return SystemSpecError(f"models {first!r} and {other!r} both need a helper named "
+                               f"{name.split(':', 1)[-1]!r} with different code; one emitted file "
+                               "cannot hold both: rename the function in one model's source")
+
+    found = merge_helpers(((n, m.helpers) for n, m in models.items()), clash)
+    out = {k: h for k, (h, _) in found.items()}
+    owner = {k: o for k, (_, o) in found.items()}
     assert isinstance(captured.root, Block)
     used = _referenced(captured.root)
     for h in captured.helpers:
