@@ -16,10 +16,11 @@ from typing import Union
 
 from torchgraft.backends.torch.emitter import frozen_keys
 from torchgraft.ir.model import Model
-from torchgraft.ir.nodes import Block, Node, Opaque, module_children
+from torchgraft.ir.nodes import Block, Opaque
 from torchgraft.ir.primitives import Primitive
 from torchgraft.ir.traverse import join
 from torchgraft.passes.selectors import Selector, SelectorLike, Site, enclosing_label, parse_selector
+from torchgraft.passes.sites import iter_sites
 from torchgraft.system.errors import SystemSpecError
 
 TrainableLike = Union[SelectorLike, Mapping[str, SelectorLike]]
@@ -31,21 +32,17 @@ def parameter_sites(model: Model, prefix: str = "") -> Iterator[Site]:
     >>> [s.path for s in parameter_sites(tg.build(ir.Linear(2, 3), ir.TensorType(("N", 2))))]  # doctest: +SKIP
     ['weight', 'bias']
     """
-    def visit(node: Node, path: str, enclosing: tuple[str, ...]) -> Iterator[Site]:
-        own = enclosing + (enclosing_label(node) if isinstance(node, Block) else ())
+    for site in iter_sites(model, graphs=False):
+        node = site.node
         if isinstance(node, Primitive):
             names = [n for n, _, is_param in node.state() if is_param]
         elif isinstance(node, (Block, Opaque)):
             names = [s.name for s in node.state if s.parameter]
         else:
-            names = []
+            continue
+        own = site.enclosing + (enclosing_label(node) if isinstance(node, Block) else ())
         for name in names:
-            yield Site(join(path, name), node, own)
-        inner = enclosing + enclosing_label(node)
-        for name, child in module_children(node):
-            yield from visit(child, join(path, name), inner)
-
-    yield from visit(model.root, prefix, ())
+            yield Site(join(join(prefix, site.path), name), node, own)
 
 
 def _selector(trainable: TrainableLike, name: str, models: Mapping[str, Model]) -> tuple[Selector | None, str]:
