@@ -23,10 +23,10 @@ from torchgraft.ir.nodes import Block, Chain, ChildRef, Node, Parallel, SkipConn
 from torchgraft.ir.primitives import Activation, Primitive
 from torchgraft.ir.structure import recognize
 from torchgraft.ir.traverse import join, map_tree
-from torchgraft.passes.base import Match, Pass, Skip
+from torchgraft.passes.base import Match, Skip
 from torchgraft.passes.rewrite import enclosing_map
 from torchgraft.passes.selectors import Site, parse_selector
-from torchgraft.passes.structural import Renames, rename_model, unique_name
+from torchgraft.passes.structural import Moves, MovingPass, unique_name
 
 
 class _Unfit(Exception):
@@ -128,7 +128,7 @@ def desugared(block: Block) -> tuple[Node, dict[str, str]]:
 
 
 @dataclass(frozen=True)
-class Desugar(Pass):
+class Desugar(MovingPass):
     """Replace each selected Block whose forward is plain structure by that structure.
 
     Option ``where`` (a selector; default every Block that fits). Keys are renamed (see the report).
@@ -142,12 +142,11 @@ class Desugar(Pass):
     keeps_semantics: ClassVar[bool] = True
     where: str | None = None
 
-    def _plan(self, model: Model) -> tuple[Node, Renames, list[Match], list[Skip]]:
+    def plan(self, model: Model) -> Moves:
+        """The Blocks this pass turns into structure, the keys that move, the Blocks it keeps and why."""
         sel, enc = parse_selector(self.where), enclosing_map(model.root)
         tied = {p for pair in model.ties for p in pair}
-        renames: Renames = []
-        matches: list[Match] = []
-        skips: list[Skip] = []
+        moves = Moves(model.root)
 
         def fn(path: str, node: Node) -> Node:
             if not isinstance(node, Block) or not sel(Site(path, node, enc.get(path, ()))):
@@ -157,26 +156,13 @@ class Desugar(Pass):
                     raise _Unfit("its weights are tied to another module")
                 new, placed = desugared(node)
             except _Unfit as e:
-                skips.append(Skip(path, f"Block<{node.cls.name}> kept: {e}"))
+                moves.skipped.append(Skip(path, f"Block<{node.cls.name}> kept: {e}"))
                 return node
             # rel "" when the forward is one child: the Block becomes that child (b.conv.0 -> b.0)
-            renames.append({join(path, c): join(path, rel) if rel else path for c, rel in placed.items() if c != rel})
-            matches.append(Match(path, f"Block<{node.cls.name}> -> {type(new).__name__}", "structure"))
+            moves.renames.append({join(path, c): join(path, rel) if rel else path
+                                  for c, rel in placed.items() if c != rel})
+            moves.matches.append(Match(path, f"Block<{node.cls.name}> -> {type(new).__name__}", "structure"))
             return new
 
-        root = map_tree(model.root, fn)
-        return root, renames, matches, skips
-
-    def rewrite(self, model: Model) -> tuple[Model, list[Match]]:
-        root, renames, matches, _ = self._plan(model)
-        if not matches:
-            return model, []
-        return rename_model(model.with_root(root), renames), matches
-
-    def skipped(self, before: Model, after: Model) -> list[Skip]:
-        return self._plan(before)[3]
-
-    def key_map(self, before: Model, after: Model) -> dict[str, str]:
-        renames = self._plan(before)[1]
-        return {k: v for k, v in rename_model(before, renames, keys_only=True).items() if k != v}
-
+        moves.root = map_tree(model.root, fn)
+        return moves

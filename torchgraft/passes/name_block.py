@@ -23,10 +23,10 @@ from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Chain, ChildRef, ClassRef, Node, Parallel, SkipConnection
 from torchgraft.ir.primitives import Primitive
 from torchgraft.ir.traverse import join, map_tree
-from torchgraft.passes.base import Match, Pass
+from torchgraft.passes.base import Match
 from torchgraft.passes.rewrite import enclosing_map
 from torchgraft.passes.selectors import Site, parse_selector
-from torchgraft.passes.structural import Renames, rename_model, unique_name
+from torchgraft.passes.structural import Moves, MovingPass, unique_name
 
 STRUCTURE = (Chain, Parallel, SkipConnection)
 NAMED_MODULE = "named"
@@ -68,7 +68,7 @@ def wrap(node: Node, cls_name: str) -> tuple[Block, dict[str, str]]:
 
 
 @dataclass(frozen=True)
-class NameBlock(Pass):
+class NameBlock(MovingPass):
     """Wrap each selected Chain/Parallel/SkipConnection into a Block of class ``as``.
 
     Options: ``where`` (a selector: ``neck``, ``kind:SkipConnection``, ``layer*.0``) and ``as``
@@ -89,27 +89,18 @@ class NameBlock(Pass):
             raise IRError(f"name-block{{as={self.as_}}}: the class name must be an identifier starting with a "
                           "capital letter, e.g. as=Bottleneck")
 
-    def _plan(self, model: Model) -> tuple[Node, Renames, list[Match]]:
+    def plan(self, model: Model) -> Moves:
+        """The structures this pass wraps and the keys that move."""
         sel, enc = parse_selector(self.where), enclosing_map(model.root)
-        renames: Renames = []
-        matches: list[Match] = []
+        moves = Moves(model.root)
 
         def fn(path: str, node: Node) -> Node:
             if not isinstance(node, STRUCTURE) or not sel(Site(path, node, enc.get(path, ()))):
                 return node
             block, moved = wrap(node, self.as_)
-            renames.append({join(path, a): join(path, b) for a, b in moved.items() if a != b})
-            matches.append(Match(path, f"{type(node).__name__} -> Block<{self.as_}>", "structure"))
+            moves.renames.append({join(path, a): join(path, b) for a, b in moved.items() if a != b})
+            moves.matches.append(Match(path, f"{type(node).__name__} -> Block<{self.as_}>", "structure"))
             return block
 
-        return map_tree(model.root, fn), renames, matches
-
-    def rewrite(self, model: Model) -> tuple[Model, list[Match]]:
-        root, renames, matches = self._plan(model)
-        if not matches:
-            return model, []
-        return rename_model(model.with_root(root), renames), matches
-
-    def key_map(self, before: Model, after: Model) -> dict[str, str]:
-        renames = self._plan(before)[1]
-        return {k: v for k, v in rename_model(before, renames, keys_only=True).items() if k != v}
+        moves.root = map_tree(model.root, fn)
+        return moves
