@@ -163,7 +163,8 @@ def _guard(name: str, compare: str, value: object, kind: str = "argument") -> tu
 
 def _model(child_inputs: tuple[ir.Input, ...], child_ops: tuple[ir.Op, ...], call: ir.Op,
            root_inputs: tuple[ir.Input, ...] = (ir.Input("x", _T),), root_ops: tuple[ir.Op, ...] = ()) -> ir.Model:
-    lin = ir.Op("lin", ir.ChildCall("lin"), (Ref("x"),))
+    fed = "lin_in" if any(op.name == "lin_in" for op in child_ops) else "x"  # what the child computes first
+    lin = ir.Op("lin", ir.ChildCall("lin"), (Ref(fed),))
     child = ir.Block(ir.ClassRef("m", "Child"), (("lin", ir.LinearLayer(4, 4)),),
                      ir.Graph(child_inputs, (*child_ops, lin), Ref("lin")))
     root = ir.Block(ir.ClassRef("m", "Root"), (("child", child),),
@@ -224,6 +225,55 @@ def test_a_tensor_a_method_made_satisfies_a_given_guard() -> None:
     trimmed = trim_calls(_model(inputs, _guard("mask", "is_not", None), call, root_ops=(made,)))
     assert [i.name for i in _child_graph(trimmed).inputs] == ["x"]
     assert _call(trimmed).args == (Ref("x"),)
+
+
+def _used_mask_child(guards: tuple[ir.Op, ...]) -> tuple[tuple[ir.Input, ...], tuple[ir.Op, ...]]:
+    """A child that multiplies by ``mask`` (so keeps the parameter) after ``guards`` on it."""
+    inputs = (ir.Input("x", _T), ir.Input("mask", _T, default=Const(None)))
+    return inputs, (*guards, ir.Op("lin_in", ir.FunctionCall("operator.mul"), (Ref("x"), Ref("mask"))))
+
+
+def test_a_guard_the_parent_already_made_goes_from_the_child() -> None:
+    """The root checks ``mask is not None`` and passes its ``mask`` on: the child's same guard cannot fire.
+    The parameter stays (the child multiplies by it); the root's guard stays (the root is what users call)."""
+    inputs, ops = _used_mask_child(_guard("mask", "is_not", None))
+    root_inputs = (ir.Input("x", _T), ir.Input("mask", _T, default=Const(None)))
+    call = ir.Op("child", ir.ChildCall("child"), (Ref("x"), Ref("mask")))
+    trimmed = trim_calls(_model(inputs, ops, call, root_inputs, _guard("mask", "is_not", None)))
+    assert [i.name for i in _child_graph(trimmed).inputs] == ["x", "mask"]
+    assert [op.name for op in _child_graph(trimmed).ops] == ["lin_in", "lin"]
+    assert isinstance(trimmed.root, ir.Block) and isinstance(trimmed.root.body, ir.Graph)
+    assert [op.name for op in trimmed.root.body.ops] == ["mask_ok", "mask_guard", "child"]
+    ir.verify(trimmed)
+    emitted = torchgraft.emit(trimmed).materialize(load_weights=False)
+    x, mask = torch.randn(3, 4), torch.rand(3, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(emitted(x, mask), emitted.child.lin(x * mask), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="captured with mask is_not None"):  # still loud, from the root
+        emitted(x)
+
+
+def test_a_counted_tuple_pins_a_count_guard() -> None:
+    """``child(x, (a, b))`` passes two items: the child's ``len(pair) == 2`` guard goes; ``len == 3`` stays."""
+    for count, kept in ((2, False), (3, True)):
+        inputs = (ir.Input("x", _T), ir.Input("pair"))
+        size = ir.Op("pair_len", ir.FunctionCall("builtins.len"), (Ref("pair"),))
+        ok = ir.Op("pair_ok", ir.FunctionCall("operator.eq"), (Ref("pair_len"), Const(count)))
+        guard = ir.Op("pair_guard", ir.Guard("captured with 2 items in pair"), (Ref("pair_ok"),))
+        first = ir.Op("lin_in", ir.FunctionCall("operator.getitem"), (Ref("pair"), Const(0)))
+        call = ir.Op("child", ir.ChildCall("child"), (Ref("x"), ir.Seq((Ref("x"), Ref("x")))))
+        trimmed = trim_calls(_model(inputs, (size, ok, guard, first), call))
+        names = [op.name for op in _child_graph(trimmed).ops]
+        assert ("pair_guard" in names) is kept, names
+
+
+def test_a_parent_parameter_nobody_checks_keeps_the_child_guard() -> None:
+    """The root passes its own optional ``mask`` unchecked: it may be None, so the child keeps its guard."""
+    inputs, ops = _used_mask_child(_guard("mask", "is_not", None))
+    root_inputs = (ir.Input("x", _T), ir.Input("mask", _T, default=Const(None)))
+    call = ir.Op("child", ir.ChildCall("child"), (Ref("x"), Ref("mask")))
+    model = _model(inputs, ops, call, root_inputs)
+    assert trim_calls(model) == model
 
 
 @pytest.mark.parametrize("kind", ["size", "dtype"])

@@ -270,9 +270,8 @@ def _entry_points(model: Model, root_expr: str, root_name: str) -> str:
             '    """The model with weights loaded strict=True (default: the file beside this one)."""\n',
             "    from safetensors.torch import load_file\n\n",
             "    model = build()\n",
-            "    if weights is None:\n",
-            f'        weights = Path(__file__).with_name("{WEIGHTS}")\n',
-            "    model.load_state_dict(load_file(str(weights)), strict=True)\n",
+            f'    weights = weights or Path(__file__).with_name("{WEIGHTS}")\n',
+            "    model.load_state_dict(load_file(weights), strict=True)\n",
             "    return model\n"]
     if model.extra_state:
         load = extra_state_load(root_name, WEIGHTS)

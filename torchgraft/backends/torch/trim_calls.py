@@ -11,7 +11,11 @@ parameters and as many guards. ``trim_calls`` removes that noise before emission
   (the positional arguments after it are then passed by keyword). A ``**kwargs`` read only by its count guard goes
   the same way, and with it the keyword arguments that landed in it;
 - an argument equal to the callee's declared default is left out (keywords; positionals when
-  trailing).
+  trailing);
+- an argument guard of a non-root Block whose parameter is still used goes when every call passes
+  a value it accepts: a tensor the parent computed, a tuple literal of the counted length, or the
+  parent's own parameter that the parent's guards already check (BERT's ``attention_mask is None``
+  was refused four times over, once per level; the outermost check now does it once).
 
 Repeated bottom-up to a fixpoint: once a child drops a parameter, its parent may no longer read
 the value it forwarded (Llama's ``position_ids``, passed only into the attention's ``**kwargs``).
@@ -21,9 +25,12 @@ still refuses every call it cannot reproduce. A child is called only by its emit
 a parameter is dropped only when every call of the child is a ``ChildCall`` in a parent's Graph
 that this pass rewrites; each guard removed is checked to hold for what every call passes (the
 captured constant, a tensor a method produced, or the keywords a ``**kwargs`` receives), so it
-could never fire there. A user who calls a child directly with a dropped argument gets Python's
-TypeError: loud, never a silent difference. Left alone: the root; a Block reached from a body
-that is not a Graph (copied source, a combinator, ``nn.Sequential``), read as an attribute
+could never fire there (a parent's guard that pins a child's is itself removed only when its own
+callers make it unable to fire, so the chain ends at a guard that stays). A user who calls a child
+directly with a dropped argument gets Python's TypeError: loud; an inner class called directly, without
+its parent, no longer checks what its parent checked (the emitted model, what users call, still refuses
+every such call). Left alone: the root; a Block reached from a body that is not a Graph (copied
+source, a combinator, ``nn.Sequential``), read as an attribute
 (``self.layers`` handed to a helper), or tied to another path; size and dtype guards, which are
 not argument guards; ``*args``. Forward hooks are not in the IR: capture refuses models with
 them (``frontends/hooks.py``), so no hook can observe the arguments removed here.
@@ -32,45 +39,23 @@ them (``frontends/hooks.py``), so no hook can observe the arguments removed here
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
-from torchgraft.backends.torch.forward import prune
-from torchgraft.ir.effects import is_pure
-from torchgraft.ir.functions import resolve
-from torchgraft.ir.graph import (
-    ChildCall,
-    FunctionCall,
-    GetAttr,
-    Graph,
-    Guard,
-    Input,
-    InputKind,
-    MethodCall,
-    Op,
-    PrimCall,
+from torchgraft.backends.torch.call_values import (
+    NAMED,
+    Check,
+    Unknown,
+    argument_guards,
+    bind,
+    guard_checks,
+    holds,
+    passed,
+    without_defaults,
 )
+from torchgraft.backends.torch.forward import prune
+from torchgraft.ir.graph import ChildCall, GetAttr, Graph, Input, InputKind, Op
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Container, Node
 from torchgraft.ir.traverse import join, map_tree, walk
-from torchgraft.ir.types import TensorType
-from torchgraft.ir.values import Arg, Const, DictArg, Ref, Seq
-
-_NAMED = (InputKind.POSITIONAL, InputKind.KEYWORD)
-
-
-class _Unknown(Exception):
-    """What a call passes cannot be known statically."""
-
-
-class _Hidden:
-    """A value passed at run time (a tensor): a guard may test it with ``is``/``is not`` only, anything else
-    raises. Stands at top level only for values known not to be None; inside a tuple or ``**kwargs`` for any."""
-
-    def _refuse(self, *_: object) -> Any:  # noqa: ANN401
-        raise _Unknown
-
-    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __bool__ = __len__ = __iter__ = __contains__ = _refuse
-    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -81,13 +66,6 @@ class _Site:
     train: bool
     op: str
 
-
-@dataclass(frozen=True)
-class _Check:
-    """One argument guard on a parameter: ``guard(cond(feed(param)))`` (``feed`` optional)."""
-
-    feed: Op | None
-    cond: Op
 
 
 def trim_calls(model: Model) -> Model:
@@ -105,6 +83,7 @@ def trim_calls(model: Model) -> Model:
         for path in order:
             for inp in reversed(state.bodies[path][0].inputs):
                 changed = state.try_drop(path, inp.name) or changed
+            changed = state.drop_held_guards(path) or changed
         if not changed:
             break
     if not state.edited:
@@ -203,7 +182,7 @@ class _State:
             inputs = self.bodies[callee][0].inputs
             for site in sites:
                 op = self.op(site)
-                new = _without_defaults(op, inputs)
+                new = without_defaults(op, inputs)
                 if new != op:
                     self.set_op(site, new)
                     changed = True
@@ -216,9 +195,9 @@ class _State:
         sites = self.sites.get(path, [])
         if inp.kind is InputKind.VAR_POSITIONAL or not sites:
             return False
-        if inp.kind in _NAMED and any(i.kind is InputKind.VAR_KEYWORD for i in body.inputs):
+        if inp.kind in NAMED and any(i.kind is InputKind.VAR_KEYWORD for i in body.inputs):
             return False  # called directly with it, it would land in the **kwargs kept, unnoticed
-        checks = [_guard_checks(g, name) for g in (body, train) if g is not None]
+        checks = [guard_checks(g, name) for g in (body, train) if g is not None]
         if any(c is None for c in checks):
             return False
         rewritten = [self._call_without(site, body.inputs, inp, [c for cs in checks if cs for c in cs[1]])
@@ -235,20 +214,53 @@ class _State:
             self._set(path, is_train, Graph(inputs, tuple(o for o in g.ops if o.name not in found[0]), g.output))
         return True
 
-    def _call_without(self, site: _Site, inputs: tuple[Input, ...], inp: Input, checks: list[_Check]) -> Op | None:
+    def drop_held_guards(self, path: str) -> bool:
+        """Remove the argument guards of the Block at ``path`` that hold for what every call passes (the parent
+        already checked the value, or computed it); True if any was. Runs deepest Blocks first, so a parent's
+        guard still stands when its children are looked at, and what it pinned stays true once it goes."""
+        body, train = self.bodies[path]
+        sites = self.sites.get(path, [])
+        changed = False
+        for inp in body.inputs if sites else ():
+            if inp.kind in (InputKind.VAR_POSITIONAL, InputKind.VAR_KEYWORD):
+                continue
+            found = [argument_guards(g, inp.name) for g in self.bodies[path] if g is not None]
+            checks = [c for _, cs in found for c in cs]
+            if not checks or not all(self._holds_at(site, body.inputs, inp, checks) for site in sites):
+                continue
+            for is_train, (remove, _) in zip((False, True), found):
+                g = self.graph(path, is_train)
+                self._set(path, is_train, prune(Graph(g.inputs, tuple(o for o in g.ops if o.name not in remove),
+                                                      g.output)))
+            changed = True
+        return changed
+
+    def _holds_at(self, site: _Site, inputs: tuple[Input, ...], inp: Input, checks: list[Check]) -> bool:
+        """Whether every check passes for what the call at ``site`` passes for ``inp`` (any doubt: False)."""
+        op = self.op(site)
+        bound = bind(inputs, op)
+        if bound is None:
+            return False
+        try:
+            value = passed(inp, bound.get(inp.name), op, self.graph(site.parent, site.train))
+        except Unknown:
+            return False
+        return all(holds(c, value) for c in checks)
+
+    def _call_without(self, site: _Site, inputs: tuple[Input, ...], inp: Input, checks: list[Check]) -> Op | None:
         """The call at ``site`` without what it passes for ``inp``; None when that cannot be done faithfully."""
         op = self.op(site)
-        bound = _bind(inputs, op)
+        bound = bind(inputs, op)
         if bound is None:
             return None
         where = bound.get(inp.name)
         try:
-            value = _passed(inp, where, op, self.graph(site.parent, site.train))
-        except _Unknown:
+            value = passed(inp, where, op, self.graph(site.parent, site.train))
+        except Unknown:
             if checks:
                 return None
             value = None
-        if not all(_holds(c, value) for c in checks):
+        if not all(holds(c, value) for c in checks):
             return None
         if isinstance(where, int):  # later positionals are passed by keyword instead: ``layer(h, mask=m)``
             positional = [i.name for i in inputs if i.kind is InputKind.POSITIONAL]
@@ -260,137 +272,6 @@ class _State:
             return replace(op, kwargs=tuple((k, a) for k, a in op.kwargs if k not in where))
         return op
 
-
-def _bind(inputs: tuple[Input, ...], op: Op) -> dict[str, int | str | tuple[str, ...]] | None:
-    """Input name -> how the call passes it: positional index, keyword, or (for ``**kwargs``) the keywords
-    that land in it. None when the call does not bind (too many positionals, unknown keyword, a repeat)."""
-    positional = [i.name for i in inputs if i.kind is InputKind.POSITIONAL]
-    named = {i.name for i in inputs if i.kind in _NAMED}
-    var_kw = next((i.name for i in inputs if i.kind is InputKind.VAR_KEYWORD), None)
-    if len(op.args) > len(positional) and not any(i.kind is InputKind.VAR_POSITIONAL for i in inputs):
-        return None
-    out: dict[str, int | str | tuple[str, ...]] = {n: k for k, n in enumerate(positional[:len(op.args)])}
-    landed = []
-    for key, _ in op.kwargs:
-        if key in out or (key not in named and var_kw is None):
-            return None
-        if key in named:
-            out[key] = key
-        else:
-            landed.append(key)
-    if var_kw is not None:
-        out[var_kw] = tuple(landed)
-    if any(i.kind in _NAMED and i.name not in out and i.default is None for i in inputs):
-        return None
-    return out
-
-
-def _passed(inp: Input, where: int | str | tuple[str, ...] | None, op: Op, parent: Graph) -> object:
-    """What the call passes for ``inp``, as far as the guards may look at it."""
-    if isinstance(where, tuple):
-        kwargs = dict(op.kwargs)
-        return {k: _static(kwargs[k], parent, top=False) for k in where}
-    if where is None:
-        if inp.default is None:
-            raise _Unknown
-        return inp.default.value
-    arg = op.args[where] if isinstance(where, int) else dict(op.kwargs)[where]
-    return _static(arg, parent, top=True)
-
-
-def _static(arg: Arg, g: Graph, top: bool) -> object:
-    """``arg``'s value at the call: a constant, or ``_Hidden`` for a value known not to be None (nested in a
-    tuple or dict, any value: a guard can count them but not look at them)."""
-    if isinstance(arg, Const):
-        return arg.value
-    if isinstance(arg, Ref):
-        if top and not _never_none(arg.name, g):
-            raise _Unknown
-        return _Hidden()
-    if isinstance(arg, Seq):
-        items = [_static(a, g, top=False) for a in arg.items]
-        return items if arg.is_list else tuple(items)
-    if isinstance(arg, DictArg):
-        return {k: _static(a, g, top=False) for k, a in arg.items}
-    raise _Unknown
-
-
-def _never_none(name: str, g: Graph) -> bool:
-    """True for a tensor computed by a primitive or by a method of a tensor: never None, whatever the input."""
-    types = {i.name: i.type for i in g.inputs} | {o.name: o.type for o in g.ops}
-    op = next((o for o in g.ops if o.name == name), None)
-    if op is None or not isinstance(op.type, TensorType):
-        return False
-    if isinstance(op.target, PrimCall):
-        return True
-    recv = op.args[0] if op.args else None
-    return isinstance(op.target, MethodCall) and isinstance(recv, Ref) and isinstance(types.get(recv.name), TensorType)
-
-
-def _guard_checks(g: Graph, name: str) -> tuple[set[str], list[_Check]] | None:
-    """When ``g`` reads ``name`` only in argument guards: the ops to remove with it and the checks they make."""
-    users = g.users()
-    ops = {o.name: o for o in g.ops}
-    remove: set[str] = set()
-    checks: list[_Check] = []
-    for user in dict.fromkeys(users[name]):
-        op = ops.get(user)
-        if op is not None and _is_cond(op, name, users, ops):
-            checks.append(_Check(None, op))
-            remove |= {op.name, *users[op.name]}
-            continue
-        if op is None or not _is_feed(op, name) or not users[op.name]:
-            return None
-        remove.add(op.name)
-        for cond_name in dict.fromkeys(users[op.name]):
-            cond = ops.get(cond_name)
-            if cond is None or not _is_cond(cond, op.name, users, ops):
-                return None
-            checks.append(_Check(op, cond))
-            remove |= {cond.name, *users[cond.name]}
-    return remove, checks
-
-
-def _is_feed(op: Op, name: str) -> bool:
-    """``len(x)``-like: a pure function of ``name`` alone."""
-    return isinstance(op.target, FunctionCall) and is_pure(op) and not op.kwargs and op.args == (Ref(name),)
-
-
-def _is_cond(op: Op, name: str, users: dict[str, list[str]], ops: dict[str, Op]) -> bool:
-    """A pure comparison of ``name`` with a constant whose result only argument guards read."""
-    refs = [a for a in op.args if isinstance(a, Ref)]
-    if not (isinstance(op.target, FunctionCall) and is_pure(op) and not op.kwargs and len(op.args) == 2
-            and refs == [Ref(name)] and all(isinstance(a, (Ref, Const)) for a in op.args) and users[op.name]):
-        return False
-    guards = [ops.get(u) for u in users[op.name]]
-    return all(g is not None and isinstance(g.target, Guard) and g.target.kind == "argument"
-               and g.args == (Ref(op.name),) and not users[g.name] for g in guards)
-
-
-def _holds(check: _Check, value: object) -> bool:
-    """Whether the guard passes for ``value`` (any doubt: False). The functions are the allow-listed ones the
-    graph names (``ir.functions.resolve``: looked up, never evaluated), pure, called on constants."""
-    try:
-        if check.feed is not None:
-            assert isinstance(check.feed.target, FunctionCall)
-            value = resolve(check.feed.target.qualname)(value)
-        assert isinstance(check.cond.target, FunctionCall)
-        args = [value if isinstance(a, Ref) else a.value for a in check.cond.args if isinstance(a, (Ref, Const))]
-        return resolve(check.cond.target.qualname)(*args) is True
-    except Exception:
-        return False
-
-
-def _without_defaults(op: Op, inputs: tuple[Input, ...]) -> Op:
-    """The call without keyword arguments equal to the callee's default, nor trailing positional ones."""
-    defaults = {i.name: i.default for i in inputs if i.kind in _NAMED and i.default is not None}
-    kwargs = tuple((k, a) for k, a in op.kwargs if not (isinstance(a, Const) and defaults.get(k) == a))
-    positional = [i.name for i in inputs if i.kind is InputKind.POSITIONAL]
-    args = list(op.args)
-    while args and len(args) <= len(positional) and isinstance(args[-1], Const) \
-            and defaults.get(positional[len(args) - 1]) == args[-1]:
-        args.pop()
-    return replace(op, args=tuple(args), kwargs=kwargs)
 
 
 __all__ = ["trim_calls"]
