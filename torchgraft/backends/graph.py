@@ -46,6 +46,7 @@ from torchgraft.ir.nodes import (
     SkipConnection,
     module_children,
 )
+from torchgraft.ir.opkinds import OpKind, is_kind
 from torchgraft.ir.primitives import Primitive
 from torchgraft.ir.printer import format_op, kind_label
 from torchgraft.ir.traverse import join, node_at, walk
@@ -322,7 +323,7 @@ class _Builder:
             if child is not None:
                 kw = {k: producers(v) for k, v in op.kwargs}
                 return self.call(join(path, t.path), child, [producers(a) for a in op.args], kw)
-        if isinstance(t, FunctionCall) and t.qualname == "operator.getitem" and op.args:
+        if is_kind(op, OpKind.GETITEM) and op.args:
             return [p for a in op.args for p in producers(a)]  # indexing: the values flow through
         if isinstance(t, GetAttr) and self._owner(join(path, t.path)):
             return [self._owner(join(path, t.path))]  # a child layer's weight, used functionally

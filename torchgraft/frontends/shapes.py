@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from torchgraft.ir.opkinds import FUNCTIONS, OpKind, method_kind
 from torchgraft.ir.primitives import (
     Activation,
     BatchNorm,
@@ -41,10 +42,7 @@ class RuleError(RuntimeError):
 
 _ANY_RANK_DROPOUT = ("Dropout", "AlphaDropout")  # Dropout1d/2d/3d check ranks: their meta kernels run
 _BN_RANKS = {"BatchNorm1d": (2, 3), "BatchNorm2d": (4,), "BatchNorm3d": (5,)}
-_BINARY = {"operator.add": "add", "operator.sub": "sub", "operator.mul": "mul",
-           "torch.add": "add", "torch.sub": "sub", "torch.mul": "mul",
-           "operator.iadd": "add_", "operator.isub": "sub_", "operator.imul": "mul_"}
-_METHODS = {"add", "sub", "mul", "add_", "sub_", "mul_"}
+_ARITHMETIC = (OpKind.ADD, OpKind.SUB, OpKind.MUL)
 
 
 def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
@@ -197,11 +195,11 @@ def cat_output(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> tor
 
 
 def binary_output(name: str, args: list[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
-    """``a + b``, ``a * b``, ``a - b`` and their in-place forms (``name`` is a qualname from
-    ``_BINARY`` or a Tensor method), by broadcasting and type promotion; None where no rule applies,
-    ``RuleError`` for a boolean subtraction (torch refuses it; its meta kernel does not)."""
-    op = _BINARY.get(name, name if name in _METHODS else None)
-    if op is None or len(args) != 2 or kwargs:
+    """``a + b``, ``a * b``, ``a - b`` and their in-place forms (``name`` is a function's qualname or a Tensor
+    method's name, looked up in the op kind table), by broadcasting and type promotion; None where no rule
+    applies, ``RuleError`` for a boolean subtraction (torch refuses it; its meta kernel does not)."""
+    op = FUNCTIONS.get(name) if "." in name else method_kind(name)
+    if op is None or op.kind not in _ARITHMETIC or len(args) != 2 or kwargs:
         return None
     a, b = args
     if not all(isinstance(v, (torch.Tensor, bool, int, float)) for v in (a, b)):
@@ -214,9 +212,9 @@ def binary_output(name: str, args: list[Any], kwargs: dict[str, Any]) -> torch.T
         dtype = torch.result_type(a, b)
     except (RuntimeError, OverflowError):
         return None
-    if op.startswith("sub") and any(isinstance(v, bool) or getattr(v, "dtype", None) == torch.bool for v in (a, b)):
+    if op.kind is OpKind.SUB and any(isinstance(v, bool) or getattr(v, "dtype", None) == torch.bool for v in (a, b)):
         raise RuleError("torch refuses to subtract booleans")  # its meta kernel does not
-    if op.endswith("_"):
+    if op.in_place:
         ok = isinstance(a, torch.Tensor) and a.shape == shape and torch.can_cast(dtype, a.dtype)
         return a if ok else None
     return empty(shape, dtype)

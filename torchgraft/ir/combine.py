@@ -43,6 +43,7 @@ import torch
 from torchgraft.errors import IRError
 from torchgraft.ir.functions import qualname_of, resolve
 from torchgraft.ir.graph import FunctionCall, Op
+from torchgraft.ir.opkinds import FUNCTIONS, TRAITS
 from torchgraft.ir.values import Const, Ref, Seq
 
 
@@ -80,13 +81,10 @@ JOIN_FUNCTIONS: dict[CombineKind, str] = {CombineKind.CONCAT: "torch.cat", Combi
 """The function each kind with a ``dim`` calls on the list of values."""
 
 FUNCTION_KINDS: dict[str, CombineKind] = {
-    "operator.add": CombineKind.ADD, "torch.add": CombineKind.ADD,
-    "operator.sub": CombineKind.SUB, "torch.sub": CombineKind.SUB, "torch.subtract": CombineKind.SUB,
-    "operator.mul": CombineKind.MUL, "torch.mul": CombineKind.MUL, "torch.multiply": CombineKind.MUL,
-    "torch.maximum": CombineKind.MAX, "torch.minimum": CombineKind.MIN,
-    "torch.cat": CombineKind.CONCAT, "torch.concat": CombineKind.CONCAT, "torch.concatenate": CombineKind.CONCAT,
-    "torch.stack": CombineKind.STACK}
-"""Allow-listed functions that mean a kind, by qualified name, and the kind each stands for."""
+    name: CombineKind(TRAITS[k.kind].combine) for name, k in FUNCTIONS.items()
+    if TRAITS[k.kind].combine and not k.in_place}
+"""Allow-listed functions that mean a kind, by qualified name, and the kind each stands for (from the op
+kind table, ``ir/opkinds.py``: ``operator.add``, ``torch.add``, ``torch.maximum``, ``torch.cat``, ...)."""
 
 COMMUTATIVE_CALLS = frozenset({
     "torch.bitwise_and", "torch.bitwise_or", "torch.bitwise_xor", "torch.logical_and", "torch.logical_or",

@@ -10,41 +10,44 @@ and guards are not.
 from __future__ import annotations
 
 from torchgraft.ir.graph import FunctionCall, GetAttr, Guard, MethodCall, Op
+from torchgraft.ir.opkinds import FUNCTIONS, TRAITS, is_operator, kind_of, method_kind, symbol_of
 from torchgraft.ir.values import Const, Ref
 
-_IMPURE_FUNCTIONS = frozenset({"operator.setitem", "operator.delitem", "torch._assert", "builtins.print"})
+_IMPURE_FUNCTIONS = frozenset({"operator.delitem", "torch._assert", "builtins.print"})
 _PURE_BUILTINS = frozenset({"builtins.getattr", "builtins.len", "builtins.int", "builtins.float", "builtins.bool",
                             "builtins.tuple", "builtins.list", "builtins.min", "builtins.max", "builtins.abs",
                             "builtins.isinstance", "builtins.slice", "builtins.range"})
 _IMPURE_METHODS = frozenset({"register_hook", "retain_grad", "backward", "record_stream", "share_memory_"})
-_IN_PLACE_OPERATORS = frozenset({"iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "imatmul",
-                                 "iand", "ior", "ixor", "ilshift", "irshift", "iconcat"})
 
 
-AUGMENTED = {"iadd": "+=", "isub": "-=", "imul": "*=", "itruediv": "/="}
-"""In-place ``operator`` functions and the statement that spells them (``out += identity``)."""
+AUGMENTED = {k: symbol_of(Op("op", FunctionCall(k), (Ref("a"), Ref("b")))) for k, v in FUNCTIONS.items()
+             if v.in_place and k.startswith("operator.") and TRAITS[v.kind].symbol}
+"""In-place ``operator`` functions and the statement that spells them (``operator.iadd``: ``+=``), from
+the op kind table (``ir/opkinds.py``)."""
 
 
 def augmented_symbol(op: Op) -> str | None:
     """``+=`` for ``operator.iadd(a, b)`` on a named value (written ``a += b``), else None."""
-    t = op.target
-    if not (isinstance(t, FunctionCall) and t.qualname.startswith("operator.") and len(op.args) == 2
-            and not op.kwargs and isinstance(op.args[0], Ref)):
+    if not (len(op.args) == 2 and not op.kwargs and isinstance(op.args[0], Ref)):
         return None
-    return AUGMENTED.get(t.qualname.rpartition(".")[2])
+    return symbol_of(op) if is_operator(op) and kind_of(op) is not None and kind_of(op).in_place else None  # type: ignore[union-attr]
 
 
 def in_place(op: Op) -> bool:
-    """True when the op writes into one of its arguments (``x.mul_(2)``, ``x += y``, ``inplace=True``)."""
+    """True when the op writes into one of its arguments (``x.mul_(2)``, ``x += y``, ``inplace=True``): the
+    op kind table says so for the spellings it knows; otherwise a trailing ``_`` (``torch.relu_``) does."""
     t = op.target
     kwargs = dict(op.kwargs)
     if kwargs.get("inplace") == Const(True) or "out" in kwargs:
         return True
+    found = kind_of(op) if isinstance(t, FunctionCall) else method_kind(t.name) if isinstance(t, MethodCall) else None
+    if found is not None:
+        return found.in_place
     if isinstance(t, MethodCall):
         return t.name.endswith("_") and not t.name.startswith("_")
     if isinstance(t, FunctionCall):
         ns, _, name = t.qualname.rpartition(".")
-        return (ns == "operator" and name in _IN_PLACE_OPERATORS) or (
+        return (ns == "operator" and name == "iconcat") or (
             ns.startswith("torch") and name.endswith("_") and not name.startswith("_"))
     return False
 
@@ -60,7 +63,8 @@ def is_pure(op: Op) -> bool:
         return t.name not in _IMPURE_METHODS
     if isinstance(t, FunctionCall):
         ns = t.qualname.rpartition(".")[0]
-        if t.qualname in _IMPURE_FUNCTIONS:
+        found = kind_of(op)
+        if t.qualname in _IMPURE_FUNCTIONS or (found is not None and not TRAITS[found.kind].pure):
             return False
         if ns == "builtins":
             return t.qualname in _PURE_BUILTINS

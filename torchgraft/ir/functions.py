@@ -38,6 +38,16 @@ HELPER_PREFIX = "helpers."
 """Functions copied from the model's own source into the emitted file live under this name."""
 
 
+def helper_name(qualname: str) -> str | None:
+    """``rotate_half`` for ``helpers.rotate_half`` (a function copied from the model's own source), else None."""
+    return qualname[len(HELPER_PREFIX):] if qualname.startswith(HELPER_PREFIX) else None
+
+
+def helper_qualname(name: str) -> str:
+    """``helpers.rotate_half``: how a graph op names the copied helper function ``name``."""
+    return HELPER_PREFIX + name
+
+
 @functools.lru_cache(maxsize=1)
 def _reverse() -> dict[int, str]:
     table: dict[int, str] = {}

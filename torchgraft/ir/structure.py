@@ -14,16 +14,12 @@ from __future__ import annotations
 
 from collections import Counter
 
-from torchgraft.ir.combine import FUNCTION_KINDS, Combine, CombineKind
-from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Input, Op, PrimCall
+from torchgraft.ir.combine import Combine, CombineKind
+from torchgraft.ir.graph import ChildCall, Graph, Input, Op, PrimCall
 from torchgraft.ir.nodes import Chain, ChildRef, Node, Parallel, SkipConnection
+from torchgraft.ir.opkinds import TRAITS, kind_of
 from torchgraft.ir.values import Const, Ref, Seq
 
-_COMBINE = {name: kind for name, kind in FUNCTION_KINDS.items() if not kind.takes_dim}
-"""Binary functions read as a join: ``a + b``, ``torch.maximum(a, b)``, ``a - b`` (its order kept)."""
-"""Joins whose operands cannot be swapped: ``x - f(x)`` is a SkipConnection, ``f(x) - x`` is not."""
-_INPLACE = {"operator.iadd": CombineKind.ADD, "operator.imul": CombineKind.MUL}
-"""``out += x`` joins like ``out + x`` when ``out`` is a value of this forward (not its input)."""
 _IDENTITY = Chain()
 
 
@@ -47,15 +43,17 @@ def _unary_input(op: Op) -> str | None:
 
 
 def _combine_inputs(op: Op, fresh: dict[str, Op]) -> tuple[Combine, list[str]] | None:
-    t = op.target
-    if (isinstance(t, FunctionCall) and t.qualname in _INPLACE and len(op.args) == 2 and not op.kwargs
-            and all(isinstance(a, Ref) for a in op.args) and op.args[0].name in fresh):  # type: ignore[union-attr]
-        return Combine(_INPLACE[t.qualname]), [a.name for a in op.args]  # type: ignore[union-attr]
-    if isinstance(t, FunctionCall) and t.qualname in _COMBINE and len(op.args) == 2 and not op.kwargs:
-        if all(isinstance(a, Ref) for a in op.args):
-            return Combine(_COMBINE[t.qualname]), [a.name for a in op.args]  # type: ignore[union-attr]
-    kind = FUNCTION_KINDS.get(t.qualname) if isinstance(t, FunctionCall) else None
-    if kind is not None and kind.takes_dim and op.args and isinstance(op.args[0], Seq) and len(op.args) <= 2:
+    found = kind_of(op)
+    if found is None or not TRAITS[found.kind].combine:
+        return None
+    kind = CombineKind(TRAITS[found.kind].combine)
+    if not kind.takes_dim and len(op.args) == 2 and not op.kwargs and all(isinstance(a, Ref) for a in op.args):
+        # a + b, torch.maximum(a, b), a - b (its order kept); ``out += x`` joins like ``out + x`` when ``out``
+        # is a value of this forward (not its input, which it would overwrite)
+        if not found.in_place or op.args[0].name in fresh:  # type: ignore[union-attr]
+            return Combine(kind), [a.name for a in op.args]  # type: ignore[union-attr]
+        return None
+    if kind.takes_dim and not found.in_place and op.args and isinstance(op.args[0], Seq) and len(op.args) <= 2:
         items = op.args[0].items
         dim_arg = op.args[1] if len(op.args) > 1 else dict(op.kwargs).get("dim", Const(0))
         if (all(isinstance(i, Ref) for i in items) and isinstance(dim_arg, Const) and isinstance(dim_arg.value, int)

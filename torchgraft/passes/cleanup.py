@@ -11,19 +11,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Op
+from torchgraft.ir.graph import ChildCall, Graph, Op
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Chain, Node
+from torchgraft.ir.opkinds import OpKind, kind_of
 from torchgraft.ir.primitives import Dropout, Identity, Recurrent
 from torchgraft.ir.traverse import join, map_tree
 from torchgraft.ir.values import Ref, rename_refs
 from torchgraft.passes.base import Match, Pass
 from torchgraft.passes.rewrite import enclosing_map
 from torchgraft.passes.selectors import Site, parse_selector
-
-_DROPOUT_FNS = {"torch.nn.functional.dropout", "torch.dropout", "torch.nn.functional.dropout1d",
-                "torch.nn.functional.dropout2d", "torch.nn.functional.dropout3d",
-                "torch.nn.functional.alpha_dropout"}
 
 
 def drop_passthrough_ops(g: Graph, drop: set[str]) -> Graph:
@@ -66,7 +63,8 @@ def _block_without(block: Block, path: str, is_gone: Callable[[str, Node], bool]
 
 
 def _is_dropout_call(op: Op) -> bool:
-    return isinstance(op.target, FunctionCall) and op.target.qualname in _DROPOUT_FNS
+    found = kind_of(op)
+    return found is not None and found.kind is OpKind.DROPOUT and not found.in_place
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from torchgraft.errors import TorchgraftError
-from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Op
+from torchgraft.ir.graph import ChildCall, GetAttr, Graph, Op
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Chain, Node, module_children
+from torchgraft.ir.opkinds import OpKind, is_kind
 from torchgraft.ir.primitives import BatchNorm, Conv, Identity, Linear, Primitive
 from torchgraft.ir.traverse import join, map_tree
 from torchgraft.ir.types import TensorType
@@ -41,7 +42,6 @@ from torchgraft.passes.base import Match, Pass, Skip
 from torchgraft.passes.rewrite import enclosing_map
 from torchgraft.passes.selectors import Selector, Site, parse_selector
 
-BATCH_NORM_FN = "torch.nn.functional.batch_norm"
 _BN_SIGNATURE = inspect.signature(F.batch_norm)
 _STAT_ARGS = ("running_mean", "running_var", "weight", "bias")
 _TRAINING_NOTE = "training=self.training"
@@ -149,7 +149,7 @@ def _functional_sites(g: Graph, block: Block) -> list[_FnSite]:
     attr_readers = Counter(op.target.path for op in g.ops if isinstance(op.target, GetAttr))
     out = []
     for op in g.ops:
-        if not (isinstance(op.target, FunctionCall) and op.target.qualname == BATCH_NORM_FN):
+        if not is_kind(op, OpKind.BATCH_NORM):
             continue
         bound = _bind(op)
         if bound is None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, MethodCall, Op
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Chain, Node, Opaque, module_children
+from torchgraft.ir.opkinds import OpKind, is_kind
 from torchgraft.ir.primitives import BatchNorm, Conv, Linear, Primitive
 from torchgraft.ir.traverse import join, walk
 from torchgraft.ir.types import TensorType
@@ -50,8 +51,7 @@ def skipped_sites(before: Model, after: Model, selected: Selected, tied: Tied) -
 
 def _bn_calls(block: Block) -> list[Op]:
     body = block.body if isinstance(block.body, Graph) else None
-    return [op for op in (body.ops if body else ()) if isinstance(op.target, FunctionCall)
-            and op.target.qualname == "torch.nn.functional.batch_norm"]
+    return [op for op in (body.ops if body else ()) if is_kind(op, OpKind.BATCH_NORM)]
 
 
 def _pair_reason(conv_path: str, conv: Node, bn: BatchNorm, out_type: object,

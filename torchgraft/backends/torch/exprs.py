@@ -14,19 +14,17 @@ from torchgraft.backends.torch.names import str_lit
 from torchgraft.errors import EmitError
 from torchgraft.ir.activations import Spelling, functional_params
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Guard, MethodCall, Op, PrimCall
+from torchgraft.ir.opkinds import TRAITS, OpKind, is_kind, is_operator, kind_of, negated
 from torchgraft.ir.primitives import Activation, Primitive
 from torchgraft.ir.values import Arg, ByMode, Const, DictArg, Ref, Seq, Slice, Training
 
 ATOM, POSTFIX, UNARY, POW, MUL, ADD, SHIFT, BAND, BXOR, BOR, CMP = 100, 90, 80, 85, 70, 60, 55, 50, 45, 40, 30
-BINARY = {"add": ("+", ADD), "sub": ("-", ADD), "mul": ("*", MUL), "truediv": ("/", MUL),
-          "floordiv": ("//", MUL), "mod": ("%", MUL), "matmul": ("@", MUL), "pow": ("**", POW),
-          "and_": ("&", BAND), "or_": ("|", BOR), "xor": ("^", BXOR), "lshift": ("<<", SHIFT),
-          "rshift": (">>", SHIFT), "eq": ("==", CMP), "ne": ("!=", CMP), "lt": ("<", CMP),
-          "le": ("<=", CMP), "gt": (">", CMP), "ge": (">=", CMP),
-          "is_": ("is", CMP), "is_not": ("is not", CMP)}
-NEGATED = {"eq": "ne", "ne": "eq", "lt": "ge", "ge": "lt", "gt": "le", "le": "gt", "is_": "is_not", "is_not": "is_"}
-UNARY_OPS = {"neg": "-", "pos": "+", "invert": "~", "not_": "not "}
-
+PRECEDENCE = {OpKind.ADD: ADD, OpKind.SUB: ADD, OpKind.MUL: MUL, OpKind.TRUEDIV: MUL, OpKind.FLOORDIV: MUL,
+              OpKind.MOD: MUL, OpKind.MATMUL: MUL, OpKind.POW: POW, OpKind.AND: BAND, OpKind.OR: BOR,
+              OpKind.XOR: BXOR, OpKind.LSHIFT: SHIFT, OpKind.RSHIFT: SHIFT, OpKind.EQ: CMP, OpKind.NE: CMP,
+              OpKind.LT: CMP, OpKind.LE: CMP, OpKind.GT: CMP, OpKind.GE: CMP, OpKind.IS: CMP, OpKind.IS_NOT: CMP}
+"""How tightly each infix operator binds in Python (its symbol comes from the op kind table)."""
+UNARY_KINDS = frozenset({OpKind.NEG, OpKind.POS, OpKind.INVERT, OpKind.NOT})
 
 @dataclass
 class Code:
@@ -163,27 +161,30 @@ def prim_call_code(prim: Primitive, op: Op, ctx: ExprContext) -> Code:
 def function_code(op: Op, ctx: ExprContext) -> Code:
     """A function call, with operators written infix and getattr/getitem as attribute/subscript."""
     assert isinstance(op.target, FunctionCall)
-    ns, _, name = op.target.qualname.rpartition(".")
-    if ns == "operator" and not op.kwargs:
-        if name in BINARY and len(op.args) == 2:
-            sym, prec = BINARY[name]
+    found = kind_of(op) if is_operator(op) and not op.kwargs else None
+    if found is not None and not found.in_place:
+        symbol = TRAITS[found.kind].symbol
+        if found.kind in PRECEDENCE and len(op.args) == 2:
+            prec = PRECEDENCE[found.kind]
             left, right = arg_code(op.args[0], ctx), arg_code(op.args[1], ctx)
-            rprec = prec + 1 if sym != "**" else prec
-            lprec = prec if sym != "**" else prec + 1
-            return Code(f"{left.wrap(lprec)} {sym} {right.wrap(rprec)}", prec)
-        if name in UNARY_OPS and len(op.args) == 1:
-            return Code(f"{UNARY_OPS[name]}{arg_code(op.args[0], ctx).wrap(UNARY)}", UNARY)
-        if name == "setitem" and len(op.args) == 3:
+            rprec = prec + 1 if symbol != "**" else prec
+            lprec = prec if symbol != "**" else prec + 1
+            return Code(f"{left.wrap(lprec)} {symbol} {right.wrap(rprec)}", prec)
+        if found.kind in UNARY_KINDS and len(op.args) == 1:
+            space = " " if symbol.isalpha() else ""
+            return Code(f"{symbol}{space}{arg_code(op.args[0], ctx).wrap(UNARY)}", UNARY)
+        if found.kind is OpKind.SETITEM and len(op.args) == 3:
             obj = arg_code(op.args[0], ctx)
             idx = arg_code(op.args[1], ctx, in_subscript=True).text
             return Code(f"{obj.wrap(POSTFIX)}[{idx}] = {arg_code(op.args[2], ctx).text}", 0)
-        if name == "getitem" and len(op.args) == 2:
+        if found.kind is OpKind.GETITEM and len(op.args) == 2:
             obj = arg_code(op.args[0], ctx)
             return Code(f"{obj.wrap(POSTFIX)}[{arg_code(op.args[1], ctx, in_subscript=True).text}]", POSTFIX)
-    if op.target.qualname == "builtins.getattr" and len(op.args) == 2 and isinstance(op.args[1], Const):
+    if is_kind(op, OpKind.GETATTR) and len(op.args) == 2 and isinstance(op.args[1], Const):
         attr = op.args[1].value
         if isinstance(attr, str) and attr.isidentifier():
             return Code(f"{arg_code(op.args[0], ctx).wrap(POSTFIX)}.{attr}", POSTFIX)
+    ns, _, name = op.target.qualname.rpartition(".")  # how to write the function's module, not what it is
     if ns == "torch.nn.functional":
         prefix = "F."
     elif ns == "builtins" or ns == "helpers":
@@ -198,10 +199,8 @@ def guard_lines(op: Op, cond: Op | None, ctx: ExprContext) -> list[str]:
     """``if <condition fails>:`` and ``raise ValueError(...)`` for a Guard op; ``cond`` is the op computing
     its condition when that is a comparison used only here (written negated: ``if mask is not None:``)."""
     assert isinstance(op.target, Guard)
-    if cond is not None and negatable(cond):
-        assert isinstance(cond.target, FunctionCall)
-        name = cond.target.qualname.rpartition(".")[2]
-        flipped = Op(cond.name, FunctionCall(f"operator.{NEGATED[name]}"), cond.args)
+    flipped = negated(cond) if cond is not None else None
+    if flipped is not None:
         test = function_code(flipped, ctx).text
     else:
         test = f"not {arg_code(op.args[0], ctx).wrap(UNARY)}"
@@ -217,9 +216,7 @@ GUARD_MESSAGE_WIDTH = 88 - 8 - len("    raise ValueError()")
 
 def negatable(op: Op) -> bool:
     """True for a comparison ``guard_lines`` can write negated (``a == b`` -> ``a != b``)."""
-    t = op.target
-    return (isinstance(t, FunctionCall) and t.qualname.startswith("operator.") and not op.kwargs
-            and len(op.args) == 2 and t.qualname.rpartition(".")[2] in NEGATED)
+    return negated(op) is not None
 
 
 def op_code(op: Op, ctx: ExprContext) -> Code:
