@@ -24,7 +24,7 @@ from torch import nn
 from torchgraft.errors import CaptureError, IRError
 from torchgraft.frontends.interpret import typed_block
 from torchgraft.frontends.meta_replay import MetaReplay
-from torchgraft.ir.model import Model
+from torchgraft.ir.model import HelperKind, Model
 from torchgraft.ir.nodes import Block, Chain, Container, Node, module_children
 from torchgraft.ir.traverse import map_tree
 from torchgraft.ir.types import TensorType, ValueType, type_of
@@ -144,7 +144,8 @@ def _built(model: Model) -> tuple[torch.nn.Module, dict[str, Any]]:
         module = import_file(path)
         with torch.device("meta"):
             built = _build(module)
-    helpers = {h.name: getattr(module, h.name) for h in model.helpers if hasattr(module, h.name)}
+    helpers = {h.name: getattr(module, h.name) for h in model.helpers
+               if h.kind is HelperKind.FUNCTION and hasattr(module, h.name)}
     return built.eval(), helpers
 
 

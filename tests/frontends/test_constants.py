@@ -221,3 +221,20 @@ def test_swin3d_t_copies_its_attention_mask_helper(tmp_path: Path, torchvision) 
     model = torchvision.models.video.swin3d_t().eval()
     source = _roundtrip(model, torch.randn(1, 3, 4, 32, 32), tmp_path)
     assert "def _compute_attention_mask_3d(" in source
+
+
+def test_helpers_carry_their_kind_not_a_name_prefix() -> None:
+    """An import, a constant and a function are told apart by ``Helper.kind``; names are bare; JSON written
+    before kinds (``"import:math"``) still reads as an import named ``math``."""
+    from torchgraft.ir import HelperKind
+    from torchgraft.ir.serialize import from_json, to_json
+
+    captured = torchgraft.capture(InfHelper(), (torch.randn(2, 3),))
+    kinds = {(h.kind, h.name) for h in captured.helpers}
+    assert {(HelperKind.IMPORT, "math"), (HelperKind.CONSTANT, "EPS"), (HelperKind.CONSTANT, "SCALE")} <= kinds
+    assert all(":" not in h.name for h in captured.helpers)
+    assert any(k is HelperKind.FUNCTION for k, _ in kinds)
+    assert from_json(to_json(captured)).helpers == captured.helpers
+    legacy = Helper("import:math", "import math\n", "")
+    assert (legacy.kind, legacy.name, legacy.key) == (HelperKind.IMPORT, "math", "import:math")
+    assert Helper("const:EPS", "EPS = 1.0\n", "m").kind is HelperKind.CONSTANT

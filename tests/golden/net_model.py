@@ -53,7 +53,6 @@ def load(weights: str | Path | None = None) -> Net:
     from safetensors.torch import load_file
 
     model = build()
-    if weights is None:
-        weights = Path(__file__).with_name("weights.safetensors")
-    model.load_state_dict(load_file(str(weights)), strict=True)
+    weights = weights or Path(__file__).with_name("weights.safetensors")
+    model.load_state_dict(load_file(weights), strict=True)
     return model

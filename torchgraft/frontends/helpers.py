@@ -40,7 +40,7 @@ import torch
 from torch.fx import _symbolic_trace as fx_trace
 
 from torchgraft.frontends.substitutes import substitute_for
-from torchgraft.ir.model import Helper
+from torchgraft.ir.model import Helper, HelperKind, helper_key
 from torchgraft.ir.values import plain_constant
 
 _IMPORTABLE = {"torch", "torch.nn", "torch.nn.functional", "math", "typing", "collections",
@@ -139,7 +139,7 @@ def collect(fn: Callable[..., Any], out: dict[str, Helper]) -> str:
 
 def _collect(fn: Callable[..., Any], out: dict[str, Helper], reader: tuple[str, str] | None = None) -> str:
     if isinstance(fn, type) and issubclass(fn, tuple) and hasattr(fn, "_fields"):
-        out.setdefault("import:collections", Helper("import:collections", "import collections\n", ""))
+        _add(out, Helper("collections", "import collections\n", "", HelperKind.IMPORT))
         out.setdefault(fn.__name__, Helper(fn.__name__, _namedtuple_source(fn), fn.__module__))
         return fn.__name__
     if isinstance(fn, type):
@@ -161,7 +161,7 @@ def free_name(name: str, origin: str, out: dict[str, Helper]) -> tuple[str, bool
     ``f``, ``f_2``, ...; the code reading the second is rewritten to call ``f_2``.
     """
     candidate, k = name, 1
-    while candidate in out or f"const:{candidate}" in out:
+    while candidate in out or helper_key(HelperKind.CONSTANT, candidate) in out:
         if candidate in out and out[candidate].origin == origin:
             return candidate, True
         k += 1
@@ -288,23 +288,23 @@ def _resolve_global(name: str, value: Any, fn: Callable[..., Any], out: dict[str
     if isinstance(value, types.ModuleType):
         if value.__name__ in _IMPORTABLE:
             alias = "" if value.__name__ == name else f" as {name}"
-            out.setdefault(f"import:{name}", Helper(f"import:{name}", f"import {value.__name__}{alias}\n", ""))
+            _add(out, Helper(name, f"import {value.__name__}{alias}\n", "", HelperKind.IMPORT))
             return
         raise HelperError(f"{fn.__qualname__} uses module {value.__name__!r}, which model.py may not import")
     if getattr(builtins, name, None) is value:
         return
     if value is typing.Optional or getattr(typing, name, None) is value:
-        out.setdefault(f"import:{name}", Helper(f"import:{name}", f"from typing import {name}\n", ""))
+        _add(out, Helper(name, f"from typing import {name}\n", "", HelperKind.IMPORT))
         return
     mod = getattr(value, "__module__", "") or ""
     vname = str(getattr(value, "__name__", ""))
     if mod in _STDLIB and vname and getattr(__import__(mod), vname, None) is value:
         alias = "" if vname == name else f" as {name}"
-        out.setdefault(f"import:{name}", Helper(f"import:{name}", f"from {mod} import {vname}{alias}\n", ""))
+        _add(out, Helper(name, f"from {mod} import {vname}{alias}\n", "", HelperKind.IMPORT))
         return
     if mod == "torch.nn.modules.utils" and vname and getattr(torch.nn.modules.utils, vname, None) is value:
-        out.setdefault(f"import:{name}", Helper(f"import:{name}", f"from {mod} import {vname}"
-                                                + ("" if vname == name else f" as {name}") + "\n", ""))
+        _add(out, Helper(name, f"from {mod} import {vname}" + ("" if vname == name else f" as {name}") + "\n",
+                         "", HelperKind.IMPORT))
         return
     if callable(value) and (mod == "torch" or mod.startswith("torch.")):
         raise HelperError(f"{fn.__qualname__} uses {name} from {value.__module__}; only torch, F and nn are "
@@ -328,8 +328,13 @@ def _add_constant(name: str, value: Any, fn: Callable[..., Any], out: dict[str, 
     if attr is not None:
         raise HelperError(f"{fn.__qualname__} reads {name}.{attr} of an Enum global, which is copied as its value")
     if isinstance(plain_constant(value), (float, complex)) and "math." in const:
-        out.setdefault("import:math", Helper("import:math", "import math\n", ""))
-    out.setdefault(f"const:{name}", Helper(f"const:{name}", const, fn.__module__))
+        _add(out, Helper("math", "import math\n", "", HelperKind.IMPORT))
+    _add(out, Helper(name, const, fn.__module__, HelperKind.CONSTANT))
+
+
+def _add(out: dict[str, Helper], helper: Helper) -> None:
+    """``helper`` under its key (``import:math``), unless one is there already (the first is kept)."""
+    out.setdefault(helper.key, helper)
 
 
 __all__ = ["HelperError", "collect", "collections", "enum_api_use", "resolve_globals", "unpatched"]

@@ -48,7 +48,7 @@ from torchgraft.ir.graph import (
                                  Op,
                                  PrimCall,
 )
-from torchgraft.ir.model import Helper, Model
+from torchgraft.ir.model import Helper, HelperKind, Model
 from torchgraft.ir.nodes import (
                                  Block,
                                  Chain,
@@ -88,7 +88,8 @@ __all__ = [
     "Block", "Chain", "ChildCall", "ChildRef", "ClassRef", "Combine", "CombineKind", "Const", "Container", "Conv",
     "Concat", "Conv1d", "Conv2d", "Dim", "Dropout", "DropoutOp", "Embedding", "Flatten", "FunctionCall", "GetAttr",
     "Graph", "GroupNorm",
-    "Guard", "Helper", "Identity", "Input", "InputKind", "LayerNorm", "LayerNormOp", "Linear", "LinearLayer",
+    "Guard", "Helper", "HelperKind", "Identity", "Input", "InputKind", "LayerNorm", "LayerNormOp", "Linear",
+    "LinearLayer",
     "LinearOp", "LogSoftmax", "MaxPool2d",
     "MethodCall",
     "Model", "Node", "Op", "Opaque", "Parallel", "PySource", "PrimCall", "Primitive", "Recurrent", "ReLU", "Ref",

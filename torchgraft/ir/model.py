@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -12,22 +13,54 @@ from torchgraft.ir.nodes import NODE_TYPES, Node
 from torchgraft.ir.types import UNKNOWN, ValueType
 
 
+class HelperKind(enum.Enum):
+    """What a helper's ``source`` is: a function or class copied from the model's source, an import line that
+    copied code needs (``import math``), or a module-level constant it reads (``_EPS = 1e-06``)."""
+
+    FUNCTION = "function"
+    IMPORT = "import"
+    CONSTANT = "const"
+
+
 @dataclass(frozen=True, slots=True)
 class Helper:
-    """A plain Python function from the model's own source that its forward calls.
+    """A plain Python function from the model's own source that its forward calls (or, by ``kind``, an import
+    or a constant that such code needs).
 
-    ``source`` is the function's code as copied at capture (decorators removed);
-    the emitter writes it into ``model.py`` so the emitted file needs no import of it.
+    ``source`` is the code as copied at capture (decorators removed); the emitter writes it into
+    ``model.py`` so the emitted file needs no import of it. ``Helper("math", "import math\n", "",
+    HelperKind.IMPORT)`` is an import; a graph op calls a FUNCTION helper as ``helpers.<name>``.
     """
 
     name: str
     source: str
     origin: str
+    kind: HelperKind = HelperKind.FUNCTION
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, HelperKind):
+            raise IRError(f"helper {self.name!r}: kind {self.kind!r} is not a HelperKind")
+        for kind in (HelperKind.IMPORT, HelperKind.CONSTANT):  # JSON written before kinds: "import:math"
+            legacy = f"{kind.value}:"
+            if self.kind is HelperKind.FUNCTION and isinstance(self.name, str) and self.name.startswith(legacy):
+                object.__setattr__(self, "name", self.name[len(legacy):])
+                object.__setattr__(self, "kind", kind)
+
+    @property
+    def key(self) -> str:
+        """Unique among a model's helpers: the name, after ``import:``/``const:`` for those kinds."""
+        return helper_key(self.kind, self.name)
+
+
+def helper_key(kind: HelperKind, name: str) -> str:
+    """``math`` for a function, ``import:math`` for an import, ``const:_EPS`` for a constant: the key that
+    keeps a model's helpers apart (a function and a constant may share a name)."""
+    return name if kind is HelperKind.FUNCTION else f"{kind.value}:{name}"
 
 
 def merge_helpers(groups: Iterable[tuple[str, Iterable[Helper]]],
                   clash: Callable[[str, str, str], Exception]) -> dict[str, tuple[Helper, str]]:
-    """The helpers of several owners in one file: name -> (helper, first owner carrying it), in first-seen order.
+    """The helpers of several owners in one file: key -> (helper, first owner carrying it), in first-seen order.
 
     The same helper carried twice is kept once; two owners with different code under one name raise
     ``clash(first owner, other owner, helper name)`` (one emitted file cannot hold both).
@@ -38,9 +71,9 @@ def merge_helpers(groups: Iterable[tuple[str, Iterable[Helper]]],
     out: dict[str, tuple[Helper, str]] = {}
     for owner, helpers in groups:
         for h in helpers:
-            if h.name in out and out[h.name][0].source != h.source:
-                raise clash(out[h.name][1], owner, h.name)
-            out.setdefault(h.name, (h, owner))
+            if h.key in out and out[h.key][0].source != h.source:
+                raise clash(out[h.key][1], owner, h.name)
+            out.setdefault(h.key, (h, owner))
     return out
 
 

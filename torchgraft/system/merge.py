@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from torchgraft.ir.functions import helper_name
 from torchgraft.ir.graph import FunctionCall, Graph
 from torchgraft.ir.model import Helper, Model, merge_helpers
 from torchgraft.ir.nodes import Block, ClassRef
@@ -46,14 +47,14 @@ def _check_keys(captured: Model, models: Mapping[str, Model]) -> None:
 def _referenced(root: Block) -> set[str]:
     """Names of the helper functions the root's own forward calls."""
     graphs = [g for g in (root.body, root.train_body) if isinstance(g, Graph)]
-    return {op.target.qualname.split(".", 1)[1] for g in graphs for op in g.ops
-            if isinstance(op.target, FunctionCall) and op.target.qualname.startswith("helpers.")}
+    return {name for g in graphs for op in g.ops if isinstance(op.target, FunctionCall)
+            for name in [helper_name(op.target.qualname)] if name is not None}
 
 
 def _helpers(captured: Model, models: Mapping[str, Model]) -> tuple[Helper, ...]:
     def clash(first: str, other: str, name: str) -> SystemSpecError:
         return SystemSpecError(f"models {first!r} and {other!r} both need a helper named "
-                               f"{name.split(':', 1)[-1]!r} with different code; one emitted file "
+                               f"{name!r} with different code; one emitted file "
                                "cannot hold both: rename the function in one model's source")
 
     found = merge_helpers(((n, m.helpers) for n, m in models.items()), clash)
@@ -62,10 +63,10 @@ def _helpers(captured: Model, models: Mapping[str, Model]) -> tuple[Helper, ...]
     assert isinstance(captured.root, Block)
     used = _referenced(captured.root)
     for h in captured.helpers:
-        if h.name in out and out[h.name].source != h.source and h.name in used:
-            raise SystemSpecError(f"a loss calls a helper named {h.name!r} which model {owner[h.name]!r} also has, "
+        if h.key in out and out[h.key].source != h.source and h.name in used:
+            raise SystemSpecError(f"a loss calls a helper named {h.name!r} which model {owner[h.key]!r} also has, "
                                   "with different code: rename the loss's function")
-        out.setdefault(h.name, h)
+        out.setdefault(h.key, h)
     return tuple(out[k] for k in sorted(out))
 
 

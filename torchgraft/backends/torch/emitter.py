@@ -29,7 +29,7 @@ from torchgraft.backends.torch.trim_calls import trim_calls
 from torchgraft.errors import EmitError
 from torchgraft.ir.codecheck import code_problems
 from torchgraft.ir.combine import CombineKind
-from torchgraft.ir.model import Model
+from torchgraft.ir.model import HelperKind, Model
 from torchgraft.ir.nodes import Block, Node, Opaque, Parallel, SkipConnection
 from torchgraft.ir.primitives import Primitive
 from torchgraft.ir.traverse import join, walk
@@ -144,7 +144,7 @@ def emit(model: Model, *, formatted: bool = True) -> EmittedCode:
     model = trim_calls(model)  # children take only the arguments they use (trim_calls.py)
     table = ClassTable(helpers=model.helpers)
     for h in model.helpers:
-        name = h.name.split(":", 1)[-1]
+        name = h.name.split(".")[0]  # an import of ``a.b`` binds ``a``
         table.names.reserve(name)
         table.reserved.add(name)
     for name in (*RUNTIME_CLASSES, FROZEN, "Callable"):
@@ -198,7 +198,7 @@ def _imports(model: Model, table: ClassTable, body: str) -> str:
     if _uses("Callable", body, used):
         std.append("from collections.abc import Callable\n")
     std += [f"import {m}\n" for m in sorted(table.imports - {"torch"})]
-    std += sorted({h.source for h in model.helpers if h.name.startswith("import:")})
+    std += sorted({h.source for h in model.helpers if h.kind is HelperKind.IMPORT})
     torch_lines = ["import torch\n"] if _uses("torch", body, used) else []
     if _uses("F", body, used):
         torch_lines.append("import torch.nn.functional as F\n")
@@ -282,10 +282,10 @@ def _entry_points(model: Model, root_expr: str, root_name: str) -> str:
 def _assemble(model: Model, table: ClassTable, runtime: list[str], root_expr: str, root_name: str) -> str:
     origin = str(model.root.cls) if isinstance(model.root, Block) else model.name
     head = f'"""Emitted by torchgraft from {_safe_doc(origin)}. Needs only torch and safetensors."""\n\n'
-    sections = [h.source for h in model.helpers if h.name.startswith("const:")]
+    sections = [h.source for h in model.helpers if h.kind is HelperKind.CONSTANT]
     sections = (["".join(sections)] if sections else [])
     sections += [h.source + table.fx_wrap(h.name) for h in in_definition_order(list(model.helpers))
-                 if not h.name.startswith(("import:", "const:"))]
+                 if h.kind is HelperKind.FUNCTION]
     sections += runtime + table.defs + [_entry_points(model, root_expr, root_name)]
     body = "\n\n".join(sections)
     return re.sub(r"\n{4,}", "\n\n\n", head + _imports(model, table, body) + "\n\n" + body)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 
-from torchgraft.ir.model import Helper
+from torchgraft.ir.model import Helper, HelperKind
 
 
 def _bases(helper: Helper) -> set[str]:
@@ -22,17 +22,17 @@ def _bases(helper: Helper) -> set[str]:
 
 def in_definition_order(helpers: list[Helper]) -> list[Helper]:
     """``helpers`` in their order, each class moved after the helpers its bases name."""
-    by_name = {h.name: h for h in helpers}
+    by_name = {h.name: h for h in helpers if h.kind is HelperKind.FUNCTION}
     out: list[Helper] = []
     placed: set[str] = set()
 
     def place(h: Helper, visiting: frozenset[str]) -> None:
-        if h.name in placed or h.name in visiting:
+        if h.key in placed or h.key in visiting:
             return
         for base in sorted(_bases(h)):
             if base in by_name:
-                place(by_name[base], visiting | {h.name})
-        placed.add(h.name)
+                place(by_name[base], visiting | {h.key})
+        placed.add(h.key)
         out.append(h)
 
     for h in helpers:
