@@ -10,8 +10,8 @@
 - the emitted model.py defines every name it uses and leaves no variable unused (ruff F821/F841),
   and is formatted: ``ruff format --isolated --check`` and ``ruff check`` (E, F, W but E501) are clean
   on it and on the rewritten model.py,
-  and defines no class the original model does not have (one class per original class; the one
-  exception, ShuffleNet's stride-2 ``InvertedResidualBranch1``, is listed in ``EXTRA_CLASSES``).
+  and defines no class the original model does not have (one class per original class;
+  ``EXTRA_CLASSES`` would list exceptions: there are none).
 
 Weights go to a temporary folder removed after each model (vit_h_14 alone is 2.5 GB).
 """
@@ -41,9 +41,9 @@ from torchgraft.ir.verify import verify
 tv = import_torchvision()
 MODELS = tv.models.list_models(module=tv.models)
 PIPELINE = "swap-activation{from=relu to=silu},fuse-conv-bn"
-EXTRA_CLASSES = {"InvertedResidualBranch1"}
-"""Emitted classes no original class stands for: ShuffleNet's two InvertedResidual forwards (stride 1
-chunks the input, stride 2 runs both branches) differ beyond what one emitted class merges (README)."""
+EXTRA_CLASSES: set[str] = set()
+"""Emitted classes no original class stands for (none: ShuffleNet's two InvertedResidual forwards share
+one class that branches on a flag, README)."""
 
 
 def _randomize_zero_params(model: nn.Module) -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import torchgraft
-from torchgraft.ir.nodes import Block
+from torchgraft.ir.nodes import Block, Chain
 from torchgraft.ir.traverse import walk
 
 Emitted = Callable[[str], tuple[Any, Any, Any]]
@@ -62,7 +62,8 @@ def test_resnet50_is_two_classes_in_at_most_120_lines(emitted: Emitted) -> None:
 @pytest.mark.parametrize("name", ["efficientnet_b0", "vit_b_16"])
 def test_one_class_per_original_class(emitted: Emitted, name: str) -> None:
     model, ir_model, code = emitted(name)
-    originals = {n.cls.name for _, n in walk(ir_model.root) if isinstance(n, Block)}
+    originals = {n.cls.name for _, n in walk(ir_model.root)
+                 if isinstance(n, Block) or (isinstance(n, Chain) and n.cls is not None)}  # nn.Sequential subclasses
     assert sorted(classes(code.source)) == sorted(originals)
     rebuilt = code.materialize().eval()
     assert list(rebuilt.state_dict()) == list(model.state_dict())

@@ -7,6 +7,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class Conv2dNormActivation(nn.Sequential):
+    """From torchvision.ops.misc.Conv2dNormActivation."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int = 1,
+        groups: int = 1,
+    ) -> None:
+        super().__init__(
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size=kernel_size,
+                stride=stride,
+                padding=padding,
+                groups=groups,
+                bias=False,
+            ),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU6(inplace=True),
+        )
+
+
 class InvertedResidual(nn.Module):
     """From torchvision.models.mobilenetv2.InvertedResidual."""
 
@@ -23,29 +50,11 @@ class InvertedResidual(nn.Module):
         self.residual = residual
         self.conv = nn.Sequential(
             *(
-                [
-                    nn.Sequential(
-                        nn.Conv2d(in_channels, channels, kernel_size=1, bias=False),
-                        nn.BatchNorm2d(channels),
-                        nn.ReLU6(inplace=True),
-                    )
-                ]
+                [Conv2dNormActivation(in_channels, channels, kernel_size=1, padding=0)]
                 if use_conv_0
                 else []
             ),
-            nn.Sequential(
-                nn.Conv2d(
-                    channels,
-                    channels,
-                    kernel_size=3,
-                    stride=stride,
-                    padding=1,
-                    groups=channels,
-                    bias=False,
-                ),
-                nn.BatchNorm2d(channels),
-                nn.ReLU6(inplace=True),
-            ),
+            Conv2dNormActivation(channels, channels, stride=stride, groups=channels),
             nn.Conv2d(channels, out_channels, kernel_size=1, bias=False),
             nn.BatchNorm2d(out_channels),
         )
@@ -63,11 +72,7 @@ class MobileNetV2(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Sequential(
-                nn.Conv2d(3, 32, kernel_size=3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(32),
-                nn.ReLU6(inplace=True),
-            ),
+            Conv2dNormActivation(3, 32, stride=2),
             InvertedResidual(32, 16),
             InvertedResidual(96, 24, in_channels=16, use_conv_0=True, stride=2),
             InvertedResidual(144, 24, in_channels=24, use_conv_0=True, residual=True),
@@ -100,11 +105,7 @@ class MobileNetV2(nn.Module):
                 for _ in range(2)
             ],
             InvertedResidual(960, 320, in_channels=160, use_conv_0=True),
-            nn.Sequential(
-                nn.Conv2d(320, 1280, kernel_size=1, bias=False),
-                nn.BatchNorm2d(1280),
-                nn.ReLU6(inplace=True),
-            ),
+            Conv2dNormActivation(320, 1280, kernel_size=1, padding=0),
         )
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, 1000))
 
@@ -123,7 +124,6 @@ def load(weights: str | Path | None = None) -> MobileNetV2:
     from safetensors.torch import load_file
 
     model = build()
-    if weights is None:
-        weights = Path(__file__).with_name("weights.safetensors")
-    model.load_state_dict(load_file(str(weights)), strict=True)
+    weights = weights or Path(__file__).with_name("weights.safetensors")
+    model.load_state_dict(load_file(weights), strict=True)
     return model

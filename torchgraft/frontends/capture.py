@@ -124,7 +124,8 @@ def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
         return _opaque(mod, path, why, ctx)
     if _is_plain(mod, nn.Sequential) and not own_state(mod):
         ctx.report.add(path, "container")
-        return Chain(*(c for _, c in kids), names=tuple(n for n, _ in kids))
+        cls = None if type(mod) is nn.Sequential else _class_ref(mod)  # a subclass: the emitter writes its class
+        return Chain(*(c for _, c in kids), names=tuple(n for n, _ in kids), cls=cls)
     if type(mod) is nn.Module and not own_state(mod):  # a bare holder (fx GraphModule levels): its keys stay
         ctx.report.add(path, "container")
         return Container("ModuleDict", kids)

@@ -19,13 +19,12 @@ from collections.abc import Iterator
 from torch import nn
 
 from torchgraft.errors import IRError
-from torchgraft.ir.functions import HELPER_PREFIX, resolve
+from torchgraft.ir.functions import helper_name, resolve
 from torchgraft.ir.graph import FunctionCall, Graph
-from torchgraft.ir.model import Model
-from torchgraft.ir.nodes import Block, ClassRef, CombineKind, Node, Opaque, Parallel, SkipConnection
+from torchgraft.ir.model import HelperKind, Model
+from torchgraft.ir.nodes import Block, Chain, ClassRef, CombineKind, Node, Opaque, Parallel, SkipConnection
 from torchgraft.ir.traverse import walk
 
-HELPER_KINDS = ("import:", "const:")
 """Prefixes of helpers that are not functions (import lines, module constants)."""
 
 
@@ -83,8 +82,8 @@ def _functions(graph: Graph, where: str, helpers: set[str]) -> Iterator[str]:
         t = op.target
         if not isinstance(t, FunctionCall):
             continue
-        if t.qualname.startswith(HELPER_PREFIX):
-            if t.qualname[len(HELPER_PREFIX):] not in helpers:
+        if helper_name(t.qualname) is not None:
+            if helper_name(t.qualname) not in helpers:
                 yield (f"{where}: op {op.name!r} calls {t.qualname!r}, but the model has no such helper "
                        f"(helpers: {sorted(helpers)}); helper calls must name one of Model.helpers")
             continue
@@ -107,22 +106,24 @@ def _combine(node: Node, where: str) -> Iterator[str]:
 
 def _helpers(model: Model) -> Iterator[str]:
     for h in model.helpers:
-        kind = next((k for k in HELPER_KINDS if isinstance(h.name, str) and h.name.startswith(k)), "")
-        rest = h.name[len(kind):] if kind else h.name
-        if not all(_ident(p) for p in str(rest).split(".")) or (not kind and "." in rest):
-            yield (f"helper name {h.name!r} is not an identifier (or 'import:'/'const:' and a dotted name); "
-                   "the emitted code defines and calls it by that name")
+        dotted = h.kind is not HelperKind.FUNCTION  # an import or constant binds a dotted name
+        if not isinstance(h.name, str) or not all(_ident(p) for p in h.name.split(".")) \
+                or (not dotted and "." in h.name):
+            yield (f"helper name {h.name!r} ({h.kind.value}) is not an identifier (a dotted name for an import or "
+                   "a constant); the emitted code defines and calls it by that name")
 
 
 def code_problems(model: Model) -> Iterator[str]:
     """Every field ``emit`` would write as code that is not a safe name (see the module docstring)."""
-    helpers = {h.name for h in model.helpers if not h.name.startswith(HELPER_KINDS)}
+    helpers = {h.name for h in model.helpers if h.kind is HelperKind.FUNCTION}
     yield from _helpers(model)
     for path, node in walk(model.root):
         where = _where(path)
         if isinstance(node, Opaque):
             yield from _opaque(node, where)
         yield from _combine(node, where)
+        if isinstance(node, Chain) and node.cls is not None:
+            yield from _class_ref(node.cls, where, "Chain class")
         if not isinstance(node, Block):
             continue
         yield from _class_ref(node.cls, where, "Block class")

@@ -7,6 +7,7 @@ Inside a Block's ``body`` the same combinators describe the forward over ``Child
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Union, overload
@@ -77,21 +78,32 @@ class Chain(Structural, Pipeable):
     Items are named ``"0", "1", ...`` when given positionally, by their keyword when given as
     keywords (``Chain(stem=conv, act=ir.ReLU())``), or by ``names=``: these names are the
     state_dict key parts. ``chain["stem"]`` and ``chain[0]`` give an item.
+
+    ``cls``: the ``nn.Sequential`` subclass the captured module was (DenseNet's ``_Transition``,
+    ``Conv2dNormActivation``; its forward is ``nn.Sequential``'s own), None for a plain one. It
+    changes nothing the Chain computes; the emitter writes such a Chain as a class of that name.
+    A pass that builds a new Chain drops it (the new one is written as ``nn.Sequential``).
     """
 
-    __slots__ = ("items", "names")
+    __slots__ = ("items", "names", "cls")
     items: tuple[Node, ...]
     names: tuple[str, ...]
+    cls: ClassRef | None
 
-    def __init__(self, *items: Node, names: tuple[str, ...] = (), **named: Node) -> None:
+    def __init__(self, *items: Node, names: tuple[str, ...] = (), cls: ClassRef | None = None,
+                 **named: Node) -> None:
         if len(items) == 1 and isinstance(items[0], (list, tuple)):
             items = tuple(items[0])
+        if cls is not None and not isinstance(cls, ClassRef):
+            raise IRError(f"Chain cls= takes the ClassRef of an nn.Sequential subclass, not {cls!r}"
+                          " (an item cannot be named 'cls': pass names=(...) instead)")
         found, given = by_keyword("Chain", items, names, named)
         for it in found:
             if not isinstance(it, NODE_TYPES):
                 raise IRError(f"Chain item {it!r} is not an IR node")
         object.__setattr__(self, "items", found)
         object.__setattr__(self, "names", item_names(given, len(found), "Chain"))
+        object.__setattr__(self, "cls", cls)
 
     def __setattr__(self, k: str, v: object) -> None:
         raise AttributeError("IR nodes are immutable; build a new Chain")
@@ -103,15 +115,17 @@ class Chain(Structural, Pipeable):
         return self
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Chain) and (self.items, self.names) == (other.items, other.names)
+        return isinstance(other, Chain) and (self.items, self.names, self.cls) == (other.items, other.names,
+                                                                                    other.cls)
 
     def __hash__(self) -> int:
-        return hash(("Chain", self.items, self.names))
+        return hash(("Chain", self.items, self.names, self.cls))
 
     def __repr__(self) -> str:
+        tail = "" if self.cls is None else f", cls={self.cls.name}"
         if self.names == default_names(len(self.items)):
-            return f"Chain({', '.join(map(repr, self.items))})"
-        return f"Chain({', '.join(f'{n}={i!r}' for n, i in self.named())})"
+            return f"Chain({', '.join(map(repr, self.items))}{tail})"
+        return f"Chain({', '.join(f'{n}={i!r}' for n, i in self.named())}{tail})"
 
     def named(self) -> tuple[tuple[str, Node], ...]:
         """(name, item) pairs."""
@@ -249,7 +263,7 @@ class Block(Structural, Pipeable):
 
     def __post_init__(self) -> None:
         names = [n for n, _ in self.children] + [s.name for s in self.state]
-        dup = {n for n in names if names.count(n) > 1}
+        dup = {n for n, k in Counter(names).items() if k > 1}
         if dup:
             raise IRError(f"Block<{self.cls.name}> has duplicate member names {sorted(dup)}")
         if not isinstance(self.body, NODE_TYPES):

@@ -16,7 +16,6 @@ shown once, later ones as ``(same as 0)``.
 
 from __future__ import annotations
 
-from torchgraft.ir.effects import AUGMENTED
 from torchgraft.ir.graph import (
     ChildCall,
     FunctionCall,
@@ -42,6 +41,7 @@ from torchgraft.ir.nodes import (
     SkipConnection,
     module_children,
 )
+from torchgraft.ir.opkinds import OpKind, is_kind, symbol_of
 from torchgraft.ir.primitives import Activation, Primitive
 from torchgraft.ir.structure import recognize
 from torchgraft.ir.types import UNKNOWN, ValueType
@@ -50,9 +50,6 @@ from torchgraft.ir.values import Arg, ByMode, Const, DictArg, Ref, Seq, Slice, T
 MAX_OPS = 12
 SHOWN_OPS = 10
 TYPE_COLUMN_MAX = 72
-_INFIX = {"add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//", "mod": "%", "matmul": "@",
-          "pow": "**", "and_": "&", "or_": "|", "xor": "^", "eq": "==", "ne": "!=", "lt": "<", "le": "<=",
-          "gt": ">", "ge": ">=", "is_": "is", "is_not": "is not", **AUGMENTED}
 _PREFIXES = (("torch.nn.functional.", "F."), ("builtins.", ""))
 
 Row = tuple[str, str]
@@ -112,7 +109,7 @@ def format_op(op: Op) -> str:
     elif isinstance(t, PrimCall):
         rhs = _prim_call(t.prim, args + kw)
     elif isinstance(t, FunctionCall):
-        rhs = _function_call(t.qualname, args, kw)
+        rhs = _function_call(op, args, kw)
     elif isinstance(t, Guard):
         return f"guard {args[0]}: {t.message}"
     else:
@@ -120,13 +117,15 @@ def format_op(op: Op) -> str:
     return f"{op.name} = {rhs}"
 
 
-def _function_call(qualname: str, args: list[str], kw: list[str]) -> str:
-    ns, _, name = qualname.rpartition(".")
-    if ns == "operator" and name in _INFIX and len(args) == 2 and not kw:
-        return f"{args[0]} {_INFIX[name]} {args[1]}"
-    if ns == "operator" and name == "getitem" and len(args) == 2 and not kw:
+def _function_call(op: Op, args: list[str], kw: list[str]) -> str:
+    assert isinstance(op.target, FunctionCall)
+    symbol = symbol_of(op)
+    if symbol and len(args) == 2 and not kw:
+        return f"{args[0]} {symbol} {args[1]}"
+    if is_kind(op, OpKind.GETITEM) and len(args) == 2 and not kw:
         index = args[1][1:-1] if args[1].startswith("(") and args[1].endswith(")") else args[1]
         return f"{args[0]}[{index.rstrip(',')}]"
+    qualname = op.target.qualname
     for prefix, short in _PREFIXES:
         if qualname.startswith(prefix):
             qualname = short + qualname[len(prefix):]
@@ -195,7 +194,7 @@ def kind_label(node: Node) -> str:
         classes = {i.cls for i in node.items if isinstance(i, Block)}
         if node.items and len(classes) == 1 and all(isinstance(i, Block) for i in node.items):
             return f"Chain x{len(node.items)} of Block<{classes.pop().name}>"
-        return "Chain"
+        return "Chain" if node.cls is None else f"Chain<{node.cls.name}>"  # an nn.Sequential subclass
     if isinstance(node, Block):
         return f"Block<{node.cls.name}>" + (" [train/eval differ]" if node.train_body is not None else "")
     if isinstance(node, Container):
@@ -282,7 +281,7 @@ def format_model(model: Model, depth: int | None = None, forward: bool = True) -
     if not module_children(model.root):
         rows.insert(1, (f"  {kind_label(model.root)}", ctx.type_text("")))
     rows += [(f"  tie {alias} -> {target}", "") for alias, target in model.ties]
-    rows += [(f"  helper {h.name} (from {h.origin})", "") for h in model.helpers]
+    rows += [(f"  helper {h.key} (from {h.origin})", "") for h in model.helpers]
     return _join(rows)
 
 

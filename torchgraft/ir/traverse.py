@@ -42,7 +42,7 @@ def find(model: Model | Node, pred: Callable[[str, Node], bool]) -> list[tuple[s
 def with_children(node: Node, children: tuple[tuple[str, Node], ...]) -> Node:
     """``node`` with its named children replaced (same names, new nodes)."""
     if isinstance(node, Chain):
-        return Chain(*(c for _, c in children), names=tuple(n for n, _ in children))
+        return Chain(*(c for _, c in children), names=tuple(n for n, _ in children), cls=node.cls)
     if isinstance(node, Parallel):
         return replace(node, branches=tuple(c for _, c in children), names=tuple(n for n, _ in children))
     if isinstance(node, SkipConnection):

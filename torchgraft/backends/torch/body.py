@@ -12,8 +12,10 @@ from torchgraft.ir.values import Ref
 
 
 def body_lines(body: Graph, train: Graph | None, reach: Callable[[str], str], imports: set[str],
-               reserved: frozenset[str] = frozenset(), special: Special | None = None) -> list[str]:
-    """``def forward(...)`` and its statements, indented relative to the class body."""
+               reserved: frozenset[str] = frozenset(), special: Special | None = None,
+               alt: tuple[str, Graph] | None = None) -> list[str]:
+    """``def forward(...)`` and its statements, indented relative to the class body; ``alt``
+    (condition, graph): another whole forward, run instead when the condition holds."""
     special = special or Special()
     inputs = tuple(i for i in body.inputs if i.name not in special.attrs)
     names = input_names(body, reserved, special)
@@ -25,6 +27,10 @@ def body_lines(body: Graph, train: Graph | None, reach: Callable[[str], str], im
         lines.append("    if self.training:")
         lines += ["        " + ln
                   for ln in graph_lines(train, reach, reserved, imports, Special(special.attrs), WIDTH - 12)]
+    if alt is not None:
+        lines.append(f"    if {alt[0]}:")
+        lines += ["        " + ln
+                  for ln in graph_lines(alt[1], reach, reserved, imports, Special(special.attrs), WIDTH - 12)]
     lines += ["    " + ln for ln in graph_lines(body, reach, reserved, imports, special, WIDTH - 8)]
     return lines
 

@@ -9,6 +9,7 @@ is kept for its parent.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from torchgraft.backends.torch.attr_exprs import attr_expr
@@ -19,9 +20,11 @@ from torchgraft.backends.torch.lifting import lift_consts
 from torchgraft.backends.torch.modules import render
 from torchgraft.backends.torch.names import Namespace, str_lit
 from torchgraft.backends.torch.params import build_params, instance_call
+from torchgraft.backends.torch.seqclass import arguments, sequential_items, sequential_text, unified
 from torchgraft.backends.torch.series import series_members
 from torchgraft.backends.torch.unify import Unifier
 from torchgraft.errors import EmitError
+from torchgraft.ir.functions import helper_name
 from torchgraft.ir.graph import FunctionCall
 from torchgraft.ir.model import Helper
 from torchgraft.ir.nodes import Block, Node, Opaque, PySource, StateSpec
@@ -50,12 +53,16 @@ class ClassTable:
         if self.prepared:
             return
         self.prepared = True
-        for group in plan(root, self.names):
+        groups = plan(root, self.names)
+        shared = Counter(g.cls for g in groups if g.sequential)
+        for group in groups:
+            if group.sequential:  # split (a subclass nested in itself): each instance stays nn.Sequential
+                self._emit_sequential(group, plain=shared[group.cls] > 1)
+                continue
             self._emit(group)
             for g in (group.family.body, group.family.train):
-                self.called_helpers |= {op.target.qualname.split(".", 1)[1] for op in (g.ops if g else ())
-                                        if isinstance(op.target, FunctionCall)
-                                        and op.target.qualname.startswith("helpers.")}
+                self.called_helpers |= {name for op in (g.ops if g else ()) if isinstance(op.target, FunctionCall)
+                                        for name in [helper_name(op.target.qualname)] if name is not None}
 
     def fx_wrap(self, helper: str) -> str:
         """``torch.fx.wrap("f")`` after a copied helper the forwards call, as the original module did
@@ -97,7 +104,7 @@ class ClassTable:
         lifted = lift_consts(group, u, self.helpers)
         fam = group.family
         flag_hole = None
-        if fam.flag_at is not None:
+        if fam.flag_at is not None or fam.alt is not None:
             flags: list[CExpr | None] = [Lit(v in fam.flagged) for v in group.variant_of]
             flag_hole = u.hole(flags, ("forward", fam.flag_name), flag=fam.flag_name).index
         specs, index = build_params(u.holes, self.names.used() | self.reserved | _LOCAL)
@@ -107,6 +114,21 @@ class ClassTable:
         text = class_text(group, specs, names, members, lifted, flag_hole, self.extra_init.get(id(first), []),
                           self, persistent)
         self.defs.append(text)
+        for k, (path, _) in enumerate(group.insts):
+            self.calls[path] = instance_call(group.name, specs, k)
+
+    def _emit_sequential(self, group: Group, plain: bool) -> None:
+        """An ``nn.Sequential`` subclass as one class (``seqclass.py``), else each instance as the
+        ``nn.Sequential`` it is."""
+        items = [sequential_items(b, path, self.call_of) for path, b in group.insts]
+        found = None if plain else unified(items)
+        if found is None:
+            self.calls.update((path, e) for (path, _), e in zip(group.insts, items, strict=True))
+            return
+        merged, u = found
+        specs, names = arguments(u, self.names.used() | self.reserved | _LOCAL)
+        extra = self.extra_init.get(id(group.insts[0][1]), [])
+        self.defs.append(sequential_text(group.name, group.cls, merged, specs, names, extra))
         for k, (path, _) in enumerate(group.insts):
             self.calls[path] = instance_call(group.name, specs, k)
 

@@ -58,7 +58,8 @@ def member_lines(m: Member, names: Mapping[int, str], persistent: bool = True) -
     return [none, f"if {names[m.flag]}:", "    " + text.replace("\n", "\n    ")]
 
 
-def _signature(specs: list[ParamSpec]) -> str:
+def signature_text(specs: list[ParamSpec]) -> str:
+    """``def __init__(self, ...) -> None:`` for these arguments, wrapped."""
     parts = ["self"]
     for s in specs:
         text = s.name + (f": {s.annotation}" if s.annotation else "")
@@ -128,6 +129,11 @@ def class_text(group: Group, specs: list[ParamSpec], names: Mapping[int, str], m
     if fam.train is not None:
         train, train_syn = apply_lifting(fam.train, "train", lifted, attrs)
         syn = {**syn, **train_syn}
+    alt = None
+    if fam.alt is not None and flag_hole is not None:  # the flagged variant's forward (variants._alternative)
+        alt_graph, alt_syn = apply_lifting(fam.alt, "alt", lifted, attrs)
+        syn = {**syn, **alt_syn}
+        alt = (f"self.{attrs[flag_hole]}", alt_graph)
     special = Special(syn, dict(fam.optional_ops), items=_items(group, table), rolled=fam.rolled)
     if fam.flag_at is not None and flag_hole is not None:
         special.flag = (fam.flag_at, f"self.{attrs[flag_hole]}", fam.flag_result)
@@ -136,10 +142,10 @@ def class_text(group: Group, specs: list[ParamSpec], names: Mapping[int, str], m
     if isinstance(rep.body, PySource):  # the original forward (and methods it calls), copied
         forward = rep.body.source.rstrip("\n").split("\n")
     else:
-        forward = body_lines(body, train, accessor(rep), table.imports, frozenset(table.reserved), special)
+        forward = body_lines(body, train, accessor(rep), table.imports, frozenset(table.reserved), special, alt)
     lines = [f"class {group.name}(nn.Module):", f'    """From {safe_doc(str(group.cls))}."""', ""]
     if specs or init != ["super().__init__()"]:  # nothing to set up: nn.Module's own __init__ serves
-        lines += [_signature(specs)] + [f"        {ln}" for stmt in init for ln in stmt.split("\n")] + [""]
+        lines += [signature_text(specs)] + [f"        {ln}" for stmt in init for ln in stmt.split("\n")] + [""]
     lines += [f"    {ln}" if ln else "" for ln in forward]
     if rep.extra_state is not None:  # get_extra_state/set_extra_state, as the original class wrote them
         lines += [""] + [f"    {ln}" if ln else "" for ln in rep.extra_state.source.rstrip("\n").split("\n")]

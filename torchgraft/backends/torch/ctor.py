@@ -79,10 +79,13 @@ class Raw:
 
 @dataclass(frozen=True)
 class Guarded:
-    """A container item only some instances have: written ``*([item] if flag else [])``."""
+    """A container item only some instances have: written ``*([item] if flag else [])``, or with
+    ``when_set`` (``flag`` is the layer class the item builds, None where it is absent)
+    ``*([activation_layer(inplace=True)] if activation_layer is not None else [])``."""
 
     flag: int
     expr: CExpr
+    when_set: bool = False
 
 
 CExpr = Union[Lit, Call, Items, Param, Raw, Guarded]
@@ -150,10 +153,11 @@ _COMBINE_DEFAULTS = (("combine", Lit("add")), ("dim", Lit(1)))
 
 
 def node_expr(node: Node, path: str, call_of: ClassCall) -> CExpr:
-    """The constructor expression for a module-level node; ``call_of`` gives Block/Opaque calls."""
+    """The constructor expression for a module-level node; ``call_of`` gives Block/Opaque calls and
+    those of Chains that record an ``nn.Sequential`` subclass (``groups.seq_block``)."""
     if isinstance(node, Primitive):
         return reparametrized(prim_call(node), node)
-    if isinstance(node, (Block, Opaque)):
+    if isinstance(node, (Block, Opaque)) or (isinstance(node, Chain) and node.cls is not None):  # classes
         if isinstance(node, Opaque) and node.ctor is None:
             raise EmitError(f"module at {path or '<root>'} ({node.cls}) is opaque ({node.reason}) and its "
                             "constructor arguments could not be recovered from its attributes, so model.py "

@@ -6,6 +6,10 @@ optional child or a conditional tail are merged (``variants.py``). Classes are w
 children first. The primary group of a class (the most instances) takes the class's
 name; another gets a name saying what differs (``BottleneckDownsample``), never a number
 when a difference can be named.
+
+A Chain that records an ``nn.Sequential`` subclass (``Chain.cls``: DenseNet's ``_Transition``)
+is planned as a Block of that class whose children are its items (``seq_block``); all its
+instances form one group (``Group.sequential``): their forward is ``nn.Sequential``'s own.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ from dataclasses import dataclass, field
 
 from torchgraft.backends.torch.guard_text import shared_messages
 from torchgraft.backends.torch.names import Namespace
-from torchgraft.backends.torch.variants import Family, Variant, families, graph_key, lowered
+from torchgraft.backends.torch.variants import EMPTY, Family, Variant, families, graph_key, lowered
 from torchgraft.ir.graph import ChildCall, Graph
-from torchgraft.ir.nodes import Block, ClassRef, Node, PySource, module_children
+from torchgraft.ir.nodes import Block, Chain, ChildRef, ClassRef, Node, PySource, module_children
 from torchgraft.ir.traverse import join, walk
 from torchgraft.ir.types import UNKNOWN
 
@@ -34,13 +38,26 @@ class Group:
     variant_of: list[int]
     name: str = ""
     deps: set[int] = field(default_factory=set)
+    sequential: bool = False
+    """The instances are ``nn.Sequential`` subclass Chains (``seq_block``): written without a forward."""
+
+
+def is_seq_class(node: Node) -> bool:
+    """True for a Chain that records the ``nn.Sequential`` subclass it was captured from."""
+    return isinstance(node, Chain) and node.cls is not None
+
+
+def seq_block(chain: Chain) -> Block:
+    """The Block standing for an ``nn.Sequential`` subclass Chain while classes are planned."""
+    assert chain.cls is not None
+    return Block(chain.cls, chain.named(), Chain(*(ChildRef(n) for n in chain.names)))
 
 
 def nested_blocks(node: Node, path: str) -> Iterator[str]:
     """Paths of the nearest Blocks below ``node`` (through containers, not into Blocks)."""
     for name, child in module_children(node):
         p = join(path, name)
-        if isinstance(child, Block):
+        if isinstance(child, Block) or is_seq_class(child):
             yield p
         else:
             yield from nested_blocks(child, p)
@@ -59,14 +76,19 @@ def _member_key(b: Block) -> tuple[object, ...]:
             tuple(n for n, _ in b.constants), source, b.extra_state and b.extra_state.source)
 
 
-def _groups(blocks: dict[str, Block], by_height: bool) -> list[Group]:
+def _groups(blocks: dict[str, Block], by_height: bool, seq: frozenset[str]) -> list[Group]:
     heights = _heights(blocks) if by_height else {}
     buckets: dict[tuple[object, ...], list[tuple[str, Block]]] = {}
     for path, b in blocks.items():
-        key = (b.cls, _member_key(b), path == "", heights.get(path, 0))
-        buckets.setdefault(key, []).append((path, b))
+        key = (b.cls, "sequential") if path in seq else (b.cls, _member_key(b), path == "")
+        buckets.setdefault((*key, heights.get(path, 0)), []).append((path, b))
     out = []
     for insts in buckets.values():
+        if insts[0][0] in seq:  # one class: children are unified, the forward is nn.Sequential's
+            variant = Variant(EMPTY, None, tuple(n for n, _ in insts[0][1].children))
+            out.append(Group(insts[0][1].cls, insts, [variant], Family(EMPTY, None, 0, {0: ([], [])}),
+                             [0] * len(insts), sequential=True))
+            continue
         variants: list[Variant] = []
         index: dict[object, int] = {}
         variant_of = []
@@ -154,10 +176,12 @@ def _name(groups: list[Group], names: Namespace) -> None:
 
 def plan(root: Node, names: Namespace) -> list[Group]:
     """The classes to write for the Blocks under ``root``, children first, with names."""
-    blocks = {p: n for p, n in walk(root) if isinstance(n, Block)}
-    groups = _order(_groups(blocks, False))
+    blocks = {p: seq_block(n) if isinstance(n, Chain) else n for p, n in walk(root)
+              if isinstance(n, (Block, Chain)) and (isinstance(n, Block) or n.cls is not None)}
+    seq = frozenset(p for p, n in walk(root) if is_seq_class(n))
+    groups = _order(_groups(blocks, False, seq))
     if groups is None:  # a class nested in itself: group by height so that order exists
-        groups = _order(_groups(blocks, True))
+        groups = _order(_groups(blocks, True, seq))
     assert groups is not None
     first = {path: i for i, path in enumerate(blocks)}
     _name(sorted(groups, key=lambda g: first[g.insts[0][0]]), names)

@@ -19,13 +19,14 @@ from torchgraft.backends.torch.groups import Group
 from torchgraft.backends.torch.unify import Unifier
 from torchgraft.backends.torch.valnames import hint, ident
 from torchgraft.backends.torch.variants import lowered, map_arg, op_consts
-from torchgraft.ir.functions import resolve
+from torchgraft.ir.functions import helper_name, resolve
 from torchgraft.ir.graph import FunctionCall, Graph, Input, Op
-from torchgraft.ir.model import Helper
+from torchgraft.ir.model import Helper, HelperKind
+from torchgraft.ir.opkinds import OpKind, is_operator, kind_of
 from torchgraft.ir.values import Const, Ref
 
 Position = tuple[str, int, int]
-"""(``"body"`` or ``"train"``, op index in the merged graph, constant index within the op)."""
+"""(``"body"``, ``"train"`` or ``"alt"``, op index in the merged graph, constant index within the op)."""
 
 
 @dataclass
@@ -37,12 +38,13 @@ class Lifted:
 
 def _value(group: Group, k: int, sel: str, i: int, j: int) -> Lit | None:
     var = group.variant_of[k]
-    m = group.family.maps[var][0 if sel == "body" else 1]
+    fam = group.family
+    m = fam.alt_maps.get(var, []) if sel == "alt" else fam.maps[var][0 if sel == "body" else 1]
     vi = m[i] if i < len(m) else None
     if vi is None:
         return None
     body, train = lowered(group.insts[k][1])
-    g = body if sel == "body" else train
+    g = train if sel == "train" else body
     assert g is not None
     return Lit(op_consts(g.ops[vi])[j].value)
 
@@ -50,7 +52,7 @@ def _value(group: Group, k: int, sel: str, i: int, j: int) -> Lit | None:
 def lift_consts(group: Group, u: Unifier, helpers: tuple[Helper, ...]) -> Lifted:
     """Holes for the forward constants that differ between the group's instances."""
     out: dict[Position, int] = {}
-    for sel, merged in (("body", group.family.body), ("train", group.family.train)):
+    for sel, merged in (("body", group.family.body), ("train", group.family.train), ("alt", group.family.alt)):
         if merged is None:
             continue
         for i, op in enumerate(merged.ops):
@@ -94,19 +96,20 @@ def const_site(op: Op, j: int, helpers: tuple[Helper, ...]) -> str:
     return "arg"
 
 
-_OPERATOR_ARGS = {"mul": "scale", "truediv": "divisor", "floordiv": "divisor", "add": "offset", "sub": "offset",
-                  "pow": "exponent", "mod": "modulus"}
+_OPERATOR_ARGS = {OpKind.MUL: "scale", OpKind.TRUEDIV: "divisor", OpKind.FLOORDIV: "divisor", OpKind.ADD: "offset",
+                  OpKind.SUB: "offset", OpKind.POW: "exponent", OpKind.MOD: "modulus"}
 
 
 def _param_names(op: Op, helpers: tuple[Helper, ...]) -> list[str]:
     t = op.target
-    if isinstance(t, FunctionCall) and t.qualname.startswith("operator."):
-        word = _OPERATOR_ARGS.get(t.qualname.split(".", 1)[1], "")
+    found = kind_of(op) if is_operator(op) else None
+    if found is not None:
+        word = _OPERATOR_ARGS.get(found.kind, "")
         return [word, word]
-    if isinstance(t, FunctionCall) and t.qualname.startswith("helpers."):
-        fn = t.qualname.split(".", 1)[1]
+    fn = helper_name(t.qualname) if isinstance(t, FunctionCall) else None
+    if fn is not None:
         for h in helpers:
-            if h.name.split(":", 1)[-1] == fn and not h.name.startswith(("import:", "const:")):
+            if h.name == fn and h.kind is HelperKind.FUNCTION:
                 return _ast_params(h.source, fn)
         return []
     if isinstance(t, FunctionCall):

@@ -68,7 +68,10 @@ def _render(e: CExpr, names: Mapping[int, str], indent: int, head: str = "") -> 
     if isinstance(e, Items):
         return _render_items(e, names, indent, head)
     if isinstance(e, Guarded):
-        return f"{head}*([{_render(e.expr, names, indent)}] if {names[e.flag]} else [])"
+        test = f"{names[e.flag]} is not None" if e.when_set else names[e.flag]
+        inner = _render(e.expr, names, indent)
+        listed = inner if isinstance(e.expr, Items) and e.expr.kind == "list" else f"[{inner}]"  # all or none
+        return f"{head}*({listed} if {test} else [])"
     callee = names[e.head.index] if isinstance(e.head, Param) else e.head
     return fmt_call(f"{head}{callee}(", _call_args(e, names, indent + 4), indent)
 

@@ -54,13 +54,16 @@ def _group(holes: list[Hole]) -> list[list[int]]:
     vectors: list[list[CExpr | None]] = []
     for i, h in enumerate(holes):
         target = None
-        if h.flag is not None:
+        if h.alone:
+            pass
+        elif h.flag is not None:
             target = next((g for g, grp in enumerate(groups) if holes[grp[0]].flag is not None
                            and vectors[g] == h.values), None)
         elif h.literal:
             names = {a for _, a in h.sites}
             candidates = [g for g, grp in enumerate(groups)
-                          if holes[grp[0]].literal and holes[grp[0]].flag is None and _compatible(vectors[g], h.values)
+                          if holes[grp[0]].literal and holes[grp[0]].flag is None and not holes[grp[0]].alone
+                          and _compatible(vectors[g], h.values)
                           and _related(names, {a for j in grp for _, a in holes[j].sites})]
             same = [g for g in candidates if names & {a for j in groups[g] for _, a in holes[j].sites}]
             target = (same or candidates)[0] if same or candidates else None
@@ -103,6 +106,8 @@ def _candidates(sites: list[Site], flag: str | None) -> list[str]:
 def _annotation(values: list[CExpr], default: CExpr | None) -> str:
     if all(isinstance(v, Raw) for v in values):
         return "type[nn.Module]"
+    if all(isinstance(v, Raw) or v == Lit(None) for v in values) and default == Lit(None):
+        return "type[nn.Module] | None"  # an optional layer's class (None: no such layer)
     if not all(isinstance(v, Lit) for v in values):
         return "nn.Module | None" if default == Lit(None) else "nn.Module"
     kinds = {type(v.value).__name__ for v in values if isinstance(v, Lit)}  # type: ignore[union-attr]

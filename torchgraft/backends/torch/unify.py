@@ -26,6 +26,8 @@ class Hole:
     values: list[CExpr | None]
     sites: list[Site]
     flag: str | None = None
+    alone: bool = False
+    """Never one argument with another hole (it guards an optional layer: None means absent)."""
 
     @property
     def literal(self) -> bool:
@@ -108,6 +110,8 @@ class Unifier:
             return Items(first.kind, first.keys, items)
         if not all(_numbered(e) for e in present) or first.kind == "ModuleDict":
             return None
+        if any(not e.items for e in present):  # empty in some instances: all items or none
+            return self._all_or_none(exprs, site)
         matches = [None if e is None else align(e.items, first.items) for e in exprs]
         if any(m is None for e, m in zip(exprs, matches, strict=True) if e is not None):
             return None
@@ -116,12 +120,44 @@ class Unifier:
             got: list[CExpr | None] = [None if e is None or m is None or p not in m else e.items[m[p]]
                                        for e, m in zip(exprs, matches, strict=True)]
             item = self.unify(got, site)
-            if any(g is None for e, g in zip(exprs, got, strict=True) if e is not None):
+            layer = self._optional_layer(item, got, site)
+            if layer is not None:
+                item = layer
+            elif any(g is None for e, g in zip(exprs, got, strict=True) if e is not None):
                 flags: list[CExpr | None] = [None if e is None else Lit(g is not None)
                                              for e, g in zip(exprs, got, strict=True)]
                 item = Guarded(self.hole(flags, site, flag=_flag_name(item, site, p)).index, item)
             out.append(item)
         return Items(first.kind, tuple(str(i) for i in range(len(out))), tuple(out))
+
+
+    def _all_or_none(self, exprs: list[Items | None], site: Site) -> Items | None:
+        """``nn.Sequential(*([a, b, c] if use_branch1 else []))`` for a container some instances leave empty."""
+        full: list[CExpr | None] = [e if e is not None and e.items else None for e in exprs]
+        inner = self.unify(full, site)
+        if not isinstance(inner, Items) or not _numbered(inner):
+            return None
+        flags: list[CExpr | None] = [None if e is None else Lit(bool(e.items)) for e in exprs]
+        flag = self.hole(flags, site, flag=f"use_{site[0]}" if site[0].isidentifier() else "use_items")
+        return Items(inner.kind, ("0",), (Guarded(flag.index, Items("list", inner.keys, inner.items)),))
+
+    def _optional_layer(self, item: CExpr, got: list[CExpr | None], site: Site) -> Guarded | None:
+        """A torch layer only some instances have, guarded by its class argument: ``activation_layer``
+        is None exactly where the layer is absent (the argument is never shared with another hole)."""
+        if not any(g is None for g in got) or not isinstance(item, Call):
+            return None
+        if isinstance(item.head, Param):  # instances build different layers: the head is a hole already
+            hole = self.holes[item.head.index]
+            if [v is None for v in hole.values] != [g is None for g in got]:
+                return None
+            hole.alone = True
+            return Guarded(item.head.index, item, when_set=True)
+        if not _torch_layer(item.head) or primitive_class_for(item.head[3:]).__name__ != "Activation":
+            return None
+        heads: list[CExpr | None] = [None if g is None else Raw(item.head) for g in got]
+        head = self.hole(heads, (site[0], layer_role([item])))
+        self.holes[-1].alone = True
+        return Guarded(head.index, Call(head, item.args, item.kwargs, item.arg_names, item.defaults), when_set=True)
 
 
 def _torch_layer(head: str | Param) -> bool:
@@ -147,10 +183,15 @@ def _numbered(e: Items) -> bool:
     return list(e.keys) == [str(i) for i in range(len(e.items))]
 
 
+_FLAG_WIDTH = 22
+
+
 def _flag_name(item: CExpr, site: Site, index: int) -> str:
     head = item.head if isinstance(item, Call) else None
     if isinstance(head, str) and head.isidentifier():  # a class of the model: use_squeeze_excitation
-        return "use_" + re.sub(r"(?<!^)(?=[A-Z])", "_", head).lower()
+        name = "use_" + re.sub(r"(?<!^)(?=[A-Z])", "_", head).lower()
+        if len(name) <= _FLAG_WIDTH:  # longer (use_conv2d_norm_activation) crowds every call site
+            return name
     return f"use_{site[0]}_{index}" if site[0].isidentifier() else f"use_item_{index}"
 
 
@@ -158,7 +199,7 @@ def similarity(a: CExpr, b: CExpr) -> int | None:
     """How alike two expressions are (equal literals in the same places), None if they cannot unify."""
     if a == b:
         return 1 + _size(a)
-    if isinstance(a, Lit) and isinstance(b, Lit):
+    if isinstance(a, (Lit, Raw)) and isinstance(b, (Lit, Raw)):  # literals and layer classes: a hole
         return 0
     heads_ok = isinstance(a, Call) and isinstance(b, Call) and (a.head == b.head or _torch_layer(a.head)
                                                                   and _torch_layer(b.head))

@@ -9,6 +9,12 @@ that differ in one of two ways still make one class:
   the class writes ``identity = self.downsample(x) if self.downsample is not None else x``;
 - a conditional tail: one variant is the other plus ops at the end (``if self.use_res_connect:``);
   the class takes a flag and writes those ops under ``if self.<flag>:``.
+
+Two forwards that differ otherwise, with the same children, inputs and no training branch,
+become one class whose forward branches on a flag (``alternative``): ShuffleNet's
+``InvertedResidual`` chunks its input at stride 1 and runs both branches at stride 2, as its
+``if self.stride == 1:`` does; the class writes ``if self.use_branch1: <stride-2 forward>``
+and then the other forward. The flag is named after a child only the flagged forward calls.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ from torchgraft.backends.torch.combinators import combinator_graph
 from torchgraft.backends.torch.guard_text import message_key
 from torchgraft.backends.torch.loops import Loop
 from torchgraft.backends.torch.rolled import collapse, op_map, self_run
-from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Guard, Op
+from torchgraft.ir.graph import ChildCall, Graph, Guard, Op
 from torchgraft.ir.nodes import Block, PySource
+from torchgraft.ir.opkinds import OpKind, is_kind
 from torchgraft.ir.values import Const, Ref
 
 OpMap = list[int | None]
@@ -137,6 +144,10 @@ class Family:
     flagged: set[int] = field(default_factory=set)
     rolled: bool = False
     """The variants differ only in the length of a growing run over all children (``rolled.py``)."""
+    alt: Graph | None = None
+    """The flagged variant's whole forward, written under ``if self.<flag_name>:`` before ``body``."""
+    alt_maps: dict[int, OpMap] = field(default_factory=dict)
+    """For each variant, where the ops of ``alt`` are in its forward (``lifting.py``)."""
 
     @property
     def variants(self) -> list[int]:
@@ -187,7 +198,7 @@ def flag_name(g: Graph, start: int) -> str:
     """A name for the flag guarding ``g.ops[start:]``: ``residual`` for an add of an input, else ``use_<child>``."""
     last = g.ops[-1]
     inputs = {i.name for i in g.inputs}
-    if (isinstance(last.target, FunctionCall) and last.target.qualname in ("operator.add", "operator.iadd", "torch.add")
+    if (is_kind(last, OpKind.ADD)
             and any(isinstance(a, Ref) and a.name in inputs for a in last.args)):
         return "residual"
     child = next((op.target.path for op in g.ops[start:] if isinstance(op.target, ChildCall)), None)
@@ -220,6 +231,32 @@ def _try_merge(fam: Family, vs: list[Variant], j: int) -> bool:
     return False
 
 
+def _alternative(fam: Family, vs: list[Variant], j: int) -> bool:
+    """Merge variant ``j`` into a one-variant family as the other side of a flag (module docstring)."""
+    i = fam.base
+    a, b = vs[i], vs[j]
+    if len(fam.maps) != 1 or fam.rolled or fam.alt is not None or a.train is not None or b.train is not None:
+        return False
+    if a.children != b.children or [(x.name, x.kind, x.default) for x in a.body.inputs] != [
+            (x.name, x.kind, x.default) for x in b.body.inputs]:
+        return False
+    only = {k: _called(vs[k].body) - _called(vs[m].body) for k, m in ((i, j), (j, i))}
+    flagged = i if only[i] and not only[j] else j
+    main = j if flagged == i else i
+    fam.body, fam.base, fam.alt = vs[main].body, main, vs[flagged].body
+    ops_main, ops_alt = len(vs[main].body.ops), len(vs[flagged].body.ops)
+    fam.maps = {main: _identity_map(vs[main]), flagged: ([None] * ops_main, [])}
+    fam.alt_maps = {main: [None] * ops_alt, flagged: list(range(ops_alt))}
+    fam.flagged = {flagged}
+    child = sorted(only[flagged])[0] if only[flagged] else ""
+    fam.flag_name = f"use_{child.split('.')[0]}" if child else "use_alternative"
+    return True
+
+
+def _called(g: Graph) -> set[str]:
+    return {op.target.path for op in g.ops if isinstance(op.target, ChildCall)}
+
+
 def _rolled_key(v: Variant) -> tuple[object, Loop] | None:
     run = self_run(v.body, v.children) if v.train is None else None
     return None if run is None else (graph_key(collapse(v.body, run)), run)
@@ -244,6 +281,7 @@ def families(vs: list[Variant]) -> list[Family]:
     for j, v in enumerate(vs):
         if keys and any(_merge_rolled(f, vs, j, keys) for f in fams):
             continue
-        if not any(_try_merge(f, vs, j) for f in fams if not f.rolled):
-            fams.append(Family(v.body, v.train, j, {j: _identity_map(v)}))
+        if any(_try_merge(f, vs, j) for f in fams if not f.rolled) or any(_alternative(f, vs, j) for f in fams):
+            continue
+        fams.append(Family(v.body, v.train, j, {j: _identity_map(v)}))
     return fams
