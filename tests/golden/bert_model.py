@@ -27,20 +27,16 @@ class BertEmbeddings(nn.Module):
         self.dropout = nn.Dropout(0.1)
 
     def forward(self, input_ids: Tensor) -> Tensor:
-        if input_ids is None:
-            raise ValueError(
-                "embeddings (BertEmbeddings) was captured with input_ids given; calling it with input_ids=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
-            )
         dim = input_ids.size(1)
         out = self.position_ids[:, 0 : dim + 0]
-        gather_out = torch.gather(
+        buffered_token_type_ids = torch.gather(
             self.token_type_ids.expand(out.size(0), -1), dim=1, index=out
         )
-        gather_out = gather_out.expand(input_ids.size(0), dim)
-        input_ids = self.word_embeddings(input_ids)
-        input_ids = input_ids.add(self.token_type_embeddings(gather_out))
-        input_ids = self.LayerNorm(input_ids.add(self.position_embeddings(out)))
-        return self.dropout(input_ids)
+        token_type_ids = buffered_token_type_ids.expand(input_ids.size(0), dim)
+        inputs_embeds = self.word_embeddings(input_ids)
+        embeddings = inputs_embeds.add(self.token_type_embeddings(token_type_ids))
+        embeddings = self.LayerNorm(embeddings.add(self.position_embeddings(out)))
+        return self.dropout(embeddings)
 
 
 class BertSelfAttention(nn.Module):
@@ -54,10 +50,6 @@ class BertSelfAttention(nn.Module):
         self.dropout = nn.Dropout(0.1)
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor):
-        if attention_mask is None:
-            raise ValueError(
-                "encoder.layer.*.attention.self (BertSelfAttention) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
-            )
         query = self.query(hidden_states)
         batch, seq_len = hidden_states.shape[:2]
         query = query.view(batch, seq_len, -1, 8).transpose(1, 2)
@@ -103,10 +95,6 @@ class BertAttention(nn.Module):
         self.output = BertSelfOutput()
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor):
-        if attention_mask is None:
-            raise ValueError(
-                "encoder.layer.*.attention (BertAttention) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
-            )
         return (
             self.output(
                 self.self(hidden_states, attention_mask=attention_mask)[0],
@@ -158,10 +146,6 @@ class BertLayer(nn.Module):
         self.output = BertOutput()
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor) -> Tensor:
-        if attention_mask is None:
-            raise ValueError(
-                "encoder.layer.* (BertLayer) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
-            )
         attention_0 = self.attention(hidden_states, attention_mask)[0]
         return self.output(self.intermediate(attention_0), attention_0)
 
@@ -174,10 +158,6 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList([BertLayer() for _ in range(2)])
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor):
-        if attention_mask is None:
-            raise ValueError(
-                "encoder (BertEncoder) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
-            )
         for block in self.layer:
             hidden_states = block(hidden_states, attention_mask)
         return {"last_hidden_state": hidden_states}
@@ -209,19 +189,20 @@ class BertModel(nn.Module):
             raise ValueError(
                 "<root> (BertModel) was captured with input_ids given; calling it with input_ids=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
             )
-        embeddings_out = self.embeddings(input_ids=input_ids)
-        if embeddings_out.dtype != torch.float32:
+        embedding_output = self.embeddings(input_ids=input_ids)
+        if embedding_output.dtype != torch.float32:
             raise ValueError(
                 "<root> (BertModel) was captured with a float32 tensor whose dtype it reads at transformers/masking_utils.py:1074; other dtypes may take another path; capture with an example of that dtype"
             )
-        seq_len = embeddings_out.size(1)
-        input_ids = torch.arange(seq_len, device=input_ids.device).add(0)[
-            None, None, :, None
-        ]
-        input_ids = input_ids.ge(0).expand(embeddings_out.size(0), -1, seq_len, seq_len)
-        last_hidden_state = self.encoder(embeddings_out, attention_mask=input_ids)[
-            "last_hidden_state"
-        ]
+        seq_len = embedding_output.size(1)
+        out = torch.arange(seq_len, device=input_ids.device).add(0)[None, None, :, None]
+        out = self.encoder(
+            embedding_output,
+            attention_mask=out.ge(0).expand(
+                embedding_output.size(0), -1, seq_len, seq_len
+            ),
+        )
+        last_hidden_state = out["last_hidden_state"]
         return {
             "last_hidden_state": last_hidden_state,
             "pooler_output": self.pooler(last_hidden_state),
@@ -240,9 +221,8 @@ def load(weights: str | Path | None = None) -> BertModel:
     from safetensors.torch import load_file
 
     model = build()
-    if weights is None:
-        weights = Path(__file__).with_name("weights.safetensors")
-    model.load_state_dict(load_file(str(weights)), strict=True)
+    weights = weights or Path(__file__).with_name("weights.safetensors")
+    model.load_state_dict(load_file(weights), strict=True)
     return model
 
 

@@ -20,58 +20,52 @@ class LlamaAttention(nn.Module):
     def forward(
         self, hidden_states: Tensor, position_embeddings, attention_mask: Tensor
     ):
-        if len(position_embeddings) != 2:
-            raise ValueError(
-                "layers.*.self_attn (LlamaAttention) was captured with 2 items in position_embeddings; others would be ignored; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
-            )
-        if attention_mask is None:
-            raise ValueError(
-                "layers.*.self_attn (LlamaAttention) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
-            )
         q = self.q_proj(hidden_states)
         batch, seq_len = hidden_states.shape[:2]
         q = q.view((batch, seq_len, -1, 8)).transpose(1, 2)
         k = self.k_proj(hidden_states).view((batch, seq_len, -1, 8)).transpose(1, 2)
         v = self.v_proj(hidden_states).view((batch, seq_len, -1, 8)).transpose(1, 2)
-        out = position_embeddings[0].unsqueeze(1)
-        unsqueeze_out = position_embeddings[1].unsqueeze(1)
-        mul_out = q.mul(out)
-        item = q[..., : q.size(-1) // 2]
-        cat_out = torch.cat((q[..., q.size(-1) // 2 :].neg(), item), dim=-1)
-        mul_out = mul_out.add(cat_out.mul(unsqueeze_out))
-        out = k.mul(out)
-        item = k[..., : k.size(-1) // 2]
-        cat_out = torch.cat((k[..., k.size(-1) // 2 :].neg(), item), dim=-1)
-        out = out.add(cat_out.mul(unsqueeze_out))
-        h = mul_out.size(2)
+        cos = position_embeddings[0].unsqueeze(1)
+        sin = position_embeddings[1].unsqueeze(1)
+        out = q.mul(cos)
+        x1 = q[..., : q.size(-1) // 2]
+        cat_out = torch.cat((q[..., q.size(-1) // 2 :].neg(), x1), dim=-1)
+        q_embed = out.add(cat_out.mul(sin))
+        out = k.mul(cos)
+        x1 = k[..., : k.size(-1) // 2]
+        cat_out = torch.cat((k[..., k.size(-1) // 2 :].neg(), x1), dim=-1)
+        k_embed = out.add(cat_out.mul(sin))
+        h = q_embed.size(2)
         if h == 1:
             raise ValueError(
                 "layers.*.self_attn (LlamaAttention) was captured where a size comparison (==) at transformers/integrations/sdpa_attention.py:121 was False; inputs for which it is True take another branch; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
             )
-        item = out[:, :, None, :, :]
-        n, c, size_h, w = out.shape
-        item = item.expand(n, c, 2, size_h, w)
-        item = item.reshape(n, c * 2, size_h, w)
+        out = k_embed[:, :, None, :, :]
+        n, c, size_h, w = k_embed.shape
+        out = out.expand(n, c, 2, size_h, w)
+        key = out.reshape(n, c * 2, size_h, w)
         out = v[:, :, None, :, :]
         n, c, size_h, w = v.shape
         out = out.expand(n, c, 2, size_h, w)
-        out = out.reshape(n, c * 2, size_h, w)
+        value = out.reshape(n, c * 2, size_h, w)
         if h <= 1:
             raise ValueError(
                 "layers.*.self_attn (LlamaAttention) was captured where a size comparison (>) at transformers/integrations/sdpa_attention.py:148 was True; inputs for which it is False take another branch; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
             )
-        mul_out = F.scaled_dot_product_attention(
-            mul_out,
-            item,
-            out,
+        attn_output = F.scaled_dot_product_attention(
+            q_embed,
+            key,
+            value,
             attn_mask=attention_mask,
             dropout_p=0.0,
             scale=0.3535533905932738,
             is_causal=False,
         )
-        out = mul_out.reshape(mul_out.size(0), -1, h, out.size(-1)).transpose(1, 2)
-        out = out.contiguous().reshape(batch, seq_len, -1).contiguous()
-        return (self.o_proj(out), None)
+        attn_output = attn_output.reshape(
+            attn_output.size(0), -1, h, value.size(-1)
+        ).transpose(1, 2)
+        attn_output = attn_output.contiguous().reshape(batch, seq_len, -1).contiguous()
+        return (self.o_proj(attn_output), None)
 
 
 class SiLUActivation(nn.Module):
@@ -122,14 +116,6 @@ class LlamaDecoderLayer(nn.Module):
     def forward(
         self, hidden_states: Tensor, attention_mask: Tensor, position_embeddings
     ) -> Tensor:
-        if attention_mask is None:
-            raise ValueError(
-                "layers.* (LlamaDecoderLayer) was captured with attention_mask given; calling it with attention_mask=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
-            )
-        if len(position_embeddings) != 2:
-            raise ValueError(
-                "layers.* (LlamaDecoderLayer) was captured with 2 items in position_embeddings; others would be ignored; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
-            )
         out = self.input_layernorm(hidden_states)
         position_embeddings_0 = position_embeddings[0]
         out = self.self_attn(
@@ -151,14 +137,12 @@ class LlamaRotaryEmbedding(nn.Module):
 
     def forward(self, x: Tensor, position_ids: Tensor):
         position_ids = position_ids[..., None].float()
-        position_ids = position_ids * self.inv_freq.to(
-            device=x.device, dtype=torch.float32
-        )
-        position_ids = torch.cat((position_ids, position_ids), dim=-1)
-        out = position_ids.cos() * 1.0
-        position_ids = position_ids.sin() * 1.0
-        out = out.to(dtype=x.dtype)
-        return (out, position_ids.to(dtype=x.dtype))
+        freqs = position_ids * self.inv_freq.to(device=x.device, dtype=torch.float32)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos() * 1.0
+        sin = emb.sin() * 1.0
+        cos = cos.to(dtype=x.dtype)
+        return (cos, sin.to(dtype=x.dtype))
 
 
 class LlamaModel(nn.Module):
@@ -190,50 +174,47 @@ class LlamaModel(nn.Module):
             raise ValueError(
                 "<root> (LlamaModel) was captured with input_ids given; calling it with input_ids=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
             )
-        embed_tokens_out = self.embed_tokens(input_ids)
+        inputs_embeds = self.embed_tokens(input_ids)
         device = input_ids.device
-        out = torch.arange(embed_tokens_out.size(1), device=device).add(0)
-        out = out.unsqueeze(0)
-        batch = embed_tokens_out.size(0)
-        if batch == out.size(0):
+        position_ids = torch.arange(inputs_embeds.size(1), device=device).add(0)
+        position_ids = position_ids.unsqueeze(0)
+        batch = inputs_embeds.size(0)
+        if batch == position_ids.size(0):
             raise ValueError(
                 "<root> (LlamaModel) was captured where a size comparison (!=) at transformers/masking_utils.py:868 was True; inputs for which it is False take another branch; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
             )
-        expand_out = out.expand(batch, -1)
-        expand_out = torch.diff(
-            expand_out, prepend=expand_out[:, :1].sub(1), dim=-1
-        ).ne(1)
-        expand_out = expand_out.cumsum(-1)
-        if embed_tokens_out.dtype != torch.float32:
+        out = position_ids.expand(batch, -1)
+        out = torch.diff(out, prepend=out[:, :1].sub(1), dim=-1).ne(1)
+        packed_sequence_mask = out.cumsum(-1)
+        if inputs_embeds.dtype != torch.float32:
             raise ValueError(
                 "<root> (LlamaModel) was captured with a float32 tensor whose dtype it reads at transformers/masking_utils.py:965; other dtypes may take another path; capture with an example of that dtype"
             )
-        batch = embed_tokens_out.size(0)
-        out2 = out.expand(batch, -1)
-        arange_out = torch.arange(batch, device=device)
-        seq_len = embed_tokens_out.size(1)
-        add_out = torch.arange(seq_len, device=device).add(0)
-        out3 = torch.arange(seq_len, device=device).add(0)
-        arange_out = arange_out[:, None, None, None]
-        add_out = add_out[None, None, :, None]
-        out3 = out3[None, None, None, :]
-        new_ones_out = add_out.new_ones((), dtype=torch.bool)
-        item = out2[arange_out, add_out]
-        new_ones_out = new_ones_out & out2[arange_out, out3].le(item).to(device)
-        item = expand_out[arange_out, add_out]
-        new_ones_out = (
-            new_ones_out & (item == expand_out[arange_out, out3]).to(device)
-        ).expand(batch, -1, seq_len, seq_len)
-        rotary_emb_out = self.rotary_emb(embed_tokens_out, position_ids=out)
+        batch = inputs_embeds.size(0)
+        out = position_ids.expand(batch, -1)
+        batch_arange = torch.arange(batch, device=device)
+        seq_len = inputs_embeds.size(1)
+        q_arange = torch.arange(seq_len, device=device).add(0)
+        kv_arange = torch.arange(seq_len, device=device).add(0)
+        batch_indices = batch_arange[:, None, None, None]
+        q_indices = q_arange[None, None, :, None]
+        kv_indices = kv_arange[None, None, None, :]
+        result = q_indices.new_ones((), dtype=torch.bool)
+        item = out[batch_indices, q_indices]
+        result = result & out[batch_indices, kv_indices].le(item).to(device)
+        out = packed_sequence_mask[batch_indices, q_indices]
+        out = (out == packed_sequence_mask[batch_indices, kv_indices]).to(device)
+        causal_mask = (result & out).expand(batch, -1, seq_len, seq_len)
+        rotary_emb_out = self.rotary_emb(inputs_embeds, position_ids=position_ids)
         rotary_emb_0 = rotary_emb_out[0]
         rotary_emb_1 = rotary_emb_out[1]
         for layer in self.layers:
-            embed_tokens_out = layer(
-                embed_tokens_out,
-                attention_mask=new_ones_out,
+            inputs_embeds = layer(
+                inputs_embeds,
+                attention_mask=causal_mask,
                 position_embeddings=(rotary_emb_0, rotary_emb_1),
             )
-        return {"last_hidden_state": self.norm(embed_tokens_out)}
+        return {"last_hidden_state": self.norm(inputs_embeds)}
 
 
 def build() -> LlamaModel:
@@ -248,9 +229,8 @@ def load(weights: str | Path | None = None) -> LlamaModel:
     from safetensors.torch import load_file
 
     model = build()
-    if weights is None:
-        weights = Path(__file__).with_name("weights.safetensors")
-    model.load_state_dict(load_file(str(weights)), strict=True)
+    weights = weights or Path(__file__).with_name("weights.safetensors")
+    model.load_state_dict(load_file(weights), strict=True)
     return model
 
 

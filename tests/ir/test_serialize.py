@@ -99,7 +99,8 @@ def _big_graph() -> Graph:
         Op("sl", FunctionCall("operator.getitem"),
            (Ref("x"), Seq((Slice(Const(None), Const(None), Const(None)), Slice(Const(1), Ref("scale"), Const(2)),
                            Const(Ellipsis))))),
-        Op("cat", FunctionCall("torch.cat"), (Seq((Ref("x"), Ref("x")), is_list=True),), (("dim", Const(1)),)),
+        Op("cat", FunctionCall("torch.cat"), (Seq((Ref("x"), Ref("x")), is_list=True),), (("dim", Const(1)),),
+           source_var="doubled"),
         Op("drop", FunctionCall("torch.nn.functional.dropout"), (Ref("cat"),),
            (("p", Const(0.1)), ("training", Training()))),
         Op("consts", FunctionCall("builtins.tuple"), (Seq(consts),),
@@ -161,6 +162,33 @@ def test_kitchen_sink_round_trips_exactly() -> None:
     assert to_json(back) == text
     assert to_json(kitchen_sink()) == text  # deterministic
     _strict_loads(text)
+
+
+def test_source_var_is_kept_and_written_only_when_set() -> None:
+    """``Op.source_var`` (a naming hint from the original source) survives JSON; empty, it is not written."""
+    doc = json.loads(to_json(kitchen_sink()))
+    ops = [o for o in _nodes(doc) if o.get("node") == "Op"]
+    assert [o["source_var"] for o in ops if "source_var" in o] == ["doubled", "doubled"]  # body and train_body
+    back = from_json(to_json(kitchen_sink())).root.body
+    assert [op.source_var for op in back.ops if op.name == "cat"] == ["doubled"]  # type: ignore[union-attr]
+    with pytest.raises(IRError, match="source_var"):
+        Op("v", FunctionCall("torch.relu"), (Ref("x"),), source_var="not a name")
+    bad = to_json(kitchen_sink()).replace('"source_var": "doubled"', '"source_var": "import os"')
+    with pytest.raises(IRError, match="source_var"):
+        from_json(bad)
+
+
+def _nodes(doc: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    stack = [doc]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            out.append(v)
+            stack += list(v.values())
+        elif isinstance(v, list):
+            stack += v
+    return out
 
 
 def test_node_tags_and_value_tags_are_readable() -> None:

@@ -19,6 +19,7 @@ import copy
 import functools
 import inspect
 import operator
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,6 +31,7 @@ from torchgraft.frontends.cache_free import CACHE_HINT, is_cache
 from torchgraft.frontends.canon import canonical_target
 from torchgraft.frontends.fx_block import TraceError, input_kind
 from torchgraft.frontends.guards import count_guard, dtype_check, none_guard, size_guard, value_guard, where_text
+from torchgraft.frontends.source_names import SourceNames, forward_code, with_hints
 from torchgraft.frontends.state import own_view
 from torchgraft.frontends.symsize import _RECORDER, SymInt, SymSize, call_site, pin, pinning_range
 from torchgraft.ir.functions import qualname_of
@@ -66,6 +68,16 @@ class _Recorder(TorchFunctionMode):
         self.pending: dict[int, tuple[str, int | str]] = {}
         self.state = {id(t): n for n, t in list(block.named_parameters(remove_duplicate=False))
                       + list(block.named_buffers(remove_duplicate=False))}
+        self.source = SourceNames(None, None, self.value_name)  # concrete_trace sets the real one
+
+    def value_name(self, value: Any) -> str | None:
+        """The name of a recorded tensor (``op.key`` for an item of op's result not read yet), else None."""
+        if not isinstance(value, torch.Tensor):
+            return None
+        if id(value) in self.pending:
+            src, key = self.pending[id(value)]
+            return f"{src}.{key}"
+        return self.names.get(id(value))
 
     def fresh(self, base: str) -> str:
         base = "".join(c if c.isalnum() or c == "_" else "_" for c in base).strip("_").lower() or "v"
@@ -113,6 +125,7 @@ class _Recorder(TorchFunctionMode):
             src, idx = self.pending.pop(id(t))
             name = self.fresh(idx if isinstance(idx, str) else f"{src}_{idx}")
             self.ops.append(Op(name, FunctionCall("operator.getitem"), (Ref(src), Const(idx))))
+            self.source.rename(f"{src}.{idx}", name)
             self.bind(t, name)
             return name
         if id(t) in self.state:
@@ -178,11 +191,13 @@ class _Recorder(TorchFunctionMode):
                        tuple(SymInt(n, functools.partial(self.size_of, t, d - rank)) for d, n in enumerate(out)))
 
     def record(self, target: Target, base: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        self.source.observe()  # before the arguments: reading an item of a tuple records its getitem
         a = tuple(self.arg(x) for x in args)
         kw = tuple((k, self.arg(v)) for k, v in kwargs.items())
         target, a, kw = canonical_target(target, a, kw)
         name = self.fresh(base)
         self.ops.append(Op(name, target, a, kw))
+        self.source.created(name)
         self.register_output(out, name)
 
     def register_output(self, out: Any, name: str) -> None:
@@ -292,6 +307,7 @@ class _Spy(nn.Module):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         rec: _Recorder = self._rec
+        rec.source.observe()
         a = tuple(rec.arg(x) for x in args)
         kw = tuple((k, rec.arg(v)) for k, v in kwargs.items())
         rec.depth += 1
@@ -301,6 +317,7 @@ class _Spy(nn.Module):
             rec.depth -= 1
         name = rec.fresh(self._path.replace(".", "_"))
         rec.ops.append(Op(name, ChildCall(self._path), a, kw))
+        rec.source.created(name)
         rec.register_output(out, name)
         return out
 
@@ -433,12 +450,15 @@ def concrete_trace(mod: nn.Module, training: bool, args: tuple[Any, ...], kwargs
     rec = _Recorder(mod, where)
     object.__setattr__(view, "_modules", _spied(mod, rec))
     inputs = _inputs(mod, args, kwargs, rec)
+    rec.source = SourceNames(sys._getframe(), forward_code(type(mod).forward), rec.value_name,
+                             frozenset(i.name for i in inputs))
     _RECORDER.value = rec
     try:
         with torch.no_grad(), export_flags(), pinning_range(), rec:
             out = type(mod).forward(view, *args, **kwargs)
+        rec.source.finish()
         output = _output(out, rec)
-        return Graph(inputs, tuple(rec.ops), output)
+        return Graph(inputs, with_hints(rec.ops, rec.source.hints), output)
     except TraceError:
         raise
     except Exception as e:

@@ -8,6 +8,7 @@ import inspect
 import math
 import operator
 import sys
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -19,8 +20,9 @@ from torchgraft.frontends.canon import canonical_target
 from torchgraft.frontends.fx_session import SessionTracer
 from torchgraft.frontends.guards import none_guard, where_text
 from torchgraft.frontends.helpers import HelperError, collect, unpatched
+from torchgraft.frontends.source_names import SourceNames, forward_code
 from torchgraft.frontends.state import method_tree, own_view
-from torchgraft.ir.functions import qualname_of
+from torchgraft.ir.functions import helper_qualname, qualname_of
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, Target
 from torchgraft.ir.model import Helper
 from torchgraft.ir.values import Arg, ByMode, Const, Ref, Seq, Slice, Training, rename_refs
@@ -81,15 +83,21 @@ class _OwnCodeTracer(SessionTracer):
     in place to the fallback trace instead (``frontends.state.updated_buffers``).
     """
 
-    def __init__(self, root: nn.Module, math_autowrap: bool = True) -> None:
+    def __init__(self, root: nn.Module, math_autowrap: bool = True, names: SourceNames | None = None) -> None:
         super().__init__(autowrap_modules=(math,) if math_autowrap else ())  # type: ignore[arg-type]
         self._root = root
         self._code = getattr(type(root).forward, "__code__", None)
+        self.names = names
 
     def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, *rest: Any, **kw: Any) -> fx.Proxy:
         """fx's proxy; arithmetic remembers its line in the forward, so ``out += x`` can be told from
-        ``out = out + x`` (fx proxies have no ``__iadd__``: both reach fx as ``operator.add``)."""
+        ``out = out + x`` (fx proxies have no ``__iadd__``: both reach fx as ``operator.add``); every node
+        is shown to ``names``, which learns the source variables values are assigned to."""
+        if self.names is not None:
+            self.names.observe()
         proxy = super().create_proxy(kind, target, args, kwargs, *rest, **kw)
+        if self.names is not None:
+            self.names.created(proxy.node.name)
         if kind == "call_function" and target in _AUGMENTED and self._code is not None:
             frame = sys._getframe(1)
             while frame is not None and frame.f_code is not self._code:
@@ -133,7 +141,7 @@ def _target(node: fx.Node, helpers: dict[str, Helper], fns: dict[str, Any]) -> T
     try:
         hname = collect(fn, helpers)  # type: ignore[arg-type]
         fns[hname] = fn
-        return FunctionCall("helpers." + hname)
+        return FunctionCall(helper_qualname(hname))
     except HelperError as e:
         raise TraceError(f"forward calls {getattr(fn, '__qualname__', fn)!r}, which cannot be copied: {e}") from None
 
@@ -164,11 +172,12 @@ def _inputs(mod: nn.Module, graph: fx.Graph) -> tuple[Input, ...]:
 
 
 def to_graph(gm_graph: fx.Graph, mod: nn.Module, helpers: dict[str, Helper], fns: dict[str, Any],
-             given: tuple[str, ...] = (), where: str = "") -> Graph:
+             given: tuple[str, ...] = (), where: str = "", hints: dict[str, str] | None = None) -> Graph:
     """Convert a traced fx graph of ``mod`` into an IR Graph.
 
     fx's ``_assert_is_none`` checks (arguments traced as None) become Guards, and so do the
-    arguments in ``given``: optional ones the trace took as given (every fx Proxy is "not None")."""
+    arguments in ``given``: optional ones the trace took as given (every fx Proxy is "not None").
+    ``hints``: node name -> the source variable it was assigned to (``Op.source_var``)."""
     ops: list[Op] = []
     output: Arg = Const(None)
     inputs = _inputs(mod, gm_graph)
@@ -198,7 +207,8 @@ def to_graph(gm_graph: fx.Graph, mod: nn.Module, helpers: dict[str, Helper], fns
         target, args, kwargs = canonical_target(target, args, kwargs)
         if target == FunctionCall("torch._assert"):
             args = tuple(_clean_message(a) for a in args)
-        ops.append(Op(node.name if node.name not in ren.values() else node.name + "_", target, args, kwargs))
+        ops.append(Op(node.name if node.name not in ren.values() else node.name + "_", target, args, kwargs,
+                      source_var=(hints or {}).get(node.name, "")))
     return Graph(inputs, tuple(ops), output)
 
 
@@ -229,13 +239,15 @@ def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper
     probe = _ModeProbe()
     object.__setattr__(view, "training", probe if training is None else training)
     concrete = {n: None for n in none_args} or None
+    names = _source_names(mod)
     try:
         try:
-            graph = _OwnCodeTracer(view, math_autowrap=False).trace(view, concrete_args=concrete)
+            graph = _OwnCodeTracer(view, math_autowrap=False, names=names).trace(view, concrete_args=concrete)
         except TypeError:  # maybe a math function met a Proxy (its message is all that says so): retry with them
             if probe.read:
                 raise
-            graph = _OwnCodeTracer(view).trace(view, concrete_args=concrete)
+            names = _source_names(mod)
+            graph = _OwnCodeTracer(view, names=names).trace(view, concrete_args=concrete)
     except Exception as e:  # noqa: BLE001 - fx raises many kinds
         if probe.read or "_ModeProbe" in str(e):
             raise ModeRead(f"{type(mod).__qualname__}.forward reads self.training") from e
@@ -249,7 +261,24 @@ def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper
             if not isinstance(value, torch.Tensor):
                 raise TraceError(f"forward reads a constant {node.target!r} of type {type(value).__name__}")
             consts[str(node.target)] = value.detach().clone()
-    return to_graph(graph, mod, helpers, fns, given_args, where), consts
+    names.finish()
+    return to_graph(graph, mod, helpers, fns, given_args, where, names.hints), consts
+
+
+def _source_names(mod: nn.Module) -> SourceNames:
+    """A ``SourceNames`` for tracing ``mod.forward`` from the calling frame (fx Proxies name fx nodes)."""
+    def lookup(value: Any) -> str | None:
+        return value.node.name if isinstance(value, fx.Proxy) else None
+
+    forward = type(mod).forward
+    return SourceNames(sys._getframe(1), forward_code(forward), lookup, _param_names(forward))
+
+
+def _param_names(forward: Any) -> frozenset[str]:
+    try:
+        return frozenset(inspect.signature(forward).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
 
 
 def merge_training(train: Graph, evaluation: Graph) -> tuple[Graph, Graph | None]:
@@ -294,4 +323,4 @@ def _merge_op(a: Op, b: Op) -> Op | None:
     kwargs = [(k, _merge_arg(x, y)) for (k, x), (_, y) in zip(a.kwargs, b.kwargs)]
     if any(x is None for x in args) or any(v is None for _, v in kwargs):
         return None
-    return Op(b.name, b.target, tuple(args), tuple(kwargs), b.type)  # type: ignore[arg-type]
+    return replace(b, args=tuple(args), kwargs=tuple(kwargs))  # type: ignore[arg-type]

@@ -87,17 +87,24 @@ Target = Union[ChildCall, FunctionCall, MethodCall, GetAttr, PrimCall, Guard]
 
 @dataclass(frozen=True, slots=True)
 class Op:
-    """One statement: ``name = target(*args, **kwargs)`` with the result's type."""
+    """One statement: ``name = target(*args, **kwargs)`` with the result's type.
+
+    ``source_var``: the variable the original source assigned this value to (``q_embed``), or "";
+    a naming hint for emitters only, with no meaning: passes may keep or drop it.
+    """
 
     name: str
     target: Target
     args: tuple[Arg, ...] = ()
     kwargs: tuple[tuple[str, Arg], ...] = ()
     type: ValueType = UNKNOWN
+    source_var: str = ""
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
             raise IRError(f"op name {self.name!r} must be an identifier")
+        if self.source_var and (not self.source_var.isidentifier() or keyword.iskeyword(self.source_var)):
+            raise IRError(f"op {self.name!r}: source_var {self.source_var!r} must be an identifier or empty")
         if isinstance(self.target, MethodCall) and not self.args:
             raise IRError(f"method call {self.target.name!r} in op {self.name!r} needs the object as first arg")
         if isinstance(self.target, Guard) and (len(self.args) != 1 or self.kwargs):

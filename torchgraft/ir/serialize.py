@@ -47,7 +47,7 @@ from torchgraft.ir.graph import (
     Op,
     PrimCall,
 )
-from torchgraft.ir.model import Helper, Model
+from torchgraft.ir.model import Helper, HelperKind, Model
 from torchgraft.ir.nodes import (
     Block,
     Chain,
@@ -81,7 +81,8 @@ _CLASSES: tuple[type, ...] = (
 NODE_TAGS: dict[str, type] = {c.__name__: c for c in _CLASSES}
 """Tag → IR class: the only classes the decoder constructs."""
 
-ENUM_TAGS: dict[str, type[enum.Enum]] = {c.__name__: c for c in (ActKind, Spelling, InputKind, CombineKind)}
+ENUM_TAGS: dict[str, type[enum.Enum]] = {c.__name__: c for c in (ActKind, Spelling, InputKind, CombineKind,
+                                                                 HelperKind)}
 """Tag → enum class."""
 
 MAX_DEPTH = 500
@@ -89,6 +90,9 @@ MAX_DEPTH = 500
 
 _SKIPPED_FIELDS: dict[type, tuple[str, ...]] = {Model: ("weights", "report", "constants")}
 """Fields not in the JSON: tensors go to safetensors files, the capture report is not kept."""
+
+_OMITTED_WHEN_EMPTY: dict[type, tuple[str, ...]] = {Op: ("source_var",)}
+"""Optional fields written only when set (a naming hint), so documents without them stay as they were."""
 
 
 def _torch_table(kind: type) -> dict[str, Any]:
@@ -109,11 +113,13 @@ def _encode_float(v: float) -> Any:
 def _encode_node(obj: Any) -> dict[str, Any]:
     cls = type(obj)
     if cls is Chain:
-        return {"node": "Chain", "items": [_encode(i) for i in obj.items], "names": list(obj.names)}
+        chain = {"node": "Chain", "items": [_encode(i) for i in obj.items], "names": list(obj.names)}
+        return chain if obj.cls is None else {**chain, "cls": _encode(obj.cls)}  # an nn.Sequential subclass
     out: dict[str, Any] = {"node": cls.__name__}
     skip = _SKIPPED_FIELDS.get(cls, ())
+    empty = _OMITTED_WHEN_EMPTY.get(cls, ())
     for f in fields(obj):
-        if f.name not in skip:
+        if f.name not in skip and not (f.name in empty and getattr(obj, f.name) == f.default):
             out[f.name] = _encode(getattr(obj, f.name))
     return out
 
@@ -255,8 +261,8 @@ def _decode_node(obj: dict[str, Any]) -> Any:
     if cls is None:
         raise IRError(f"unknown node tag {tag!r} in JSON; known: {', '.join(sorted(NODE_TAGS))}")
     if cls is Chain:
-        _keys(obj, {"node", "items", "names"}, "Chain")
-        return Chain(*_decode(obj["items"]), names=_decode(obj["names"]))
+        _keys(obj, {"node", "items", "names"} | ({"cls"} if "cls" in obj else set()), "Chain")
+        return Chain(*_decode(obj["items"]), names=_decode(obj["names"]), cls=_decode(obj.get("cls")))
     skip = _SKIPPED_FIELDS.get(cls, ())
     known = {f.name for f in fields(cls) if f.name not in skip}
     unknown = set(obj) - known - {"node"}

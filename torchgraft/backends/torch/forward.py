@@ -21,7 +21,9 @@ from torchgraft.backends.torch.valnames import (
     chosen,
     hint,
     shape_source,
+    source_name,
     specific,
+    without_source_names,
 )
 from torchgraft.backends.torch.wrap import WIDTH, wrap
 from torchgraft.errors import EmitError
@@ -29,7 +31,6 @@ from torchgraft.ir.effects import augmented_symbol, is_pure
 from torchgraft.ir.graph import (
     ChildCall,
     FunctionCall,
-    GetAttr,
     Graph,
     Guard,
     Input,
@@ -38,6 +39,7 @@ from torchgraft.ir.graph import (
     Op,
     PrimCall,
 )
+from torchgraft.ir.opkinds import TRAITS, OpKind, is_kind, is_operator, kind_of
 from torchgraft.ir.types import UNKNOWN, ScalarType, TensorType, ValueType
 from torchgraft.ir.values import Const, Ref, refs_in
 
@@ -83,12 +85,10 @@ def signature(inputs: tuple[Input, ...], names: dict[str, str], ctx: ExprContext
 def is_movable(op: Op, g_ops: dict[str, Op]) -> bool:
     """True for reads of metadata (``self.p``, ``x.shape``, ``x.size(1)``, ``shape[0]``): they may be
     written where they are used, after other ops, without changing what they compute."""
-    t = op.target
-    if isinstance(t, GetAttr) or (isinstance(t, MethodCall) and t.name in ("size", "dim", "numel")):
+    found = kind_of(op)
+    if found is not None and TRAITS[found.kind].metadata:  # self.p, x.size(1), len(x), getattr(x, "shape")
         return True
-    if isinstance(t, FunctionCall) and t.qualname in ("builtins.getattr", "builtins.len"):
-        return True
-    if isinstance(t, FunctionCall) and t.qualname == "operator.getitem" and op.args:
+    if found is not None and found.kind is OpKind.GETITEM and op.args:
         src = op.args[0]
         return isinstance(src, Ref) and src.name in g_ops and is_movable(g_ops[src.name], g_ops)
     return False
@@ -255,7 +255,7 @@ class _Writer(GroupedStatements):
             return []
         reads = self._reads(op)
         self._consume(op)
-        var = self._name(i, op, reads)
+        var = self._name(i, op, reads, width - 3 - len(code.text))
         self.ctx.values[op.name] = Code(var)
         return wrap(f"{var} = {code.text}", width)
 
@@ -271,6 +271,20 @@ class _Writer(GroupedStatements):
         elif op.args and isinstance(op.args[0], Ref) and op.args[0].name in self.from_child:
             if self.users.get(op.args[0].name) == [op.name] and _same_kind(self.types, op.args[0].name, op.name):
                 self.from_child[op.name] = self.from_child[op.args[0].name]
+
+    def _main_input(self, op: Op) -> str | None:
+        """The variable an op's first argument comes from, through values written inline: ``x`` for
+        ``x.view(...).transpose(1, 2)`` (not ``v`` in ``x.reshape(v.size(0))``); None when there is none."""
+        while op.args:
+            refs = refs_in(op.args[0])
+            if not refs:
+                return None
+            if refs[0] in self.namer.var_of:  # a variable (the rest was written inline)
+                return refs[0]
+            if refs[0] not in self.ops:
+                return None
+            op = self.ops[refs[0]]
+        return None
 
     def _guard(self, op: Op) -> list[str]:
         """A guard's ``if``/``raise``; a comparison read only by it is written into the test, negated."""
@@ -290,7 +304,9 @@ class _Writer(GroupedStatements):
         arg = arg_code(op.args[0], self.ctx).text
         return Code(f"{member}({arg}) if {member} is not None else {arg}", 0)
 
-    def _name(self, i: int, op: Op, reads: list[str]) -> str:
+    def _name(self, i: int, op: Op, reads: list[str], room: int = WIDTH) -> str:
+        """The variable for ``op``'s value; ``room``: the characters its statement has left for the name
+        (a source variable that would wrap a statement ``out`` keeps on one line is passed over)."""
         flag = self.special.flag
         if flag is not None and i == len(self.g.ops) - 1:
             return self.namer.take(op.name, self.ctx.values[flag[2]].text)
@@ -298,10 +314,15 @@ class _Writer(GroupedStatements):
         cands: list[str] = [c for c in (chosen(op), self.from_child.get(op.name)) if c]
         if op.name in self.special.optional:
             cands.append("identity")
+        source = source_name(op)
+        if len(source) > room >= len(GENERIC):
+            source = ""
+        cands += [c for c in (own, source) if c]  # what it is, then the original's variable
         mine = self.from_child.get(op.name)
-        if (own is None and reads and self._dead(reads[0]) and _same_kind(self.types, reads[0], op.name)
-                and self.from_child.get(reads[0], mine) == mine):  # ``query`` does not name the attention output
-            cands.append(self.namer.var_of[reads[0]])  # carries on from its (now dead) main input
+        main = self._main_input(op) if reads else None
+        if (own is None and main is not None and self._dead(main) and _same_kind(self.types, main, op.name)
+                and self.from_child.get(main, mine) == mine):  # ``query`` does not name the attention output
+            cands.append(self.namer.var_of[main])  # carries on from its (now dead) main input
         word = hint(op)
         word = word if word in ("", "item") else f"{word}_{own or GENERIC}"
         if own is None and isinstance(op.target, ChildCall) and len(set(self.users[op.name])) > 1:
@@ -317,7 +338,7 @@ def _calls(op: Op) -> int:
     if isinstance(t, (ChildCall, MethodCall, PrimCall)):
         return 1
     if isinstance(t, FunctionCall):
-        return 0 if t.qualname.startswith("operator.") or t.qualname == "builtins.getattr" else 1
+        return 0 if is_operator(op) or is_kind(op, OpKind.GETATTR) else 1
     return 0
 
 
@@ -328,9 +349,24 @@ def _same_kind(types: dict[str, ValueType], a: str, b: str) -> bool:
 
 def graph_lines(g: Graph, accessor: Callable[[str], str], reserved: frozenset[str], imports: set[str],
                 special: Special | None = None, width: int = WIDTH) -> list[str]:
-    """Statements computing ``g`` (ending in ``return``), without indentation, wrapped to ``width``."""
-    ctx = ExprContext({}, accessor, imports)
-    return _Writer(prune(g), ctx, reserved, special or Special(), width).lines()
+    """Statements computing ``g`` (ending in ``return``), without indentation, wrapped to ``width``.
+
+    Values take the names the original source gave them (``Op.source_var``) unless that costs
+    lines: a long name that wraps a statement ``out`` kept on one line is passed over."""
+    def render(graph: Graph) -> list[str]:
+        return _Writer(graph, ExprContext({}, accessor, imports), reserved, special or Special(), width).lines()
+
+    g = prune(g)
+    lines = render(g)
+    hinted = [i for i, op in enumerate(g.ops) if op.source_var]
+    if not hinted or len(render(without_source_names(g, hinted))) >= len(lines):
+        return lines
+    for i in hinted:  # pass over, one by one, the names that cost lines
+        trial = without_source_names(g, [i])
+        shorter = render(trial)
+        if len(shorter) < len(lines):
+            g, lines = trial, shorter
+    return lines
 
 
 def input_names(g: Graph, reserved: frozenset[str], special: Special | None = None) -> dict[str, str]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from torchgraft.backends.torch.exprs import POSTFIX, Code, ExprContext, arg_code, op_code
 from torchgraft.backends.torch.loops import GETITEM, Loop, carried_ref, item_name, iteration
-from torchgraft.backends.torch.valnames import GENERIC, ValueNamer, chosen
+from torchgraft.backends.torch.valnames import GENERIC, ValueNamer, chosen, source_name
 from torchgraft.backends.torch.wrap import wrap
 from torchgraft.ir.graph import Graph, MethodCall, Op
 from torchgraft.ir.values import Const, Ref, Seq
@@ -55,7 +55,7 @@ class GroupedStatements:
         reuse = incoming.isidentifier() and self._dead(carried) and carried not in self.special.attrs
         self.pos = loop.last
         var = (self.namer.take(last.name, incoming) if reuse
-               else self.namer.pick(last.name, [chosen(last) or "", "hidden", GENERIC]))
+               else self.namer.pick(last.name, [chosen(last) or "", source_name(last), "hidden", GENERIC]))
         item = item_name(loop.container, lambda n: not self.namer.free(n) or n == var)
         path = first.target.path  # type: ignore[union-attr]
         ctx = ExprContext({**self.ctx.values, carried: Code(var)},

@@ -13,13 +13,14 @@ import keyword
 import operator
 import re
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
 from torchgraft.backends.torch.names import RESERVED
 from torchgraft.ir.activations import ActKind
-from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, MethodCall, Op, PrimCall
+from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, MethodCall, Op, PrimCall
 from torchgraft.ir.primitives import Activation
 from torchgraft.ir.types import TensorType, ValueType
 from torchgraft.ir.values import Const, Ref
@@ -32,6 +33,17 @@ def ident(text: str) -> str:
     """An ASCII identifier made from ``text`` ("" when nothing is left)."""
     base = re.sub(r"\W+", "_", text.encode("ascii", "ignore").decode()).strip("_")
     return "" if not base or base[0].isdigit() else base
+
+
+def source_name(op: Op) -> str:
+    """The name the original source gave the op's value (``q_embed``), "" when none or not plain ASCII."""
+    return ident(op.source_var) if op.source_var.isascii() else ""
+
+
+def without_source_names(g: Graph, indices: list[int]) -> Graph:
+    """``g`` without the source names (``Op.source_var``) of the ops at ``indices``."""
+    drop = set(indices)
+    return replace(g, ops=tuple(replace(op, source_var="") if i in drop else op for i, op in enumerate(g.ops)))
 
 
 def hint(op: Op) -> str:
