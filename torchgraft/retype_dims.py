@@ -86,6 +86,9 @@ def merge_type(plan: TrialPlan, types: Sequence[ValueType], path: str, device: s
     return plan.merge(types, path, device)
 
 
+_merge_type = merge_type
+
+
 @dataclass(frozen=True, slots=True)
 class Run:
     """What one replay recorded: the output's type, module output types by path, op types by block path."""
@@ -106,6 +109,17 @@ def merge_runs(plan: TrialPlan, runs: Sequence[Run], device: str) -> Run:
     if len(runs) == 1:
         return runs[0]
     rest = runs[1:]
+    memo: dict[tuple[ValueType, ...], ValueType] = {}  # repeated blocks repeat their types: merge each once
+
+    def merge_type(plan: TrialPlan, types: list[ValueType], path: str, device: str) -> ValueType:
+        try:
+            return memo[tuple(types)]
+        except KeyError:
+            got = memo[tuple(types)] = _merge_type(plan, types, path, device)  # errors name the path: not kept
+            return got
+        except TypeError:  # a type holding something unhashable
+            return _merge_type(plan, types, path, device)
+
     modules = {p: merge_type(plan, [t, *(r.modules[p] for r in rest)], p, device)
                for p, t in runs[0].modules.items() if all(p in r.modules for r in rest)}
     ops: dict[str, dict[str, ValueType]] = {}

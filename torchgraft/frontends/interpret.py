@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from torchgraft.errors import CaptureError
-from torchgraft.ir.functions import resolve
+from torchgraft.ir.functions import helper_name, resolve
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Guard, InputKind, MethodCall, Op, PrimCall
 from torchgraft.ir.nodes import Block, Chain, Node, module_children
 from torchgraft.ir.primitives import Primitive
@@ -74,8 +74,9 @@ class Interpreter:
         raise TypeError(arg)
 
     def _fn(self, qualname: str) -> Callable[..., Any]:
-        if qualname.startswith("helpers."):
-            return self.helpers[qualname[len("helpers."):]]
+        helper = helper_name(qualname)
+        if helper is not None:
+            return self.helpers[helper]
         return resolve(qualname)
 
     def run(self, block: Block, mod: nn.Module, path: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -193,11 +194,17 @@ def typed_block(block: Block, types: dict[str, dict[str, ValueType]], path: str)
     def fill(g: Node | None) -> Node | None:
         if not isinstance(g, Graph):
             return g
-        inputs = tuple(replace(i, type=seen[i.name]) if i.name in seen else i for i in g.inputs)
-        ops = tuple(replace(o, type=seen[o.name]) if o.name in seen else o for o in g.ops)
+        inputs = tuple(replace(i, type=seen[i.name]) if i.name in seen and i.type != seen[i.name] else i
+                       for i in g.inputs)
+        ops = tuple(replace(o, type=seen[o.name]) if o.name in seen and o.type != seen[o.name] else o for o in g.ops)
+        if all(a is b for a, b in zip(inputs, g.inputs)) and all(a is b for a, b in zip(ops, g.ops)):
+            return g  # every type as recorded: the same graph (no copy, no re-validation)
         return Graph(inputs, ops, g.output)
 
-    return replace(block, body=fill(block.body), train_body=fill(block.train_body))  # type: ignore[arg-type]
+    body, train = fill(block.body), fill(block.train_body)
+    if body is block.body and train is block.train_body:
+        return block
+    return replace(block, body=body, train_body=train)  # type: ignore[arg-type]
 
 
 __all__ = ["Interpreter", "child_node", "typed_block", "operator", "torch"]

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils._pytree import tree_map_only
 
 from torchgraft.frontends.interpret import Interpreter
+from torchgraft.frontends.meta_cache import MetaCache, layer_key
 from torchgraft.frontends.shapes import binary_output, cat_output, primitive_output
 from torchgraft.ir.graph import Op, PrimCall
 from torchgraft.ir.nodes import Node
@@ -104,6 +105,7 @@ class MetaReplay(Interpreter):
         self.meta_is: str = device  # types read off the meta tensors name the real device
         self._metas: dict[int, torch.Tensor] = {}
         self._twins: dict[int, nn.Module] = {}
+        self._cache = MetaCache()  # identical calls in repeated blocks run their meta kernel once
 
     def attr(self, value: Any) -> Any:
         if not isinstance(value, torch.Tensor) or value.device.type == "meta":
@@ -118,6 +120,12 @@ class MetaReplay(Interpreter):
             out = primitive_output(node, args, kwargs, state, mod.training)
             if out is not None:
                 return out
+            if not mod._modules and not node.reparam:  # a plain layer: its result depends on what layer_key says
+                try:
+                    what = layer_key(mod, list(_state(mod)))
+                except TypeError:
+                    return self._twin(mod)(*args, **kwargs)
+                return self._cache.call(what, args, kwargs, lambda: self._twin(mod)(*args, **kwargs))
         if isinstance(node, Primitive) and node.reparam:  # weight_norm & co.: rebuilt on meta (no deepcopy)
             if id(mod) not in self._twins:
                 self._twins[id(mod)] = node.build(device="meta").train(mod.training)
@@ -126,7 +134,10 @@ class MetaReplay(Interpreter):
 
     def call_function(self, qualname: str, a: list[Any], kw: dict[str, Any]) -> Any:
         out = cat_output(a, kw) if qualname in _CAT else binary_output(qualname, a, kw)
-        return out if out is not None else super().call_function(qualname, *_stay_on_meta(a, kw, False, self.meta_is))
+        if out is not None:
+            return out
+        run = lambda: super(MetaReplay, self).call_function(qualname, *_stay_on_meta(a, kw, False, self.meta_is))  # noqa: E731
+        return run() if qualname.startswith("operator.i") else self._cache.call(("f", qualname), a, kw, run)
 
     def call_method(self, name: str, a: list[Any], kw: dict[str, Any]) -> Any:
         if not isinstance(a[0], torch.Tensor):
@@ -135,7 +146,10 @@ class MetaReplay(Interpreter):
             _stay_on_meta([torch.device(name)], {}, False, self.meta_is)  # raises for a move elsewhere
             return a[0]
         out = binary_output(name, a, kw)
-        return out if out is not None else super().call_method(name, *_stay_on_meta(a, kw, name == "to", self.meta_is))
+        if out is not None:
+            return out
+        run = lambda: super(MetaReplay, self).call_method(name, *_stay_on_meta(a, kw, name == "to", self.meta_is))  # noqa: E731
+        return run() if name.endswith("_") else self._cache.call(("m", name), a, kw, run)
 
     def call_primitive(self, op: Op, a: list[Any], kw: dict[str, Any]) -> Any:
         assert isinstance(op.target, PrimCall)

@@ -23,6 +23,7 @@ All problems are collected and raised together as one ``IRError``.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from itertools import pairwise
 
@@ -159,7 +160,7 @@ def _check_names(node: Node, path: str) -> Iterator[str]:
     names = [n for n, _ in module_children(node)]
     if isinstance(node, Block):
         names += [s.name for s in node.state] + [n for n, _ in node.constants]
-    dup = sorted({n for n in names if names.count(n) > 1})
+    dup = sorted(n for n, k in Counter(names).items() if k > 1)
     if dup:
         yield f"{_where(path)}: member names {dup} are used more than once; rename them so each is unique"
     bad = [n for n in names if not n or "." in n]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -149,10 +150,13 @@ class SwapActivation(Pass):
         def fn(path: str, node: Node) -> Node:
             if isinstance(node, Chain):
                 names = list(node.names)
+                present = Counter(names)  # what ``names`` holds now: membership without a scan per item
                 for i, (n, c) in enumerate(node.named()):
                     cand = n.replace(old, new)
-                    if isinstance(c, Activation) and c.kind is dst and old in n and cand not in names:
+                    if isinstance(c, Activation) and c.kind is dst and old in n and not present[cand]:
                         names[i] = cand
+                        present[n] -= 1
+                        present[cand] += 1
                 return Chain(*node.items, names=tuple(names)) if tuple(names) != node.names else node
             if not isinstance(node, Block):
                 return node
