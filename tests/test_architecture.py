@@ -23,3 +23,14 @@ def test_ir_does_not_import_torch_fx() -> None:
     for path in (ROOT / "torchgraft" / "ir").glob("*.py"):
         text = path.read_text()
         assert not re.search(r"^\s*(from torch\.fx|import torch\.fx|from torch import fx)", text, re.M), path
+
+
+def test_only_the_ir_reads_meaning_from_function_names() -> None:
+    """What an op computes is decided by ``ir/opkinds.py`` (and the activation table), not by comparing
+    qualified names elsewhere: outside ``ir/`` a qualname is only split to be spelled or named, never
+    compared (``qualname == "operator.add"``, ``qualname.startswith("helpers.")``, ``qualname in {...}``)."""
+    compare = re.compile(r"qualname\s*(==|!=|\bin\b|\bnot in\b)|qualname\.(startswith|endswith)\(")
+    found = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+             for path in (ROOT / "torchgraft").rglob("*.py") if "ir" not in path.relative_to(ROOT).parts[1:2]
+             for n, line in enumerate(path.read_text().splitlines(), 1) if compare.search(line)]
+    assert not found, "\n".join(found)

@@ -10,36 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from torchgraft.ir.activations import FUNCTIONAL_ACTIVATIONS, ActKind, Spelling, functional_params
-from torchgraft.ir.graph import FunctionCall, MethodCall, PrimCall, Target
+from torchgraft.ir.activations import Spelling, functional_params
+from torchgraft.ir.graph import PrimCall, Target
+from torchgraft.ir.opkinds import activation_of
 from torchgraft.ir.primitives import Activation
 from torchgraft.ir.values import Arg, Const
-
-_BY_TORCH = {k.torch_fn: k for k in ActKind if k.torch_fn}
-_BY_METHOD = {k.method: k for k in ActKind if k.method}
-
-
-def _lookup(target: Target) -> tuple[ActKind, Spelling, bool] | None:
-    if isinstance(target, FunctionCall):
-        ns, _, name = target.qualname.rpartition(".")
-        inplace = name.endswith("_")
-        base = name[:-1] if inplace else name
-        if ns == "torch.nn.functional" and base in FUNCTIONAL_ACTIVATIONS:
-            return FUNCTIONAL_ACTIVATIONS[base], Spelling.FUNCTIONAL, inplace
-        if ns == "torch" and base in _BY_TORCH:
-            return _BY_TORCH[base], Spelling.TORCH, inplace
-    if isinstance(target, MethodCall):
-        inplace = target.name.endswith("_")
-        base = target.name[:-1] if inplace else target.name
-        if base in _BY_METHOD:
-            return _BY_METHOD[base], Spelling.METHOD, inplace
-    return None
 
 
 def canonical_target(target: Target, args: tuple[Arg, ...], kwargs: tuple[tuple[str, Arg], ...]
                      ) -> tuple[Target, tuple[Arg, ...], tuple[tuple[str, Arg], ...]]:
     """Rewrite an activation call into its canonical ``PrimCall``; other calls pass through."""
-    found = _lookup(target)
+    found = activation_of(target)
     if found is None or not args:
         return target, args, kwargs
     kind, spelling, inplace = found

@@ -24,6 +24,7 @@ from torchgraft.frontends.meta_cache import MetaCache, layer_key
 from torchgraft.frontends.shapes import binary_output, cat_output, primitive_output
 from torchgraft.ir.graph import Op, PrimCall
 from torchgraft.ir.nodes import Node
+from torchgraft.ir.opkinds import FUNCTIONS, Kinded, OpKind, function_in_place
 from torchgraft.ir.primitives import Primitive
 
 
@@ -47,7 +48,6 @@ def replay_device(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
     return devices.pop() if devices else "cpu"
 
 
-_CAT = {"torch.cat", "torch.concat", "torch.concatenate"}
 
 
 def _is_device(v: Any) -> bool:
@@ -133,11 +133,12 @@ class MetaReplay(Interpreter):
         return self._twin(mod)(*args, **kwargs)
 
     def call_function(self, qualname: str, a: list[Any], kw: dict[str, Any]) -> Any:
-        out = cat_output(a, kw) if qualname in _CAT else binary_output(qualname, a, kw)
+        found = FUNCTIONS.get(qualname)
+        out = cat_output(a, kw) if found == Kinded(OpKind.CAT) else binary_output(qualname, a, kw)
         if out is not None:
             return out
         run = lambda: super(MetaReplay, self).call_function(qualname, *_stay_on_meta(a, kw, False, self.meta_is))  # noqa: E731
-        return run() if qualname.startswith("operator.i") else self._cache.call(("f", qualname), a, kw, run)
+        return run() if function_in_place(qualname) else self._cache.call(("f", qualname), a, kw, run)
 
     def call_method(self, name: str, a: list[Any], kw: dict[str, Any]) -> Any:
         if not isinstance(a[0], torch.Tensor):

@@ -10,7 +10,7 @@ and guards are not.
 from __future__ import annotations
 
 from torchgraft.ir.graph import FunctionCall, GetAttr, Guard, MethodCall, Op
-from torchgraft.ir.opkinds import FUNCTIONS, TRAITS, is_operator, kind_of, method_kind, symbol_of
+from torchgraft.ir.opkinds import FUNCTIONS, TRAITS, function_in_place, is_operator, kind_of, method_kind, symbol_of
 from torchgraft.ir.values import Const, Ref
 
 _IMPURE_FUNCTIONS = frozenset({"operator.delitem", "torch._assert", "builtins.print"})
@@ -46,9 +46,7 @@ def in_place(op: Op) -> bool:
     if isinstance(t, MethodCall):
         return t.name.endswith("_") and not t.name.startswith("_")
     if isinstance(t, FunctionCall):
-        ns, _, name = t.qualname.rpartition(".")
-        return (ns == "operator" and name == "iconcat") or (
-            ns.startswith("torch") and name.endswith("_") and not name.startswith("_"))
+        return function_in_place(t.qualname)
     return False
 
 

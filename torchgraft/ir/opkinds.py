@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
+from torchgraft.ir.activations import FUNCTIONAL_ACTIVATIONS, ActKind, Spelling
 from torchgraft.ir.graph import FunctionCall, GetAttr, MethodCall, Op, Target
 
 
@@ -238,11 +239,45 @@ def symbol_of(op: Op) -> str:
     return f"{symbol}=" if symbol and found is not None and found.in_place else symbol
 
 
+_ACT_BY_TORCH = {k.torch_fn: k for k in ActKind if k.torch_fn}
+_ACT_BY_METHOD = {k.method: k for k in ActKind if k.method}
+
+
+def activation_of(target: Target) -> tuple[ActKind, Spelling, bool] | None:
+    """(kind, spelling, in place) when ``target`` spells an activation: ``F.relu``, ``torch.relu_``, ``x.relu()``
+    (the activation table is ``ir/activations.py``); None otherwise."""
+    if isinstance(target, FunctionCall):
+        ns, _, name = target.qualname.rpartition(".")
+        inplace = name.endswith("_")
+        base = name[:-1] if inplace else name
+        if ns == "torch.nn.functional" and base in FUNCTIONAL_ACTIVATIONS:
+            return FUNCTIONAL_ACTIVATIONS[base], Spelling.FUNCTIONAL, inplace
+        if ns == "torch" and base in _ACT_BY_TORCH:
+            return _ACT_BY_TORCH[base], Spelling.TORCH, inplace
+    if isinstance(target, MethodCall):
+        inplace = target.name.endswith("_")
+        base = target.name[:-1] if inplace else target.name
+        if base in _ACT_BY_METHOD:
+            return _ACT_BY_METHOD[base], Spelling.METHOD, inplace
+    return None
+
+
+def function_in_place(qualname: str) -> bool:
+    """True when calling the function ``qualname`` may write into its first argument: as the table says for
+    the spellings it lists, else by the convention of a trailing ``_`` (``torch.relu_``) or ``operator.i*``."""
+    found = FUNCTIONS.get(qualname)
+    if found is not None:
+        return found.in_place
+    ns, _, name = qualname.rpartition(".")
+    return (ns == "operator" and name in ("iconcat",)) or (ns.startswith("torch") and name.endswith("_")
+                                                           and not name.startswith("_"))
+
+
 def is_operator(op: Op | Target) -> bool:
     """True for a function from ``operator`` (spelled with a symbol or subscript, not a call)."""
     t = op.target if isinstance(op, Op) else op
     return isinstance(t, FunctionCall) and t.qualname.startswith("operator.")
 
 
-__all__ = ["FUNCTIONS", "TENSOR_METHODS", "TRAITS", "Kinded", "OpKind", "Traits", "is_kind", "is_operator",
-           "kind_of", "method_kind", "negated", "spelling", "symbol_of"]
+__all__ = ["FUNCTIONS", "TENSOR_METHODS", "TRAITS", "Kinded", "OpKind", "Traits", "activation_of", "function_in_place",
+           "is_kind", "is_operator", "kind_of", "method_kind", "negated", "spelling", "symbol_of"]

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torchgraft.backends.torch.names import RESERVED
 from torchgraft.ir.activations import ActKind
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, MethodCall, Op, PrimCall
+from torchgraft.ir.opkinds import OpKind, is_kind, is_operator
 from torchgraft.ir.primitives import Activation
 from torchgraft.ir.types import TensorType, ValueType
 from torchgraft.ir.values import Const, Ref
@@ -53,8 +54,8 @@ def hint(op: Op) -> str:
         return ident(t.path.replace(".", "_"))
     if isinstance(t, MethodCall):
         return ident(t.name)
-    if isinstance(t, FunctionCall) and t.qualname.startswith("operator."):
-        return "item" if t.qualname == "operator.getitem" else ""
+    if is_operator(op):
+        return "item" if is_kind(op, OpKind.GETITEM) else ""
     if isinstance(t, FunctionCall):
         return ident(t.qualname.rsplit(".", 1)[-1])
     if isinstance(t, PrimCall):
@@ -104,7 +105,7 @@ def specific(op: Op, shapes: dict[str, int], ranks: dict[str, int] | None = None
     t = op.target
     if isinstance(t, GetAttr):
         return ident(t.path.rsplit(".", 1)[-1]) or None
-    if isinstance(t, FunctionCall) and t.qualname == "builtins.getattr" and len(op.args) == 2:
+    if isinstance(t, FunctionCall) and is_kind(op, OpKind.GETATTR) and len(op.args) == 2:
         attr = op.args[1]
         return ident(str(attr.value)) or None if isinstance(attr, Const) else None
     if isinstance(t, MethodCall) and t.name == "dim" and len(op.args) == 1:
@@ -113,7 +114,7 @@ def specific(op: Op, shapes: dict[str, int], ranks: dict[str, int] | None = None
         return _dim_name(op.args[0], op.args[1].value, {**(ranks or {}), **shapes})
     if isinstance(t, MethodCall) and t.name == "size" and len(op.args) == 1:
         return "size"
-    if isinstance(t, FunctionCall) and t.qualname == "operator.getitem" and isinstance(op.args[1], Const):
+    if is_kind(op, OpKind.GETITEM) and isinstance(op.args[1], Const):
         src = op.args[0]
         if isinstance(src, Ref) and src.name in shapes:
             return _dim_name(src, op.args[1].value, shapes, direct=True)
@@ -140,7 +141,7 @@ def child_word(path: str) -> str:
 def shape_source(op: Op, types: dict[str, ValueType]) -> int | None:
     """The rank of the tensor whose sizes this op reads (``x.shape``, ``x.size()``), else None."""
     t = op.target
-    is_shape = ((isinstance(t, FunctionCall) and t.qualname == "builtins.getattr" and len(op.args) == 2
+    is_shape = ((isinstance(t, FunctionCall) and is_kind(op, OpKind.GETATTR) and len(op.args) == 2
                  and op.args[1] == Const("shape"))
                 or (isinstance(t, MethodCall) and t.name == "size" and len(op.args) == 1))
     src = op.args[0] if op.args else None
