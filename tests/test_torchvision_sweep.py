@@ -95,7 +95,7 @@ def _check_structure(name: str, ir_model: torchgraft.ir.Model) -> None:
     """Every Block of the classes ``STRUCTURAL`` lists for this family reads as structure."""
     classes = next((c for prefix, c in STRUCTURAL.items() if name.startswith(prefix)), set())
     blocks = [n for _, n in walk(ir_model.root) if isinstance(n, Block) and n.cls.name in classes]
-    assert all(structural_form(b.body) is not None for b in blocks), name
+    assert all(structural_form(b.body, b) is not None for b in blocks), name
     assert blocks or not classes, f"{name}: no {classes} Blocks captured"
 
 

@@ -114,3 +114,54 @@ def test_chain_class_is_recorded_and_serialised() -> None:
     assert Chain(nn_relu := again.root["a"]["act"], cls=None) != Chain(nn_relu, cls=ClassRef("m", "C"))
     with pytest.raises(torchgraft.errors.IRError, match="cls="):
         Chain(nn_relu, cls="Named")  # type: ignore[arg-type]
+
+
+class _Reversed(nn.Sequential):
+    """Overrides ``__iter__``, which Sequential's forward runs through: not a plain Sequential."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__(nn.Linear(c, c), nn.Tanh())
+
+    def __iter__(self) -> Any:  # noqa: ANN401
+        return iter(reversed(list(self._modules.values())))
+
+
+class _Seq(nn.Sequential):
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__(*layers)
+
+
+class _Act(nn.Module):
+    def __init__(self, act: nn.Module) -> None:
+        super().__init__()
+        self.lin, self.act = nn.Linear(4, 4), act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.lin(x))
+
+
+class _Two(nn.Module):
+    def __init__(self, a: nn.Module, b: nn.Module) -> None:
+        super().__init__()
+        self.a, self.b = a, b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.a(x), self.b(x)])
+
+
+@pytest.mark.parametrize("model", [
+    _Two(_Reversed(4), _Reversed(4)),
+    _Two(_Seq(nn.Linear(4, 4), nn.LeakyReLU(0.2)), _Seq(nn.Linear(4, 4), nn.ELU())),  # kwargs of one class only
+    _Two(_Act(nn.LeakyReLU(0.2)), _Act(nn.ELU())),
+], ids=["overridden-iter", "seq-leaky-elu", "block-leaky-elu"])
+def test_what_one_class_cannot_hold_stays_exact(model: nn.Module) -> None:
+    torch.manual_seed(0)
+    model = model.eval()
+    code = torchgraft.emit(torchgraft.capture(model, (torch.randn(2, 4),)))
+    rebuilt = code.materialize().eval()
+    assert list(rebuilt.state_dict()) == list(model.state_dict())
+    with torch.no_grad():
+        for batch in (1, 3):
+            x = torch.randn(batch, 4)
+            torch.testing.assert_close(rebuilt(x), model(x), rtol=1e-6, atol=1e-6)
+    assert "negative_slope=negative_slope" not in code.source  # never passed to ELU

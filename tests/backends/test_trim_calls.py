@@ -374,3 +374,33 @@ def test_llama_children_take_only_what_they_use(transformers: Any, tmp_path: Pat
     emitted = torchgraft.emit(torchgraft.capture(model, (), _ids()["a"])).materialize()
     with pytest.raises(ValueError, match="logits_to_keep"):  # the root still refuses what it cannot reproduce
         emitted(input_ids=_ids()["a"]["input_ids"], logits_to_keep=1)
+
+
+class _StarChild(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, cache: torch.Tensor | None = None, *rest: torch.Tensor) -> torch.Tensor:
+        out = self.lin(x)
+        for r in rest:
+            out = out + r
+        return out
+
+
+class _StarRoot(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = _StarChild()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(x, None, x * 2)  # x * 2 lands in *rest: it has no keyword to move to
+
+
+def test_a_dropped_parameter_before_star_args_keeps_the_call() -> None:
+    model, x = _StarRoot().eval(), torch.randn(2, 4)
+    rebuilt = torchgraft.emit(torchgraft.capture(model, (x,))).materialize().eval()
+    with torch.no_grad():
+        for b in (2, 5):
+            x = torch.randn(b, 4)
+            torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=0)

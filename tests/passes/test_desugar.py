@@ -248,3 +248,65 @@ def test_desugar_keeps_call_order_and_grouping_exactly(block: type[nn.Module]) -
         assert isinstance(node, ir.Parallel) and isinstance(node.branches[1], ir.Parallel)
     else:
         assert isinstance(node, ir.Parallel) and node.names == ("b", "a")
+
+
+class DropThenSubtract(nn.Module):
+    """``h = self.drop(x); h -= self.mlp(x)``: in eval, dropout returns x itself, so the ``-=`` writes into
+    the caller's tensor. Read as ``Parallel(drop, mlp, combine=sub)`` it would not: not structure."""
+
+    def __init__(self, passthrough: nn.Module) -> None:
+        super().__init__()
+        self.drop = passthrough
+        self.mlp = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.drop(x)
+        h -= self.mlp(x)
+        return h
+
+
+class ReadsAfter(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.lin(x)
+        return self.inner(x) * x  # x is read after the block may have written into it
+
+
+@pytest.mark.parametrize("passthrough", [nn.Dropout(0.1), nn.Identity()])
+def test_an_in_place_join_into_a_passed_through_input_stays_a_forward(passthrough: nn.Module) -> None:
+    model = ReadsAfter(DropThenSubtract(passthrough)).eval()
+    x = torch.randn(3, 4)
+    result = run(torchgraft.capture(model, (x,)), "desugar{where=inner}")
+    assert not result.reports[0].matches and result.reports[0].skipped  # said why, not rewritten
+    rebuilt = torchgraft.emit(result.model).materialize().eval()
+    with torch.no_grad():
+        for b in (3, 5):
+            x = torch.randn(b, 4)
+            torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=0)
+
+
+class BnThenAdd(nn.Module):
+    """``out = self.bn(self.conv(x)); out += x``: the batch norm made a new tensor, so ``+=`` is a join."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn(self.conv(x))
+        out += x
+        return out
+
+
+def test_an_in_place_join_into_a_new_tensor_is_a_skip_connection() -> None:
+    model = nn.Sequential(BnThenAdd()).eval()
+    result = run(torchgraft.capture(model, (torch.randn(2, 3, 8, 8),)), "desugar")
+    assert isinstance(ir.traverse.node_at(result.model.root, "0"), ir.SkipConnection)
+    rebuilt = torchgraft.emit(result.model).materialize().eval()
+    with torch.no_grad():
+        x = torch.randn(3, 3, 8, 8)
+        torch.testing.assert_close(rebuilt(x), model(x), rtol=1e-5, atol=1e-6)

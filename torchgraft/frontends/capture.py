@@ -101,8 +101,13 @@ def _opaque(mod: nn.Module, path: str, reason: str, ctx: _Ctx) -> Opaque:
     return Opaque(_class_ref(mod), reason, state, ctor)
 
 
+_RUNS_ON = ("forward", "__iter__", "__call__", "_call_impl")
+"""What ``nn.Sequential``'s forward runs through (``for module in self``): a subclass that overrides any of
+them (an ``__iter__`` that reverses the order) computes something else and is captured as its own class."""
+
+
 def _is_plain(mod: nn.Module, base: type) -> bool:
-    return isinstance(mod, base) and type(mod).forward is getattr(base, "forward", None)
+    return isinstance(mod, base) and all(getattr(type(mod), a, None) is getattr(base, a, None) for a in _RUNS_ON)
 
 
 def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:

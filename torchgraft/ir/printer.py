@@ -16,6 +16,8 @@ shown once, later ones as ``(same as 0)``.
 
 from __future__ import annotations
 
+import functools
+
 from torchgraft.ir.graph import (
     ChildCall,
     FunctionCall,
@@ -44,6 +46,7 @@ from torchgraft.ir.nodes import (
 from torchgraft.ir.opkinds import OpKind, is_kind, symbol_of
 from torchgraft.ir.primitives import Activation, Primitive
 from torchgraft.ir.structure import recognize
+from torchgraft.ir.traverse import node_at
 from torchgraft.ir.types import UNKNOWN, ValueType
 from torchgraft.ir.values import Arg, ByMode, Const, DictArg, Ref, Seq, Slice, Training
 
@@ -165,12 +168,13 @@ def format_body(node: Node) -> str:
     return kind_label(node)
 
 
-def structural_form(body: Node) -> Node | None:
+def structural_form(body: Node, owner: Block | None = None) -> Node | None:
     """The combinator form of a Block body when it has one (a Graph that is only structure over children
-    and layers: ``Chain(SkipConnection(add, Chain(conv1, bn1, relu, conv2, bn2)), relu)``), else None."""
+    and layers: ``Chain(SkipConnection(add, Chain(conv1, bn1, relu, conv2, bn2)), relu)``), else None.
+    ``owner``: the Block whose body it is (its children tell whether ``out += x`` may be read as a join)."""
     if not isinstance(body, Graph):
         return body
-    form = recognize(body)
+    form = recognize(body, None if owner is None else functools.partial(node_at, owner))
     if isinstance(form, Graph) or any(isinstance(n, Graph) for n in _parts(form)):
         return None
     return form
@@ -224,7 +228,7 @@ def _forward_rows(block: Block, indent: str) -> list[Row]:
         bodies.append((block.train_body, "forward [training]"))
     lines: list[str] = []
     for body, title in bodies:
-        form = structural_form(body)
+        form = structural_form(body, block)
         lines += format_graph(body, title) if isinstance(body, Graph) and form is None else [
             f"{title}: {format_body(form if form is not None else body)}"]
     return [(f"{indent}| {line}", "") for line in lines]

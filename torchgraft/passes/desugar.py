@@ -13,6 +13,7 @@ parameters, a child used twice or not at all, or an in-place op on a value a bra
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -22,7 +23,7 @@ from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Chain, ChildRef, Node, Parallel, SkipConnection
 from torchgraft.ir.primitives import Activation, Primitive
 from torchgraft.ir.structure import recognize
-from torchgraft.ir.traverse import join, map_tree
+from torchgraft.ir.traverse import join, map_tree, node_at
 from torchgraft.passes.base import Match, Skip
 from torchgraft.passes.rewrite import enclosing_map
 from torchgraft.passes.selectors import Site, parse_selector
@@ -116,7 +117,7 @@ class _Builder:
 def desugared(block: Block) -> tuple[Node, dict[str, str]]:
     """The module-level structure equal to ``block`` and child name -> its path inside it; raises _Unfit."""
     graph = _check_graph(block)
-    form = recognize(graph)
+    form = recognize(graph, functools.partial(node_at, block))
     if isinstance(form, Graph):
         raise _Unfit("its forward is not a chain, skip connection or parallel of its children")
     b = _Builder(block)

@@ -20,6 +20,7 @@ pattern alternative: linear in model size.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -32,7 +33,7 @@ from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Chain, ChildRef, CombineKind, Node, Opaque, Parallel, SkipConnection
 from torchgraft.ir.primitives import Identity, Primitive
 from torchgraft.ir.structure import recognize
-from torchgraft.ir.traverse import join, map_tree
+from torchgraft.ir.traverse import join, map_tree, node_at
 from torchgraft.passes.base import Match as Site
 
 
@@ -112,7 +113,7 @@ class _Matcher:
     def view(self, node: Node, path: str) -> Node:
         if isinstance(node, Block) and isinstance(node.body, Graph) and node.train_body is None:
             self.stack.append((path, node))
-            return recognize(node.body)
+            return recognize(node.body, functools.partial(node_at, node))
         return node
 
     def match(self, pat: Pattern, node: Node, path: str, out: PatternMatch) -> bool:

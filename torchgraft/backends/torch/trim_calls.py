@@ -264,6 +264,8 @@ class _State:
             return None
         if isinstance(where, int):  # later positionals are passed by keyword instead: ``layer(h, mask=m)``
             positional = [i.name for i in inputs if i.kind is InputKind.POSITIONAL]
+            if len(op.args) > len(positional):
+                return None  # the extra ones land in ``*args``: they have no keyword to move to
             moved = tuple((positional[k], op.args[k]) for k in range(where + 1, len(op.args)))
             return replace(op, args=op.args[:where], kwargs=moved + op.kwargs)
         if isinstance(where, str):

@@ -77,6 +77,8 @@ class Unifier:
         if any(e.head != first.head for e in present):
             if not all(_torch_layer(e.head) for e in present) or not _one_family(present):
                 return None
+            if len({frozenset(k for k, _ in e.kwargs) for e in present}) > 1:
+                return None  # a keyword one class takes may be unknown to another (LeakyReLU's negative_slope)
             heads: list[CExpr | None] = [None if e is None else Raw(str(e.head)) for e in exprs]
             head = self.hole(heads, (site[0], layer_role(present)))
         defaults = dict(first.defaults)
