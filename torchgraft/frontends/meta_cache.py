@@ -106,7 +106,8 @@ class MetaCache:
         """``run()``, or a fresh equivalent of its earlier result for the same ``what`` (the callee and
         whatever else it depends on: a layer's config, mode and state) and the same arguments."""
         try:
-            key = (what, _args_key(args, kwargs))
+            key = (what, _args_key(args, kwargs), torch.is_grad_enabled(), torch.get_default_dtype())  # both
+            # change what a call returns (requires_grad, the dtype of a factory's result)
             hash(key)
         except TypeError:
             return run()
