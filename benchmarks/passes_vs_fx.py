@@ -10,7 +10,8 @@ torchgraft: the model is captured once (time reported), then timed are
 
 - ``pass``: ``SwapActivation(from_="relu", to="silu").rewrite(model)``, the rewrite alone;
 - ``run``: ``torchgraft.passes.run(model, "swap-activation{from=relu to=silu}", verify=False)``,
-  which also re-infers every type (emit + build on meta + replay) and builds the report.
+  which also re-infers every type (modules built on meta from the IR, or from the emitted model.py,
+  then replayed) and builds the report.
 
 torch.fx: ``symbolic_trace`` of the whole model (time reported), then timed is
 ``torch.fx.subgraph_rewriter.replace_pattern(gm, F.relu(x) -> F.silu(x))`` on a fresh trace.

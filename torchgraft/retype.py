@@ -1,7 +1,8 @@
 """Re-infer every type of a Model after a rewrite, without real weights (used by passes.run).
 
-The model is emitted, built once on the meta device (no memory) and the IR is replayed on it
-with meta inputs shaped like ``model.inputs``, at trial sizes for the symbolic dims
+The model's modules are built once on the meta device (no memory): straight from the IR
+(``retype_build``), or from the emitted ``model.py`` where the replay would run emitted code.
+The IR is replayed on them with meta inputs shaped like ``model.inputs``, at trial sizes for the symbolic dims
 (``retype_dims``): two runs for one symbol (``N``), k + 2 for k symbols (``N``, ``T``). Each
 value's types across the runs merge into one symbolic type (``f32[N, T, 32]``, ``f32[N*T, 32]``),
 for module outputs, every graph op and the model's output; a dim equal in every run stays a
@@ -28,6 +29,7 @@ from torchgraft.ir.model import HelperKind, Model
 from torchgraft.ir.nodes import Block, Chain, Container, Node, module_children
 from torchgraft.ir.traverse import map_tree
 from torchgraft.ir.types import TensorType, ValueType, type_of
+from torchgraft.retype_build import NotFromIR, build_from_ir
 from torchgraft.retype_dims import Run, example_inputs, merge_runs, trial_plan
 
 
@@ -131,6 +133,15 @@ def _all_below(node: Node, mod: torch.nn.Module, path: str) -> Iterator[tuple[st
 
 
 def _built(model: Model) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model's modules on meta (in eval mode) and its helper functions: built from the IR when the
+    replay runs no emitted code (``retype_build``), else the emitted ``model.py`` built."""
+    try:
+        return build_from_ir(model), {}
+    except NotFromIR:
+        return _emitted(model)
+
+
+def _emitted(model: Model) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The emitted model built on meta (in eval mode) and its helper functions."""
     import tempfile
     from pathlib import Path

@@ -1,0 +1,265 @@
+"""The module tree ``retype`` replays on, built on meta straight from the IR: no code emitted, nothing imported.
+
+``retype`` steps into every Block whose forward it interprets (``method`` ``fx``/``trace``, a Graph
+body) and into every plain Chain; what it calls as a whole is a torch.nn layer. For such a model the
+emitted classes are never run, only their ``__init__``'s results are read: parameters and buffers
+(shape, dtype, persistent or not), constants, children. So each node becomes
+
+- a Primitive: its own ``build()`` (the layer ``model.py`` constructs);
+- a Chain: an ``nn.Sequential`` of its items, under their names;
+- a Container: an ``nn.ModuleList`` / ``nn.ModuleDict``;
+- a Block: an ``IRBlock`` holder with its children, state (``StateSpec``) and constants,
+
+all on the meta device, then the model's ties are applied and the frozen parameters frozen, as
+``build()`` in ``model.py`` does. Where the replay would run emitted code (a copied forward, an
+opaque module, a ``Parallel``/``SkipConnection`` runtime class, a helper function), or anything
+else is in doubt, ``build_from_ir`` raises ``NotFromIR`` and ``retype`` emits as before.
+
+>>> module = build_from_ir(model)   # doctest: +SKIP
+>>> blocker(captured_with_copied_source)   # doctest: +SKIP
+'Block at head: its forward is PySource, not a Graph: the emitted class is needed'
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import fields
+
+import torch
+from torch import nn
+
+from torchgraft.ir.codecheck import code_problems
+from torchgraft.ir.functions import helper_name
+from torchgraft.ir.graph import FunctionCall, Graph
+from torchgraft.ir.model import Model
+from torchgraft.ir.nodes import Block, Chain, Container, Node, StateSpec
+from torchgraft.ir.primitives import Primitive
+from torchgraft.ir.traverse import join, walk
+from torchgraft.ir.values import Const, Seq
+
+
+class NotFromIR(Exception):
+    """The IR build does not apply to this model (``reason`` says why): emit and build ``model.py`` instead."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class IRBlock(nn.Module):
+    """A Block's module in the replay: its children, parameters, buffers and constants, and no forward
+    (the replay interprets the Block's Graph; it never calls this module)."""
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        """Never called by the replay: raises."""
+        raise NotImplementedError("IRBlock only holds a Block's state for retype's replay; it has no forward")
+
+
+def blocker(model: Model) -> str | None:
+    """Why the IR build does not apply to ``model`` (None when it does); ties are checked while building.
+
+    >>> blocker(tg.capture(resnet18, (x,)))   # doctest: +SKIP
+    """
+    if model.helpers:
+        return f"the model carries helper code ({model.helpers[0].name!r}): model.py defines it"
+    for path, node in walk(model.root):
+        why = _node_blocker(node)
+        if why is not None:
+            return f"{type(node).__name__} at {path or '<root>'}: {why}"
+    if next(code_problems(model), None) is not None:
+        return "the IR holds fields emission refuses (emit raises for it, as before)"
+    return None
+
+
+def _node_blocker(node: Node) -> str | None:
+    """Why ``node`` cannot be built without its emitted class, or None."""
+    if isinstance(node, Primitive):
+        return "a reparametrized layer" if _reparametrized(node) else None
+    if isinstance(node, (Chain, Container)):
+        return None
+    if not isinstance(node, Block):
+        return "the replay would call its emitted class"
+    if not isinstance(node.body, Graph) or not isinstance(node.train_body, (Graph, type(None))):
+        return f"its forward is {type(node.body).__name__}, not a Graph: the emitted class is needed"
+    if node.method not in ("fx", "trace"):
+        return f"method {node.method!r}: the replay would call its emitted forward"
+    if any(helper_name(op.target.qualname) is not None for g in (node.body, node.train_body) if g is not None
+           for op in g.ops if isinstance(op.target, FunctionCall)):
+        return "its graph calls a helper function"
+    return _state_blocker(node)
+
+
+def _state_blocker(block: Block) -> str | None:
+    """Why ``block``'s own state, constants or extra-state attributes cannot be built as model.py builds them."""
+    for s in block.state:
+        dtype = getattr(torch, s.dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            return f"state {s.name!r} has dtype {s.dtype!r}"
+        if s.parameter and not (dtype.is_floating_point or dtype.is_complex):
+            return f"parameter {s.name!r} of dtype {s.dtype} (nn.Parameter refuses it)"
+    members = {n for n, _ in block.children} | {s.name for s in block.state}
+    attrs = [*block.constants, *(block.extra_state.attrs if block.extra_state is not None else ())]
+    for name, value in attrs:
+        if name in members or not name.isidentifier() or _attr_value(value) is _NO_VALUE:
+            return f"attribute {name!r} is not a plain constant of its own"
+    return None
+
+
+def _reparametrized(prim: Primitive) -> bool:
+    """Whether ``prim`` or a layer nested in its arguments carries a reparametrization."""
+    if prim.reparam:
+        return True
+    return any(isinstance(v, Primitive) and _reparametrized(v) for v in (getattr(prim, f.name) for f in fields(prim)))
+
+
+_NO_VALUE = object()
+
+
+def _attr_value(value: object) -> object:
+    """The Python value ``model.py`` assigns for a constant attribute (``_NO_VALUE`` when it is not one)."""
+    if isinstance(value, Const):
+        return copy.deepcopy(value.value)
+    if isinstance(value, Seq):
+        items = [_attr_value(a) for a in value.items]
+        if any(i is _NO_VALUE for i in items):
+            return _NO_VALUE
+        return items if value.is_list else tuple(items)
+    return _NO_VALUE
+
+
+def build_from_ir(model: Model) -> nn.Module:
+    """``model``'s module tree on meta in eval mode, as ``model.py``'s ``build()`` makes it, for the replay;
+    ``NotFromIR`` when it needs the emitted code (``blocker``) or a tie cannot be applied exactly."""
+    why = blocker(model)
+    if why is not None:
+        raise NotFromIR(why)
+    root = _module(model.root, {})
+    for alias, target in model.ties:
+        _tie(root, alias, target)
+    _freeze(root, model)
+    return root.eval()
+
+
+def _module(node: Node, made: dict[tuple[type, str], nn.Module]) -> nn.Module:
+    """The module for one node (children built first). ``made``: the first layer built for each
+    distinct primitive; an equal one is a deep copy of it (half the cost of constructing it again)."""
+    if isinstance(node, Primitive):
+        key = (type(node), repr(node))  # repr tells 1 from 1.0 and True, which == does not
+        first = made.get(key)
+        if first is None:
+            with torch.device("meta"):  # as model.py is built: layers without a device argument too
+                made[key] = first = node.build()
+            return first
+        return _copy(first)
+    if isinstance(node, Chain):
+        return nn.Sequential(OrderedDict((n, _module(c, made)) for n, c in node.named()))
+    if isinstance(node, Container):
+        if node.kind == "ModuleList":
+            return nn.ModuleList([_module(c, made) for _, c in node.items])
+        return nn.ModuleDict(OrderedDict((n, _module(c, made)) for n, c in node.items))
+    assert isinstance(node, Block)  # blocker() let nothing else through
+    return _block(node, made)
+
+
+_PLAIN = (bool, int, float, str, type(None), torch.dtype)
+
+
+def _plain(value: object) -> bool:
+    """A value a copy may share (immutable), or a list of such values (copied as a new list)."""
+    return isinstance(value, _PLAIN) or (isinstance(value, (tuple, list)) and all(isinstance(v, _PLAIN) for v in value))
+
+
+def _copyable(name: str, value: object) -> bool:
+    """Whether ``_copy`` copies this attribute exactly: a plain value, an empty table, or the tensor stores
+    holding plain tensors and parameters (no attributes of their own)."""
+    if name in ("_parameters", "_buffers"):
+        return isinstance(value, dict) and all(
+            t is None or (type(t) in (torch.Tensor, nn.Parameter) and t.is_contiguous() and not vars(t))
+            for t in value.values())
+    return _plain(value) or (isinstance(value, (dict, set)) and not value)
+
+
+def _copy(layer: nn.Module) -> nn.Module:
+    """A fresh meta layer equal to ``layer`` (a leaf built by ``build()``, not changed since): its attributes
+    copied, parameters and buffers new meta tensors. ``copy.deepcopy`` where ``layer`` holds anything else
+    (children, a non-empty hook table, a non-persistent buffer set)."""
+    if layer._modules or not all(_copyable(k, v) for k, v in vars(layer).items()):
+        return copy.deepcopy(layer)
+    new = object.__new__(type(layer))
+    state = {k: list(v) if isinstance(v, list) else v if _plain(v) else type(v)() for k, v in vars(layer).items()}
+    state["_parameters"] = {n: None if p is None else nn.Parameter(_like(p), p.requires_grad)
+                            for n, p in layer._parameters.items()}
+    state["_buffers"] = {n: None if b is None else _like(b) for n, b in layer._buffers.items()}
+    new.__dict__.update(state)
+    return new
+
+
+def _like(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous meta tensor of ``t``'s shape and dtype (``torch.empty_like`` is 15x slower on meta)."""
+    return torch.empty(t.shape, dtype=t.dtype, device="meta")
+
+
+def _block(block: Block, made: dict[tuple[type, str], nn.Module]) -> IRBlock:
+    """A holder with ``block``'s state, constants and children, in the order model.py's ``__init__`` sets them."""
+    mod = IRBlock()
+    for s in block.state:
+        tensor = torch.zeros(s.shape, dtype=getattr(torch, s.dtype), device="meta")
+        if s.parameter:
+            mod.register_parameter(s.name, nn.Parameter(tensor))
+        else:
+            mod.register_buffer(s.name, tensor, persistent=s.persistent)
+    for name, value in (*block.constants, *(block.extra_state.attrs if block.extra_state is not None else ())):
+        setattr(mod, name, _attr_value(value))
+    for name, child in block.children:
+        mod.add_module(name, _module(child, made))
+    return mod
+
+
+def _owner(root: nn.Module, path: str) -> tuple[nn.Module, str, str]:
+    """(module holding the last part of ``path``, that name, its kind: module/parameter/buffer)."""
+    *parents, name = path.split(".")
+    mod = root
+    for part in parents:
+        sub = mod._modules.get(part)
+        if sub is None:
+            raise NotFromIR(f"tie path {path!r} does not name a module member")
+        mod = sub
+    for kind, store in (("module", mod._modules), ("parameter", mod._parameters), ("buffer", mod._buffers)):
+        if store.get(name) is not None:
+            return mod, name, kind
+    raise NotFromIR(f"tie path {path!r} names no module, parameter or buffer")
+
+
+def _tie(root: nn.Module, alias: str, target: str) -> None:
+    """``alias`` made the very object at ``target`` (model.py: ``self.<alias> = self.<target>``)."""
+    owner, name, kind = _owner(root, alias)
+    source, source_name, source_kind = _owner(root, target)
+    if kind != source_kind:
+        raise NotFromIR(f"tie {alias!r} -> {target!r} joins a {kind} to a {source_kind}")
+    store = {"module": "_modules", "parameter": "_parameters", "buffer": "_buffers"}[kind]
+    getattr(owner, store)[name] = getattr(source, store)[source_name]
+
+
+def _frozen(model: Model) -> Iterator[str]:
+    """The parameter keys ``build()`` freezes: ``model.frozen`` and Block state with ``requires_grad=False``."""
+    own = [join(p, s.name) for p, n in walk(model.root) if isinstance(n, Block) for s in n.state
+           if _frozen_spec(s)]
+    yield from dict.fromkeys((*model.frozen, *own))
+
+
+def _frozen_spec(s: StateSpec) -> bool:
+    return s.parameter and not s.requires_grad
+
+
+def _freeze(root: nn.Module, model: Model) -> None:
+    """``requires_grad=False`` on the frozen parameters (keys that name no parameter are skipped, as emitted)."""
+    for key in _frozen(model):
+        try:
+            root.get_parameter(key).requires_grad_(False)
+        except AttributeError:
+            continue
+
+
+__all__ = ["IRBlock", "NotFromIR", "blocker", "build_from_ir"]
