@@ -9,6 +9,9 @@ State keys move with their layers (``layer1.0.conv1.weight`` -> ``layer1.0.0.bod
 the report lists every rename. A Block is left alone (and listed as skipped, with the reason)
 when its forward does more than structure: guards, several inputs, constants, its own
 parameters, a child used twice or not at all, or an in-place op on a value a branch shares.
+An in-place join (``out += x``) is structure only when ``out`` is a tensor the forward made
+(``out = self.bn2(...)``): after ``h = self.drop(x)`` (eval dropout returns ``x`` itself),
+``h -= f(x)`` writes into the caller's tensor, which a ``Parallel`` would not.
 """
 
 from __future__ import annotations
