@@ -34,3 +34,11 @@ def test_only_the_ir_reads_meaning_from_function_names() -> None:
              for path in (ROOT / "torchgraft").rglob("*.py") if "ir" not in path.relative_to(ROOT).parts[1:2]
              for n, line in enumerate(path.read_text().splitlines(), 1) if compare.search(line)]
     assert not found, "\n".join(found)
+
+
+def test_every_package_folder_is_a_package() -> None:
+    """A folder without ``__init__.py`` is a namespace package: import-linter does not see its modules (the
+    contracts above then check nothing there) and setuptools' ``find_packages`` does not install it."""
+    folders = {p.parent for p in (ROOT / "torchgraft").rglob("*.py")}
+    missing = [str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists()]
+    assert not missing, missing

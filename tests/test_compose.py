@@ -19,7 +19,7 @@ import torchgraft as tg
 from tests.frontends.fresh import run_emitted
 from torchgraft import ir
 from torchgraft.compose import seam_problem
-from torchgraft.frontends.hand import build_model
+from torchgraft.hand import build_model
 from torchgraft.ir.verify import verify
 
 T = ir.TensorType

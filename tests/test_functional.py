@@ -10,7 +10,7 @@ from torch import nn
 
 import torchgraft as tg
 from torchgraft import ir
-from torchgraft.frontends.hand import infer_types
+from torchgraft.hand import infer_types
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from torchgraft.check import CheckReport, check
 from torchgraft.compose import compose
 from torchgraft.errors import CaptureError, EmitError, IRError, TorchgraftError
 from torchgraft.frontends.capture import capture
-from torchgraft.frontends.hand import build
 from torchgraft.functional import functional
+from torchgraft.hand import build
 from torchgraft.system import System, emit_system
 
 __version__ = "0.1.0"

@@ -15,7 +15,7 @@ from torch import nn
 import torchgraft
 from torchgraft import ir
 from torchgraft.examples.nets import example
-from torchgraft.frontends.hand import build_model
+from torchgraft.hand import build_model
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 

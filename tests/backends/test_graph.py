@@ -14,7 +14,7 @@ from torchgraft.backends import graph
 from torchgraft.backends.graph import GraphvizError, picture, render, to_dot, to_html, to_mermaid
 from torchgraft.diff import diff_models
 from torchgraft.examples.nets import example
-from torchgraft.frontends.hand import build_model
+from torchgraft.hand import build_model
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
 

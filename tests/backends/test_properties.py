@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import torchgraft
 from torchgraft import ir
 from torchgraft.backends.torch.roundtrip import first_difference, normal_form
-from torchgraft.frontends.hand import build_model
+from torchgraft.hand import build_model
 from torchgraft.ir.activations import ActKind
 from torchgraft.ir.nodes import Block, Chain, ChildRef, ClassRef, CombineKind, Node, Parallel, SkipConnection
 from torchgraft.ir.primitives import Activation, Primitive

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 import torchgraft as tg
 from torchgraft import ir
-from torchgraft.frontends.hand import build_model
 from torchgraft.frontends.hand_dims import TrialPlan
+from torchgraft.hand import build_model
 from torchgraft.ir.values import DictArg
 from torchgraft.ir.verify import verify
 

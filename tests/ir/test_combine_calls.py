@@ -21,7 +21,7 @@ import torchgraft
 from torchgraft import ir
 from torchgraft.backends.torch.roundtrip import first_difference, normal_form
 from torchgraft.errors import EmitError, IRError
-from torchgraft.frontends.hand import build_model
+from torchgraft.hand import build_model
 from torchgraft.ir.printer import format_body, format_node
 from torchgraft.ir.serialize import from_json, to_json
 

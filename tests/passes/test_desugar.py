@@ -14,7 +14,7 @@ from torch import nn
 
 import torchgraft
 from torchgraft import ir
-from torchgraft.frontends.hand import build_model
+from torchgraft.hand import build_model
 from torchgraft.ir.verify import verify
 from torchgraft.passes import PipelineError, run
 from torchgraft.passes.name_block import NameBlock

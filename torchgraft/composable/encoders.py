@@ -136,7 +136,7 @@ def _input_problem(spec: Input, model: Model) -> str | None:
 
 def captured_output(spec: Input, model: Model) -> TensorType:
     """The output type of ``model`` on ``spec``'s data; SpecError when it cannot be an encoder of ``spec``."""
-    from torchgraft.frontends.hand import infer_types
+    from torchgraft.hand import infer_types
 
     where = f"encoders[{spec.name!r}]"
     if not isinstance(model, Model):

@@ -219,7 +219,7 @@ def universal(unaligned: Sequence[Input] = (), aligned: Sequence[Input] = (), ou
     >>> str(m.output_type)                                                                    # doctest: +SKIP
     'f32[N, 3]'
     """
-    from torchgraft.frontends.hand import build_model
+    from torchgraft.hand import build_model
 
     specs, cfg, label, root, rows = _prepare(unaligned, aligned, outputs, compute, encoders, name)
     inputs = (*specs.unaligned, *specs.aligned)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from torchgraft.backends.torch.emitter import emit
 from torchgraft.errors import IRError
 from torchgraft.frontends.hand_dims import TrialPlan, where
 from torchgraft.frontends.hand_run import (
@@ -77,8 +78,6 @@ def infer_types(root: Node, inputs: tuple[TensorType, ...], name: str = "Model")
     >>> infer_types(Chain(LinearLayer(8, 4)), (TensorType(("N", 8)),)).output_type  # doctest: +SKIP
     TensorType(shape=('N', 4), dtype='float32', device='cpu')
     """
-    from torchgraft.backends.torch.emitter import emit
-
     plan = _plan(tuple(inputs))
     device = inputs[0].device if inputs else "cpu"
     bare = Model(name, root, tuple(Input(f"x{i}" if i else "x", t) for i, t in enumerate(inputs)))
@@ -102,8 +101,6 @@ def build_model(root: Node, *inputs: TensorType, seed: int = 0, name: str = "Mod
     >>> sorted(model.weights)                                                        # doctest: +SKIP
     ['0.bias', '0.weight']
     """
-    from torchgraft.backends.torch.emitter import emit
-
     typed = infer_types(root, tuple(inputs), name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
