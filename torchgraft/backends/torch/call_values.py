@@ -151,24 +151,34 @@ def _fact(check: Check) -> bool | int | None:
 def argument_guards(g: Graph, name: str) -> tuple[set[str], list[Check]]:
     """The argument guards of ``g`` on input ``name`` (direct comparisons, or of ``len(name)``) as the ops that
     make them (guards and comparisons; a ``len`` left unread is pruned later) and their checks. Other reads of
-    ``name`` are ignored: this is what ``guard_checks`` finds when they are allowed."""
+    ``name`` are ignored: ``guard_checks`` is the same walk when they are not allowed."""
+    found = _guards(g, name, strict=False)
+    assert found is not None
+    return found
+
+
+def _guards(g: Graph, name: str, strict: bool) -> tuple[set[str], list[Check]] | None:
+    """The guard ops on ``name`` and their checks; ``strict``: None when ``name`` is read by anything else
+    (the ``len`` feeding the guards is then removed with them)."""
     users = g.users()
     ops = {o.name: o for o in g.ops}
     remove: set[str] = set()
     checks: list[Check] = []
-    for user in dict.fromkeys(users.get(name, [])):
+    for user in dict.fromkeys(users[name]):
         op = ops.get(user)
-        if op is None:
-            continue
-        if is_cond(op, name, users, ops):
+        if op is not None and is_cond(op, name, users, ops):
             checks.append(Check(None, op))
             remove |= {op.name, *users[op.name]}
-        elif is_feed(op, name):
-            for cond_name in dict.fromkeys(users[op.name]):
-                cond = ops.get(cond_name)
-                if cond is not None and is_cond(cond, op.name, users, ops):
-                    checks.append(Check(op, cond))
-                    remove |= {cond.name, *users[cond.name]}
+            continue
+        conds = [ops.get(c) for c in dict.fromkeys(users[op.name])] if op is not None and is_feed(op, name) else []
+        fed = [c for c in conds if c is not None and is_cond(c, user, users, ops)]
+        if strict:
+            if not conds or len(fed) != len(conds):
+                return None
+            remove.add(user)
+        for cond in fed:
+            checks.append(Check(op, cond))
+            remove |= {cond.name, *users[cond.name]}
     return remove, checks
 
 
@@ -186,26 +196,7 @@ def never_none(name: str, g: Graph) -> bool:
 
 def guard_checks(g: Graph, name: str) -> tuple[set[str], list[Check]] | None:
     """When ``g`` reads ``name`` only in argument guards: the ops to remove with it and the checks they make."""
-    users = g.users()
-    ops = {o.name: o for o in g.ops}
-    remove: set[str] = set()
-    checks: list[Check] = []
-    for user in dict.fromkeys(users[name]):
-        op = ops.get(user)
-        if op is not None and is_cond(op, name, users, ops):
-            checks.append(Check(None, op))
-            remove |= {op.name, *users[op.name]}
-            continue
-        if op is None or not is_feed(op, name) or not users[op.name]:
-            return None
-        remove.add(op.name)
-        for cond_name in dict.fromkeys(users[op.name]):
-            cond = ops.get(cond_name)
-            if cond is None or not is_cond(cond, op.name, users, ops):
-                return None
-            checks.append(Check(op, cond))
-            remove |= {cond.name, *users[cond.name]}
-    return remove, checks
+    return _guards(g, name, strict=True)
 
 
 def is_feed(op: Op, name: str) -> bool:
