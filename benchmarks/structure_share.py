@@ -30,7 +30,8 @@ from torchgraft.ir.traverse import walk  # noqa: E402
 def share(model: torchgraft.ir.Model) -> tuple[int, int]:
     """(Blocks whose forward is structure, all Blocks)."""
     blocks = [n for _, n in walk(model.root) if isinstance(n, Block)]
-    return sum(structural_form(b.body, b) is not None for b in blocks), len(blocks)
+    helpers = model.helper_functions()
+    return sum(structural_form(b.body, b, helpers) is not None for b in blocks), len(blocks)
 
 
 def main(names: list[str]) -> None:

@@ -118,6 +118,10 @@ class Model:
     constants: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
     extra_state: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
+    def helper_functions(self) -> dict[str, Helper]:
+        """The copied FUNCTION helpers by name: what a graph op ``helpers.<name>`` calls."""
+        return {h.name: h for h in self.helpers if h.kind is HelperKind.FUNCTION}
+
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
             raise IRError(f"model name {self.name!r} must be an identifier")

@@ -17,6 +17,7 @@ shown once, later ones as ``(same as 0)``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 
 from torchgraft.ir.graph import (
     ChildCall,
@@ -30,7 +31,7 @@ from torchgraft.ir.graph import (
     Op,
     PrimCall,
 )
-from torchgraft.ir.model import Model
+from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import (
     Block,
     Chain,
@@ -168,13 +169,15 @@ def format_body(node: Node) -> str:
     return kind_label(node)
 
 
-def structural_form(body: Node, owner: Block | None = None) -> Node | None:
+def structural_form(body: Node, owner: Block | None = None, helpers: Mapping[str, Helper] | None = None
+                    ) -> Node | None:
     """The combinator form of a Block body when it has one (a Graph that is only structure over children
     and layers: ``Chain(SkipConnection(add, Chain(conv1, bn1, relu, conv2, bn2)), relu)``), else None.
-    ``owner``: the Block whose body it is (its children tell whether ``out += x`` may be read as a join)."""
+    ``owner``: the Block whose body it is (its children tell whether ``out += x`` may be read as a join);
+    ``helpers``: the model's copied functions (``Model.helper_functions()``), read the same way."""
     if not isinstance(body, Graph):
         return body
-    form = recognize(body, None if owner is None else functools.partial(node_at, owner))
+    form = recognize(body, None if owner is None else functools.partial(node_at, owner), helpers)
     if isinstance(form, Graph) or any(isinstance(n, Graph) for n in _parts(form)):
         return None
     return form
@@ -222,13 +225,13 @@ def kind_label(node: Node) -> str:
     return type(node).__name__
 
 
-def _forward_rows(block: Block, indent: str) -> list[Row]:
+def _forward_rows(block: Block, indent: str, helpers: Mapping[str, Helper]) -> list[Row]:
     bodies = [(block.body, "forward")]
     if block.train_body is not None:
         bodies.append((block.train_body, "forward [training]"))
     lines: list[str] = []
     for body, title in bodies:
-        form = structural_form(body, block)
+        form = structural_form(body, block, helpers)
         lines += format_graph(body, title) if isinstance(body, Graph) and form is None else [
             f"{title}: {format_body(form if form is not None else body)}"]
     return [(f"{indent}| {line}", "") for line in lines]
@@ -237,7 +240,7 @@ def _forward_rows(block: Block, indent: str) -> list[Row]:
 def _tree_rows(node: Node, path: str, level: int, ctx: _Ctx) -> list[Row]:
     """Rows for ``node``'s forward (when a Block) and its children, at ``level`` (root = 0)."""
     indent = "  " * (level + 1)
-    rows = _forward_rows(node, indent) if isinstance(node, Block) and ctx.forward else []
+    rows = _forward_rows(node, indent, ctx.helpers) if isinstance(node, Block) and ctx.forward else []
     kids = module_children(node)
     if ctx.depth is not None and level >= ctx.depth:
         return rows
@@ -258,6 +261,7 @@ def _tree_rows(node: Node, path: str, level: int, ctx: _Ctx) -> list[Row]:
 class _Ctx:
     def __init__(self, model: Model | None, depth: int | None, forward: bool) -> None:
         self.types: dict[str, ValueType] = dict(model.types) if model is not None else {}
+        self.helpers: dict[str, Helper] = model.helper_functions() if model is not None else {}
         self.depth = depth
         self.forward = forward
 

@@ -13,13 +13,14 @@ printer and by pattern matching. Graphs that do not fit come back unchanged.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Mapping
 
+from torchgraft.ir.aliasing import ChildLookup, owns_result
 from torchgraft.ir.combine import Combine, CombineKind
 from torchgraft.ir.graph import ChildCall, Graph, Input, Op, PrimCall
+from torchgraft.ir.model import Helper
 from torchgraft.ir.nodes import Chain, ChildRef, Node, Parallel, SkipConnection
 from torchgraft.ir.opkinds import TRAITS, kind_of
-from torchgraft.ir.primitives import Activation, BatchNorm, Conv, Dropout, GroupNorm, Identity, LayerNorm, Linear
 from torchgraft.ir.values import Const, Ref, Seq
 
 _IDENTITY = Chain()
@@ -44,35 +45,8 @@ def _unary_input(op: Op) -> str | None:
     return None
 
 
-ChildLookup = Callable[[str], "Node | None"]
-"""The Block's child at a path (to know what a ChildCall returns), or None when unknown."""
-
-_NEW_TENSOR = (Conv, Linear, BatchNorm, LayerNorm, GroupNorm)
-"""Layers whose result is always a new tensor (never their input or a view of it)."""
-_PASSTHROUGH = (Dropout, Identity)
-"""Layers that may return their input itself (eval-mode dropout, identity)."""
-
-
-def _owns_result(v: str, ops: dict[str, Op], child: ChildLookup | None) -> bool:
-    """True when the value ``v`` is a tensor no one else holds: written in place, it changes nothing the
-    caller sees. A layer that makes a new tensor, arithmetic, or an in-place activation or pass-through
-    layer applied to such a value; the forward's input or anything unknown (a user module, a view) is not."""
-    op = ops.get(v)
-    if op is None:
-        return False
-    layer = child(op.target.path) if child is not None and isinstance(op.target, ChildCall) else None
-    layer = op.target.prim if isinstance(op.target, PrimCall) else layer
-    if isinstance(layer, _NEW_TENSOR) or (isinstance(layer, Activation) and not layer.inplace):
-        return True
-    if isinstance(layer, _PASSTHROUGH) or isinstance(layer, Activation):
-        return bool(op.args) and isinstance(op.args[0], Ref) and _owns_result(op.args[0].name, ops, child)
-    found = kind_of(op)
-    return (found is not None and not found.in_place and not op.kwargs
-            and TRAITS[found.kind].shape in ("broadcast", "join"))
-
-
-def _combine_inputs(op: Op, fresh: dict[str, Op], child: ChildLookup | None = None
-                    ) -> tuple[Combine, list[str]] | None:
+def _combine_inputs(op: Op, fresh: dict[str, Op], child: ChildLookup | None = None,
+                    helpers: Mapping[str, Helper] | None = None) -> tuple[Combine, list[str]] | None:
     found = kind_of(op)
     if found is None or not TRAITS[found.kind].combine:
         return None
@@ -81,7 +55,7 @@ def _combine_inputs(op: Op, fresh: dict[str, Op], child: ChildLookup | None = No
         # a + b, torch.maximum(a, b), a - b (its order kept); ``out += x`` joins like ``out + x`` when ``out``
         # is a tensor this forward made and holds alone (not its input, nor what a layer may pass through
         # from it: ``h = self.drop(x); h -= ...`` writes into the caller's x)
-        if not found.in_place or _owns_result(op.args[0].name, fresh, child):  # type: ignore[union-attr]
+        if not found.in_place or owns_result(op.args[0].name, fresh, child, helpers):  # type: ignore[union-attr]
             return Combine(kind), [a.name for a in op.args]  # type: ignore[union-attr]
         return None
     if kind.takes_dim and not found.in_place and op.args and isinstance(op.args[0], Seq) and len(op.args) <= 2:
@@ -108,8 +82,10 @@ class _Recognizer:
     the first op it runs, so branches keep the order their calls ran in: a structure never runs
     children in another order than the forward did (dropout draws, in-place writes)."""
 
-    def __init__(self, g: Graph, child: ChildLookup | None = None) -> None:
+    def __init__(self, g: Graph, child: ChildLookup | None = None,
+                 helpers: Mapping[str, Helper] | None = None) -> None:
         self.child = child
+        self.helpers = helpers
         self.ops = {op.name: op for op in g.ops}
         self.index = {op.name: i for i, op in enumerate(g.ops)}
         self.used: Counter[str] = Counter()
@@ -121,7 +97,7 @@ class _Recognizer:
         if op is None:
             return v, _IDENTITY, _NEVER
         self.used[v] += 1
-        comb = _combine_inputs(op, self.ops, self.child)
+        comb = _combine_inputs(op, self.ops, self.child, self.helpers)
         if comb is not None:
             return self._combined(*comb)
         inp = _unary_input(op)
@@ -166,13 +142,14 @@ class _Recognizer:
         return self.used[v] > 1
 
 
-def recognize(g: Graph, child: ChildLookup | None = None) -> Node:
+def recognize(g: Graph, child: ChildLookup | None = None, helpers: Mapping[str, Helper] | None = None) -> Node:
     """The combinator form of ``g`` when it has one input and fits; otherwise ``g`` itself. ``child`` gives the
     Block's child at a path: an in-place join (``out += x``) is structure only when ``out`` is a tensor the
-    forward made (``out = self.bn2(...)``), which needs to know what the child returns."""
+    forward made (``out = self.bn2(...)``), which needs to know what the child returns (``ir.aliasing``;
+    ``helpers``, the model's copied functions, tell whether one returns its input or a new tensor)."""
     if len(g.inputs) != 1 or not isinstance(g.output, Ref):
         return g
-    r = _Recognizer(g, child)
+    r = _Recognizer(g, child, helpers)
     try:
         src, node, _ = r.rec(g.output.name)
     except _Misfit:

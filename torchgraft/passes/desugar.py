@@ -17,12 +17,13 @@ An in-place join (``out += x``) is structure only when ``out`` is a tensor the f
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from torchgraft.ir.activations import Spelling
 from torchgraft.ir.graph import ChildCall, Graph, MethodCall, PrimCall
-from torchgraft.ir.model import Model
+from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import Block, Chain, ChildRef, Node, Parallel, SkipConnection
 from torchgraft.ir.primitives import Activation, Primitive
 from torchgraft.ir.structure import recognize
@@ -37,9 +38,12 @@ class _Unfit(Exception):
     """Why a Block cannot be desugared."""
 
 
-def _check_graph(block: Block) -> Graph:
+def _check_graph(block: Block) -> Node:
+    """The block's body (a Graph, or the structure capture stored) when nothing but its forward stands in the way."""
     if block.state or block.constants or block.extra_state is not None:
         raise _Unfit("it owns parameters, buffers or constants itself")
+    if is_structural(block.body) and block.train_body is None:
+        return block.body
     if not isinstance(block.body, Graph):
         raise _Unfit("its body is not a captured forward")
     if block.train_body is not None and block.train_body != block.body:
@@ -117,10 +121,11 @@ class _Builder:
         return tuple(out)
 
 
-def desugared(block: Block) -> tuple[Node, dict[str, str]]:
-    """The module-level structure equal to ``block`` and child name -> its path inside it; raises _Unfit."""
+def desugared(block: Block, helpers: Mapping[str, Helper] | None = None) -> tuple[Node, dict[str, str]]:
+    """The module-level structure equal to ``block`` and child name -> its path inside it; raises _Unfit.
+    ``helpers``: the model's copied functions (whether one returns its input or a new tensor)."""
     graph = _check_graph(block)
-    form = recognize(graph, functools.partial(node_at, block))
+    form = recognize(graph, functools.partial(node_at, block), helpers) if isinstance(graph, Graph) else graph
     if isinstance(form, Graph):
         raise _Unfit("its forward is not a chain, skip connection or parallel of its children")
     b = _Builder(block)
@@ -150,7 +155,7 @@ class Desugar(MovingPass):
         """The Blocks this pass turns into structure, the keys that move, the Blocks it keeps and why."""
         sel, enc = parse_selector(self.where), enclosing_map(model.root)
         tied = {p for pair in model.ties for p in pair}
-        moves = Moves(model.root)
+        moves, helpers = Moves(model.root), model.helper_functions()
 
         def fn(path: str, node: Node) -> Node:
             if not isinstance(node, Block) or not sel(Site(path, node, enc.get(path, ()))):
@@ -158,7 +163,7 @@ class Desugar(MovingPass):
             try:
                 if any(t == path or t.startswith(join(path, "")) for t in tied):
                     raise _Unfit("its weights are tied to another module")
-                new, placed = desugared(node)
+                new, placed = desugared(node, helpers)
             except _Unfit as e:
                 moves.skipped.append(Skip(path, f"Block<{node.cls.name}> kept: {e}"))
                 return node

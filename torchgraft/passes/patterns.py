@@ -29,7 +29,7 @@ from typing import Union
 import torch
 
 from torchgraft.ir.graph import Graph
-from torchgraft.ir.model import Model
+from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import Block, Chain, ChildRef, CombineKind, Node, Opaque, Parallel, SkipConnection
 from torchgraft.ir.primitives import Identity, Primitive
 from torchgraft.ir.structure import recognize
@@ -100,8 +100,9 @@ def _kind_ok(k: Kind, node: Node) -> bool:
 
 
 class _Matcher:
-    def __init__(self, block_stack: list[tuple[str, Block]]) -> None:
+    def __init__(self, block_stack: list[tuple[str, Block]], helpers: Mapping[str, Helper] | None = None) -> None:
         self.stack = block_stack
+        self.helpers = helpers
 
     def resolve(self, node: Node, path: str) -> tuple[Node, str]:
         """Follow ChildRefs to the child nodes; look at Blocks through their structure."""
@@ -111,9 +112,12 @@ class _Matcher:
         return node, path
 
     def view(self, node: Node, path: str) -> Node:
+        if isinstance(node, Block) and is_structural(node.body) and node.train_body is None:
+            self.stack.append((path, node))  # structure stored at capture (ir.stored): matched as it is
+            return node.body
         if isinstance(node, Block) and isinstance(node.body, Graph) and node.train_body is None:
             self.stack.append((path, node))
-            return recognize(node.body, functools.partial(node_at, node))
+            return recognize(node.body, functools.partial(node_at, node), self.helpers)
         return node
 
     def match(self, pat: Pattern, node: Node, path: str, out: PatternMatch) -> bool:
@@ -167,10 +171,11 @@ def rewrite(model: Model, pattern: Pattern, builder: Builder) -> tuple[Model, li
     """Replace every node (or Sequential window, for a ``Seq`` pattern) matching ``pattern``."""
     weights = dict(model.weights)
     sites: list[Site] = []
+    helpers = model.helper_functions()
 
     def attempt(node: Node, path: str) -> tuple[Node, Mapping[str, torch.Tensor]] | None:
         m = PatternMatch(path)
-        if not _Matcher([]).match(pattern, node, path, m):
+        if not _Matcher([], helpers).match(pattern, node, path, m):
             return None
         m.tensors = {name: _tensors(model, p) for name, p in m.paths.items()}
         return builder(m)

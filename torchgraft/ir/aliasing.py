@@ -1,0 +1,204 @@
+"""What a value may alias: is it a fresh tensor that a forward may write in place unseen?
+
+``out += x`` reads like the join ``out + x`` only when ``out`` is a tensor the forward made and
+holds alone. After ``h = self.drop(x)`` (eval-mode dropout returns ``x`` itself), ``h -= f(x)``
+writes into the caller's ``x``. This module answers, for a value, a layer or a copied helper,
+which of three things its result is (``Fresh``):
+
+- ``NEW``: always a new tensor (a convolution, ``a + b``, a Chain ending in a BatchNorm);
+- ``PASS``: its first input itself, or a new tensor (eval dropout, identity, an in-place
+  activation, ``StochasticDepth``: ``return input`` or ``return input * noise``);
+- ``UNKNOWN``: anything else (a view, a buffer, a user module's result that cannot be read).
+
+Example::
+
+    value_fresh("sd", ops, child)   # result = self.block(input); result = self.sd(result)
+    -> Fresh.NEW                    # block ends in a BatchNorm; sd passes its input through
+"""
+
+from __future__ import annotations
+
+import ast
+import enum
+import functools
+from collections.abc import Callable, Mapping
+
+from torchgraft.ir.functions import helper_name
+from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Op, PrimCall
+from torchgraft.ir.model import Helper, HelperKind
+from torchgraft.ir.nodes import Block, Chain, ChildRef, Node, Parallel, SkipConnection
+from torchgraft.ir.opkinds import TRAITS, kind_of
+from torchgraft.ir.primitives import Activation, BatchNorm, Conv, Dropout, GroupNorm, Identity, LayerNorm, Linear
+from torchgraft.ir.traverse import node_at
+from torchgraft.ir.values import Ref
+
+ChildLookup = Callable[[str], "Node | None"]
+"""The Block's child at a path (to know what a ChildCall returns), or None when unknown."""
+
+NEW_TENSOR = (Conv, Linear, BatchNorm, LayerNorm, GroupNorm)
+"""Layers whose result is always a new tensor (never their input or a view of it)."""
+PASSTHROUGH = (Dropout, Identity)
+"""Layers that may return their input itself (eval-mode dropout, identity)."""
+_MAX_DEPTH = 64
+
+
+class Fresh(enum.Enum):
+    """What a result is, relative to its first input: see the module docstring."""
+
+    NEW = "new"
+    PASS = "pass"
+    UNKNOWN = "unknown"
+
+    def then(self, nxt: Fresh) -> Fresh:
+        """The result of applying ``nxt`` to a value that is ``self``."""
+        return self if nxt is Fresh.PASS else nxt
+
+    def both(self, other: Fresh) -> Fresh:
+        """What holds in either of two modes (eval and train bodies)."""
+        if Fresh.UNKNOWN in (self, other):
+            return Fresh.UNKNOWN
+        return Fresh.NEW if self is other is Fresh.NEW else Fresh.PASS
+
+
+def value_fresh(v: str, ops: Mapping[str, Op], child: ChildLookup | None,
+                helpers: Mapping[str, Helper] | None = None, depth: int = 0) -> Fresh:
+    """What the Graph value ``v`` is: ``PASS`` for a graph input (the caller's tensor), ``NEW`` for a
+    tensor made here, following pass-through layers and helpers back to what they were given."""
+    for _ in range(len(ops) + 1):  # a pass-through step goes back to its first argument
+        op = ops.get(v)
+        if op is None:
+            return Fresh.PASS
+        step = _op_fresh(op, child, helpers, depth)
+        if step is not Fresh.PASS:
+            return step
+        if not op.args or not isinstance(op.args[0], Ref):
+            return Fresh.UNKNOWN
+        v = op.args[0].name
+    return Fresh.UNKNOWN
+
+
+def owns_result(v: str, ops: Mapping[str, Op], child: ChildLookup | None,
+                helpers: Mapping[str, Helper] | None = None) -> bool:
+    """True when the value ``v`` is a tensor this forward made and no one else holds."""
+    return value_fresh(v, ops, child, helpers) is Fresh.NEW
+
+
+def _op_fresh(op: Op, child: ChildLookup | None, helpers: Mapping[str, Helper] | None, depth: int) -> Fresh:
+    target = op.target
+    if isinstance(target, PrimCall):
+        return node_fresh(target.prim, None, helpers, depth + 1)
+    if isinstance(target, ChildCall):
+        node = child(target.path) if child is not None else None
+        return Fresh.UNKNOWN if node is None else node_fresh(node, None, helpers, depth + 1)
+    if isinstance(target, FunctionCall):
+        name = helper_name(target.qualname)
+        helper = None if name is None else (helpers or {}).get(name)
+        if helper is not None:
+            return Fresh.PASS if helper_passes(helper) else Fresh.UNKNOWN
+    found = kind_of(op)
+    if found is not None and not found.in_place and not op.kwargs and TRAITS[found.kind].shape in ("broadcast",
+                                                                                                 "join"):
+        return Fresh.NEW
+    return Fresh.UNKNOWN
+
+
+def node_fresh(node: Node, child: ChildLookup | None = None, helpers: Mapping[str, Helper] | None = None,
+               depth: int = 0) -> Fresh:
+    """What ``node`` returns relative to its input (``child`` resolves ChildRefs in a Block body)."""
+    if depth > _MAX_DEPTH:
+        return Fresh.UNKNOWN
+    if isinstance(node, NEW_TENSOR) or (isinstance(node, Activation) and not node.inplace):
+        return Fresh.NEW
+    if isinstance(node, PASSTHROUGH) or isinstance(node, Activation):
+        return Fresh.PASS
+    if isinstance(node, Chain):
+        out = Fresh.PASS
+        for item in node.items:
+            out = out.then(node_fresh(item, child, helpers, depth + 1))
+        return out
+    if isinstance(node, SkipConnection | Parallel):
+        return Fresh.NEW  # the join makes a new tensor (lowered as ``a + b``, ``torch.cat``, never in place)
+    if isinstance(node, ChildRef):
+        found = child(node.path) if child is not None else None
+        return Fresh.UNKNOWN if found is None else node_fresh(found, None, helpers, depth + 1)
+    if isinstance(node, Block):
+        return _block_fresh(node, helpers, depth)
+    return Fresh.UNKNOWN
+
+
+def _block_fresh(block: Block, helpers: Mapping[str, Helper] | None, depth: int) -> Fresh:
+    lookup = functools.partial(node_at, block)
+    out = _body_fresh(block.body, lookup, helpers, depth)
+    if block.train_body is not None:
+        out = out.both(_body_fresh(block.train_body, lookup, helpers, depth))
+    return out
+
+
+def _body_fresh(body: Node, lookup: ChildLookup, helpers: Mapping[str, Helper] | None, depth: int) -> Fresh:
+    if not isinstance(body, Graph):
+        return node_fresh(body, lookup, helpers, depth + 1)
+    if not body.inputs or not isinstance(body.output, Ref):
+        return Fresh.UNKNOWN
+    ops = {op.name: op for op in body.ops}
+    out = value_fresh(body.output.name, ops, lookup, helpers, depth + 1)
+    if out is Fresh.PASS and _source_input(body.output.name, ops) != body.inputs[0].name:
+        return Fresh.UNKNOWN  # passes through some input other than the first
+    return out
+
+
+def _source_input(v: str, ops: Mapping[str, Op]) -> str:
+    """Follow first arguments back to a graph input (the value a PASS chain returns)."""
+    seen = 0
+    while v in ops and seen <= len(ops):
+        op = ops[v]
+        if not op.args or not isinstance(op.args[0], Ref):
+            return ""
+        v, seen = op.args[0].name, seen + 1
+    return v
+
+
+@functools.lru_cache(maxsize=256)
+def _source_passes(source: str) -> bool:
+    """True when the function in ``source`` returns its first parameter unchanged or a new tensor on every
+    path: each ``return`` is that parameter (never rebound) or arithmetic (``input * noise``)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False
+    defs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    if len(defs) != 1 or not defs[0].args.args:
+        return False
+    fn, first = defs[0], defs[0].args.args[0].arg
+    inner = list(ast.walk(fn))[1:]
+    if any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.Yield | ast.YieldFrom
+                      | ast.Global | ast.Nonlocal | ast.ClassDef) for n in inner):
+        return False
+    if any(isinstance(n, ast.Name) and n.id == first and not isinstance(n.ctx, ast.Load) for n in inner):
+        return False  # rebound (``input = ...``, ``for input in``, ``del input``)
+    returns = [n for n in inner if isinstance(n, ast.Return)]
+    if not returns or _falls_off(fn.body):
+        return False
+    return all(r.value is not None and _fresh_or_first(r.value, first) for r in returns)
+
+
+def _fresh_or_first(expr: ast.expr, first: str) -> bool:
+    if isinstance(expr, ast.Name):
+        return expr.id == first
+    return isinstance(expr, ast.BinOp)  # tensor arithmetic makes a new tensor
+
+
+def _falls_off(body: list[ast.stmt]) -> bool:
+    """True when the block can end without ``return``/``raise`` (then it returns None)."""
+    if not body:
+        return True
+    last = body[-1]
+    if isinstance(last, ast.Return | ast.Raise):
+        return False
+    if isinstance(last, ast.If):
+        return _falls_off(last.body) or _falls_off(last.orelse)
+    return True
+
+
+def helper_passes(helper: Helper) -> bool:
+    """True when a copied FUNCTION helper returns its first argument itself or a new tensor (``PASS``)."""
+    return helper.kind is HelperKind.FUNCTION and _source_passes(helper.source)
