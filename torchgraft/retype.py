@@ -1,8 +1,13 @@
 """Re-infer every type of a Model after a rewrite, without real weights (used by passes.run).
 
-The model's modules are built once on the meta device (no memory): straight from the IR
-(``retype_build``), or from the emitted ``model.py`` where the replay would run emitted code.
-The IR is replayed on them with meta inputs shaped like ``model.inputs``, at trial sizes for the symbolic dims
+The model's modules are built once on the meta device (no memory) straight from the IR
+(``retype_build``), and the IR runs itself on them (``retype_replay``): captured, hand-built and
+transformers models alike. Only where the replay would have to run code copied from the model (a
+``PySource`` forward, a copied helper function, an ``Opaque`` module's class) is the emitted
+``model.py`` built instead, and ``notes`` says so; a model it cannot call at all is warned about
+(``RetypeWarning``) and noted, never skipped silently.
+
+The IR is replayed with meta inputs shaped like ``model.inputs``, at trial sizes for the symbolic dims
 (``retype_dims``): two runs for one symbol (``N``), k + 2 for k symbols (``N``, ``T``). Each
 value's types across the runs merge into one symbolic type (``f32[N, T, 32]``, ``f32[N*T, 32]``),
 for module outputs, every graph op and the model's output; a dim equal in every run stays a
@@ -15,6 +20,7 @@ TensorType(shape=('N', 'T', 32), dtype='float32', device='cpu')
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -23,33 +29,38 @@ import torch
 from torch import nn
 
 from torchgraft.errors import CaptureError, IRError
-from torchgraft.frontends.interpret import typed_block
 from torchgraft.frontends.meta_replay import MetaReplay
+from torchgraft.ir.interpret import typed_block
 from torchgraft.ir.model import HelperKind, Model
 from torchgraft.ir.nodes import Block, Chain, Container, Node, module_children
 from torchgraft.ir.traverse import map_tree
 from torchgraft.ir.types import TensorType, ValueType, type_of
-from torchgraft.retype_build import NotFromIR, build_from_ir
+from torchgraft.retype_build import IRBlock, NotFromIR, build_from_ir
 from torchgraft.retype_dims import Run, example_inputs, merge_runs, trial_plan
+from torchgraft.retype_replay import IRReplay
 
 
-def retype(model: Model) -> Model:
+class RetypeWarning(UserWarning):
+    """``retype`` could not call the model on meta inputs: its types were kept as they were, not re-inferred."""
+
+
+def retype(model: Model, notes: list[str] | None = None) -> Model:
     """``model`` with module and op types re-inferred; IRError naming the path if it no longer runs.
 
-    A model it cannot call on meta inputs (a non-tensor input without a default, an input
-    dim written as an expression) comes back unchanged.
+    A model it cannot call on meta inputs (no inputs, a non-tensor input without a default, an input
+    dim written as an expression) comes back unchanged, with a ``RetypeWarning``. ``notes`` (when given)
+    gets one line for that, and one when the replay had to build the emitted ``model.py`` (and why).
     """
-    from torchgraft.backends.torch.trim_calls import trim_calls
-
     plan = trial_plan([i.type for i in model.inputs])
-    if plan is None or not model.inputs:
+    examples = [example_inputs(model, sizes) for sizes in plan.runs] if plan is not None else []
+    if plan is None or not model.inputs or any(e is None for e in examples):
+        _untyped(model, notes)
         return model
-    examples = [example_inputs(model, sizes) for sizes in plan.runs]
-    if any(e is None for e in examples):
-        return model
-    built, helpers = _built(model)
+    built, helpers, note = _built(model)
+    if note is not None and notes is not None:
+        notes.append(note)
     device = next((i.type.device for i in model.inputs if isinstance(i.type, TensorType)), "cpu")
-    root = trim_calls(model).root  # replayed as emitted
+    root = model.root if note is None else _trimmed(model)  # the emitted classes take trimmed calls
     wanted = {p for p, _ in model.types}
     hooked = _Hooked([(p, m) for p, m in _called_whole(model.root, built) if p in wanted], device)
     runs = []
@@ -57,7 +68,7 @@ def retype(model: Model) -> Model:
         for i, example in enumerate(examples):
             assert example is not None
             at = f" (trial sizes {plan.sizes(i)})" if plan.symbols else ""
-            runs.append(hooked.fill(_replay(root, built, helpers, device, example, at)))
+            runs.append(hooked.fill(_replay(root, built, helpers, device, example, at, note is None)))
     finally:
         hooked.remove()
     merged = merge_runs(plan, runs, device)
@@ -65,10 +76,26 @@ def retype(model: Model) -> Model:
     return replace(model, root=typed, output_type=merged.output, types=tuple(sorted(merged.modules.items())))
 
 
+def _untyped(model: Model, notes: list[str] | None) -> None:
+    """Say that ``model``'s types were kept, and why (a warning, and a note when notes are kept)."""
+    if not model.inputs:
+        why = "it has no inputs"
+    elif trial_plan([i.type for i in model.inputs]) is None:
+        why = "an input dim is not a number or a symbol, so it gets no trial sizes"
+    else:
+        names = [i.name for i in model.inputs if not isinstance(i.type, TensorType)]
+        why = f"a non-tensor input ({', '.join(names)}) has no default to call it with"
+    text = f"types not re-inferred: retype cannot call the model on meta inputs ({why})"
+    warnings.warn(text, RetypeWarning, stacklevel=3)
+    if notes is not None:
+        notes.append(text)
+
+
 def _replay(root: Node, built: torch.nn.Module, helpers: dict[str, Any], device: str,
-            example: tuple[tuple[Any, ...], dict[str, Any]], at: str) -> Run:
+            example: tuple[tuple[Any, ...], dict[str, Any]], at: str, from_ir: bool) -> Run:
     """One replay at one set of trial sizes: concrete types (no symbols), merged later."""
-    interp = MetaReplay(helpers, {}, device=device)  # shape rules for the common ops: no meta kernels
+    kind = IRReplay if from_ir else MetaReplay
+    interp = kind(helpers, {}, device=device)  # shape rules for the common ops: no meta kernels
     try:
         with torch.no_grad():
             out = interp.run_node(root, built, "", *example)
@@ -104,6 +131,8 @@ class _Hooked:
 
 def _stepped_into(node: Node, mod: torch.nn.Module) -> bool:
     """Whether the replay runs ``node``'s own body (so it calls each child itself) when it reaches it."""
+    if isinstance(mod, IRBlock):  # built from the IR: the replay interprets it (IRReplay)
+        return True
     if isinstance(node, Block):
         return node.method in ("fx", "trace")
     return isinstance(node, Container) or (isinstance(node, Chain) and type(mod).forward is nn.Sequential.forward)
@@ -132,13 +161,22 @@ def _all_below(node: Node, mod: torch.nn.Module, path: str) -> Iterator[tuple[st
             yield from _all_below(child, sub, at)
 
 
-def _built(model: Model) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The model's modules on meta (in eval mode) and its helper functions: built from the IR when the
-    replay runs no emitted code (``retype_build``), else the emitted ``model.py`` built."""
+def _built(model: Model) -> tuple[torch.nn.Module, dict[str, Any], str | None]:
+    """The model's modules on meta (in eval mode), its helper functions, and None; or, where the replay
+    needs code copied from the model (``retype_build.blocker``), the emitted ``model.py`` built, its
+    helpers, and a note saying so and why."""
     try:
-        return build_from_ir(model), {}
-    except NotFromIR:
-        return _emitted(model)
+        return build_from_ir(model), {}, None
+    except NotFromIR as e:
+        built, helpers = _emitted(model)
+        return built, helpers, f"types re-inferred by running the emitted model.py: {e.reason}"
+
+
+def _trimmed(model: Model) -> Node:
+    """The root as the emitted ``model.py`` is written: calls without the parameters no child uses."""
+    from torchgraft.backends.torch.trim_calls import trim_calls
+
+    return trim_calls(model).root
 
 
 def _emitted(model: Model) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -1,23 +1,25 @@
 """The module tree ``retype`` replays on, built on meta straight from the IR: no code emitted, nothing imported.
 
-``retype`` steps into every Block whose forward it interprets (``method`` ``fx``/``trace``, a Graph
-body) and into every plain Chain; what it calls as a whole is a torch.nn layer. For such a model the
-emitted classes are never run, only their ``__init__``'s results are read: parameters and buffers
-(shape, dtype, persistent or not), constants, children. So each node becomes
+The replay (``retype_replay.IRReplay``) interprets every Block, Parallel and SkipConnection and steps
+through every plain Chain; what it calls as a whole is a torch.nn layer. So the modules are only read:
+parameters and buffers (shape, dtype, persistent or not), constants, children. Each node becomes
 
-- a Primitive: its own ``build()`` (the layer ``model.py`` constructs);
+- a Primitive: its own ``build()`` (the layer ``model.py`` constructs; a reparametrized one with its
+  ``torch.nn.utils`` registration, as ``model.py`` applies it);
 - a Chain: an ``nn.Sequential`` of its items, under their names;
 - a Container: an ``nn.ModuleList`` / ``nn.ModuleDict``;
-- a Block: an ``IRBlock`` holder with its children, state (``StateSpec``) and constants,
+- a Block, a Parallel, a SkipConnection: an ``IRBlock`` holder with its children (a Block's state,
+  ``StateSpec``, and constants too) and no forward,
 
 all on the meta device, then the model's ties are applied and the frozen parameters frozen, as
-``build()`` in ``model.py`` does. Where the replay would run emitted code (a copied forward, an
-opaque module, a ``Parallel``/``SkipConnection`` runtime class, a helper function), or anything
-else is in doubt, ``build_from_ir`` raises ``NotFromIR`` and ``retype`` emits as before.
+``build()`` in ``model.py`` does. Helpers that are import lines or constants are read only by copied
+code, so they change nothing here. What genuinely needs code is refused with ``NotFromIR`` saying so
+(``retype`` then builds the emitted ``model.py`` and notes it): a forward kept as copied source
+(``PySource``), a graph calling a copied helper function, an ``Opaque`` module (its original class).
 
 >>> module = build_from_ir(model)   # doctest: +SKIP
 >>> blocker(captured_with_copied_source)   # doctest: +SKIP
-'Block at head: its forward is PySource, not a Graph: the emitted class is needed'
+'Block at head: its forward is PySource (copied source): the emitted class runs that code'
 """
 
 from __future__ import annotations
@@ -25,16 +27,16 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import fields
 
 import torch
 from torch import nn
 
 from torchgraft.ir.codecheck import code_problems
+from torchgraft.ir.dtypes import build_dtype
 from torchgraft.ir.functions import helper_name
 from torchgraft.ir.graph import FunctionCall, Graph
 from torchgraft.ir.model import Model
-from torchgraft.ir.nodes import Block, Chain, Container, Node, StateSpec
+from torchgraft.ir.nodes import Block, Chain, Container, Node, Opaque, Parallel, PySource, SkipConnection, StateSpec
 from torchgraft.ir.primitives import Primitive
 from torchgraft.ir.traverse import join, walk
 from torchgraft.ir.values import Const, Seq
@@ -49,8 +51,8 @@ class NotFromIR(Exception):
 
 
 class IRBlock(nn.Module):
-    """A Block's module in the replay: its children, parameters, buffers and constants, and no forward
-    (the replay interprets the Block's Graph; it never calls this module)."""
+    """A Block's (or a Parallel's, a SkipConnection's) module in the replay: its children, parameters,
+    buffers and constants, and no forward (the replay interprets the node; it never calls this module)."""
 
     def forward(self, *args: object, **kwargs: object) -> object:
         """Never called by the replay: raises."""
@@ -58,12 +60,11 @@ class IRBlock(nn.Module):
 
 
 def blocker(model: Model) -> str | None:
-    """Why the IR build does not apply to ``model`` (None when it does); ties are checked while building.
+    """Why the IR build does not apply to ``model`` (None when it does): the replay would have to run code
+    copied from the model; ties are checked while building.
 
     >>> blocker(tg.capture(resnet18, (x,)))   # doctest: +SKIP
     """
-    if model.helpers:
-        return f"the model carries helper code ({model.helpers[0].name!r}): model.py defines it"
     for path, node in walk(model.root):
         why = _node_blocker(node)
         if why is not None:
@@ -74,21 +75,32 @@ def blocker(model: Model) -> str | None:
 
 
 def _node_blocker(node: Node) -> str | None:
-    """Why ``node`` cannot be built without its emitted class, or None."""
-    if isinstance(node, Primitive):
-        return "a reparametrized layer" if _reparametrized(node) else None
-    if isinstance(node, (Chain, Container)):
+    """Why ``node`` cannot be built and replayed without its emitted code, or None."""
+    if isinstance(node, (Primitive, Chain, Container, Parallel, SkipConnection)):
         return None
-    if not isinstance(node, Block):
-        return "the replay would call its emitted class"
-    if not isinstance(node.body, Graph) or not isinstance(node.train_body, (Graph, type(None))):
-        return f"its forward is {type(node.body).__name__}, not a Graph: the emitted class is needed"
-    if node.method not in ("fx", "trace"):
-        return f"method {node.method!r}: the replay would call its emitted forward"
-    if any(helper_name(op.target.qualname) is not None for g in (node.body, node.train_body) if g is not None
-           for op in g.ops if isinstance(op.target, FunctionCall)):
-        return "its graph calls a helper function"
+    if isinstance(node, Opaque):
+        return "an opaque module: the replay calls its original class, which model.py imports"
+    assert isinstance(node, Block)
+    for body in (node.body, node.train_body):
+        if isinstance(body, PySource):
+            return "its forward is PySource (copied source): the emitted class runs that code"
+        if isinstance(body, Opaque):
+            return "its forward is Opaque: the replay would call the original class, which model.py imports"
+        for g in _graphs(body):
+            called = [helper_name(op.target.qualname) for op in g.ops if isinstance(op.target, FunctionCall)]
+            copied = sorted({c for c in called if c is not None})
+            if copied:
+                return f"its forward calls the copied helper function {copied[0]!r}: model.py defines it"
     return _state_blocker(node)
+
+
+def _graphs(body: Node | None) -> Iterator[Graph]:
+    """The Graphs in a Block body: the body itself, or the Graph leaves of a combinator body."""
+    if isinstance(body, Graph):
+        yield body
+    elif isinstance(body, (Chain, Parallel, SkipConnection)):
+        for _, part in body.named():
+            yield from _graphs(part)
 
 
 def _state_blocker(block: Block) -> str | None:
@@ -108,10 +120,11 @@ def _state_blocker(block: Block) -> str | None:
 
 
 def _reparametrized(prim: Primitive) -> bool:
-    """Whether ``prim`` or a layer nested in its arguments carries a reparametrization."""
+    """Whether ``prim`` or a layer nested in its constructor arguments carries a reparametrization."""
     if prim.reparam:
         return True
-    return any(isinstance(v, Primitive) and _reparametrized(v) for v in (getattr(prim, f.name) for f in fields(prim)))
+    _, kw = prim.ctor()
+    return any(isinstance(v, Primitive) and _reparametrized(v) for v in kw.values())
 
 
 _NO_VALUE = object()
@@ -138,19 +151,26 @@ def build_from_ir(model: Model) -> nn.Module:
     root = _module(model.root, {})
     for alias, target in model.ties:
         _tie(root, alias, target)
+    dtype = build_dtype(model)  # as build() casts it (IRError, as emit refuses, for layers in mixed dtypes)
+    if dtype is not None:
+        root = root.to(dtype)
     _freeze(root, model)
     return root.eval()
 
 
 def _module(node: Node, made: dict[tuple[type, str], nn.Module]) -> nn.Module:
     """The module for one node (children built first). ``made``: the first layer built for each
-    distinct primitive; an equal one is a deep copy of it (half the cost of constructing it again)."""
+    distinct primitive; an equal one is a deep copy of it (half the cost of constructing it again). A
+    reparametrized layer is always built afresh: the legacy ``weight_norm`` holds a computed weight
+    that ``copy.deepcopy`` refuses, and a registration is cheap next to a shared object."""
     if isinstance(node, Primitive):
         key = (type(node), repr(node))  # repr tells 1 from 1.0 and True, which == does not
         first = made.get(key)
         if first is None:
             with torch.device("meta"):  # as model.py is built: layers without a device argument too
-                made[key] = first = node.build()
+                first = node.build()
+            if not _reparametrized(node):
+                made[key] = first
             return first
         return _copy(first)
     if isinstance(node, Chain):
@@ -159,6 +179,11 @@ def _module(node: Node, made: dict[tuple[type, str], nn.Module]) -> nn.Module:
         if node.kind == "ModuleList":
             return nn.ModuleList([_module(c, made) for _, c in node.items])
         return nn.ModuleDict(OrderedDict((n, _module(c, made)) for n, c in node.items))
+    if isinstance(node, (Parallel, SkipConnection)):  # interpreted by the replay: a holder of its children
+        mod = IRBlock()
+        for name, child in node.named():
+            mod.add_module(name, _module(child, made))
+        return mod
     assert isinstance(node, Block)  # blocker() let nothing else through
     return _block(node, made)
 

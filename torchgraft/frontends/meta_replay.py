@@ -3,7 +3,7 @@
 Capture must learn every value's type. Running the model for real costs a full forward
 (seconds for a large model); this replay costs about what tracing does. Graph ops and
 leaf layers run on meta tensors, the common ones through the shape rules of
-``frontends.shapes`` (faster still than meta kernels). A module the IR does not
+``ir.shapes`` (faster still than meta kernels). A module the IR does not
 interpret (an opaque block, a layer with no rule) runs as a meta twin: a copy of the
 module whose parameters and buffers are meta tensors. Anything that needs real values
 (``x.item()``, ``if x.sum() > 0``) fails here, and capture then replays for real.
@@ -19,13 +19,13 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map_only
 
-from torchgraft.frontends.interpret import Interpreter
 from torchgraft.frontends.meta_cache import MetaCache, layer_key
-from torchgraft.frontends.shapes import binary_output, cat_output, primitive_output
 from torchgraft.ir.graph import Op, PrimCall
+from torchgraft.ir.interpret import Interpreter
 from torchgraft.ir.nodes import Node
 from torchgraft.ir.opkinds import FUNCTIONS, Kinded, OpKind, function_in_place
 from torchgraft.ir.primitives import Primitive
+from torchgraft.ir.shapes import binary_output, cat_output, primitive_output
 
 
 def to_meta(tree: Any) -> Any:

@@ -131,17 +131,20 @@ class PassResult:
         return "\n".join(str(r) for r in self.reports)
 
 
-def _retyped(before: Model, after: Model, name: str) -> Model:
+def _retyped(before: Model, after: Model, name: str, notes: list[str]) -> Model:
     """``after`` with its types re-inferred; an error naming the pass if the pass broke them.
 
-    Models that never replayed on the meta device (data-dependent code) keep their types.
+    Models that never replayed on the meta device (data-dependent code) keep their types, and
+    ``notes`` says so; it also says when the replay ran the emitted code (``retype``).
     """
     try:
-        return retype(after)
+        return retype(after, notes)
     except IRError as e:
         try:
             retype(before)
         except Exception:  # noqa: BLE001 - the model did not replay before the pass either
+            notes.append(f"types not re-inferred: the model did not replay on meta inputs before the pass "
+                         f"either ({e})")
             return after
         raise TorchgraftError(f"pass {name} broke the model's types: {e}") from e
 
@@ -210,8 +213,9 @@ def run(model: Model, pipeline: str | Pass | list[Pass], *, dry_run: bool = Fals
         for p in passes:
             _check_selector(current, p, strict)
             new, matches = p.rewrite(current)
+            retype_notes: list[str] = []
             if retype_after and new is not current and matches:
-                new = _retyped(current, new, p.name)
+                new = _retyped(current, new, p.name, retype_notes)
             if verify:
                 try:
                     verify_model(new)
@@ -219,7 +223,7 @@ def run(model: Model, pipeline: str | Pass | list[Pass], *, dry_run: bool = Fals
                     raise TorchgraftError(f"pass {p.name} produced an invalid model: {e}") from e
             rep = PassReport(p.name, matches, params_before=count_params(current), params_after=count_params(new))
             notes = getattr(p, "notes", None)
-            rep.notes = list(notes(current)) if callable(notes) else []
+            rep.notes = [*(notes(current) if callable(notes) else ()), *retype_notes]
             rep.skipped = p.skipped(current, new)
             before, after = set(current.weights), set(new.weights)
             renamed = p.key_map(current, new)

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from torchgraft.frontends.leaf import to_primitive
-from torchgraft.frontends.shapes import RuleError, binary_output, cat_output, primitive_output
 from torchgraft.ir.activations import ActKind
 from torchgraft.ir.primitives import Activation
+from torchgraft.ir.shapes import RuleError, binary_output, cat_output, primitive_output
 
 F32 = [torch.empty(1, device="meta")]  # the state of a float32 layer, as the rules see it
 

@@ -1,4 +1,4 @@
-"""Output types of the common ops without running a kernel (used by capture's meta replay).
+"""Output types of the common ops without running a kernel (used by the meta replays of capture and retype).
 
 On the meta device PyTorch still runs Python shape functions for many ops (``batch_norm``
 about 0.6 ms a call, ``relu`` 0.2 ms: slower than the real op on a small input). These
