@@ -12,7 +12,6 @@ from torch import nn
 import torchgraft
 from torchgraft import ir
 from torchgraft.examples.nets import example
-from torchgraft.ir.structure import recognize
 from torchgraft.ir.verify import verify
 
 
@@ -34,7 +33,7 @@ def test_bundled_net_structure_and_types() -> None:
 def test_recognises_residual_structure() -> None:
     net, args = example()
     block = torchgraft.capture(net, args).root.child("blocks").items[0]
-    view = recognize(block.body)
+    view = block.body  # stored as structure at capture (ir.stored)
     assert isinstance(view, ir.Chain)
     skip, act = view.items
     assert isinstance(skip, ir.SkipConnection) and skip.combine.kind is ir.CombineKind.ADD

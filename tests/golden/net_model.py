@@ -20,7 +20,7 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + x)
+        return F.relu(x + self.bn2(self.conv2(out)))
 
 
 class Net(nn.Module):

@@ -17,8 +17,10 @@ from torch import nn
 
 import torchgraft
 from torchgraft import ir
+from torchgraft.errors import IRError
 from torchgraft.ir.aliasing import Fresh, helper_passes, node_fresh
 from torchgraft.ir.model import Helper, HelperKind
+from torchgraft.ir.serialize import from_json, to_json
 from torchgraft.ir.verify import verify
 from torchgraft.passes import run
 
@@ -42,6 +44,12 @@ def stochastic_depth(input, p, mode, training=True):
     ("def f(x):\n    return _CACHE\n", False),  # a global
     ("def f(x):\n    def g():\n        return x\n    return x + 1\n", False),  # nested code: not read
     ("def f(x):\n    return x @ x\n", True),
+    ("def f(a, /, b):\n    return b\n", False),  # the first parameter is positional-only
+    ("def f(a, /, b):\n    return a * b\n", True),
+    ("def f(x, y):\n    x.data = y\n    return x\n", False),  # its data re-pointed
+    ("def f(x, y):\n    x.set_(y)\n    return x\n", False),
+    ("def f(x, y):\n    try:\n        pass\n    except ValueError as x:\n        pass\n    return x\n", False),
+    ("def f(x, y):\n    if (x := y) is None:\n        return y * 2\n    return x\n", False),  # walrus
 ])
 def test_a_helper_passes_its_input_through_only_when_every_return_says_so(source: str, passes: bool) -> None:
     assert helper_passes(Helper("f", source, "tests")) is passes
@@ -135,3 +143,55 @@ def test_efficientnet_blocks_read_as_structure_and_desugar_exactly(torchvision: 
         for b in (1, 3):
             x = torch.randn(b, 3, 64, 64)
             torch.testing.assert_close(rebuilt(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+class Caster(nn.Module):
+    """Returns float32 whatever it is given: ``out += x`` keeps float32 where ``out + x`` would promote."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x.float())
+
+
+class Residual2(nn.Module):
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        out += x
+        return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_an_in_place_join_stays_in_place_through_capture_and_desugar(dtype: torch.dtype) -> None:
+    """Stored as ``SkipConnection(add, in_place=True)`` and emitted as ``out += x``: float64 calls of a model
+    captured with float32 still return float32 (the join never promotes), bit for bit."""
+    torch.manual_seed(0)
+    model = Residual2(Caster()).eval()
+    captured = torchgraft.capture(model, (torch.randn(3, 4),))
+    for m in (captured, run(captured, "desugar").model):
+        verify(m)
+        rebuilt = torchgraft.emit(m).materialize().eval()
+        x = torch.randn(5, 4, dtype=dtype)
+        got, want = rebuilt(x), model(x)
+        assert got.dtype == want.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    stored = captured.root.body
+    assert isinstance(stored, ir.SkipConnection) and stored.combine.in_place
+
+
+def test_in_place_joins_are_add_or_mul_into_a_fresh_value() -> None:
+    with pytest.raises(IRError, match="only 'add' and 'mul' join in place"):
+        ir.Combine("sub", in_place=True)
+    drop = ir.Chain(ir.Dropout(0.1))  # eval dropout returns its input: += would write into the caller's tensor
+    bad = ir.Model("M", ir.SkipConnection(drop, ir.Combine("add", in_place=True)))
+    with pytest.raises(IRError, match="writes into the result of its body"):
+        verify(bad)
+    good = ir.SkipConnection(ir.Chain(ir.Linear(4, 4), ir.Dropout(0.1)), ir.Combine("add", in_place=True))
+    verify(ir.Model("M", good))
+    assert from_json(to_json(ir.Model("M", good))).root == good

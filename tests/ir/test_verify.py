@@ -28,6 +28,7 @@ from torchgraft.ir import (
     StateSpec,
     TensorType,
 )
+from torchgraft.ir.lower import map_leaves
 from torchgraft.ir.traverse import replace_at
 from torchgraft.ir.verify import implied_state, problems, verify
 
@@ -151,10 +152,9 @@ def test_child_call_through_chain_and_nested_names(net_ir: Model) -> None:
 
 def test_child_call_in_nested_block(resnet18_ir: Model) -> None:
     block = next(n for p, n in ir.walk(resnet18_ir.root) if p == "layer2.0")
-    assert isinstance(block, Block) and isinstance(block.body, Graph)
-    ops = tuple(replace(op, target=ChildCall("downsample.5")) if op.name == "downsample" else op
-                for op in block.body.ops)
-    broken = replace_at(resnet18_ir, "layer2.0", _with_ops(block, ops, "relu_1"))
+    assert isinstance(block, Block) and isinstance(block.body, Chain)  # stored as structure at capture
+    body = map_leaves(block.body, lambda _, n: ChildRef("downsample.5") if n == ChildRef("downsample") else n)
+    broken = replace_at(resnet18_ir, "layer2.0", replace(block, body=body))
     with pytest.raises(IRError, match="layer2.0: Block<BasicBlock> calls child 'downsample.5'"):
         verify(broken)
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from torchgraft.errors import TorchgraftError
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, InputKind, MethodCall, Op, PrimCall
+from torchgraft.ir.lower import CAPTURED_METHODS, is_structural, typed_lowering
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import (
     Block,
@@ -278,7 +279,10 @@ class _Builder:
 
     def flow(self, body: Node, path: str, block: Block, args: list[Producers],
              kwargs: dict[str, Producers]) -> Producers:
-        """Edges of a Block's body (a Graph, or combinators over ChildRefs)."""
+        """Edges of a Block's body (a Graph, or combinators over ChildRefs). A structure capture stored
+        (``ir.stored``) is drawn as its lowering: the same nodes as the forward it was captured from."""
+        if body is block.body and is_structural(body) and block.method in CAPTURED_METHODS:
+            body = typed_lowering(block, path, self.model.type_at)
         if isinstance(body, Graph):
             return self.graph(body, path, block, args, kwargs)
         if isinstance(body, ChildRef):

@@ -96,9 +96,8 @@ def _op_fresh(op: Op, child: ChildLookup | None, helpers: Mapping[str, Helper] |
         if helper is not None:
             return Fresh.PASS if helper_passes(helper) else Fresh.UNKNOWN
     found = kind_of(op)
-    if found is not None and not found.in_place and not op.kwargs and TRAITS[found.kind].shape in ("broadcast",
-                                                                                                 "join"):
-        return Fresh.NEW
+    if found is not None and not op.kwargs and TRAITS[found.kind].shape in ("broadcast", "join"):
+        return Fresh.PASS if found.in_place else Fresh.NEW  # ``out += x`` returns ``out`` itself
     return Fresh.UNKNOWN
 
 
@@ -116,8 +115,11 @@ def node_fresh(node: Node, child: ChildLookup | None = None, helpers: Mapping[st
         for item in node.items:
             out = out.then(node_fresh(item, child, helpers, depth + 1))
         return out
+    if isinstance(node, SkipConnection | Parallel) and node.combine.in_place:  # the first value, written into
+        target = node.body if isinstance(node, SkipConnection) else node.branches[0]
+        return Fresh.NEW if node_fresh(target, child, helpers, depth + 1) is Fresh.NEW else Fresh.UNKNOWN
     if isinstance(node, SkipConnection | Parallel):
-        return Fresh.NEW  # the join makes a new tensor (lowered as ``a + b``, ``torch.cat``, never in place)
+        return Fresh.NEW  # any other join makes a new tensor (``a + b``, ``torch.cat``)
     if isinstance(node, ChildRef):
         found = child(node.path) if child is not None else None
         return Fresh.UNKNOWN if found is None else node_fresh(found, None, helpers, depth + 1)
@@ -166,19 +168,34 @@ def _source_passes(source: str) -> bool:
     except SyntaxError:
         return False
     defs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
-    if len(defs) != 1 or not defs[0].args.args:
+    positional = [*defs[0].args.posonlyargs, *defs[0].args.args] if len(defs) == 1 else []
+    if not positional:
         return False
-    fn, first = defs[0], defs[0].args.args[0].arg
+    fn, first = defs[0], positional[0].arg
     inner = list(ast.walk(fn))[1:]
-    if any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.Yield | ast.YieldFrom
-                      | ast.Global | ast.Nonlocal | ast.ClassDef) for n in inner):
+    if any(isinstance(n, _OPAQUE) for n in inner) or any(_rebinds(n, first) for n in inner):
         return False
-    if any(isinstance(n, ast.Name) and n.id == first and not isinstance(n.ctx, ast.Load) for n in inner):
-        return False  # rebound (``input = ...``, ``for input in``, ``del input``)
     returns = [n for n in inner if isinstance(n, ast.Return)]
     if not returns or _falls_off(fn.body):
         return False
     return all(r.value is not None and _fresh_or_first(r.value, first) for r in returns)
+
+
+_OPAQUE = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.Yield, ast.YieldFrom, ast.Global, ast.Nonlocal,
+           ast.ClassDef, ast.Match, ast.Try, ast.Import, ast.ImportFrom, ast.With, ast.AsyncWith)
+"""Code the check does not read into: a helper containing any of these is not trusted to pass through."""
+_REPOINT = frozenset({"data", "set_", "resize_", "untyped_storage", "storage", "__setattr__"})
+"""Attributes that make a tensor share storage with something else, or replace its data."""
+
+
+def _rebinds(node: ast.AST, first: str) -> bool:
+    """True when ``node`` rebinds ``first`` (``first = ...``, ``for first in``, ``del first``) or re-points
+    its data (``first.data = ...``, ``first.set_(...)``)."""
+    if isinstance(node, ast.Name):
+        return node.id == first and not isinstance(node.ctx, ast.Load)
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == first:
+        return not isinstance(node.ctx, ast.Load) or node.attr in _REPOINT
+    return False
 
 
 def _fresh_or_first(expr: ast.expr, first: str) -> bool:

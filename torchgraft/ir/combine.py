@@ -36,7 +36,7 @@ import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -77,6 +77,9 @@ FOLD_FUNCTIONS: dict[CombineKind, str] = {
     CombineKind.MAX: "torch.maximum", CombineKind.MIN: "torch.minimum", CombineKind.MEAN: "operator.add"}
 """The binary function each folded kind applies left to right (``mean`` then divides by the count)."""
 
+IN_PLACE_FUNCTIONS: dict[CombineKind, str] = {CombineKind.ADD: "operator.iadd", CombineKind.MUL: "operator.imul"}
+"""The in-place operator of each kind that can join in place (``Combine.in_place``)."""
+
 JOIN_FUNCTIONS: dict[CombineKind, str] = {CombineKind.CONCAT: "torch.cat", CombineKind.STACK: "torch.stack"}
 """The function each kind with a ``dim`` calls on the list of values."""
 
@@ -92,6 +95,7 @@ COMMUTATIVE_CALLS = frozenset({
 """``call`` functions whose operands can be swapped exactly (integer and boolean ones); any other ``call``
 is treated as order-sensitive (``atan2`` is not symmetric; float ones may round differently)."""
 
+_T = TypeVar("_T")
 _STATEFUL_PREFIXES = ("set_", "use_", "enable_", "disable_", "_")
 
 
@@ -208,14 +212,19 @@ class Combine:
 
     ``dim`` is used by ``cat`` and ``stack`` only; the other kinds refuse a ``dim`` other than 1.
     ``fn`` is set for ``call`` only (see the module docstring for which functions are accepted).
+    ``in_place`` (``add`` and ``mul`` only) writes the join into the first value, as ``out += identity`` does: the
+    result keeps that value's dtype and shape (``out + identity`` would promote a float32 ``out`` to float64).
+    The first value is a SkipConnection's body result (``skip_operands``) or a Parallel's first branch; it must be
+    a tensor that branch made (``ir.aliasing``), which ``verify`` checks.
     """
 
     kind: CombineKind
     dim: int
     fn: str
+    in_place: bool
 
     def __init__(self, kind: CombineKind | str | Callable[..., Any] = CombineKind.ADD, dim: int = 1,
-                 fn: str = "") -> None:
+                 fn: str = "", in_place: bool = False) -> None:
         k, named = parse_combine(kind)
         if named and fn:
             raise IRError(f"Combine: the function is given twice ({named} and fn={fn!r}); give it once")
@@ -227,9 +236,13 @@ class Combine:
             what = fn if k is CombineKind.CALL else repr(k.value)
             raise IRError(f"Combine({what}) joins elementwise and takes no dim (got dim={dim}); "
                           "only 'cat' and 'stack' take one")
+        if not isinstance(in_place, bool) or (in_place and k not in IN_PLACE_FUNCTIONS):
+            raise IRError(f"Combine({k.value!r}, in_place={in_place!r}): only 'add' and 'mul' join in place "
+                          "(out += x, out *= x); use in_place=False")
         object.__setattr__(self, "kind", k)
         object.__setattr__(self, "dim", dim)
         object.__setattr__(self, "fn", fn)
+        object.__setattr__(self, "in_place", in_place)
 
     @property
     def commutative(self) -> bool:
@@ -264,6 +277,8 @@ def combine_ops(combine: Combine, values: list[str], fresh: Callable[[str], str]
     ``fresh(base)`` gives an unused value name. Every kind is written out; there is no default.
     """
     kind = combine.kind
+    if combine.in_place:
+        return _fold(IN_PLACE_FUNCTIONS[kind], kind.value, values, fresh)
     if kind is CombineKind.CALL:
         return _fold(combine.fn, combine.fn.rpartition(".")[2], values, fresh)
     if kind in JOIN_FUNCTIONS:
@@ -278,6 +293,13 @@ def combine_ops(combine: Combine, values: list[str], fresh: Callable[[str], str]
         ops.append(Op(name, FunctionCall("operator.truediv"), (Ref(acc), Const(len(values)))))
         acc = name
     return ops, acc
+
+
+def skip_operands(combine: Combine, x: _T, y: _T) -> list[_T]:
+    """The two values a SkipConnection joins, in the order its lowering and the interpreter pass them: ``x, y``
+    (``x + body(x)``, ``x - body(x)``), except for an in-place join, which writes into the body's result and
+    never into the input: ``y, x`` (``out = body(x); out += x``; add and mul commute exactly)."""
+    return [y, x] if combine.in_place else [x, y]
 
 
 def _fold(qualname: str, base: str, values: list[str], fresh: Callable[[str], str]) -> tuple[list[Op], str]:

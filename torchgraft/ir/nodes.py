@@ -7,6 +7,7 @@ Inside a Block's ``body`` the same combinators describe the forward over ``Child
 
 from __future__ import annotations
 
+import keyword
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -249,7 +250,8 @@ class Block(Structural, Pipeable):
     when the forward differs in training mode (``if self.training: ...``).
     ``method`` records how the forward was captured (``"fx"``, ``"hand"``, ...).
     ``extra_state`` holds the class's ``get_extra_state``/``set_extra_state``, copied, when it has them
-    (its state then has the key ``_extra_state``: ``ir.extra_state``).
+    (its state then has the key ``_extra_state``: ``ir.extra_state``). ``input_name`` is the forward's one
+    parameter when ``body`` is a combinator tree (``forward(self, hidden_states)``; a Graph names its own).
     """
 
     cls: ClassRef
@@ -260,8 +262,12 @@ class Block(Structural, Pipeable):
     method: str = "hand"
     constants: tuple[tuple[str, Const], ...] = ()
     extra_state: StateMethods | None = None
+    input_name: str = "x"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.input_name, str) or not self.input_name.isidentifier() \
+                or keyword.iskeyword(self.input_name):
+            raise IRError(f"Block<{self.cls.name}> input_name {self.input_name!r} is not a Python parameter name")
         names = [n for n, _ in self.children] + [s.name for s in self.state]
         dup = {n for n, k in Counter(names).items() if k > 1}
         if dup:

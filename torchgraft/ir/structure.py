@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Mapping
 
 from torchgraft.ir.aliasing import ChildLookup, owns_result
-from torchgraft.ir.combine import Combine, CombineKind
+from torchgraft.ir.combine import IN_PLACE_FUNCTIONS, Combine, CombineKind
 from torchgraft.ir.graph import ChildCall, Graph, Input, Op, PrimCall
 from torchgraft.ir.model import Helper
 from torchgraft.ir.nodes import Chain, ChildRef, Node, Parallel, SkipConnection
@@ -55,8 +55,10 @@ def _combine_inputs(op: Op, fresh: dict[str, Op], child: ChildLookup | None = No
         # a + b, torch.maximum(a, b), a - b (its order kept); ``out += x`` joins like ``out + x`` when ``out``
         # is a tensor this forward made and holds alone (not its input, nor what a layer may pass through
         # from it: ``h = self.drop(x); h -= ...`` writes into the caller's x)
-        if not found.in_place or owns_result(op.args[0].name, fresh, child, helpers):  # type: ignore[union-attr]
+        if not found.in_place:
             return Combine(kind), [a.name for a in op.args]  # type: ignore[union-attr]
+        if kind in IN_PLACE_FUNCTIONS and owns_result(op.args[0].name, fresh, child, helpers):  # type: ignore[union-attr]
+            return Combine(kind, in_place=True), [a.name for a in op.args]  # type: ignore[union-attr]
         return None
     if kind.takes_dim and not found.in_place and op.args and isinstance(op.args[0], Seq) and len(op.args) <= 2:
         items = op.args[0].items
@@ -118,6 +120,8 @@ class _Recognizer:
         assert isinstance(kind, CombineKind)
         bodies = [n for _, n, _ in parts]
         first = min(f for _, _, f in parts)
+        if combine.in_place and bodies[0] == _IDENTITY:
+            raise _Misfit  # writes into the input (owns_result refuses it first)
         if len(bodies) == 2 and _IDENTITY in bodies and not kind.takes_dim and (bodies[0] == _IDENTITY
                                                                               or kind.commutative):
             return src, SkipConnection(bodies[1 - bodies.index(_IDENTITY)], combine), first
@@ -131,7 +135,8 @@ class _Recognizer:
                 flat.append((b, f))
         ran = sorted(flat, key=lambda bf: bf[1])
         if ran != flat:
-            if not (len(flat) == 2 and kind.commutative):  # b + a == a + b exactly; longer folds are not
+            if combine.in_place or not (len(flat) == 2 and kind.commutative):  # b + a == a + b exactly; longer
+                # folds are not, and an in-place join writes into its first branch
                 raise _Misfit
             flat = ran
         node = Parallel(tuple(b for b, _ in flat), combine)

@@ -23,15 +23,17 @@ All problems are collected and raised together as one ``IRError``.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from itertools import pairwise
 
 from torchgraft.errors import IRError
+from torchgraft.ir.aliasing import ChildLookup, Fresh, node_fresh
 from torchgraft.ir.codecheck import code_problems
 from torchgraft.ir.extra_state import EXTRA_STATE_KEY
 from torchgraft.ir.graph import ChildCall, GetAttr, Graph, Guard, PrimCall
-from torchgraft.ir.model import Model
+from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import (
     Block,
     Chain,
@@ -44,7 +46,7 @@ from torchgraft.ir.nodes import (
     module_children,
 )
 from torchgraft.ir.primitives import BatchNorm, Conv, GroupNorm, LayerNorm, Linear, Primitive
-from torchgraft.ir.traverse import join, walk
+from torchgraft.ir.traverse import join, node_at, walk
 from torchgraft.ir.types import TensorType, ValueType
 
 MAX_LISTED = 5
@@ -122,7 +124,7 @@ def _calls(node: Node) -> Iterator[str]:
         yield from (op.target.path for op in node.ops if isinstance(op.target, ChildCall))
 
 
-def _check_block(block: Block, path: str) -> Iterator[str]:
+def _check_block(block: Block, path: str, helpers: Mapping[str, Helper]) -> Iterator[str]:
     where, cls = _where(path), f"Block<{block.cls.name}>"
     for body in (block.body, block.train_body):
         for node in _body_nodes(body):
@@ -135,9 +137,26 @@ def _check_block(block: Block, path: str) -> Iterator[str]:
                     yield f"{where}: {cls} calls {ref!r}, a {target.kind}, which has no forward; call one of its items"
             if isinstance(node, Graph):
                 yield from _check_graph(node, block, where, cls)
+            elif isinstance(node, (SkipConnection, Parallel)):
+                yield from _check_in_place(node, where, helpers, functools.partial(node_at, block))
             elif isinstance(node, Primitive) and _prim_state(node, path):
                 yield (f"{where}: the forward of {cls} uses {node.label()} inline, but it has state; make it a "
                        "child of the block and refer to it with ChildRef")
+
+
+def _check_in_place(node: SkipConnection | Parallel, where: str, helpers: Mapping[str, Helper],
+                    child: ChildLookup | None = None) -> Iterator[str]:
+    """An in-place join (``Combine(in_place=True)``) writes into its first value: that must be a tensor the
+    branch made, never the input passed through (``ir.aliasing``)."""
+    if not node.combine.in_place:
+        return
+    target = node.body if isinstance(node, SkipConnection) else node.branches[0]
+    if node_fresh(target, child, helpers) is not Fresh.NEW:
+        what = "body" if isinstance(node, SkipConnection) else "first branch"
+        shown = target.path if isinstance(target, ChildRef) else type(target).__name__
+        yield (f"{where}: {type(node).__name__}({node.combine}, in_place=True) writes into the result of its {what} "
+               f"({shown}), which may be its input itself (a pass-through layer, a view, an unknown module): the "
+               "write would reach the caller's tensor; use an out-of-place Combine (in_place=False)")
 
 
 def _check_graph(graph: Graph, block: Block, where: str, cls: str) -> Iterator[str]:
@@ -232,13 +251,15 @@ def _check_ties(model: Model, implied: StateInfo) -> Iterator[str]:
 def problems(model: Model) -> list[str]:
     """Every invariant the model breaks, as messages (empty when it is valid)."""
     out: list[str] = []
-    types = dict(model.types)
+    types, helpers = dict(model.types), model.helper_functions()
     for path, node in walk(model.root):
         out += _check_names(node, path)
         if isinstance(node, Block):
-            out += _check_block(node, path)
+            out += _check_block(node, path, helpers)
         if isinstance(node, Chain):
             out += _check_chain(node, path, types)
+        if isinstance(node, (SkipConnection, Parallel)):
+            out += _check_in_place(node, _where(path), helpers)
     implied = implied_state(model.root)
     if model.weights:
         out += _check_state(model, implied)

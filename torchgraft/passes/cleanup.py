@@ -12,8 +12,9 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from torchgraft.ir.graph import ChildCall, Graph, Op
+from torchgraft.ir.lower import is_structural, leaf_sites
 from torchgraft.ir.model import Model
-from torchgraft.ir.nodes import Block, Chain, Node
+from torchgraft.ir.nodes import Block, Chain, ChildRef, Node, Parallel, SkipConnection
 from torchgraft.ir.opkinds import OpKind, kind_of
 from torchgraft.ir.primitives import Dropout, Identity, Recurrent
 from torchgraft.ir.traverse import join, map_tree
@@ -41,6 +42,8 @@ def _block_without(block: Block, path: str, is_gone: Callable[[str, Node], bool]
     """Remove children for which ``is_gone(path, node)`` holds, the ops calling them, and (for
     dropout) ``F.dropout`` calls the selector admits."""
     gone = {n for n, c in block.children if is_gone(join(path, n), c)}
+    if is_structural(block.body) and block.train_body is None:
+        return _from_structure(block, gone, path, matches, what)
     graphs = [g for g in (block.body, block.train_body) if isinstance(g, Graph)]
     if not graphs:
         return block
@@ -60,6 +63,31 @@ def _block_without(block: Block, path: str, is_gone: Callable[[str, Node], bool]
     train = drop_passthrough_ops(block.train_body, drop) if isinstance(block.train_body, Graph) else block.train_body
     return replace(block, children=tuple((n, c) for n, c in block.children if n not in gone),
                    body=body, train_body=train)
+
+
+def _from_structure(block: Block, gone: set[str], path: str, matches: list[Match], what: str) -> Block:
+    """A structural body without the gone children: each call of one becomes the identity."""
+    called = {n.path for _, n in leaf_sites(block.body) if isinstance(n, ChildRef)}
+    gone &= called
+    if not gone:
+        return block
+    matches += [Match(join(path, n), what) for n in sorted(gone)]
+    body = _without(block.body, gone)
+    return replace(block, children=tuple((n, c) for n, c in block.children if n not in gone), body=body)
+
+
+def _without(node: Node, gone: set[str]) -> Node:
+    """``node`` with calls of the ``gone`` children removed (the identity, ``Chain()``, where one stood alone)."""
+    if isinstance(node, ChildRef):
+        return Chain() if node.path in gone else node
+    if isinstance(node, Chain):
+        items = [i for i in (_without(i, gone) for i in node.items) if i != Chain()]
+        return items[0] if len(items) == 1 else Chain(*items)
+    if isinstance(node, SkipConnection):
+        return replace(node, body=_without(node.body, gone))
+    if isinstance(node, Parallel):
+        return replace(node, branches=tuple(_without(b, gone) for b in node.branches), names=node.names)
+    return node
 
 
 def _is_dropout_call(op: Op) -> bool:

@@ -23,6 +23,7 @@ from typing import ClassVar
 
 from torchgraft.ir.activations import Spelling
 from torchgraft.ir.graph import ChildCall, Graph, MethodCall, PrimCall
+from torchgraft.ir.lower import is_structural
 from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import Block, Chain, ChildRef, Node, Parallel, SkipConnection
 from torchgraft.ir.primitives import Activation, Primitive

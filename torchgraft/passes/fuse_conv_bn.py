@@ -4,8 +4,10 @@ Sites:
 
 - a Conv1d/2d/3d or ConvTranspose (any groups, with or without bias) followed by its
   BatchNorm in an ``nn.Sequential`` (the conv may be the last layer of an inner ``nn.Sequential``);
-- the same two layers called one after the other in a forward, where the conv's output
-  has no other user;
+- the same two layers called one after the other in a forward: in a structural body (a forward
+  capture stored as structure, ``ir.stored``) by the same rule as in an ``nn.Sequential``,
+  ``Chain[..., Conv, BatchNorm, ...]`` over the block's children (``passes.conv_bn_rule``); in a
+  Graph body, where the conv's output has no other user;
 - a conv child whose only user is a functional ``F.batch_norm(y, self.running_mean,
   self.running_var, self.weight, self.bias, training, momentum, eps)`` over the block's
   own buffers/parameters (``training`` False, or ``self.training``: see below);
@@ -21,29 +23,26 @@ fold would change every place that uses them.
 
 from __future__ import annotations
 
-import inspect
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from torchgraft.errors import TorchgraftError
-from torchgraft.ir.graph import ChildCall, GetAttr, Graph, Op
+from torchgraft.ir.graph import ChildCall, Graph
+from torchgraft.ir.lower import is_structural, leaf_sites, map_chains
 from torchgraft.ir.model import Model
-from torchgraft.ir.nodes import Block, Chain, Node, module_children
-from torchgraft.ir.opkinds import OpKind, is_kind
+from torchgraft.ir.nodes import Block, Chain, ChildRef, Node, module_children
 from torchgraft.ir.primitives import BatchNorm, Conv, Identity, Linear, Primitive
 from torchgraft.ir.traverse import join, map_tree
 from torchgraft.ir.types import TensorType
-from torchgraft.ir.values import Arg, Const, Ref, Training, rename_refs
 from torchgraft.passes.base import Match, Pass, Skip
+from torchgraft.passes.conv_bn_rule import bn_pairs, out_features, pairable, tail, with_tail
+from torchgraft.passes.fuse_conv_bn_graph import child_pairs, drop_ops, functional_sites
 from torchgraft.passes.rewrite import enclosing_map
 from torchgraft.passes.selectors import Selector, Site, parse_selector
 
-_BN_SIGNATURE = inspect.signature(F.batch_norm)
-_STAT_ARGS = ("running_mean", "running_var", "weight", "bias")
 _TRAINING_NOTE = "training=self.training"
 
 
@@ -71,42 +70,6 @@ def fold_weights(layer: Primitive, w: torch.Tensor, b: torch.Tensor | None, stat
     return w2.to(w.dtype), ((base - stats["running_mean"]) * inv + shift).to(w.dtype)
 
 
-def _out_features(a: Node) -> int | None:
-    if isinstance(a, Primitive) and a.reparam:  # its weight is computed (weight_norm & co.): nothing to fold into
-        return None
-    if isinstance(a, Conv):
-        return a.out_channels
-    if isinstance(a, Linear):
-        return a.out_features
-    return None
-
-
-def _pairable(a: Node, b: Node, out_type: object) -> bool:
-    if not isinstance(b, BatchNorm) or (isinstance(a, Primitive) and a.reparam):
-        return False
-    if isinstance(a, Conv):
-        return b.op == f"BatchNorm{a.dims}d" and b.num_features == a.out_channels
-    if isinstance(a, Linear):
-        return (b.op == "BatchNorm1d" and b.num_features == a.out_features
-                and isinstance(out_type, TensorType) and out_type.rank == 2)
-    return False
-
-
-def tail(node: Node, path: str) -> tuple[str, Node]:
-    """The layer whose output is ``node``'s output, with its path: ``node`` itself, or the last item
-    of (nested) ``nn.Sequential``s, e.g. torchvision's ``Conv2Plus1D`` ending in a Conv3d."""
-    while isinstance(node, Chain) and node.items:
-        path, node = join(path, node.names[-1]), node.items[-1]
-    return path, node
-
-
-def _with_tail(node: Node, new: Node) -> Node:
-    """``node`` with the layer ``tail`` finds replaced by ``new``."""
-    if not isinstance(node, Chain) or not node.items:
-        return new
-    return Chain(*node.items[:-1], _with_tail(node.items[-1], new), names=node.names)
-
-
 def _tied(model: Model) -> set[str]:
     """Every path (module or state key) that is an alias or the target of a tie."""
     return {p for pair in model.ties for p in pair}
@@ -114,101 +77,6 @@ def _tied(model: Model) -> set[str]:
 
 def _is_tied(path: str, tied: set[str]) -> bool:
     return any(path == t or path.startswith(t + ".") or t.startswith(path + ".") for t in tied)
-
-
-@dataclass(frozen=True)
-class _FnSite:
-    """A functional ``F.batch_norm`` site over a conv child's output, in one graph."""
-
-    conv_op: str
-    conv: str  # child path
-    bn_op: str
-    attrs: tuple[tuple[str, str | None], ...]  # (running_mean/var/weight/bias, own state name or None)
-    attr_ops: tuple[str, ...]
-    eps: float
-    dynamic: bool  # training=self.training
-
-    @property
-    def key(self) -> tuple[object, ...]:
-        return self.conv, self.attrs, self.eps, self.dynamic
-
-
-def _bind(op: Op) -> dict[str, Arg] | None:
-    try:
-        bound = _BN_SIGNATURE.bind(*op.args, **dict(op.kwargs))
-    except TypeError:
-        return None
-    return dict(bound.arguments)
-
-
-def _functional_sites(g: Graph, block: Block) -> list[_FnSite]:
-    """``F.batch_norm`` calls over a conv/linear child's output and the block's own state."""
-    users = g.users()
-    by_name = {op.name: op for op in g.ops}
-    own = {s.name for s in block.state}
-    attr_readers = Counter(op.target.path for op in g.ops if isinstance(op.target, GetAttr))
-    out = []
-    for op in g.ops:
-        if not is_kind(op, OpKind.BATCH_NORM):
-            continue
-        bound = _bind(op)
-        if bound is None:
-            continue
-        src = bound.get("input")
-        conv_op = by_name.get(src.name) if isinstance(src, Ref) else None
-        if (conv_op is None or not isinstance(conv_op.target, ChildCall) or "." in conv_op.target.path
-                or users[conv_op.name] != [op.name]):
-            continue
-        training = bound.get("training", Const(False))
-        if training != Const(False) and not isinstance(training, Training):
-            continue
-        eps = bound.get("eps", Const(1e-5))
-        if not (isinstance(eps, Const) and isinstance(eps.value, (int, float)) and not isinstance(eps.value, bool)):
-            continue
-        attrs: list[tuple[str, str | None]] = []
-        attr_ops: list[str] = []
-        for name in _STAT_ARGS:
-            a = bound.get(name, Const(None))
-            if a == Const(None) and name in ("weight", "bias"):
-                attrs.append((name, None))
-                continue
-            getter = by_name.get(a.name) if isinstance(a, Ref) else None
-            if (getter is None or not isinstance(getter.target, GetAttr) or getter.target.path not in own
-                    or attr_readers[getter.target.path] != 1 or set(users[getter.name]) != {op.name}):
-                break
-            attrs.append((name, getter.target.path))
-            attr_ops.append(getter.name)
-        else:
-            out.append(_FnSite(conv_op.name, conv_op.target.path, op.name, tuple(attrs), tuple(attr_ops),
-                               float(eps.value), isinstance(training, Training)))
-    return out
-
-
-def _child_pairs(g: Graph) -> list[tuple[Op, Op]]:
-    users = g.users()
-    by_name = {op.name: op for op in g.ops}
-    out = []
-    for op in g.ops:
-        if not isinstance(op.target, ChildCall) or "." in op.target.path:
-            continue
-        u = users.get(op.name, [])
-        if len(u) == 1 and u[0] in by_name:
-            nxt = by_name[u[0]]
-            if (isinstance(nxt.target, ChildCall) and "." not in nxt.target.path and len(nxt.args) == 1
-                    and nxt.args[0] == Ref(op.name) and not nxt.kwargs):
-                out.append((op, nxt))
-    return out
-
-
-def _drop_ops(g: Graph, renames: dict[str, str], drop: set[str] = frozenset()) -> Graph:  # type: ignore[assignment]
-    """``g`` without the ops in ``renames`` (uses read the renamed value instead) or in ``drop``."""
-    ops = []
-    for op in g.ops:
-        if op.name in renames or op.name in drop:
-            continue
-        ops.append(replace(op, args=tuple(rename_refs(a, renames) for a in op.args),
-                           kwargs=tuple((k, rename_refs(v, renames)) for k, v in op.kwargs)))
-    return Graph(g.inputs, tuple(ops), rename_refs(g.output, renames))
 
 
 def _frozen_after(model: Model, state: dict[str, torch.Tensor]) -> tuple[str, ...]:
@@ -256,7 +124,7 @@ class FuseConvBN(Pass):
             if isinstance(node, Chain):
                 return self._chain(model, path, node, state, matches, sel, enclosing, tied)
             if isinstance(node, Block):
-                return self._block(path, node, state, consts, matches, sel, enclosing, tied)
+                return self._block(model, path, node, state, consts, matches, sel, enclosing, tied)
             return node
 
         root = map_tree(model.root, fuse)
@@ -309,18 +177,58 @@ class FuseConvBN(Pass):
 
     def _chain(self, model: Model, path: str, chain: Chain, state: dict[str, torch.Tensor],
                matches: list[Match], sel: Selector, enclosing: dict[str, tuple[str, ...]], tied: set[str]) -> Node:
+        """``Chain[..., Conv, BatchNorm, ...]`` in an ``nn.Sequential``: the BatchNorm becomes ``nn.Identity``
+        (later indices keep their keys)."""
+        def resolve(i: int) -> tuple[str, Node] | None:
+            p = join(path, chain.names[i])
+            return None if _is_tied(p, tied) else (p, chain.items[i])
+
         items = list(chain.items)
-        for i in range(len(items) - 1):
-            pa, pb = join(path, chain.names[i]), join(path, chain.names[i + 1])
-            (pt, a), b = tail(items[i], pa), items[i + 1]
-            if (_pairable(a, b, model.type_at(pa)) and self._selected(sel, pt, a, enclosing)
-                    and not _is_tied(pa, tied) and not _is_tied(pb, tied)):
-                items[i] = _with_tail(items[i], self._fold(pt, pb, a, b, state, matches))  # type: ignore[arg-type]
-                items[i + 1] = Identity()
+        for i in bn_pairs(len(items), resolve, model.type_at, lambda p, n: self._selected(sel, p, n, enclosing)):
+            pt, a = tail(items[i], join(path, chain.names[i]))
+            bn = items[i + 1]
+            assert isinstance(bn, BatchNorm)
+            items[i] = with_tail(items[i], self._fold(pt, join(path, chain.names[i + 1]), a, bn, state, matches))  # type: ignore[arg-type]
+            items[i + 1] = Identity()
         return chain if items == list(chain.items) else Chain(*items, names=chain.names)
 
-    def _block(self, path: str, block: Block, state: dict[str, torch.Tensor], consts: dict[str, torch.Tensor],
-               matches: list[Match], sel: Selector, enclosing: dict[str, tuple[str, ...]], tied: set[str]) -> Node:
+    def _structure(self, model: Model, path: str, block: Block, state: dict[str, torch.Tensor],
+                   matches: list[Match], sel: Selector, enclosing: dict[str, tuple[str, ...]], tied: set[str]
+                   ) -> Block:
+        """``Chain[..., Conv, BatchNorm, ...]`` over the block's children in its structural body: the BatchNorm
+        child and its call go (each child called once in the body, neither shared)."""
+        calls = Counter(n.path for _, n in leaf_sites(block.body) if isinstance(n, ChildRef))
+        kids = dict(block.children)
+        gone: set[str] = set()
+
+        def chain(items: tuple[Node, ...]) -> list[Node]:
+            def resolve(i: int) -> tuple[str, Node] | None:
+                ref = items[i]
+                if not isinstance(ref, ChildRef) or ref.path not in kids or calls[ref.path] != 1:
+                    return None
+                p = join(path, ref.path)
+                return None if _is_tied(p, tied) else (p, kids[ref.path])
+
+            out = list(items)
+            for i in bn_pairs(len(items), resolve, model.type_at, lambda p, n: self._selected(sel, p, n, enclosing)):
+                conv, bn = items[i], items[i + 1]
+                assert isinstance(conv, ChildRef) and isinstance(bn, ChildRef)
+                pt, a = tail(kids[conv.path], join(path, conv.path))
+                folded = self._fold(pt, join(path, bn.path), a, kids[bn.path], state, matches)  # type: ignore[arg-type]
+                kids[conv.path] = with_tail(kids[conv.path], folded)
+                gone.add(bn.path)
+            return [it for it in out if not (isinstance(it, ChildRef) and it.path in gone)]
+
+        body = map_chains(block.body, chain)
+        if not gone:
+            return block
+        return replace(block, body=body, children=tuple((n, kids[n]) for n, _ in block.children if n not in gone))
+
+    def _block(self, model: Model, path: str, block: Block, state: dict[str, torch.Tensor],
+               consts: dict[str, torch.Tensor], matches: list[Match], sel: Selector,
+               enclosing: dict[str, tuple[str, ...]], tied: set[str]) -> Node:
+        if is_structural(block.body) and block.train_body is None:
+            return self._structure(model, path, block, state, matches, sel, enclosing, tied)
         graphs = [g for g in (block.body, block.train_body) if isinstance(g, Graph)]
         if not graphs:
             return block
@@ -332,7 +240,7 @@ class FuseConvBN(Pass):
             return calls[child] == per_graph and not _is_tied(join(path, child), tied)
 
         # module pairs conv -> bn, present (once) in every graph of the block
-        pair_sets = [{(a.target.path, b.target.path): (a, b) for a, b in _child_pairs(g)} for g in graphs]  # type: ignore[union-attr]
+        pair_sets = [{(a.target.path, b.target.path): (a, b) for a, b in child_pairs(g)} for g in graphs]  # type: ignore[union-attr]
         pairs = []
         for (pa, pb), (op, _) in pair_sets[0].items():
             a, b = kids.get(pa), kids.get(pb)
@@ -340,17 +248,17 @@ class FuseConvBN(Pass):
                     or not usable(pa) or not usable(pb)):
                 continue
             pt, a = tail(a, join(path, pa))
-            if _pairable(a, b, op.type) and self._selected(sel, pt, a, enclosing):
+            if pairable(a, b, op.type) and self._selected(sel, pt, a, enclosing):
                 pairs.append((pa, pb))
         # functional F.batch_norm over the block's own state, the same in every graph
-        site_sets = [{s.key: s for s in _functional_sites(g, block)} for g in graphs]
+        site_sets = [{s.key: s for s in functional_sites(g, block)} for g in graphs]
         fn_sites = []
         for key, site in site_sets[0].items():
             conv = kids.get(site.conv)
             if (conv is None or not all(key in s for s in site_sets[1:]) or not usable(site.conv)
                     or any(_is_tied(join(path, n), tied) for _, n in site.attrs if n)):
                 continue
-            n = _out_features(conv)
+            n = out_features(conv)
             mean = dict(site.attrs)["running_mean"]
             spec = next(s for s in block.state if s.name == mean)
             if n is None or spec.shape != (n,):
@@ -369,7 +277,7 @@ class FuseConvBN(Pass):
         gone_state: set[str] = set()
         for pa, pb in pairs:
             pt, conv = tail(children[pa], join(path, pa))
-            children[pa] = _with_tail(children[pa], self._fold(pt, join(path, pb), conv, children[pb],  # type: ignore[arg-type]
+            children[pa] = with_tail(children[pa], self._fold(pt, join(path, pb), conv, children[pb],  # type: ignore[arg-type]
                                                                state, matches))
             del children[pb]
             for i in range(len(graphs)):
@@ -398,7 +306,7 @@ class FuseConvBN(Pass):
                 renames[i][s.bn_op] = s.conv_op
                 drops[i] |= set(s.attr_ops)
         new_kids = tuple((n, children[n]) for n, _ in block.children if n in children)
-        new_graphs = iter([_drop_ops(g, renames[i], drops[i]) for i, g in enumerate(graphs)])
+        new_graphs = iter([drop_ops(g, renames[i], drops[i]) for i, g in enumerate(graphs)])
         body = next(new_graphs) if isinstance(block.body, Graph) else block.body
         train = next(new_graphs) if isinstance(block.train_body, Graph) else block.train_body
         return replace(block, children=new_kids, body=body, train_body=train,

@@ -13,15 +13,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, MethodCall, Op
+from torchgraft.ir.lower import block_graph, is_structural
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Chain, Node, Opaque, module_children
 from torchgraft.ir.opkinds import OpKind, is_kind
 from torchgraft.ir.primitives import BatchNorm, Conv, Linear, Primitive
 from torchgraft.ir.traverse import join, walk
-from torchgraft.ir.types import TensorType
+from torchgraft.ir.types import UNKNOWN, TensorType
 from torchgraft.ir.values import Const, Ref
 from torchgraft.passes.base import Skip
-from torchgraft.passes.fuse_conv_bn import _bind, tail
+from torchgraft.passes.conv_bn_rule import tail
+from torchgraft.passes.fuse_conv_bn_graph import bind_batch_norm
 
 Selected = Callable[[str, Node], bool]
 """Whether the pass's ``where=`` selects the layer at a path."""
@@ -103,7 +105,9 @@ def _module_reason(before: Model, parent_path: str, parent: Node, name: str, sel
 def _block_reason(before: Model, path: str, block: Block, name: str, bn: BatchNorm, selected: Selected,
                   tied: Tied) -> str:
     where = path or "<root>"
-    graphs = [g for g in (block.body, block.train_body) if isinstance(g, Graph)]
+    # a structural body is read as its lowering: Chain[conv, bn] is conv's one user being bn there too
+    graphs = [block_graph(block, g) for g in (block.body, block.train_body)
+              if g is not None and (isinstance(g, Graph) or is_structural(g))]
     if not graphs:
         return (f"the forward of {where} (Block<{block.cls.name}>) was kept as copied source, which the pass "
                 "does not rewrite")
@@ -129,8 +133,8 @@ def _block_reason(before: Model, path: str, block: Block, name: str, bn: BatchNo
         calls_conv = sum(isinstance(o.target, ChildCall) and o.target.path == src.target.path for o in g.ops)
         if calls_conv != 1:
             return f"{join(path, src.target.path)} is called {calls_conv} times in the forward of {where}"
-        reason = _pair_reason(join(path, src.target.path), conv, bn, src.type, selected, tied,
-                              join(path, name))
+        out_type = src.type if src.type != UNKNOWN else before.type_at(join(path, src.target.path))
+        reason = _pair_reason(join(path, src.target.path), conv, bn, out_type, selected, tied, join(path, name))
         if reason != "not folded":
             return reason
     return "the training-mode forward pairs it differently from the eval-mode forward"
@@ -158,7 +162,7 @@ def _describe(op: Op) -> str:
 
 
 def _functional_reason(block: Block, op: Op) -> str:
-    bound = _bind(op)
+    bound = bind_batch_norm(op)
     if bound is None:
         return "its arguments do not bind to F.batch_norm's signature"
     training = bound.get("training", Const(False))

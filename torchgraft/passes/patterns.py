@@ -8,8 +8,9 @@ A pattern describes a module-level node by structure and kinds::
                  Cap("bid", Kind("BatchNorm")), combine="add"),
         Cap("act", Kind("Activation")))                              # a RepVGG block's forward
 
-Blocks are matched through their recognised structure (``ir.structure.recognize``) with
-child references resolved to the children, so a pattern sees ``relu(dense(x) + x1(x) + id(x))``
+Blocks are matched through their structure (the body capture stored, ``ir.stored``, or the one
+``ir.structure.recognize`` reads in a Graph body) with child references resolved to the
+children, so a pattern sees ``relu(dense(x) + x1(x) + id(x))``
 as a Parallel of its branches. ``rewrite(model, pattern, builder)`` calls
 ``builder(match)`` for each site; the builder gets the captured nodes and their tensors
 and returns the replacement node and its tensors (keys relative to it). Inside an
@@ -29,6 +30,7 @@ from typing import Union
 import torch
 
 from torchgraft.ir.graph import Graph
+from torchgraft.ir.lower import is_structural
 from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import Block, Chain, ChildRef, CombineKind, Node, Opaque, Parallel, SkipConnection
 from torchgraft.ir.primitives import Identity, Primitive

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from torchgraft.ir.graph import Graph, PrimCall
+from torchgraft.ir.lower import is_structural, leaf_sites, map_leaves
 from torchgraft.ir.model import Model
-from torchgraft.ir.nodes import Block, Node, module_children
+from torchgraft.ir.nodes import Block, ChildRef, Node, module_children
 from torchgraft.ir.primitives import Primitive
 from torchgraft.ir.traverse import join, with_children
 from torchgraft.passes.selectors import Site, enclosing_label
@@ -22,7 +23,26 @@ Rewriter = Callable[[Site, str], "Node | None"]
 ``"module"`` for layers and the op's spelling (``functional``, ``method``...) inside graphs."""
 
 
+def _structure(g: Node, path: str, enclosing: tuple[str, ...], fn: Rewriter, block: Block) -> Node:
+    """A structural body's inline primitives (``F.relu`` stored as ``Activation`` in a Chain), each visited as a site
+    named like its lowered value (``layer1.0.relu_1``)."""
+    def leaf(name: str, node: Node) -> Node:
+        if not isinstance(node, Primitive):
+            return node
+        spelling = getattr(node, "spelling", None)
+        how = spelling.value if spelling else "functional"
+        new = fn(Site(join(path, name), node, enclosing, block, how), how)
+        if new is None or new == node:
+            return node
+        if not isinstance(new, Primitive) or new.state():
+            raise TypeError(f"{join(path, name)}: an inline call can only become another stateless primitive")
+        return new
+    return map_leaves(g, leaf)
+
+
 def _graph(g: Node | None, path: str, enclosing: tuple[str, ...], fn: Rewriter, block: Block) -> Node | None:
+    if g is not None and is_structural(g):
+        return _structure(g, path, enclosing, fn, block)
     if not isinstance(g, Graph):
         return g
     ops = []
@@ -96,6 +116,8 @@ def rename_children(block: Block, renames: dict[str, str]) -> Block:
         return renames.get(head, head) + ("." + rest if rest else "")
 
     def graph(g: Node | None) -> Node | None:
+        if g is not None and is_structural(g):
+            return map_leaves(g, lambda _, n: ChildRef(fix(n.path)) if isinstance(n, ChildRef) else n)
         if not isinstance(g, Graph):
             return g
         ops = []
@@ -126,6 +148,8 @@ def enclosing_map(root: Node) -> dict[str, tuple[str, ...]]:
             for g in (node.body, node.train_body):
                 if isinstance(g, Graph):
                     out.update({join(path, op.name): inner for op in g.ops})
+                elif g is not None and is_structural(g):
+                    out.update({join(path, n): inner for n, leaf in leaf_sites(g) if isinstance(leaf, Primitive)})
         for name, child in module_children(node):
             visit(child, join(path, name), inner)
 

@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from torchgraft.ir.graph import Graph, PrimCall
+from torchgraft.ir.lower import is_structural, leaf_sites
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Node, module_children
+from torchgraft.ir.primitives import Primitive
 from torchgraft.ir.traverse import join
 from torchgraft.passes.selectors import SelectorLike, Site, enclosing_label, parse_selector
 
@@ -39,6 +41,11 @@ def _visit(node: Node, path: str, parent: Node | None, enclosing: tuple[str, ...
                     if isinstance(op.target, PrimCall) and op.name not in seen:
                         seen.add(op.name)
                         yield Site(join(path, op.name), op.target.prim, inner, node, _spelling(op.target.prim))
+            elif g is not None and is_structural(g):  # inline primitives of a structural body, named as lowered
+                for name, leaf in leaf_sites(g):
+                    if isinstance(leaf, Primitive) and name not in seen:
+                        seen.add(name)
+                        yield Site(join(path, name), leaf, inner, node, _spelling(leaf))
     for name, child in module_children(node):
         yield from _visit(child, join(path, name), node, inner, graphs)
 

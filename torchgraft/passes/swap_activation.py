@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from torchgraft.ir.activations import ActKind
 from torchgraft.ir.graph import ChildCall, Graph, MethodCall, Op, PrimCall
+from torchgraft.ir.lower import block_graph, is_structural
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Chain, Node
 from torchgraft.ir.primitives import Activation, TorchLayer, torch_defaults
@@ -41,18 +42,28 @@ def _rename_values(g: Node | None, old: str, new: str) -> Node | None:
 def _write_back_in_place(path: str, node: Node) -> Node:
     """Calls of in-place activation modules whose new kind has no ``inplace`` (``nn.GELU``) become
     ``x.copy_(self.act(x))`` where ``x`` is read again, so the mutation the original relied on stays."""
-    if not isinstance(node, Block) or not isinstance(node.body, Graph):
+    if not isinstance(node, Block) or not isinstance(node.body, Graph) and not is_structural(node.body):
         return node
     lost = {n for n, c in node.children if isinstance(c, Activation) and c.inplace and "inplace" not in
             torch_defaults(c.op)}
     if not lost:
         return node
-    body = _copy_back(node.body, lost)
-    train = _copy_back(node.train_body, lost) if isinstance(node.train_body, Graph) else node.train_body
+    body = _copy_back(node, node.body, lost)
+    train = _copy_back(node, node.train_body, lost) if node.train_body is not None else None
     return replace(node, body=body, train_body=train)
 
 
-def _copy_back(g: Graph, lost: set[str]) -> Graph:
+def _copy_back(block: Block, body: Node, lost: set[str]) -> Node:
+    """``body`` (of ``block``) with the write-backs; a structural body is lowered (``ir.lower``) only when it
+    needs one."""
+    g = block_graph(block, body)
+    if not isinstance(g, Graph):
+        return body
+    new = _copied(g, lost)
+    return body if new == g else new
+
+
+def _copied(g: Graph, lost: set[str]) -> Graph:
     users = g.users()
     ops: list[Op] = []
     for op in g.ops:

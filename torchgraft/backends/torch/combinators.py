@@ -1,70 +1,15 @@
-"""Combinator bodies (Chain/Parallel/SkipConnection over child refs) lowered to Graphs.
+"""Combinator bodies lowered to Graphs (``ir.lower``, the one lowering) and the runtime combinator classes.
 
-Hand-built Blocks describe their forward with combinators; lowering them to a Graph
-lets one code path write every forward.
+Blocks describe their forward with combinators (hand-built, or captured when the forward is only
+structure); lowering them to a Graph lets one code path write every forward.
 """
 
 from __future__ import annotations
 
-from torchgraft.errors import EmitError
-from torchgraft.ir.combine import Combine, CombineKind, combine_ops
-from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Input, Op, PrimCall
-from torchgraft.ir.nodes import Block, Chain, ChildRef, Node, Parallel, SkipConnection
-from torchgraft.ir.primitives import Activation
-from torchgraft.ir.values import Const, Ref, Seq
+from torchgraft.ir.combine import CombineKind
+from torchgraft.ir.lower import combinator_graph, lower_body
 
-
-class _Lowering:
-    def __init__(self) -> None:
-        self.ops: list[Op] = []
-        self.count: dict[str, int] = {}
-
-    def fresh(self, base: str) -> str:
-        base = base.replace(".", "_") or "v"
-        n = self.count.get(base, 0)
-        self.count[base] = n + 1
-        return base if n == 0 else f"{base}_{n}"
-
-    def emit(self, base: str, target: ChildCall | FunctionCall | PrimCall, *args: Ref | Seq | Const) -> str:
-        name = self.fresh(base)
-        self.ops.append(Op(name, target, tuple(args)))
-        return name
-
-    def combine(self, how: Combine, values: list[str]) -> str:
-        ops, out = combine_ops(how, values, self.fresh)
-        self.ops += ops
-        return out
-
-    def lower(self, node: Node, x: str) -> str:
-        if isinstance(node, ChildRef):
-            return self.emit(node.path, ChildCall(node.path), Ref(x))
-        if isinstance(node, Activation):
-            return self.emit(node.kind.functional, PrimCall(node), Ref(x))
-        if isinstance(node, Chain):
-            for item in node.items:
-                x = self.lower(item, x)
-            return x
-        if isinstance(node, SkipConnection):
-            y = self.lower(node.body, x)
-            return self.combine(node.combine, [x, y])
-        if isinstance(node, Parallel):
-            vals = [self.lower(b, x) for b in node.branches]
-            return self.combine(node.combine, vals)
-        raise EmitError(f"{type(node).__name__} cannot appear inside a Block body; "
-                        "use ChildRef for stateful children")
-
-
-def lower_body(body: Node) -> Graph:
-    """The Graph equivalent of a combinator body with one input ``x``."""
-    lw = _Lowering()
-    lw.count["x"] = 1
-    out = lw.lower(body, "x")
-    return Graph((Input("x"),), tuple(lw.ops), Ref(out))
-
-
-def combinator_graph(block: Block) -> Graph:
-    """The forward Graph of a Block whose body is a combinator tree."""
-    return lower_body(block.body)
+__all__ = ["COMBINE_TYPE", "RUNTIME_CLASSES", "combinator_graph", "lower_body"]
 
 
 _COMBINES = "(" + ", ".join(f'"{k.value}"' for k in CombineKind if k is not CombineKind.CALL) + ")"
@@ -79,6 +24,14 @@ _JOIN = '''
             out = values[0]
             for value in values[1:]:
                 out = self.combine(out, value)
+            return out
+        if self.in_place:  # out += v: the result keeps the first value's dtype and shape
+            out = values[0]
+            for value in values[1:]:
+                if self.combine == "add":
+                    out += value
+                else:
+                    out *= value
             return out
         if self.combine == "cat":
             return torch.cat(values, self.dim)
@@ -103,27 +56,32 @@ _JOIN = '''
 
 _CHECK = '''        if not callable(combine) and combine not in self.COMBINES:
             raise ValueError(f"unknown combine {combine!r}; use one of {self.COMBINES} or a function of two tensors")
+        if in_place and combine not in ("add", "mul"):
+            raise ValueError(f"only add and mul join in place, not {combine!r}")
+        self.in_place = in_place
 '''
 
 RUNTIME_CLASSES = {
     "SkipConnection": '''class SkipConnection(nn.Module):
     """combine(x, body(x)): add, sub (x - body(x)), mul, max, min, mean, cat or stack (along dim), or a
-    function of two tensors, called as combine(x, body(x))."""
+    function of two tensors, called as combine(x, body(x)). in_place (add, mul): out = body(x); out += x."""
 
     COMBINES = ''' + _COMBINES + '''
 
-    def __init__(self, body: nn.Module, combine: ''' + COMBINE_TYPE + ''' = "add", dim: int = 1) -> None:
+    def __init__(
+        self, body: nn.Module, combine: ''' + COMBINE_TYPE + ''' = "add", dim: int = 1, in_place: bool = False
+    ) -> None:
         super().__init__()
 ''' + _CHECK + '''        self.body = body
         self.combine = combine
         self.dim = dim
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.join([x, self.body(x)])
+        return self.join([self.body(x), x] if self.in_place else [x, self.body(x)])
 ''' + _JOIN,
     "Parallel": '''class Parallel(nn.ModuleDict):
     """Runs every branch on the same input and joins the results (add, sub, mul, max, min, mean, cat, stack,
-    or a function of two tensors folded left: f(f(b0, b1), b2)).
+    or a function of two tensors folded left: f(f(b0, b1), b2)); in_place (add, mul) writes into b0's result.
 
     Branches given as a list are named "0", "1", ...; as an nn.ModuleDict, by its keys.
     """
@@ -131,7 +89,11 @@ RUNTIME_CLASSES = {
     COMBINES = ''' + _COMBINES + '''
 
     def __init__(
-        self, branches: list[nn.Module] | nn.ModuleDict, combine: ''' + COMBINE_TYPE + ''' = "add", dim: int = 1
+        self,
+        branches: list[nn.Module] | nn.ModuleDict,
+        combine: ''' + COMBINE_TYPE + ''' = "add",
+        dim: int = 1,
+        in_place: bool = False,
     ) -> None:
         super().__init__({str(i): b for i, b in enumerate(branches)} if isinstance(branches, list) else branches)
 ''' + _CHECK + '''        self.combine = combine

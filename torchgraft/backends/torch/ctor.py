@@ -146,10 +146,11 @@ def _combine_kwargs(c: Combine) -> tuple[tuple[str, CExpr], ...]:
             return (("combine", Raw(function_ref(c.fn))),)
         except IRError as e:
             raise EmitError(f"combine function {c.fn!r}: {e}") from None
-    return (("combine", Lit(c.kind.value)),) + ((("dim", Lit(c.dim)),) if c.kind.takes_dim else ())
+    return ((("combine", Lit(c.kind.value)),) + ((("dim", Lit(c.dim)),) if c.kind.takes_dim else ())
+            + ((("in_place", Lit(True)),) if c.in_place else ()))
 
 
-_COMBINE_DEFAULTS = (("combine", Lit("add")), ("dim", Lit(1)))
+_COMBINE_DEFAULTS = (("combine", Lit("add")), ("dim", Lit(1)), ("in_place", Lit(False)))
 
 
 def node_expr(node: Node, path: str, call_of: ClassCall) -> CExpr:

@@ -21,6 +21,7 @@ writes differently by design. ``normal_form`` removes exactly those differences:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 from torchgraft.backends.torch.forward import is_movable, prune
@@ -28,7 +29,8 @@ from torchgraft.backends.torch.modules import prim_expr
 from torchgraft.backends.torch.variants import arg_key, lowered
 from torchgraft.ir.activations import Spelling
 from torchgraft.ir.combine import Combine, combine_ops
-from torchgraft.ir.graph import ChildCall, Graph, Input, Op, PrimCall
+from torchgraft.ir.graph import ChildCall, Graph, Input, InputKind, Op, PrimCall
+from torchgraft.ir.lower import leaf_sites, lower_body
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import (
     Block,
@@ -42,7 +44,9 @@ from torchgraft.ir.nodes import (
     PySource,
     SkipConnection,
 )
-from torchgraft.ir.primitives import Activation
+from torchgraft.ir.primitives import Activation, Primitive
+from torchgraft.ir.structure import recognize
+from torchgraft.ir.traverse import node_at
 from torchgraft.ir.values import Ref
 
 
@@ -104,6 +108,7 @@ def normal_form(node: Node | Model) -> Any:
         return "block", node.cls.name, kids, node.state, ("source", node.body.source), node.body.attrs
     if isinstance(node, Block):
         body, train = lowered(node)
+        body = _as_structure(body, node) if train is None else body
         state = tuple((s.name, s.shape, s.dtype, s.parameter, s.persistent) for s in node.state)
         kids = tuple((n, normal_form(c)) for n, c in node.children)
         return "block", node.cls.name, kids, state, graph_form(body), None if train is None else graph_form(train)
@@ -116,6 +121,17 @@ def normal_form(node: Node | Model) -> Any:
     if isinstance(node, ChildRef):
         return "ref", node.path
     return "prim", prim_expr(node)  # type: ignore[arg-type]
+
+
+def _as_structure(body: Graph, block: Block) -> Graph:
+    """A forward that is only structure, in the one order its lowering writes: capture stores such a forward as
+    structure (``ir.stored``), so ``out + x`` and ``x + out`` compare as the same ``SkipConnection``."""
+    if len(body.inputs) != 1 or body.inputs[0].kind is not InputKind.POSITIONAL or body.inputs[0].default is not None:
+        return body
+    form = recognize(body, functools.partial(node_at, block))
+    if isinstance(form, Graph) or not all(isinstance(n, (ChildRef, Primitive)) for _, n in leaf_sites(form)):
+        return body
+    return lower_body(form, name=body.inputs[0].name)
 
 
 def first_difference(original: Any, recaptured: Any, path: str = "") -> str | None:

@@ -29,8 +29,8 @@ could never fire there (a parent's guard that pins a child's is itself removed o
 callers make it unable to fire, so the chain ends at a guard that stays). A user who calls a child
 directly with a dropped argument gets Python's TypeError: loud; an inner class called directly, without
 its parent, no longer checks what its parent checked (the emitted model, what users call, still refuses
-every such call). Left alone: the root; a Block reached from a body that is not a Graph (copied
-source, a combinator, ``nn.Sequential``), read as an attribute
+every such call). A structural body (combinators over children) is read as its lowering. Left alone:
+the root; a Block reached from a body that is not a Graph (copied source, ``nn.Sequential``), read as an attribute
 (``self.layers`` handed to a helper), or tied to another path; size and dtype guards, which are
 not argument guards; ``*args``. Forward hooks are not in the IR: capture refuses models with
 them (``frontends/hooks.py``), so no hook can observe the arguments removed here.
@@ -53,6 +53,7 @@ from torchgraft.backends.torch.call_values import (
 )
 from torchgraft.backends.torch.forward import prune
 from torchgraft.ir.graph import ChildCall, GetAttr, Graph, Input, InputKind, Op
+from torchgraft.ir.lower import combinator_graph, is_structural
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Container, Node
 from torchgraft.ir.traverse import join, map_tree, walk
@@ -99,10 +100,13 @@ def trim_calls(model: Model) -> Model:
 
 
 def _graph_blocks(root: Node) -> dict[str, tuple[Graph, Graph | None]]:
-    """Blocks whose forward is a Graph (and train forward a Graph with the same inputs, or none)."""
+    """Blocks whose forward is a Graph (and train forward a Graph with the same inputs, or none); a structural
+    body (``ir.stored``) as its lowering, so the children it calls are trimmed too."""
     out: dict[str, tuple[Graph, Graph | None]] = {}
     for path, node in walk(root):
-        if isinstance(node, Block) and isinstance(node.body, Graph):
+        if isinstance(node, Block) and is_structural(node.body) and node.train_body is None:
+            out[path] = (combinator_graph(node), None)
+        elif isinstance(node, Block) and isinstance(node.body, Graph):
             train = node.train_body
             if train is None or (isinstance(train, Graph) and train.inputs == node.body.inputs):
                 out[path] = (node.body, train)
