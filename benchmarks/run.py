@@ -3,7 +3,7 @@
     python benchmarks/run.py           # the full run (a few minutes on 2 cores)
     python benchmarks/run.py --quick   # a short run: smaller models and sizes
     python benchmarks/run.py --only forward,llama   # just some sections (capture, passes, forward, llama, meta)
-    python benchmarks/run.py --only forward,llama --cpu-time   # forward rows by thread CPU time (loaded machine)
+    python benchmarks/run.py --only capture,forward,llama --cpu-time   # by thread CPU time (loaded machine)
 
 Rows (ratio: torchgraft / torch.fx, lower is better for times):
 - capture time vs ``torch.fx.symbolic_trace`` on torchvision models (batch 2, one thread; target <= 1.5x);
@@ -69,9 +69,10 @@ def paired(fns: dict[str, Callable[[], Any]], repeat: int, number: int = 1, warm
     return times
 
 
-def capture_rows(names: list[str], repeat: int = 3) -> list[tuple[str, float, float]]:
+def capture_rows(names: list[str], repeat: int = 3, cpu_time: bool = False) -> list[tuple[str, float, float]]:
     """(model, torchgraft capture s, fx.symbolic_trace s): batch 2, one thread, interleaved, best of
-    ``repeat`` (issue 11's target: capture within 1.5x of ``fx.symbolic_trace``)."""
+    ``repeat`` (issue 11's target: capture within 1.5x of ``fx.symbolic_trace``); by thread CPU time
+    with ``cpu_time``."""
     from zoo import import_torchvision
 
     tv = import_torchvision()
@@ -83,8 +84,10 @@ def capture_rows(names: list[str], repeat: int = 3) -> list[tuple[str, float, fl
             model = tv.models.get_model(name).eval()
             x = torch.randn(2, 3, 224, 224)
             t = paired({"ours": lambda m=model, x=x: torchgraft.capture(m, (x,)),
-                        "fx": lambda m=model: torch.fx.symbolic_trace(m)}, repeat, warmup=1)
-            rows.append((f"capture {name}, batch 2, 1 thread, best of {repeat} (target <= 1.5x)",
+                        "fx": lambda m=model: torch.fx.symbolic_trace(m)}, repeat, warmup=1,
+                       clock=time.thread_time if cpu_time else time.perf_counter)
+            rows.append((f"capture {name}, batch 2, 1 thread{', CPU s' if cpu_time else ''}, best of {repeat} "
+                         "(target <= 1.5x)",
                          min(t["ours"]), min(t["fx"])))
     finally:
         torch.set_num_threads(threads)
@@ -200,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
     parser.add_argument("--cpu-time", action="store_true",
-                        help="time the one-thread forward rows by thread CPU time, not wall time (steadier under load)")
+                        help="time the one-thread capture and forward rows by thread CPU time, not wall time "
+                             "(steadier under load)")
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
@@ -209,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     names = ["resnet18", "mobilenet_v3_small"] if args.quick else [
         "resnet50", "vit_b_16", "efficientnet_b0", "convnext_tiny", "swin_t"]
     sections: dict[str, Callable[[], list[tuple[str, float, float]]]] = {
-        "capture": lambda: capture_rows(names),
+        "capture": lambda: capture_rows(names, cpu_time=args.cpu_time),
         "passes": lambda: pass_rows([300] if args.quick else [1000, 4000]),
         "forward": lambda: forward_rows(args.quick, args.cpu_time),
         "llama": lambda: llama_rows(args.quick, args.cpu_time),

@@ -49,9 +49,11 @@ from torchgraft.frontends.state import (
     value_driven_python,
 )
 from torchgraft.frontends.substitutes import substitution_notes
+from torchgraft.frontends.trace_reuse import TraceCache
 from torchgraft.ir.graph import Graph, Input
 from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import Block, Chain, ClassRef, Container, Node, Opaque, StateSpec
+from torchgraft.ir.stored import stored_structure
 from torchgraft.ir.traverse import join, map_tree, walk
 from torchgraft.ir.types import ValueType, type_of
 from torchgraft.ir.values import const_arg
@@ -69,6 +71,7 @@ class _Ctx:
     all_inputs: dict[str, list[Example]] = field(default_factory=dict)  # every call, over all examples
     report: CaptureReport = field(default_factory=CaptureReport)
     reads_training: set[type] = field(default_factory=set)  # classes whose forward reads self.training
+    traces: TraceCache = field(default_factory=TraceCache)  # traces shared by instances that trace alike
     source_first: set[str] = field(default_factory=set)  # paths only a copied source keeps faithfully
     forced: set[str] = field(default_factory=set)  # paths whose examples took different paths: source or fail
 
@@ -123,7 +126,8 @@ def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
     if torch_layer_name(mod) is not None:
         prim, why = to_primitive(mod)
         if prim is not None:
-            ctx.report.drop_below(path)
+            if mod._modules:  # what was recorded below it (a layer without children: nothing)
+                ctx.report.drop_below(path)
             ctx.report.add(path, "leaf", why)  # why: a note when a subclass stands as its torch.nn layer
             return prim
         return _opaque(mod, path, why, ctx)
@@ -222,7 +226,19 @@ class SourceFirst(TraceError):
 def _trace_modes(mod: nn.Module, ctx: _Ctx, nones: tuple[str, ...], given: tuple[str, ...], path: str
                  ) -> tuple[Graph, Graph | None, dict[str, torch.Tensor]]:
     """(body, train_body, constants): one trace when the forward never reads ``self.training``,
-    else one per mode, merged where they differ only by the flag."""
+    else one per mode, merged where they differ only by the flag; shared with an earlier instance
+    that provably traces alike (``frontends.trace_reuse``)."""
+    reused, token = ctx.traces.lookup(mod, nones, given)
+    if reused is not None:
+        return reused
+    traced = _trace_fresh(mod, ctx, nones, given, path)
+    ctx.traces.store(token, traced)
+    return traced
+
+
+def _trace_fresh(mod: nn.Module, ctx: _Ctx, nones: tuple[str, ...], given: tuple[str, ...], path: str
+                 ) -> tuple[Graph, Graph | None, dict[str, torch.Tensor]]:
+    """``_trace_modes`` without sharing: fx traces of ``mod`` itself."""
     if type(mod) not in ctx.reads_training:
         try:
             body, consts = trace_graph(mod, None, ctx.helpers, ctx.helper_fns, nones, given, path)
@@ -382,6 +398,7 @@ def _capture(model: nn.Module, calls: list[Example], forced: set[str]) -> Model:
     if isinstance(root, Chain) and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
         inputs = (Input("input", type_of(args[0], symbols)),)  # nn.Sequential.forward(self, input)
     ctx.report.guards = guards_of(root)
+    root = stored_structure(root, ctx.helpers)  # a forward that is only structure is stored as that structure
     root = with_extra_state(root, model, ctx.helpers)  # get_extra_state/set_extra_state copied
     ties = list(ctx.ties) + _param_ties(model, ctx.ties)
     ctx.report.account({**state, **extra_state}, ties)

@@ -9,7 +9,6 @@ what the traces will see.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ from torchgraft.errors import CaptureError
 from torchgraft.frontends.concrete import export_flags
 from torchgraft.frontends.examples import Example
 from torchgraft.frontends.leaf import torch_layer_name
+from torchgraft.frontends.sigcache import signature
 from torchgraft.frontends.state import restore_state
 from torchgraft.ir.types import ValueType, type_of
 
@@ -28,7 +28,7 @@ def none_args(mod: nn.Module, seen: list[Example]) -> tuple[tuple[str, ...], tup
     and those that were given in every one (an argument that was both is neither)."""
     if not seen:
         return (), ()
-    sig = inspect.signature(type(mod).forward)
+    sig = signature(type(mod).forward)
     try:
         bound = [sig.bind(mod, *a, **kw).arguments for a, kw in seen]
     except TypeError:
@@ -41,7 +41,7 @@ def none_args(mod: nn.Module, seen: list[Example]) -> tuple[tuple[str, ...], tup
 def optional_params(mod: nn.Module) -> list[str]:
     """Forward parameters that default to None."""
     try:
-        params = list(inspect.signature(type(mod).forward).parameters.items())[1:]
+        params = list(signature(type(mod).forward).parameters.items())[1:]
     except (TypeError, ValueError):
         return []
     return [n for n, p in params if p.default is None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
@@ -54,7 +54,7 @@ def optional_arg_paths(model: nn.Module) -> list[str]:
         fwd = type(mod).forward
         if torch_layer_name(mod) is None and fwd not in (nn.Module.forward, nn.Sequential.forward):
             try:
-                params = list(inspect.signature(fwd).parameters.values())[1:]
+                params = list(signature(fwd).parameters.values())[1:]
             except (TypeError, ValueError):
                 continue
             if any(p.default is None for p in params):
