@@ -26,17 +26,16 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(32, eps=1e-12)
         self.dropout = nn.Dropout(0.1)
 
-    def forward(self, input_ids: Tensor) -> Tensor:
-        dim = input_ids.size(1)
-        out = self.position_ids[:, 0 : dim + 0]
+    def forward(self, input_ids: Tensor | None = None, cache_length: int = 0) -> Tensor:
+        batch, dim = input_ids.shape
+        out = self.position_ids[:, cache_length : dim + cache_length]
         buffered_token_type_ids = torch.gather(
-            self.token_type_ids.expand(out.size(0), -1), dim=1, index=out
+            self.token_type_ids.expand(out.shape[0], -1), dim=1, index=out
         )
-        token_type_ids = buffered_token_type_ids.expand(input_ids.size(0), dim)
+        token_type_ids = buffered_token_type_ids.expand(batch, dim)
         inputs_embeds = self.word_embeddings(input_ids)
-        embeddings = inputs_embeds.add(self.token_type_embeddings(token_type_ids))
-        embeddings = self.LayerNorm(embeddings.add(self.position_embeddings(out)))
-        return self.dropout(embeddings)
+        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(embeddings + self.position_embeddings(out)))
 
 
 class BertSelfAttention(nn.Module):

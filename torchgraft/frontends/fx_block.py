@@ -20,11 +20,13 @@ from torchgraft.frontends.canon import canonical_target
 from torchgraft.frontends.fx_session import SessionTracer
 from torchgraft.frontends.guards import none_guard, where_text
 from torchgraft.frontends.helpers import HelperError, collect, unpatched
+from torchgraft.frontends.sigcache import signature
 from torchgraft.frontends.source_names import SourceNames, forward_code
 from torchgraft.frontends.state import method_tree, own_view
 from torchgraft.ir.functions import helper_qualname, qualname_of
 from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, Target
 from torchgraft.ir.model import Helper
+from torchgraft.ir.opkinds import activation_of
 from torchgraft.ir.values import Arg, ByMode, Const, Ref, Seq, Slice, Training, rename_refs
 
 
@@ -38,8 +40,12 @@ class ModeRead(TraceError):
 
 class _ModeProbe:
     """Stands in for ``self.training`` in a trace meant to serve both modes: any use of it
-    (``if self.training``, ``getattr(self, "training", False)``, passing it to a call)
-    marks it read and raises ``ModeRead``, so the block is traced once per mode instead."""
+    (``if self.training``, ``not self.training``, formatting it) marks it read and raises
+    ``ModeRead``, so the block is traced once per mode instead. Passed on unread as an argument of
+    a recorded call (``F.dropout(x, p, self.training)``), as is or in a list/tuple, it becomes
+    ``Training()`` there: what merging the two modes' traces makes of their True/False
+    (``merge_training``), so the one trace equals the two merged; anywhere else (a slice, a dict,
+    the output, an activation's flag) it raises ``ModeRead`` too."""
 
     __slots__ = ("read",)
 
@@ -109,21 +115,42 @@ class _OwnCodeTracer(SessionTracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return m is not self._root
 
+    def create_arg(self, a: Any) -> Any:
+        """fx's, except that the probe for ``self.training`` stays itself (``to_graph`` reads it as ``Training()``)."""
+        return a if isinstance(a, _ModeProbe) else super().create_arg(a)
 
-def _arg(a: Any, block: nn.Module) -> Arg:
+
+def _passes_mode(node: fx.Node) -> bool:
+    """Whether the probe for ``self.training`` is among ``node``'s arguments."""
+    return _holds_probe((node.args, node.kwargs))
+
+
+def _holds_probe(value: Any) -> bool:
+    found: list[Any] = []
+    fx.node.map_aggregate(value, lambda v: found.append(v) if isinstance(v, _ModeProbe) else None)
+    return bool(found)
+
+
+def _arg(a: Any, block: nn.Module, mode: bool = False) -> Arg:
+    """``mode``: the probe standing for ``self.training`` may be passed here (a call's argument, as is
+    or in a list/tuple): it is ``Training()``, what merging the two modes' traces makes of True/False."""
     if isinstance(a, fx.Node):
         return Ref(a.name)
     if isinstance(a, (tuple, list)):
-        return Seq(tuple(_arg(x, block) for x in a), is_list=isinstance(a, list))
+        return Seq(tuple(_arg(x, block, mode) for x in a), is_list=isinstance(a, list))
     if isinstance(a, slice):
         return Slice(_arg(a.start, block), _arg(a.stop, block), _arg(a.step, block))
     if isinstance(a, _ModeProbe):
-        raise ModeRead("the forward passes self.training to a call")
+        if mode:
+            return Training()
+        raise ModeRead("the forward passes self.training where one trace cannot stand for both modes")
     if isinstance(a, torch.Tensor):
         raise TraceError("the forward bakes a tensor constant into the graph")
     try:
         return Const(a)
     except Exception as e:
+        if _holds_probe(a):
+            raise ModeRead("the forward passes self.training inside a value") from None
         raise TraceError(f"unsupported argument {a!r}: {e}") from None
 
 
@@ -155,7 +182,7 @@ def input_kind(p: inspect.Parameter) -> InputKind:
 
 
 def _inputs(mod: nn.Module, graph: fx.Graph) -> tuple[Input, ...]:
-    sig = inspect.signature(type(mod).forward)
+    sig = signature(type(mod).forward)
     params = list(sig.parameters.values())
     if params and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
         params = params[1:]  # self, whatever it is called
@@ -182,7 +209,7 @@ def to_graph(gm_graph: fx.Graph, mod: nn.Module, helpers: dict[str, Helper], fns
     output: Arg = Const(None)
     inputs = _inputs(mod, gm_graph)
     placeholders = [n.name for n in gm_graph.nodes if n.op == "placeholder"]
-    ren = {ph: inp.name for ph, inp in zip(placeholders, inputs) if ph != inp.name}
+    ren = _renames(gm_graph, placeholders, inputs)
     label = where_text(where, type(mod).__name__)
     augmented = augmented_lines(type(mod).forward) if any(
         "torchgraft_line" in n.meta for n in gm_graph.nodes) else {}
@@ -202,14 +229,32 @@ def to_graph(gm_graph: fx.Graph, mod: nn.Module, helpers: dict[str, Helper], fns
         target = _target(node, helpers, fns)
         if augmented.get(node.meta.get("torchgraft_line", -1)) is node.target and node.target in _AUGMENTED:
             target = FunctionCall(_AUGMENTED[node.target])  # the source wrote it in place: out += identity
-        args = tuple(rename_refs(_arg(a, mod), ren) for a in node.args)
-        kwargs = tuple((k, rename_refs(_arg(v, mod), ren)) for k, v in node.kwargs.items())
+        args = tuple(rename_refs(_arg(a, mod, True), ren) for a in node.args)
+        kwargs = tuple((k, rename_refs(_arg(v, mod, True), ren)) for k, v in node.kwargs.items())
+        if _passes_mode(node) and activation_of(target) is not None:
+            raise ModeRead("an activation takes self.training")  # canonical per mode: traced per mode
         target, args, kwargs = canonical_target(target, args, kwargs)
         if target == FunctionCall("torch._assert"):
             args = tuple(_clean_message(a) for a in args)
-        ops.append(Op(node.name if node.name not in ren.values() else node.name + "_", target, args, kwargs,
-                      source_var=(hints or {}).get(node.name, "")))
+        ops.append(Op(ren.get(node.name, node.name), target, args, kwargs, source_var=(hints or {}).get(node.name, "")))
     return Graph(inputs, tuple(ops), output)
+
+
+def _renames(gm_graph: fx.Graph, placeholders: list[str], inputs: tuple[Input, ...]) -> dict[str, str]:
+    """fx node name -> IR value name: placeholders take their parameter's name (fx calls a placeholder
+    ``position_ids_1`` when a buffer read took ``position_ids``), and any other node whose name is now an
+    input's gets a fresh one. One simultaneous map: every reference to a node is renamed with the node."""
+    ren = {ph: inp.name for ph, inp in zip(placeholders, inputs) if ph != inp.name}
+    names = {i.name for i in inputs}
+    taken = {n.name for n in gm_graph.nodes} | names
+    for node in gm_graph.nodes:
+        if node.op not in ("placeholder", "output") and node.name in names:
+            new = node.name + "_"
+            while new in taken:
+                new += "_"
+            taken.add(new)
+            ren[node.name] = new
+    return ren
 
 
 def _clean_message(a: Arg) -> Arg:
@@ -227,8 +272,9 @@ def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper
     """Trace ``mod.forward`` in the given mode, without touching ``mod`` itself.
 
     ``training=None`` traces with a probe in place of the flag: the graph then serves both
-    modes, and a forward that uses ``self.training`` raises ``ModeRead`` (trace it once per
-    mode instead; an ``is True`` test is the one use a probe cannot see). Returns the graph
+    modes (the flag passed on to a call is ``Training()`` there), and a forward that uses
+    ``self.training`` otherwise raises ``ModeRead`` (trace it once per mode instead; an ``is True``
+    test is the one use a probe cannot see). Returns the graph
     and the tensor constants fx baked into it (``_tensor_constant0``), which the caller
     keeps as non-persistent buffers. ``none_args`` are optional arguments that were None
     when the model ran: fx specialises ``if arg is None`` branches on them (every fx Proxy
@@ -276,7 +322,7 @@ def _source_names(mod: nn.Module) -> SourceNames:
 
 def _param_names(forward: Any) -> frozenset[str]:
     try:
-        return frozenset(inspect.signature(forward).parameters)
+        return frozenset(signature(forward).parameters)
     except (TypeError, ValueError):
         return frozenset()
 

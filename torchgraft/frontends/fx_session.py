@@ -102,6 +102,7 @@ class SessionTracer(fx.Tracer):
     """An fx Tracer that traces inside a ``session()`` (the open one, else its own)."""
 
     param_proxies: dict[str, Any]
+    proxy_buffer_attributes = True  # a buffer read is a get_attr node, never its value baked into the graph
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         """``fx.Tracer.trace``, with module calls and attribute reads routed here by the session (one is

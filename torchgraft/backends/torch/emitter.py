@@ -26,9 +26,10 @@ from torchgraft.backends.torch.formatting import formatted as format_source
 from torchgraft.backends.torch.helper_order import in_definition_order
 from torchgraft.backends.torch.modules import WIDTH, accessor, lit_code, module_expr, with_head
 from torchgraft.backends.torch.trim_calls import trim_calls
-from torchgraft.errors import EmitError
+from torchgraft.errors import EmitError, IRError
 from torchgraft.ir.codecheck import code_problems
 from torchgraft.ir.combine import CombineKind
+from torchgraft.ir.dtypes import build_dtype
 from torchgraft.ir.model import HelperKind, Model
 from torchgraft.ir.nodes import Block, Node, Opaque, Parallel, SkipConnection
 from torchgraft.ir.primitives import Primitive
@@ -262,7 +263,11 @@ def _build_function(model: Model, root_expr: str, root_name: str, frozen: list[s
 
 
 def _entry_points(model: Model, root_expr: str, root_name: str) -> str:
-    root_expr = root_expr.replace("\n", "\n    ")
+    try:
+        dtype = build_dtype(model)
+    except IRError as e:
+        raise EmitError(str(e)) from None
+    root_expr = (root_expr if dtype is None else f"{root_expr}.to({dtype})").replace("\n", "\n    ")
     frozen = frozen_keys(model)
     head = _frozen_section(frozen) + "\n\n\n" if frozen else ""
     build = [head, *_build_function(model, root_expr, root_name, frozen)]

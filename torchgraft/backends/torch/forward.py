@@ -76,6 +76,8 @@ def signature(inputs: tuple[Input, ...], names: dict[str, str], ctx: ExprContext
         if default is None and defaulted and inp.kind is InputKind.POSITIONAL and not star:
             default = Const(None)  # a required parameter cannot follow a defaulted one
         if default is not None and inp.kind in (InputKind.POSITIONAL, InputKind.KEYWORD):
+            if ann and default == Const(None):
+                text += " | None"  # mask: Tensor | None = None
             text += f" = {arg_code(default, ctx).text}" if ann else f"={arg_code(default, ctx).text}"
             defaulted = defaulted or inp.kind is InputKind.POSITIONAL
         parts.append(text)
