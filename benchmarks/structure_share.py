@@ -33,7 +33,8 @@ from torchgraft.ir.traverse import walk  # noqa: E402
 
 def share(model: torchgraft.ir.Model) -> tuple[int, int, int]:
     """(Blocks whose forward capture stored as structure, Blocks whose Graph forward reads as structure but
-    was kept a Graph (``ir.stored`` says why: an input not named ``x``, ...), all Blocks)."""
+    was kept a Graph (``ir.stored._fits`` says why: e.g. a block the example never ran, so nothing says its input
+    is a tensor), all Blocks)."""
     blocks = [n for _, n in walk(model.root) if isinstance(n, Block)]
     helpers = model.helper_functions()
     stored = sum(is_structural(b.body) for b in blocks)

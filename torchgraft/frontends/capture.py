@@ -26,6 +26,7 @@ from torchgraft.frontends.interpret import Interpreter, typed_block
 from torchgraft.frontends.leaf import recover_ctor, to_primitive, torch_layer_name
 from torchgraft.frontends.meta_replay import MetaReplay, replay_device, to_meta
 from torchgraft.frontends.method_only import has_no_forward, no_forward_body
+from torchgraft.frontends.mode_reads import hidden_mode_reads
 from torchgraft.frontends.moe import experts_as_loops
 from torchgraft.frontends.recording import (
     eager_types,
@@ -188,6 +189,9 @@ def _refuse_tracing(mod: nn.Module, path: str, ctx: _Ctx) -> None:
     if driven:
         raise SourceFirst(f"sizes drive its Python ({', '.join(driven)}), which a trace would unroll "
                           "for the example's sizes")
+    mode = hidden_mode_reads(mod)
+    if mode:
+        raise SourceFirst(f"{'; '.join(mode)}: a trace would keep one mode's path for both")
     updated = updated_buffers(mod)
     if updated:
         raise TraceError(f"its forward updates self.{', self.'.join(updated)} in place, which torch.fx "
@@ -449,10 +453,13 @@ def _types(root: Node, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str
 
 
 def _param_ties(model: nn.Module, module_ties: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Parameters reachable under two names that no shared module explains (tied weights)."""
+    """Parameters, and persistent buffers, reachable under two names that no shared module explains (tied
+    weights; one buffer registered in several modules, whose in-place updates all of them see)."""
     first: dict[int, str] = {}
     ties = []
-    for name, p in model.named_parameters(remove_duplicate=False):
+    persistent = set(model.state_dict(keep_vars=True))
+    buffers = [(n, b) for n, b in model.named_buffers(remove_duplicate=False) if n in persistent]
+    for name, p in [*model.named_parameters(remove_duplicate=False), *buffers]:
         if id(p) in first and not any(name.startswith(a + ".") and first[id(p)] == t + name[len(a):]
                                       for a, t in module_ties):
             ties.append((name, first[id(p)]))

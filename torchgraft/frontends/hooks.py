@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.modules import module as torch_module
 
 from torchgraft.errors import CaptureError
+from torchgraft.frontends.compiled import is_compiled
 from torchgraft.frontends.reparam import kept_hook
 
 FIX = ("remove it (handle.remove()) before capture and apply its effect in the model's forward, "
@@ -52,11 +53,15 @@ def _listed(hooks: Mapping[int, Callable[..., Any]], kind: str, with_kwargs: Any
 
 
 def module_hooks(mod: nn.Module) -> list[str]:
-    """The forward pre-hooks and forward hooks registered on ``mod``, as ``"<kind> <function>"``; a legacy
+    """The forward pre-hooks and forward hooks registered on ``mod``, as ``"<kind> <function>"``, and a
+    ``forward`` set on the instance (as hook libraries do: model.py writes the class's forward); a legacy
     weight/spectral norm on a torch.nn layer is left out (capture registers it again: ``frontends.reparam``)."""
+    own = None if is_compiled(mod) else mod.__dict__.get("forward")  # torch.compile's wrapper: capture reads it
     return [*_listed(mod._forward_pre_hooks, "forward pre-hook", mod._forward_pre_hooks_with_kwargs,
                      lambda fn: kept_hook(mod, fn)),
-            *_listed(mod._forward_hooks, "forward hook", mod._forward_hooks_with_kwargs)]
+            *_listed(mod._forward_hooks, "forward hook", mod._forward_hooks_with_kwargs),
+            *([f"forward set on the instance {own!r} (del module.forward to use the class's)"] if own is not None
+              else [])]
 
 
 def global_hooks() -> list[str]:

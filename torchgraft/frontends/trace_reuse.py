@@ -73,16 +73,17 @@ def _plain(value: Any, depth: int = 0) -> Hashable:
     """A hashable stand-in equal exactly when two values trace alike; ``_NoReuse`` for other objects."""
     if depth > 8:
         raise _NoReuse
-    if isinstance(value, _PLAIN_TYPES) or isinstance(value, enum.Enum):
-        return (type(value), value)
-    if isinstance(value, float):
-        return (type(value), value.hex())  # -0.0 and 0.0 print differently
-    if isinstance(value, complex):
-        return (type(value), value.real.hex(), value.imag.hex())
-    if isinstance(value, (tuple, list)) and len(value) <= 1024:
-        return (type(value), tuple(_plain(v, depth + 1) for v in value))
-    if isinstance(value, dict) and len(value) <= 1024:
-        return (type(value), tuple((_plain(k, depth + 1), _plain(v, depth + 1)) for k, v in value.items()))
+    kind = type(value)  # exact types only: a subclass (a dict or float with its own attributes) may hold more
+    if kind in _PLAIN_TYPES or isinstance(value, enum.Enum):
+        return (kind, value)
+    if kind is float:
+        return (kind, value.hex())  # -0.0 and 0.0 print differently
+    if kind is complex:
+        return (kind, value.real.hex(), value.imag.hex())
+    if kind in (tuple, list) and len(value) <= 1024:
+        return (kind, tuple(_plain(v, depth + 1) for v in value))
+    if kind is dict and len(value) <= 1024:
+        return (kind, tuple((_plain(k, depth + 1), _plain(v, depth + 1)) for k, v in value.items()))
     if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type)):
         return _Ident(value)
     raise _NoReuse
@@ -104,6 +105,12 @@ class _Names:
     def __init__(self, mod: nn.Module) -> None:
         self._walk = mod.named_modules()
         self._maps: tuple[dict[int, str], dict[int, str], dict[int, str]] = ({}, {}, {})
+        self._aliases: dict[int, int] = {}
+
+    def alias(self, obj: Any) -> int:
+        """The index of the first value read that is ``obj`` itself: two reads of one object (``self.dims is
+        self.default``) key apart from two reads of equal objects."""
+        return self._aliases.setdefault(id(obj), len(self._aliases))
 
     def first(self, kind: int, obj: Any) -> str | None:
         found = self._maps[kind].get(id(obj))
@@ -166,6 +173,11 @@ def _resolve(mod: nn.Module, chain: tuple[str, ...], use: str, names: _Names, co
 
 def _terminal(value: Any, where: str, dotted: str, use: str, names: _Names, compare: list[torch.Tensor]
               ) -> Hashable:
+    return (*_terminal_value(value, where, dotted, use, names, compare), ("same as", names.alias(value)))
+
+
+def _terminal_value(value: Any, where: str, dotted: str, use: str, names: _Names, compare: list[torch.Tensor]
+                    ) -> tuple[Hashable, ...]:
     if use == "none":
         return (dotted, "none", value is None)
     if value is None:

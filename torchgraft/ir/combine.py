@@ -62,9 +62,10 @@ class CombineKind(enum.Enum):
 
     @property
     def commutative(self) -> bool:
-        """True when the order of the values does not change the result (add, mul, max, min, mean);
-        ``call`` answers per function (``Combine.commutative``), so the kind alone says False."""
-        return self not in (CombineKind.SUB, CombineKind.CONCAT, CombineKind.STACK, CombineKind.CALL)
+        """True when the order of the values cannot change the result, bit for bit (add, mul, mean of two);
+        not max/min: on equal values they return their first argument, so ``maximum(-0.0, 0.0)`` is -0.0 and
+        ``maximum(0.0, -0.0)`` is 0.0. ``call`` answers per function (``Combine.commutative``)."""
+        return self in (CombineKind.ADD, CombineKind.MUL, CombineKind.MEAN)
 
     @property
     def takes_dim(self) -> bool:

@@ -21,6 +21,7 @@ from torchgraft.ir.graph import ChildCall, Graph, Input, Op, PrimCall
 from torchgraft.ir.model import Helper
 from torchgraft.ir.nodes import Chain, ChildRef, Node, Parallel, SkipConnection
 from torchgraft.ir.opkinds import TRAITS, kind_of
+from torchgraft.ir.primitives import Activation, Primitive
 from torchgraft.ir.values import Const, Ref, Seq
 
 _IDENTITY = Chain()
@@ -91,7 +92,9 @@ class _Recognizer:
         self.ops = {op.name: op for op in g.ops}
         self.index = {op.name: i for i, op in enumerate(g.ops)}
         self.used: Counter[str] = Counter()
-        self.branch_firsts: dict[int, list[tuple[Node, int]]] = {}  # a Parallel built here -> its branches' firsts
+        self.by_index = {i: op for i, op in enumerate(g.ops)}
+        self.branch_firsts: dict[int, list[tuple[Node, int, frozenset[int]]]] = {}  # a Parallel built here -> its
+        # branches, each with the index of its first op and the indices of its ops
 
     def rec(self, v: str) -> tuple[str, Node, int]:
         """(source value, node mapping source -> v, index of the first op that node runs)."""
@@ -116,6 +119,7 @@ class _Recognizer:
         if len(sources) != 1:
             raise _Misfit
         src = sources.pop()
+        spans = [self._span(i, src) for i in ins]
         kind = combine.kind
         assert isinstance(kind, CombineKind)
         bodies = [n for _, n, _ in parts]
@@ -127,24 +131,61 @@ class _Recognizer:
             return src, SkipConnection(bodies[1 - bodies.index(_IDENTITY)], combine), first
         if any(b == _IDENTITY for b in bodies):
             raise _Misfit
-        flat: list[tuple[Node, int]] = []
-        for i, (_, b, f) in enumerate(parts):  # (a + b) + c reads as one three-way Parallel (the fold is left first)
-            if isinstance(b, Parallel) and b.combine == combine and not kind.takes_dim and i == 0:
+        flat: list[tuple[Node, int, frozenset[int]]] = []
+        for i, (_, b, f) in enumerate(parts):  # (a + b) + c reads as one three-way Parallel (the fold is left first),
+            # when that moves the inner join (a + b) after c's ops harmlessly: c writes nothing in place
+            if (isinstance(b, Parallel) and b.combine == combine and not kind.takes_dim and i == 0
+                    and all(self._pure(k) for span in spans[1:] for k in span)):
                 flat.extend(self.branch_firsts.pop(id(b)))
             else:
-                flat.append((b, f))
+                flat.append((b, f, spans[i]))
         ran = sorted(flat, key=lambda bf: bf[1])
         if ran != flat:
             if combine.in_place or not (len(flat) == 2 and kind.commutative):  # b + a == a + b exactly; longer
                 # folds are not, and an in-place join writes into its first branch
                 raise _Misfit
             flat = ran
-        node = Parallel(tuple(b for b, _ in flat), combine)
+        if not _one_after_another([span for _, _, span in flat]):
+            raise _Misfit  # a = d1(x); b = d2(x); a = d3(a): branches run interleaved, a Parallel runs them in turn
+        node = Parallel(tuple(b for b, _, _ in flat), combine)
         self.branch_firsts[id(node)] = flat
         return src, node, first
 
+    def _span(self, v: str, src: str) -> frozenset[int]:
+        """The indices of the ops that compute ``v`` from ``src`` (a branch's ops)."""
+        out: set[int] = set()
+        todo = [v]
+        while todo:
+            name = todo.pop()
+            if name == src or name not in self.ops or self.index[name] in out:
+                continue
+            out.add(self.index[name])
+            todo += self.ops[name].reads()
+        return frozenset(out)
+
+    def _pure(self, k: int) -> bool:
+        """True when op number ``k`` writes nothing in place (a layer or function known not to)."""
+        op = self.by_index[k]
+        target = op.target
+        layer = target.prim if isinstance(target, PrimCall) else (
+            self.child(target.path) if isinstance(target, ChildCall) and self.child is not None else None)
+        if isinstance(target, (PrimCall, ChildCall)):
+            return isinstance(layer, Primitive) and not (isinstance(layer, Activation) and layer.inplace)
+        found = kind_of(op)
+        return found is not None and not found.in_place
+
     def _fans_out(self, v: str) -> bool:
         return self.used[v] > 1
+
+
+def _one_after_another(spans: list[frozenset[int]]) -> bool:
+    """True when each span is one unbroken run of ops and each ends before the next begins."""
+    last = -1
+    for span in spans:
+        if not span or min(span) <= last or max(span) - min(span) + 1 != len(span):
+            return False
+        last = max(span)
+    return True
 
 
 def recognize(g: Graph, child: ChildLookup | None = None, helpers: Mapping[str, Helper] | None = None) -> Node:
