@@ -46,7 +46,7 @@ from torchgraft.ir.nodes import (
 )
 from torchgraft.ir.opkinds import OpKind, is_kind, symbol_of
 from torchgraft.ir.primitives import Activation, Primitive
-from torchgraft.ir.structure import recognize
+from torchgraft.ir.structure import leaves, recognize
 from torchgraft.ir.traverse import node_at
 from torchgraft.ir.types import UNKNOWN, ValueType
 from torchgraft.ir.values import Arg, ByMode, Const, DictArg, Ref, Seq, Slice, Training
@@ -178,19 +178,9 @@ def structural_form(body: Node, owner: Block | None = None, helpers: Mapping[str
     if not isinstance(body, Graph):
         return body
     form = recognize(body, None if owner is None else functools.partial(node_at, owner), helpers)
-    if isinstance(form, Graph) or any(isinstance(n, Graph) for n in _parts(form)):
+    if isinstance(form, Graph) or any(isinstance(n, Graph) for n in leaves(form)):
         return None
     return form
-
-
-def _parts(node: Node) -> list[Node]:
-    if isinstance(node, Chain):
-        return [p for i in node.items for p in _parts(i)]
-    if isinstance(node, Parallel):
-        return [p for b in node.branches for p in _parts(b)]
-    if isinstance(node, SkipConnection):
-        return _parts(node.body)
-    return [node]
 
 
 def kind_label(node: Node) -> str:

@@ -26,22 +26,12 @@ from dataclasses import replace
 from torchgraft.ir.graph import ChildCall, Graph, Guard, InputKind, PrimCall
 from torchgraft.ir.lower import CAPTURED_METHODS
 from torchgraft.ir.model import Helper, HelperKind
-from torchgraft.ir.nodes import Block, Chain, ChildRef, Node, Parallel, SkipConnection
+from torchgraft.ir.nodes import Block, ChildRef, Node
 from torchgraft.ir.primitives import Activation
-from torchgraft.ir.structure import recognize
+from torchgraft.ir.structure import leaves, recognize
 from torchgraft.ir.traverse import map_tree, node_at
 from torchgraft.ir.types import TensorType
 from torchgraft.ir.values import Ref
-
-
-def _leaves(node: Node) -> list[Node]:
-    if isinstance(node, Chain):
-        return [p for i in node.items for p in _leaves(i)]
-    if isinstance(node, Parallel):
-        return [p for b in node.branches for p in _leaves(b)]
-    if isinstance(node, SkipConnection):
-        return _leaves(node.body)
-    return [node]
 
 
 def _fits(g: Graph) -> bool:
@@ -70,7 +60,7 @@ def structure_of(block: Block, helpers: Mapping[str, Helper] | None = None) -> N
             or not _fits(body)):
         return None
     form = recognize(body, functools.partial(node_at, block), helpers)
-    if isinstance(form, Graph) or not all(isinstance(n, (ChildRef, Activation)) for n in _leaves(form)):
+    if isinstance(form, Graph) or not all(isinstance(n, (ChildRef, Activation)) for n in leaves(form)):
         return None
     return form
 

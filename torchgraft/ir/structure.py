@@ -178,6 +178,17 @@ class _Recognizer:
         return self.used[v] > 1
 
 
+def leaves(node: Node) -> list[Node]:
+    """The leaves of a combinator tree in order (``Chain(a, SkipConnection(b))`` -> ``[a, b]``)."""
+    if isinstance(node, Chain):
+        return [p for i in node.items for p in leaves(i)]
+    if isinstance(node, Parallel):
+        return [p for b in node.branches for p in leaves(b)]
+    if isinstance(node, SkipConnection):
+        return leaves(node.body)
+    return [node]
+
+
 def _one_after_another(spans: list[frozenset[int]]) -> bool:
     """True when each span is one unbroken run of ops and each ends before the next begins."""
     last = -1
