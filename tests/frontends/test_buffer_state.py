@@ -59,7 +59,7 @@ def test_buffer_shared_between_modules_stays_shared() -> None:
 
 
 class KeepsLast(nn.Module):
-    """Reassigns a buffer it never reads: the emitted forward drops the assignment (state never updates)."""
+    """Reassigns a buffer it never reads: the emitted forward must keep the assignment (the state updates)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -85,7 +85,7 @@ def test_buffer_reassigned_but_not_read_is_kept() -> None:
     torch.manual_seed(0)
     _assert_same_stateful(KeepsLast())  # control: alone, its source is copied and keeps the assignment
     torch.manual_seed(0)
-    _assert_same_stateful(Wraps())  # as a child: traced, and the assignment is dropped?
+    _assert_same_stateful(Wraps())  # as a child too
 
 
 class Smooths(nn.Module):

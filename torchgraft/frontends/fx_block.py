@@ -274,7 +274,8 @@ def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper
     ``training=None`` traces with a probe in place of the flag: the graph then serves both
     modes (the flag passed on to a call is ``Training()`` there), and a forward that uses
     ``self.training`` otherwise raises ``ModeRead`` (trace it once per mode instead; an ``is True``
-    test is the one use a probe cannot see). Returns the graph
+    test, which a probe cannot see, sends the forward to its copied source first: ``frontends.mode_reads``).
+    Returns the graph
     and the tensor constants fx baked into it (``_tensor_constant0``), which the caller
     keeps as non-persistent buffers. ``none_args`` are optional arguments that were None
     when the model ran: fx specialises ``if arg is None`` branches on them (every fx Proxy

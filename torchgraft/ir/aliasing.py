@@ -64,17 +64,23 @@ def value_fresh(v: str, ops: Mapping[str, Op], child: ChildLookup | None,
                 helpers: Mapping[str, Helper] | None = None, depth: int = 0) -> Fresh:
     """What the Graph value ``v`` is: ``PASS`` for a graph input (the caller's tensor), ``NEW`` for a
     tensor made here, following pass-through layers and helpers back to what they were given."""
+    return _traced_back(v, ops, child, helpers, depth)[0]
+
+
+def _traced_back(v: str, ops: Mapping[str, Op], child: ChildLookup | None, helpers: Mapping[str, Helper] | None,
+                 depth: int) -> tuple[Fresh, str]:
+    """``value_fresh`` and, for ``PASS``, the graph input the pass-through steps lead back to."""
     for _ in range(len(ops) + 1):  # a pass-through step goes back to its first argument
         op = ops.get(v)
         if op is None:
-            return Fresh.PASS
+            return Fresh.PASS, v
         step = _op_fresh(op, child, helpers, depth)
         if step is not Fresh.PASS:
-            return step
+            return step, ""
         if not op.args or not isinstance(op.args[0], Ref):
-            return Fresh.UNKNOWN
+            return Fresh.UNKNOWN, ""
         v = op.args[0].name
-    return Fresh.UNKNOWN
+    return Fresh.UNKNOWN, ""
 
 
 def owns_result(v: str, ops: Mapping[str, Op], child: ChildLookup | None,
@@ -141,22 +147,10 @@ def _body_fresh(body: Node, lookup: ChildLookup, helpers: Mapping[str, Helper] |
         return node_fresh(body, lookup, helpers, depth + 1)
     if not body.inputs or not isinstance(body.output, Ref):
         return Fresh.UNKNOWN
-    ops = {op.name: op for op in body.ops}
-    out = value_fresh(body.output.name, ops, lookup, helpers, depth + 1)
-    if out is Fresh.PASS and _source_input(body.output.name, ops) != body.inputs[0].name:
+    out, source = _traced_back(body.output.name, {op.name: op for op in body.ops}, lookup, helpers, depth + 1)
+    if out is Fresh.PASS and source != body.inputs[0].name:
         return Fresh.UNKNOWN  # passes through some input other than the first
     return out
-
-
-def _source_input(v: str, ops: Mapping[str, Op]) -> str:
-    """Follow first arguments back to a graph input (the value a PASS chain returns)."""
-    seen = 0
-    while v in ops and seen <= len(ops):
-        op = ops[v]
-        if not op.args or not isinstance(op.args[0], Ref):
-            return ""
-        v, seen = op.args[0].name, seen + 1
-    return v
 
 
 @functools.lru_cache(maxsize=256)

@@ -2,7 +2,8 @@
 
 The one lowering of a structural Block body: the emitter writes every forward from a Graph, and any
 consumer that needs dataflow (fx export, pictures, the interpreter) lowers a structural body here.
-Each value is named after the child that made it (``conv1 = self.conv1(x)``); the input is ``x``.
+Each value is named after the child that made it (``conv1 = self.conv1(x)``); the input takes the
+Block's parameter name (``Block.input_name``; ``x`` when lowered without a Block).
 
 >>> lower_body(Chain(ChildRef("conv"), Activation.of(ActKind.RELU)))   # doctest: +SKIP
 Graph(inputs=(Input('x'),), ops=(Op('conv', ChildCall('conv'), (Ref('x'),)), Op('relu', ...)), output=Ref('relu'))
@@ -20,6 +21,7 @@ from torchgraft.ir.combine import Combine, combine_ops, skip_operands
 from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Input, Op, PrimCall
 from torchgraft.ir.nodes import Block, Chain, ChildRef, Node, Parallel, SkipConnection
 from torchgraft.ir.primitives import Activation, Primitive
+from torchgraft.ir.traverse import join
 from torchgraft.ir.types import UNKNOWN, TensorType, ValueType
 from torchgraft.ir.values import Const, Ref, Seq
 
@@ -166,7 +168,8 @@ def lower_body(body: Node, io_type: ValueType = UNKNOWN, name: str = LOWERED_INP
 
 def block_graph(block: Block, body: Node | None = None) -> Graph:
     """``body`` (default: ``block.body``) as a Graph: a structural body lowered with the block's own input name
-    (``Block.input_name``), typed as ``combinator_graph`` types it; a Graph as it is."""
+    (``Block.input_name``), typed ``x: Tensor -> Tensor`` when capture stored it (``CAPTURED_IO``), untyped when
+    it was built by hand; a Graph as it is."""
     body = block.body if body is None else body
     return lower_body(body, CAPTURED_IO if block.method in CAPTURED_METHODS else UNKNOWN, block.input_name)
 
@@ -175,12 +178,6 @@ CAPTURED_IO = TensorType(())
 """The input and result type a captured structural body is lowered with: capture stores structure only for a
 forward from one tensor to one tensor (``ir.stored``), so both are tensors; the shape is not kept (only the kind,
 ``Tensor``, is read: the emitter's annotations)."""
-
-
-def combinator_graph(block: Block) -> Graph:
-    """The forward Graph of a Block whose body is a combinator tree: ``x: Tensor -> Tensor`` when capture stored
-    it (``CAPTURED_IO``), untyped when it was built by hand."""
-    return block_graph(block)
 
 
 CAPTURED_METHODS = ("fx", "trace")
@@ -196,7 +193,7 @@ def typed_lowering(block: Block, path: str, type_at: Callable[[str], ValueType])
     types: dict[str, ValueType] = {}
     for op in g.ops:
         if isinstance(op.target, ChildCall):
-            types[op.name] = type_at(join_path(path, op.target.path))
+            types[op.name] = type_at(join(path, op.target.path))
     if isinstance(g.output, Ref):
         types[g.output.name] = type_at(path)
     types = {k: t for k, t in types.items() if t != UNKNOWN}
@@ -219,11 +216,6 @@ def typed_lowering(block: Block, path: str, type_at: Callable[[str], ValueType])
 
 _SAME_TYPE_JOINS = frozenset({"operator.add", "operator.sub", "operator.mul", "torch.maximum", "torch.minimum"})
 """Joins whose result has the type of its arguments when they all have one type (no broadcasting, no promotion)."""
-
-
-def join_path(path: str, name: str) -> str:
-    """``join_path("layer1", "0") == "layer1.0"``; the root path is ``""``."""
-    return f"{path}.{name}" if path else name
 
 
 def is_structural(body: Node | None) -> bool:

@@ -1,15 +1,14 @@
-"""Combinator bodies lowered to Graphs (``ir.lower``, the one lowering) and the runtime combinator classes.
+"""The runtime combinator classes (``SkipConnection``, ``Parallel``) written into model.py.
 
-Blocks describe their forward with combinators (hand-built, or captured when the forward is only
-structure); lowering them to a Graph lets one code path write every forward.
+Combinator bodies of Blocks are lowered to Graphs by ``ir.lower.block_graph`` (the one lowering), so
+one code path writes every forward.
 """
 
 from __future__ import annotations
 
 from torchgraft.ir.combine import CombineKind
-from torchgraft.ir.lower import combinator_graph, lower_body
 
-__all__ = ["COMBINE_TYPE", "RUNTIME_CLASSES", "combinator_graph", "lower_body"]
+__all__ = ["COMBINE_TYPE", "RUNTIME_CLASSES"]
 
 
 _COMBINES = "(" + ", ".join(f'"{k.value}"' for k in CombineKind if k is not CombineKind.CALL) + ")"

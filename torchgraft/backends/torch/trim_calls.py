@@ -53,7 +53,7 @@ from torchgraft.backends.torch.call_values import (
 )
 from torchgraft.backends.torch.forward import prune
 from torchgraft.ir.graph import ChildCall, GetAttr, Graph, Input, InputKind, Op
-from torchgraft.ir.lower import combinator_graph, is_structural
+from torchgraft.ir.lower import block_graph, is_structural
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Container, Node
 from torchgraft.ir.traverse import join, map_tree, walk
@@ -105,7 +105,7 @@ def _graph_blocks(root: Node) -> dict[str, tuple[Graph, Graph | None]]:
     out: dict[str, tuple[Graph, Graph | None]] = {}
     for path, node in walk(root):
         if isinstance(node, Block) and is_structural(node.body) and node.train_body is None:
-            out[path] = (combinator_graph(node), None)
+            out[path] = (block_graph(node), None)
         elif isinstance(node, Block) and isinstance(node.body, Graph):
             train = node.train_body
             if train is None or (isinstance(train, Graph) and train.inputs == node.body.inputs):

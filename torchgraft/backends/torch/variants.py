@@ -24,11 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchgraft.backends.torch.combinators import combinator_graph
 from torchgraft.backends.torch.guard_text import message_key
 from torchgraft.backends.torch.loops import Loop
 from torchgraft.backends.torch.rolled import collapse, op_map, self_run
 from torchgraft.ir.graph import ChildCall, Graph, Guard, Op
+from torchgraft.ir.lower import block_graph
 from torchgraft.ir.nodes import Block, PySource
 from torchgraft.ir.opkinds import OpKind, is_kind
 from torchgraft.ir.values import Const, Ref
@@ -45,7 +45,7 @@ def lowered(block: Block) -> tuple[Graph, Graph | None]:
     """A Block's forward and training-mode forward as Graphs (combinator bodies lowered)."""
     if isinstance(block.body, PySource):
         return EMPTY, None
-    body = block.body if isinstance(block.body, Graph) else combinator_graph(block)
+    body = block_graph(block)
     train = block.train_body if isinstance(block.train_body, Graph) else None
     return body, train
 
