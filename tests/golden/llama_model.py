@@ -35,23 +35,14 @@ class LlamaAttention(nn.Module):
         x1 = k[..., : k.size(-1) // 2]
         cat_out = torch.cat((k[..., k.size(-1) // 2 :].neg(), x1), dim=-1)
         k_embed = out.add(cat_out.mul(sin))
-        h = q_embed.size(2)
-        if h == 1:
-            raise ValueError(
-                "layers.*.self_attn (LlamaAttention) was captured where a size comparison (==) at transformers/integrations/sdpa_attention.py:121 was False; inputs for which it is True take another branch; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
-            )
         out = k_embed[:, :, None, :, :]
-        n, c, size_h, w = k_embed.shape
-        out = out.expand(n, c, 2, size_h, w)
-        key = out.reshape(n, c * 2, size_h, w)
+        n, c, h, w = k_embed.shape
+        out = out.expand(n, c, 2, h, w)
+        key = out.reshape(n, c * 2, h, w)
         out = v[:, :, None, :, :]
-        n, c, size_h, w = v.shape
-        out = out.expand(n, c, 2, size_h, w)
-        value = out.reshape(n, c * 2, size_h, w)
-        if h <= 1:
-            raise ValueError(
-                "layers.*.self_attn (LlamaAttention) was captured where a size comparison (>) at transformers/integrations/sdpa_attention.py:148 was True; inputs for which it is False take another branch; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
-            )
+        n, c, h, w = v.shape
+        out = out.expand(n, c, 2, h, w)
+        value = out.reshape(n, c * 2, h, w)
         attn_output = F.scaled_dot_product_attention(
             q_embed,
             key,
@@ -62,10 +53,12 @@ class LlamaAttention(nn.Module):
             is_causal=False,
         )
         attn_output = attn_output.reshape(
-            attn_output.size(0), -1, h, value.size(-1)
-        ).transpose(1, 2)
-        attn_output = attn_output.contiguous().reshape(batch, seq_len, -1).contiguous()
-        return (self.o_proj(attn_output), None)
+            attn_output.size(0), -1, q_embed.size(2), value.size(-1)
+        )
+        attn_output = (
+            attn_output.transpose(1, 2).contiguous().reshape(batch, seq_len, -1)
+        )
+        return (self.o_proj(attn_output.contiguous()), None)
 
 
 class SiLUActivation(nn.Module):

@@ -290,8 +290,9 @@ def _fallback(model: nn.Module, mod: nn.Module, path: str, fx_reason: str, ctx: 
     if seen is not None and path not in ctx.source_first:
         try:
             with restore_state(model):
-                train = concrete_trace(mod, True, *seen, where=path)
-                evaluation = concrete_trace(mod, False, *seen, where=path)
+                others = ctx.all_inputs.get(path, [])[1:]
+                train = concrete_trace(mod, True, *seen, where=path, others=others)
+                evaluation = concrete_trace(mod, False, *seen, where=path, others=others)
             body, train_body = merge_training(train, evaluation)
             own = _own_branches(mod, body, train_body)
             if not own:

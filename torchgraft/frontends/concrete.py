@@ -20,7 +20,7 @@ import functools
 import inspect
 import operator
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -30,6 +30,7 @@ from torch.overrides import TorchFunctionMode
 from torchgraft.frontends.cache_free import CACHE_HINT, is_cache
 from torchgraft.frontends.canon import canonical_target
 from torchgraft.frontends.fx_block import TraceError, input_kind
+from torchgraft.frontends.guard_relax import Traced, relax_guards
 from torchgraft.frontends.guards import count_guard, dtype_check, none_guard, size_guard, value_guard, where_text
 from torchgraft.frontends.source_names import SourceNames, forward_code, with_hints
 from torchgraft.frontends.state import own_view
@@ -69,6 +70,9 @@ class _Recorder(TorchFunctionMode):
         self.state = {id(t): n for n, t in list(block.named_parameters(remove_duplicate=False))
                       + list(block.named_buffers(remove_duplicate=False))}
         self.source = SourceNames(None, None, self.value_name)  # concrete_trace sets the real one
+        self.flip: frozenset[int] = frozenset()
+        self.branches: list[int] = []
+        self.compares = 0
 
     def value_name(self, value: Any) -> str | None:
         """The name of a recorded tensor (``op.key`` for an item of op's result not read yet), else None."""
@@ -137,15 +141,23 @@ class _Recorder(TorchFunctionMode):
         raise TraceError(f"the forward uses a tensor of shape {tuple(t.shape)} that is neither an input, a "
                          "parameter/buffer, nor computed in the forward (a global or cached tensor)")
 
-    def compare(self, opname: str, a: Any, b: Any, held: bool, site: str, loop: bool = False) -> None:
+    def compare(self, opname: str, a: Any, b: Any, held: bool, site: str, loop: bool = False,
+                branch: bool = False) -> bool:
         """A size was compared in the block's own code: guard that it compares the same at run time
-        (``loop``: ``a`` is the trip count of an unrolled ``range`` loop, pinned to ``b``)."""
+        (``loop``: ``a`` is the trip count of an unrolled ``range`` loop, pinned to ``b``). Returns the
+        truth the forward goes on with: ``held``, or its negation for a comparison (``branch``) whose
+        index is in ``flip`` (``frontends.guard_relax`` asks whether the other branch traces alike)."""
         if self.depth:
-            return  # inside a child or a torch function: their own traces or kernels handle it
+            return held  # inside a child or a torch function: their own traces or kernels handle it
         left, right = self.arg(a), self.arg(b)
         if isinstance(left, Const) and isinstance(right, Const):
-            return
+            return held
+        index, self.compares = self.compares, self.compares + 1
+        if branch and not loop:
+            self.branches.append(index)
+            held = held != (index in self.flip)
         self.ops += size_guard(self.fresh("size_guard"), opname, left, right, held, self.where, site, loop)
+        return held
 
     def device_arg(self, device: torch.device) -> Arg:
         """A device the forward passed to a torch call: the device of an input or parameter that is
@@ -440,14 +452,43 @@ def export_flags() -> Iterator[None]:
 
 
 def concrete_trace(mod: nn.Module, training: bool, args: tuple[Any, ...], kwargs: dict[str, Any],
-                   where: str = "") -> Graph:
+                   where: str = "", others: Sequence[tuple[tuple[Any, ...], dict[str, Any]]] = ()) -> Graph:
     """Run ``mod.forward`` on the recorded inputs with torch calls recorded; the Graph of its own code.
 
     What the run decided from concrete values (None arguments, flags, size comparisons) is kept
-    as ``Guard`` ops (``frontends.guards``); ``where`` is the module's path, for their messages."""
+    as ``Guard`` ops (``frontends.guards``); ``where`` is the module's path, for their messages.
+    A size comparison whose other outcome traces to the same graph guards nothing and is relaxed
+    (``frontends.guard_relax``); ``others`` are the module's other calls (args, kwargs), over all
+    examples, whose traces show comparisons coming out the other way on real data."""
+    calls = [(args, kwargs), *_distinct_calls(others, (args, kwargs))]
+    return relax_guards([functools.partial(_trace, mod, training, a, kw, where) for a, kw in calls],
+                        where_text(where, type(mod).__name__))
+
+
+def _distinct_calls(calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+                    first: tuple[tuple[Any, ...], dict[str, Any]], most: int = 3
+                    ) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """Up to ``most`` of ``calls`` whose tensors' shapes (or other values) differ from ``first``'s and each other's."""
+    def key(call: tuple[tuple[Any, ...], dict[str, Any]]) -> str:
+        a, kw = call
+        return repr([tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+                     for v in [*a, *kw.values()]] + sorted(kw))
+    seen = {key(first)}
+    out: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    for call in calls:
+        if key(call) not in seen and len(out) < most:
+            seen.add(key(call))
+            out.append(call)
+    return out
+
+
+def _trace(mod: nn.Module, training: bool, args: tuple[Any, ...], kwargs: dict[str, Any], where: str,
+           flip: frozenset[int]) -> Traced:
+    """One trace of ``mod.forward`` with the size comparisons at the indices in ``flip`` flipped."""
     view = own_view(mod)
     object.__setattr__(view, "training", training)
     rec = _Recorder(mod, where)
+    rec.flip = flip
     object.__setattr__(view, "_modules", _spied(mod, rec))
     inputs = _inputs(mod, args, kwargs, rec)
     rec.source = SourceNames(sys._getframe(), forward_code(type(mod).forward), rec.value_name,
@@ -458,7 +499,7 @@ def concrete_trace(mod: nn.Module, training: bool, args: tuple[Any, ...], kwargs
             out = type(mod).forward(view, *args, **kwargs)
         rec.source.finish()
         output = _output(out, rec)
-        return Graph(inputs, with_hints(rec.ops, rec.source.hints), output)
+        return Traced(Graph(inputs, with_hints(rec.ops, rec.source.hints), output), tuple(rec.branches))
     except TraceError:
         raise
     except Exception as e:

@@ -131,7 +131,7 @@ def _compare(opname: str) -> Callable[..., Any]:
         held = op(int(self), int(other))
         recorder = _RECORDER.value
         if recorder is not None:
-            recorder.compare(opname, self, other, held, call_site())
+            held = recorder.compare(opname, self, other, held, call_site(), branch=True)
         return held
     return method
 

@@ -67,6 +67,7 @@ class OpKind(enum.Enum):
     NUMEL = "numel"
     BATCH_NORM = "batch_norm"
     DROPOUT = "dropout"
+    EXPAND = "expand"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +75,8 @@ class Traits:
     """What a kind is, beyond its name (see the module docstring)."""
 
     shape: str = "broadcast"
-    """The shape rule: ``broadcast``, ``join``, ``scalar`` (a Python value), ``index``, ``layer``."""
+    """The shape rule: ``broadcast``, ``join``, ``scalar`` (a Python value), ``index``, ``layer``, ``expand``
+    (a view at the sizes given, ``-1`` keeping a dim: the input itself when every size is its own)."""
     metadata: bool = False
     """Reads only sizes or attributes: it may be written where it is used, after other ops."""
     combine: str = ""
@@ -130,6 +132,7 @@ TRAITS: dict[OpKind, Traits] = {
     OpKind.NUMEL: Traits("scalar", metadata=True),
     OpKind.BATCH_NORM: Traits("layer"),
     OpKind.DROPOUT: Traits("layer", random=True),
+    OpKind.EXPAND: Traits("expand"),
 }
 
 
@@ -177,6 +180,7 @@ TENSOR_METHODS: dict[str, Kinded] = {
     "div_": Kinded(_K.TRUEDIV, True), "maximum": Kinded(_K.MAXIMUM), "minimum": Kinded(_K.MINIMUM),
     "eq": Kinded(_K.EQ), "ne": Kinded(_K.NE), "lt": Kinded(_K.LT), "le": Kinded(_K.LE), "gt": Kinded(_K.GT),
     "ge": Kinded(_K.GE), "size": Kinded(_K.SIZE), "dim": Kinded(_K.DIM), "numel": Kinded(_K.NUMEL),
+    "expand": Kinded(_K.EXPAND),
 }
 """Every ``Tensor`` method spelling of a kind (``x.add_(y)`` is ADD, in place). A method name says nothing
 about a receiver that is not a tensor: ``method_kind`` is for receivers known to be tensors, except the

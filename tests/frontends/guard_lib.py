@@ -1,0 +1,44 @@
+"""Library-style helpers for tests/frontends/test_guard_relax.py: their size comparisons lie outside the
+calling module's own file, so a concrete trace guards them instead of copying the forward's source."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def causal_flag(q: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    """``q_len > 1 and mask is None``: with a mask given, False whatever the length."""
+    return q.shape[1] > 1 and mask is None
+
+
+def doubled_when_long(x: torch.Tensor) -> torch.Tensor:
+    """A branch on a size that changes the result: its guard must stay."""
+    return x * 2 if x.shape[1] > 1 else x
+
+
+def either_long(x: torch.Tensor) -> torch.Tensor:
+    """Two comparisons that matter only together: ``*2`` when either dim is above 1."""
+    p = x.shape[0] > 1
+    q = x.shape[1] > 1
+    return x * 2 if p or q else x
+
+
+def positions(x: torch.Tensor) -> torch.Tensor:
+    """transformers' masking_utils: position ids ``(1, T)``, expanded to the batch only when it differs."""
+    pos = torch.arange(x.shape[1]).unsqueeze(0)
+    if x.shape[0] != pos.shape[0]:
+        pos = pos.expand(x.shape[0], -1)
+    return pos
+
+
+def passthrough(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A decorator like transformers' ``@auto_docstring``/``@can_return_tuple``: the forward it wraps
+    cannot have its source copied, so examples that take different paths must merge as traces."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+        return fn(*args, **kwargs)
+    return wrapper
