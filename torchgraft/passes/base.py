@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from torchgraft.ir.model import Model
+from torchgraft.ir.ownership import derived_key_map
 
 
 @dataclass(frozen=True)
@@ -88,5 +89,7 @@ class Pass:
         return []
 
     def key_map(self, before: Model, after: Model) -> dict[str, str]:
-        """Old state_dict key → new key for entries this pass moved (empty for most passes)."""
-        return {}
+        """Old state_dict key → new key for entries this pass moved: derived from the edit, by following
+        each key's owning node from ``before`` to ``after`` (``ir.ownership.derived_key_map``), so a
+        pass that moves or wraps nodes needs no map of its own (``fc.weight -> fc.base.weight``)."""
+        return derived_key_map(before, after)

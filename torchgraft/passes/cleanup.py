@@ -1,8 +1,9 @@
 """Clean-up passes: ``remove-dropout``, ``eliminate-identity``, ``flatten-chains``.
 
 They tidy a model after other passes. ``remove-dropout`` keeps every state_dict key;
-the other two may rename keys (later Sequential indices shift), and say so in the
-report's ``keys_renamed``.
+the other two may rename keys (later Sequential indices shift): they build the new tree out of
+the layers they keep, ``ir.ownership.moved`` carries each layer's state along, and the report's
+``keys_renamed`` is derived from the same edit.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torchgraft.ir.lower import is_structural, leaf_sites
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Chain, ChildRef, Node, Parallel, SkipConnection
 from torchgraft.ir.opkinds import OpKind, kind_of
+from torchgraft.ir.ownership import moved
 from torchgraft.ir.primitives import Dropout, Identity, Recurrent
 from torchgraft.ir.traverse import join, map_tree
 from torchgraft.ir.values import Ref, rename_refs
@@ -131,25 +133,6 @@ class RemoveDropout(Pass):
         return model.with_root(map_tree(model.root, fn)), matches
 
 
-def _compose_prefix(renames: dict[str, str], keys: list[str], old: str, new: str) -> None:
-    """Rename ``old.*`` to ``new.*`` on top of the renames already made (inner Sequentials go first)."""
-    for k in keys:
-        cur = renames.get(k, k)
-        if cur == old or cur.startswith(old + "."):
-            renames[k] = new + cur[len(old):]
-
-
-def _rename_prefix(keys: list[str], old: str, new: str) -> dict[str, str]:
-    return {k: new + k[len(old):] for k in keys if k == old or k.startswith(old + ".")}
-
-
-def _apply_renames(model: Model, root: Node, renames: dict[str, str]) -> Model:
-    weights = {renames.get(k, k): v for k, v in model.weights.items()}
-    constants = {renames.get(k, k): v for k, v in model.constants.items()}
-    frozen = tuple(renames.get(k, k) for k in model.frozen)
-    return replace(model, root=root, weights=weights, constants=constants, frozen=frozen, types=())
-
-
 @dataclass(frozen=True)
 class EliminateIdentity(Pass):
     """Remove ``nn.Identity`` layers: Sequential items (later indices shift: keys renamed) and
@@ -167,50 +150,28 @@ class EliminateIdentity(Pass):
     def rewrite(self, model: Model) -> tuple[Model, list[Match]]:
         sel = parse_selector(self.where)
         matches: list[Match] = []
-        renames: dict[str, str] = {}
-        keys = list(model.weights)
         enc = enclosing_map(model.root)
         is_id = lambda p, c: isinstance(c, Identity) and sel(Site(p, c, enc.get(p, ())))  # noqa: E731
 
         def fn(path: str, node: Node) -> Node:
             if isinstance(node, Chain):
-                return self._chain(path, node, is_id, matches, renames, keys)
+                return self._chain(path, node, is_id, matches)
             if isinstance(node, Block):
                 return _block_without(node, path, is_id, matches, "identity")
             return node
 
         root = map_tree(model.root, fn)
-        return _apply_renames(model, root, renames), matches
+        return (moved(model, root) if matches else model), matches
 
     @staticmethod
-    def _chain(path: str, node: Chain, is_id: Callable[[str, Node], bool], matches: list[Match],
-               renames: dict[str, str], keys: list[str]) -> Node:
+    def _chain(path: str, node: Chain, is_id: Callable[[str, Node], bool], matches: list[Match]) -> Node:
         kept = [(n, c) for n, c in node.named() if not is_id(join(path, n), c)]
         if len(kept) == len(node.items) or not kept:
             return node
         matches.extend(Match(join(path, n), "identity") for n, c in node.named() if (n, c) not in kept)
         numbered = node.names == tuple(str(i) for i in range(len(node.items)))
         names = tuple(str(i) for i in range(len(kept))) if numbered else tuple(n for n, _ in kept)
-        for (old, _), new in zip(kept, names):  # ascending: a name never shifts onto one still to move
-            if old != new:
-                _compose_prefix(renames, keys, join(path, old), join(path, new))
-        return Chain(*(c for _, c in kept), names=names)
-
-    def key_map(self, before: Model, after: Model) -> dict[str, str]:
-        """Old → new keys of Sequential items whose index shifted."""
-        renames: dict[str, str] = {}
-        keys = list(before.weights)
-        sel = parse_selector(self.where)
-        enc = enclosing_map(before.root)
-        is_id = lambda p, c: isinstance(c, Identity) and sel(Site(p, c, enc.get(p, ())))  # noqa: E731
-
-        def fn(path: str, node: Node) -> Node:
-            if isinstance(node, Chain):
-                return self._chain(path, node, is_id, [], renames, keys)
-            return node
-
-        map_tree(before.root, fn)
-        return renames
+        return Chain(*(c for _, c in kept), names=names)  # the kept items themselves: keys follow them
 
 
 @dataclass(frozen=True)
@@ -226,37 +187,20 @@ class FlattenChains(Pass):
     name: ClassVar[str] = "flatten-chains"
 
     def rewrite(self, model: Model) -> tuple[Model, list[Match]]:
-        renames: dict[str, str] = {}
         matches: list[Match] = []
-        root = self._flatten(model, renames, matches)
-        return _apply_renames(model, root, renames), matches
-
-    def _flatten(self, model: Model, renames: dict[str, str], matches: list[Match]) -> Node:
-        keys = list(model.weights)
 
         def fn(path: str, node: Node) -> Node:
             if not isinstance(node, Chain) or not any(isinstance(c, Chain) for c in node.items):
                 return node
             if node.names != tuple(str(i) for i in range(len(node.items))):
                 return node
-            flat: list[tuple[str, Node]] = []
+            flat: list[Node] = []
             for n, c in node.named():
-                inner = c.named() if isinstance(c, Chain) and all(
-                    x == str(i) for i, x in enumerate(c.names)) else ((None, c),)
                 if isinstance(c, Chain):
                     matches.append(Match(join(path, n), f"Chain of {len(c.items)}"))
-                for sub, item in inner:
-                    old = join(join(path, n), sub) if sub is not None else join(path, n)
-                    new = join(path, str(len(flat)))
-                    if old != new:
-                        renames.update(_rename_prefix(keys, old, new))
-                    flat.append((str(len(flat)), item))
-            return Chain(*(c for _, c in flat), names=tuple(n for n, _ in flat))
+                spliced = isinstance(c, Chain) and all(x == str(i) for i, x in enumerate(c.names))
+                flat.extend(c.items if isinstance(c, Chain) and spliced else (c,))
+            return Chain(*flat)  # the items themselves, renumbered: keys follow them
 
-        return map_tree(model.root, fn)
-
-    def key_map(self, before: Model, after: Model) -> dict[str, str]:
-        renames: dict[str, str] = {}
-        self._flatten(before, renames, [])
-        return renames
-
+        root = map_tree(model.root, fn)
+        return (moved(model, root) if matches else model), matches

@@ -153,7 +153,7 @@ class Desugar(MovingPass):
     where: str | None = None
 
     def plan(self, model: Model) -> Moves:
-        """The Blocks this pass turns into structure, the keys that move, the Blocks it keeps and why."""
+        """The Blocks this pass turns into structure and the Blocks it keeps, and why."""
         sel, enc = parse_selector(self.where), enclosing_map(model.root)
         tied = {p for pair in model.ties for p in pair}
         moves, helpers = Moves(model.root), model.helper_functions()
@@ -164,13 +164,10 @@ class Desugar(MovingPass):
             try:
                 if any(t == path or t.startswith(join(path, "")) for t in tied):
                     raise _Unfit("its weights are tied to another module")
-                new, placed = desugared(node, helpers)
+                new, _ = desugared(node, helpers)  # the children themselves: their state moves with them
             except _Unfit as e:
                 moves.skipped.append(Skip(path, f"Block<{node.cls.name}> kept: {e}"))
                 return node
-            # rel "" when the forward is one child: the Block becomes that child (b.conv.0 -> b.0)
-            moves.renames.append({join(path, c): join(path, rel) if rel else path
-                                  for c, rel in placed.items() if c != rel})
             moves.matches.append(Match(path, f"Block<{node.cls.name}> -> {type(new).__name__}", "structure"))
             return new
 

@@ -31,8 +31,9 @@ from torchgraft.errors import TorchgraftError
 from torchgraft.ir.graph import ChildCall, FunctionCall, Graph, Input, Op
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, ClassRef, Node
+from torchgraft.ir.ownership import moved
 from torchgraft.ir.primitives import Dropout, Linear, TorchLayer
-from torchgraft.ir.traverse import join, walk
+from torchgraft.ir.traverse import join
 from torchgraft.ir.types import UNKNOWN, TensorType, ValueType
 from torchgraft.ir.values import Const, Ref
 from torchgraft.passes.base import Match, Pass
@@ -82,10 +83,6 @@ def lora_block(linear: Linear, r: int, alpha: float, dropout: float = 0.0,
     return Block(LORA_CLASS, tuple(children), body, method="lora")
 
 
-def _is_lora(node: Node) -> bool:
-    return isinstance(node, Block) and node.cls == LORA_CLASS
-
-
 @dataclass(frozen=True)
 class LoRA(Pass):
     """Wrap every selected Linear in a ``LoRALinear`` adapter; the model's outputs are unchanged.
@@ -126,11 +123,10 @@ class LoRA(Pass):
         self._check()
         sel = parse_selector(self.where)
         self._refuse_fused(model, sel)
-        weights = dict(model.weights)
-        types = dict(model.types)
+        weights: dict[str, torch.Tensor] = {}  # only the new adapters: the moved layers' keys follow them
+        types: dict[str, ValueType] = {}
         gen = torch.Generator().manual_seed(self.seed)
         matches: list[Match] = []
-        moved: dict[str, str] = {}
 
         def fn(site: Site, spelling: str) -> Node | None:
             node = site.node
@@ -138,21 +134,15 @@ class LoRA(Pass):
                 return None
             p = site.path
             out_type = model.type_at(p)
-            block = lora_block(node, self.r, self.alpha, self.dropout, out_type)
-            prefix = p + "." if p else ""
-            for key in [k for k in weights if k.startswith(prefix)]:  # weight, bias; parametrizations.* too
-                moved[key] = join(p, "base." + key[len(prefix):])
-                weights[moved[key]] = weights.pop(key)
+            block = lora_block(node, self.r, self.alpha, self.dropout, out_type)  # holds ``node`` as ``base``
             matches.append(Match(p, f"Linear({node.in_features} -> {node.out_features}) + LoRA(r={self.r})"))
-            types.update({join(p, "base"): out_type, join(p, "lora_A"): _retyped(out_type, self.r),
+            types.update({p: out_type, join(p, "base"): out_type, join(p, "lora_A"): _retyped(out_type, self.r),
                           join(p, "lora_B"): out_type})
             if self.dropout > 0:
                 types[join(p, "lora_dropout")] = _retyped(out_type, node.in_features)
             if not model.weights:  # an IR without tensors (structure only) stays without
                 return block
-            ref = weights.get(join(p, "base.weight"))
-            if ref is None:  # a reparametrized weight: the dtype of what it is stored as
-                ref = next((weights[k] for k in moved.values() if k.startswith(join(p, "base."))), None)
+            ref = _stored_weight(model.weights, p)
             dtype = ref.dtype if isinstance(ref, torch.Tensor) else torch.float32
             device = ref.device if isinstance(ref, torch.Tensor) else None
             a = torch.empty(self.r, node.in_features, dtype=torch.float32)
@@ -164,11 +154,9 @@ class LoRA(Pass):
         new = fmap(model, fn)
         if new is model:
             return model, matches
-        ties = tuple((moved.get(a, a), moved.get(t, t)) for a, t in model.ties)
         _check_shared(model, {m.path for m in matches})
-        frozen = tuple(moved.get(k, k) for k in model.frozen)  # a frozen layer's base stays frozen
-        return replace(new, weights=weights, types=tuple(sorted(types.items())), ties=ties,
-                       frozen=frozen), matches
+        # weights, frozen flags (a frozen layer's base stays frozen) and ties follow each Linear into its base
+        return moved(model, new.root, weights=weights, types=types), matches
 
     def _refuse_fused(self, model: Model, sel: Any) -> None:
         """An explicit selection that reaches only fused-projection layers is an error, with the reason."""
@@ -199,17 +187,12 @@ class LoRA(Pass):
                 "projection is a fused parameter (in_proj_weight) and out_proj is used functionally, so there "
                 "is no Linear layer to wrap"]
 
-    def key_map(self, before: Model, after: Model) -> dict[str, str]:
-        """``P.weight -> P.base.weight`` (and bias, and a reparametrized weight's
-        ``parametrizations.*`` keys) for every Linear that became a LoRALinear."""
-        old = dict(walk(before.root))
-        out: dict[str, str] = {}
-        for path, node in walk(after.root):
-            if _is_lora(node) and isinstance(old.get(path), Linear):
-                prefix = path + "." if path else ""
-                out.update({k: join(path, "base." + k[len(prefix):]) for k in before.weights
-                            if k.startswith(prefix) and join(path, "base." + k[len(prefix):]) in after.weights})
-        return out
+
+def _stored_weight(weights: Mapping[str, Any], path: str) -> Any:
+    """The Linear at ``path``'s weight, or (reparametrized) the first tensor it is stored as; None if none."""
+    prefix = join(path, "")
+    found = weights.get(join(path, "weight"))
+    return found if found is not None else next((v for k, v in weights.items() if k.startswith(prefix)), None)
 
 
 def _sites(model: Model) -> list[tuple[str, Node, tuple[str, ...]]]:
@@ -227,11 +210,11 @@ def load_original(module: nn.Module, state_dict: Mapping[str, torch.Tensor],
                   key_map: Mapping[str, str]) -> nn.Module:
     """Load a checkpoint of the original (pre-LoRA) model into the adapted ``module``, ``strict=True``.
 
-    Keys are renamed through ``key_map`` (``LoRA().key_map(before, after)``, or the pass
-    report's ``keys_renamed``). The adapters are not in the checkpoint: ``lora_A`` keeps the
-    module's own initialisation and ``lora_B`` is set to zero, so the loaded model computes
-    exactly what the original did (whether ``module`` came from ``load()`` or a fresh
-    ``build()``). Any other missing or unexpected key is an error. Returns ``module``.
+    Keys are renamed through ``key_map`` (``LoRA().key_map(before, after)``, derived from the edit:
+    ``P.weight -> P.base.weight``; or the pass report's ``keys_renamed``). The adapters are not in the
+    checkpoint: ``lora_A`` keeps the module's own initialisation and ``lora_B`` is set to zero, so the
+    loaded model computes exactly what the original did (whether ``module`` came from ``load()`` or a
+    fresh ``build()``). Any other missing or unexpected key is an error. Returns ``module``.
     """
     remapped = {key_map.get(k, k): v for k, v in state_dict.items()}
     for key, value in module.state_dict().items():

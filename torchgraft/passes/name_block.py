@@ -90,15 +90,14 @@ class NameBlock(MovingPass):
                           "capital letter, e.g. as=Bottleneck")
 
     def plan(self, model: Model) -> Moves:
-        """The structures this pass wraps and the keys that move."""
+        """The structures this pass wraps."""
         sel, enc = parse_selector(self.where), enclosing_map(model.root)
         moves = Moves(model.root)
 
         def fn(path: str, node: Node) -> Node:
             if not isinstance(node, STRUCTURE) or not sel(Site(path, node, enc.get(path, ()))):
                 return node
-            block, moved = wrap(node, self.as_)
-            moves.renames.append({join(path, a): join(path, b) for a, b in moved.items() if a != b})
+            block, _ = wrap(node, self.as_)  # the leaves themselves become its children: state moves with them
             moves.matches.append(Match(path, f"{type(node).__name__} -> Block<{self.as_}>", "structure"))
             return block
 

@@ -1,22 +1,19 @@
-"""Moving state with structure: prefix renames applied to every path-keyed field of a Model.
+"""Moving passes: ``desugar`` and ``name-block`` plan new structure; state moves with its nodes.
 
-A structural pass (``desugar``, ``name-block``) moves whole subtrees; it records the moves as
-groups of ``old path -> new path`` and ``rename_model`` carries weights, frozen flags, constants,
-extra state, types and ties along. Groups apply in order (inner edits first); the renames in one
-group are simultaneous, so ``{"a": "b", "b": "c"}`` swaps nothing twice.
+A structural pass builds the new root out of the nodes it moves (the same objects, now at new
+paths); ``ir.ownership.moved`` then carries weights, frozen flags, constants, extra state, types and
+ties along, and the pass's key map is derived from the same edit (``Pass.key_map``). No pass
+computes renames of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Node
+from torchgraft.ir.ownership import moved
 from torchgraft.passes.base import Match, Pass, Skip
-
-Renames = list[dict[str, str]]
 
 
 def unique_name(base: str, taken: set[str]) -> str:
@@ -29,55 +26,22 @@ def unique_name(base: str, taken: set[str]) -> str:
     return f"{base}_{i}"
 
 
-def rename_path(path: str, renames: Renames) -> str:
-    """``path`` after every group of prefix renames (``layer1.0.conv1.weight`` -> ``layer1.0.0.conv1.weight``)."""
-    for group in renames:
-        for old, new in group.items():
-            if path == old or path.startswith(old + "."):
-                rest = path[len(old):]
-                path = new + rest if new else rest.lstrip(".")  # a child that became the root
-                break
-    return path
-
-
-def _keys(d: Mapping[str, Any], renames: Renames) -> dict[str, Any]:
-    return {rename_path(k, renames): v for k, v in d.items()}
-
-
-def renamed_keys(model: Model, renames: Renames) -> dict[str, str]:
-    """Old -> new for each weight key of ``model`` the renames move (keys they leave alone are not listed)."""
-    moved = {k: rename_path(k, renames) for k in model.weights}
-    return {k: v for k, v in moved.items() if k != v}
-
-
-def rename_model(model: Model, renames: Renames) -> Model:
-    """``model`` with every path-keyed field renamed (weights, constants, extra state, frozen, types, ties)."""
-    if not any(renames):
-        return model
-    return model.with_root(
-        model.root,
-        weights=_keys(model.weights, renames),
-        constants=_keys(model.constants, renames),
-        extra_state=_keys(model.extra_state, renames),
-        frozen=tuple(rename_path(k, renames) for k in model.frozen),
-        types=tuple((rename_path(p, renames), t) for p, t in model.types),
-        ties=tuple((rename_path(a, renames), rename_path(b, renames)) for a, b in model.ties),
-    )
-
-
 @dataclass
 class Moves:
-    """What a structural pass would do to one model: the new root, the path renames, matches and skips."""
+    """What a structural pass would do to one model: the new root, matches and skips."""
 
     root: Node
-    renames: Renames = field(default_factory=list)
     matches: list[Match] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
 
 
 class MovingPass(Pass):
-    """A pass that moves subtrees (``desugar``, ``name-block``): it plans the ``Moves`` once per model, and
-    the rewrite, the key map and the skipped sites all read that plan."""
+    """A pass that moves subtrees (``desugar``, ``name-block``): it plans the ``Moves`` once per model; the
+    rewrite moves the state with the nodes (``ir.ownership.moved``) and the key map follows from that.
+
+    >>> Desugar().rewrite(model)[0].weights.keys()   # layer1.0.conv1.weight -> layer1.0.0.body.conv1.weight
+    ...                                              # doctest: +SKIP
+    """
 
     def plan(self, model: Model) -> Moves:
         """The moves this pass makes on ``model``."""
@@ -87,10 +51,7 @@ class MovingPass(Pass):
         moves = self.plan(model)
         if not moves.matches:
             return model, []
-        return rename_model(model.with_root(moves.root), moves.renames), moves.matches
+        return moved(model, moves.root), moves.matches
 
     def skipped(self, before: Model, after: Model) -> list[Skip]:
         return self.plan(before).skipped
-
-    def key_map(self, before: Model, after: Model) -> dict[str, str]:
-        return renamed_keys(before, self.plan(before).renames)
