@@ -42,3 +42,23 @@ def passthrough(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
         return fn(*args, **kwargs)
     return wrapper
+
+
+def positions_named(x: torch.Tensor) -> torch.Tensor:
+    """``positions`` as transformers writes it: the size in a name, the ``if`` only rebinding the expand."""
+    batch_size = x.shape[0]
+    pos = torch.arange(x.shape[1]).unsqueeze(0)
+    if batch_size != pos.shape[0]:
+        pos = pos.expand(batch_size, -1)
+    return pos
+
+
+def positions_else(x: torch.Tensor) -> torch.Tensor:
+    """Like ``positions_named`` but the other branch does something too: the source proves nothing."""
+    batch_size = x.shape[0]
+    pos = torch.arange(x.shape[1]).unsqueeze(0)
+    if batch_size != pos.shape[0]:
+        pos = pos.expand(batch_size, -1)
+    else:
+        pos = pos + 1
+    return pos

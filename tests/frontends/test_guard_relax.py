@@ -63,6 +63,22 @@ class _FlatPositions(_Positions):
         return self.embed(flat).reshape(x.shape[0], x.shape[1], 4) * scale + x.unsqueeze(-1)
 
 
+class _NamedPositions(_Positions):
+    """transformers' spelling: the source shows the other branch only skips an identity expand."""
+
+    @guard_lib.passthrough
+    def forward(self, x: torch.Tensor, *, scale: float = 1.0) -> torch.Tensor:
+        flat = guard_lib.positions_named(x).reshape(x.shape[0] * x.shape[1])
+        return self.embed(flat).reshape(x.shape[0], x.shape[1], 4) * scale + x.unsqueeze(-1)
+
+
+class _ElsePositions(_Positions):
+    @guard_lib.passthrough
+    def forward(self, x: torch.Tensor, *, scale: float = 1.0) -> torch.Tensor:
+        flat = guard_lib.positions_else(x).reshape(x.shape[0] * x.shape[1])
+        return self.embed(flat).reshape(x.shape[0], x.shape[1], 4) * scale + x.unsqueeze(-1)
+
+
 def _emitted(model: nn.Module, calls: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> nn.Module:
     captured = torchgraft.capture(model, examples=[((x,), kw) for x, kw in calls])
     verify(captured)
@@ -127,7 +143,23 @@ def test_an_expand_skipped_at_batch_one_merges_two_examples() -> None:
         assert _same_or_refused(reverse, model, torch.randn(*shape))
 
 
-def test_llama_captured_at_batches_two_and_one_serves_both() -> None:
+def test_the_source_shows_an_expand_skipped_at_batch_one() -> None:
+    torch.manual_seed(0)
+    model = _NamedPositions().eval()
+    captured = torchgraft.capture(model, (torch.randn(2, 5),))
+    assert [k for _, k, _ in captured.report.guards] == ["argument"]  # scale=1.0 only: no size guard, and no
+    # rank guard either (pos = arange(T).unsqueeze(0) has 2 dims on every call)
+    emitted = torchgraft.emit(captured).materialize().eval()
+    for shape in ((2, 5), (1, 5), (3, 2), (1, 1)):
+        assert _same_or_refused(emitted, model, torch.randn(*shape))
+    other = _ElsePositions().eval()  # an else branch: the source proves nothing, batch 1 stays refused
+    emitted = _emitted(other, [(torch.randn(2, 5), {})])
+    with pytest.raises(ValueError, match="size comparison"):
+        emitted(torch.randn(1, 5))
+
+
+@pytest.mark.parametrize("batches", [((2, 7),), ((2, 7), (1, 5))], ids=["batch-2", "batches-2-and-1"])
+def test_llama_serves_batch_one_and_one_token(batches: tuple[tuple[int, int], ...]) -> None:
     import_torchvision()
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -135,9 +167,10 @@ def test_llama_captured_at_batches_two_and_one_serves_both() -> None:
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                                    bos_token_id=0, eos_token_id=0)
     model = transformers.LlamaModel(cfg).eval()
-    ids = [torch.randint(1, 99, shape, generator=torch.Generator().manual_seed(0)) for shape in ((2, 7), (1, 5))]
+    ids = [torch.randint(1, 99, shape, generator=torch.Generator().manual_seed(0)) for shape in batches]
     captured = torchgraft.capture(model, examples=[((), {"input_ids": i}) for i in ids])
     verify(captured)
+    assert "size" not in {kind for _, kind, _ in captured.report.guards}  # mask code and sdpa: nothing guarded
     emitted = torchgraft.emit(captured).materialize().eval()
     for shape in ((2, 7), (1, 7), (3, 1), (1, 1), (2, 12)):  # batch 1 and one token: no guard refuses them
         x = torch.randint(1, 99, shape)

@@ -171,12 +171,7 @@ class LlamaModel(nn.Module):
         device = input_ids.device
         position_ids = torch.arange(inputs_embeds.size(1), device=device).add(0)
         position_ids = position_ids.unsqueeze(0)
-        batch = inputs_embeds.size(0)
-        if batch == position_ids.size(0):
-            raise ValueError(
-                "<root> (LlamaModel) was captured where a size comparison (!=) at transformers/masking_utils.py:868 was True; inputs for which it is False take another branch; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
-            )
-        out = position_ids.expand(batch, -1)
+        out = position_ids.expand(inputs_embeds.size(0), -1)
         out = torch.diff(out, prepend=out[:, :1].sub(1), dim=-1).ne(1)
         packed_sequence_mask = out.cumsum(-1)
         if inputs_embeds.dtype != torch.float32:

@@ -78,6 +78,25 @@ def expand_sites(g: Graph, guard: Op) -> list[Absorb]:
     return found
 
 
+def compared_tensor(g: Graph, guard: Op, side: int) -> str | None:
+    """``x`` when ``guard``'s condition is ``n != x.size(0)`` with ``x.size(0)`` at ``side`` (0: left), or the
+    only operand that reads a size 0 when the two were swapped (``2 != x.shape[0]``); None otherwise."""
+    ops = {op.name: op for op in g.ops}
+    cond = ops.get(guard.args[0].name) if guard.args and isinstance(guard.args[0], Ref) else None
+    if cond is None or not is_kind(cond, OpKind.NE) or cond.kwargs or len(cond.args) != 2:
+        return None
+    found = [_size_source(ops.get(a.name)) if isinstance(a, Ref) else None for a in cond.args]
+    if all(found):
+        return found[side]
+    return next((x for x in found if x is not None), None)
+
+
+def _size_source(op: Op | None) -> str | None:
+    if op is None or not is_kind(op, OpKind.SIZE) or op.kwargs or len(op.args) != 2 or op.args[1] != Const(0):
+        return None
+    return op.args[0].name if isinstance(op.args[0], Ref) else None
+
+
 def without_view(g: Graph, absorb: Absorb) -> Graph:
     """``g`` with the expand taken out: its readers read its source."""
     mapping = {absorb.view: absorb.source}
@@ -121,4 +140,4 @@ def _fresh(base: str, taken: set[str]) -> str:
     return name
 
 
-__all__ = ["Absorb", "expand_sites", "rank_guarded", "without_view"]
+__all__ = ["Absorb", "compared_tensor", "expand_sites", "rank_guarded", "without_view"]

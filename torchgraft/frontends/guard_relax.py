@@ -21,9 +21,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Union
 
-from torchgraft.frontends.guard_expand import Absorb, expand_sites, rank_guarded, without_view
+from torchgraft.frontends.guard_expand import Absorb, compared_tensor, expand_sites, rank_guarded, without_view
+from torchgraft.frontends.guard_source import skipped_expand
 from torchgraft.ir.effects import is_pure
 from torchgraft.ir.graph import Graph, Guard, Op
+from torchgraft.ir.ranks import static_rank
 from torchgraft.ir.values import Ref, rename_refs
 
 
@@ -149,7 +151,20 @@ def _plan(runs: list[_Flips], base: int, most: int) -> Plan | None:
             return None
         chosen[differ[0]] = choice  # type: ignore[assignment]
         merged.add(differ[0])
+    for index in first.branches:  # what neither flips nor examples showed, the source may
+        if index < len(guards) and index not in chosen:
+            read = _from_source(first.graph, guards[index])
+            if read is not None:
+                chosen[index] = read
     return first, guards, chosen
+
+
+def _from_source(g: Graph, guard: Op) -> Absorb | None:
+    """The expand the other outcome skips, read from the guarded ``if`` in the source (``guard_source``)."""
+    assert isinstance(guard.target, Guard)
+    found = skipped_expand(guard.target.site)
+    x = compared_tensor(g, guard, found[0]) if found is not None else None
+    return Absorb("", x, found[1]) if found is not None and x is not None else None
 
 
 _NO = object()
@@ -176,12 +191,14 @@ def _differing(first: Traced, other: Traced) -> list[int] | None:
 
 
 def _relaxed(plan: Plan, where: str) -> Graph:
+    """The plan's graph with its guards relaxed: dropped, or (for a skipped expand) kept only on the rank the
+    expand needs, unless the graph fixes that rank for every call (``ir.ranks``)."""
     first, guards, chosen = plan
     g = first.graph
-    for index, choice in chosen.items():
-        if choice is not None:
-            g = rank_guarded(g, guards[index], choice, where)
-    return _without(g, [guards[i] for i, c in chosen.items() if c is None])
+    ranked = {i: c for i, c in chosen.items() if c is not None and static_rank(g, c.source) != c.rank}
+    for index, choice in ranked.items():
+        g = rank_guarded(g, guards[index], choice, where)
+    return _without(g, [guards[i] for i in chosen if i not in ranked])
 
 
 def _subsets(items: list[int]) -> list[frozenset[int]]:
