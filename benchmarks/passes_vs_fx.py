@@ -11,7 +11,10 @@ torchgraft: the model is captured once (time reported), then timed are
 - ``pass``: ``SwapActivation(from_="relu", to="silu").rewrite(model)``, the rewrite alone;
 - ``run``: ``torchgraft.passes.run(model, "swap-activation{from=relu to=silu}", verify=False)``,
   which also re-infers every type (modules built on meta from the IR, or from the emitted model.py,
-  then replayed) and builds the report.
+  then replayed; equal blocks share one module and are replayed once per input type) and builds the
+  report;
+- ``run_untyped``: ``passes.run(model, ..., retype_after=False)``: verified, types not re-inferred;
+- ``run_full``: ``passes.run(model, ...)`` as a user calls it: retyped and verified.
 
 torch.fx: ``symbolic_trace`` of the whole model (time reported), then timed is
 ``torch.fx.subgraph_rewriter.replace_pattern(gm, F.relu(x) -> F.silu(x))`` on a fresh trace.
@@ -127,6 +130,7 @@ def measure(blocks: int, repeat: int, check: bool) -> dict[str, float]:
     assert len(matches) == blocks, (len(matches), blocks)
     row["run"], result = best(lambda: torchgraft.passes.run(model, PIPELINE, verify=False), repeat)
     row["run_untyped"], _ = best(lambda: torchgraft.passes.run(model, PIPELINE, retype_after=False), repeat)
+    row["run_full"], _ = best(lambda: torchgraft.passes.run(model, PIPELINE), repeat)
 
     t = time.perf_counter()
     gm = torch.fx.symbolic_trace(net)
@@ -155,12 +159,14 @@ def measure(blocks: int, repeat: int, check: bool) -> dict[str, float]:
 
 def table(rows: list[dict[str, float]]) -> str:
     head = ("| blocks | capture (s) | fx trace (s) | torchgraft pass (s) | run, verified, no retype (s) "
-            "| run, retyped (s) | fx replace_pattern (s) | fx / pass | fx / run no retype | fx / run retyped |")
-    lines = [head, "|---:" * 10 + "|"]
+            "| run, retyped (s) | run, retyped, verified (s) | fx replace_pattern (s) | fx / pass "
+            "| fx / run no retype | fx / run retyped | fx / run retyped, verified |")
+    lines = [head, "|---:" * 12 + "|"]
     for r in rows:
         lines.append(f"| {int(r['blocks']):,} | {r['capture']:.2f} | {r['trace']:.3f} | {r['pass']:.4f} | "
-                     f"{r['run_untyped']:.3f} | {r['run']:.3f} | {r['fx']:.3f} | {r['fx'] / r['pass']:.0f}x | "
-                     f"{r['fx'] / r['run_untyped']:.1f}x | {r['fx'] / r['run']:.1f}x |")
+                     f"{r['run_untyped']:.3f} | {r['run']:.3f} | {r['run_full']:.3f} | {r['fx']:.3f} | "
+                     f"{r['fx'] / r['pass']:.0f}x | {r['fx'] / r['run_untyped']:.1f}x | {r['fx'] / r['run']:.1f}x | "
+                     f"{r['fx'] / r['run_full']:.1f}x |")
     return "\n".join(lines)
 
 

@@ -48,7 +48,7 @@ def _both(model: ir.Model, monkeypatch: pytest.MonkeyPatch) -> tuple[ir.Model, i
     """(retype via the IR build, retype via the emitted build)."""
     fast = retype(model)
     with monkeypatch.context() as m:
-        def refuse(model: ir.Model) -> nn.Module:
+        def refuse(model: ir.Model, **_: object) -> nn.Module:
             raise NotFromIR("forced: emitted build")
         m.setattr(retype_module, "build_from_ir", refuse)
         slow = retype(model)

@@ -14,6 +14,11 @@ for module outputs, every graph op and the model's output; a dim equal in every 
 number, so a real size is never read as a symbol. A rewrite that breaks a shape fails here
 with the path.
 
+Repeated blocks cost one replay: equal nodes share one module (``build_from_ir(share=True)``) and a block
+called again on inputs of the same shapes, strides and dtypes takes the first replay's types (``MEMO``;
+``retype_replay.IRReplay``). A block whose input changed (the one after a rewritten block) is replayed, so a
+changed type reaches every consumer, and a broken one fails at its path as before.
+
 >>> retype(model).output_type  # doctest: +SKIP
 TensorType(shape=('N', 'T', 32), dtype='float32', device='cpu')
 """
@@ -39,6 +44,10 @@ from torchgraft.retype_build import IRBlock, NotFromIR, build_from_ir
 from torchgraft.retype_dims import Run, example_inputs, merge_runs, trial_plan
 from torchgraft.retype_replay import IRReplay
 
+MEMO = True
+"""Replay each distinct block once per input signature (``build_from_ir(share=True)`` and ``IRReplay``'s memo),
+for models without ties or forward hooks; False replays every block (the same types, slower: tests compare)."""
+
 
 class RetypeWarning(UserWarning):
     """``retype`` could not call the model on meta inputs: its types were kept as they were, not re-inferred."""
@@ -56,24 +65,38 @@ def retype(model: Model, notes: list[str] | None = None) -> Model:
     if plan is None or not model.inputs or any(e is None for e in examples):
         _untyped(model, notes)
         return model
-    built, helpers, note = _built(model)
+    built, helpers, note, whole, shared = _prepared(model)
     if note is not None and notes is not None:
         notes.append(note)
     device = next((i.type.device for i in model.inputs if isinstance(i.type, TensorType)), "cpu")
     root = model.root if note is None else _trimmed(model)  # the emitted classes take trimmed calls
-    wanted = {p for p, _ in model.types}
-    hooked = _Hooked([(p, m) for p, m in _called_whole(model.root, built) if p in wanted], device)
+    hooked = _Hooked(whole, device)
     runs = []
     try:
         for i, example in enumerate(examples):
             assert example is not None
             at = f" (trial sizes {plan.sizes(i)})" if plan.symbols else ""
-            runs.append(hooked.fill(_replay(root, built, helpers, device, example, at, note is None)))
+            runs.append(hooked.fill(_replay(root, built, helpers, device, example, at, note is None, shared)))
     finally:
         hooked.remove()
     merged = merge_runs(plan, runs, device)
     typed = map_tree(model.root, lambda p, n: typed_block(n, merged.ops, p) if isinstance(n, Block) else n)
     return replace(model, root=typed, output_type=merged.output, types=tuple(sorted(merged.modules.items())))
+
+
+def _prepared(model: Model) -> tuple[torch.nn.Module, dict[str, Any], str | None,
+                                    list[tuple[str, torch.nn.Module]], bool]:
+    """``_built``'s (modules, helpers, note), the modules the replay calls whole (hooked for their types), and
+    whether equal nodes share their module (``MEMO``; never with ties, hooks or the emitted build)."""
+    shared = MEMO and not model.ties  # equal blocks share a module: one replay per input type (IRReplay)
+    built, helpers, note = _built(model, share=shared)
+    wanted = {p for p, _ in model.types}
+    whole = [(p, m) for p, m in _called_whole(model.root, built) if p in wanted]
+    if shared and note is None and whole:  # a hook per path needs a module per path
+        built, helpers, note = _built(model, share=False)
+        whole = [(p, m) for p, m in _called_whole(model.root, built) if p in wanted]
+        shared = False
+    return built, helpers, note, whole, shared and note is None
 
 
 def _untyped(model: Model, notes: list[str] | None) -> None:
@@ -92,10 +115,11 @@ def _untyped(model: Model, notes: list[str] | None) -> None:
 
 
 def _replay(root: Node, built: torch.nn.Module, helpers: dict[str, Any], device: str,
-            example: tuple[tuple[Any, ...], dict[str, Any]], at: str, from_ir: bool) -> Run:
-    """One replay at one set of trial sizes: concrete types (no symbols), merged later."""
-    kind = IRReplay if from_ir else MetaReplay
-    interp = kind(helpers, {}, device=device)  # shape rules for the common ops: no meta kernels
+            example: tuple[tuple[Any, ...], dict[str, Any]], at: str, from_ir: bool, memo: bool = False) -> Run:
+    """One replay at one set of trial sizes: concrete types (no symbols), merged later. ``memo``: ``built`` shares
+    one module between equal nodes, and each is replayed once per input signature (``IRReplay``)."""
+    # shape rules for the common ops: no meta kernels
+    interp = IRReplay(helpers, {}, device=device, memo=memo) if from_ir else MetaReplay(helpers, {}, device=device)
     try:
         with torch.no_grad():
             out = interp.run_node(root, built, "", *example)
@@ -161,12 +185,12 @@ def _all_below(node: Node, mod: torch.nn.Module, path: str) -> Iterator[tuple[st
             yield from _all_below(child, sub, at)
 
 
-def _built(model: Model) -> tuple[torch.nn.Module, dict[str, Any], str | None]:
-    """The model's modules on meta (in eval mode), its helper functions, and None; or, where the replay
-    needs code copied from the model (``retype_build.blocker``), the emitted ``model.py`` built, its
-    helpers, and a note saying so and why."""
+def _built(model: Model, share: bool = False) -> tuple[torch.nn.Module, dict[str, Any], str | None]:
+    """The model's modules on meta (in eval mode; equal nodes sharing one module when ``share``), its helper
+    functions, and None; or, where the replay needs code copied from the model (``retype_build.blocker``),
+    the emitted ``model.py`` built, its helpers, and a note saying so and why."""
     try:
-        return build_from_ir(model), {}, None
+        return (build_from_ir(model, share=True) if share else build_from_ir(model)), {}, None
     except NotFromIR as e:
         built, helpers = _emitted(model)
         return built, helpers, f"types re-inferred by running the emitted model.py: {e.reason}"

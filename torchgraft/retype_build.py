@@ -142,13 +142,24 @@ def _attr_value(value: object) -> object:
     return _NO_VALUE
 
 
-def build_from_ir(model: Model) -> nn.Module:
+def build_from_ir(model: Model, *, share: bool = False) -> nn.Module:
     """``model``'s module tree on meta in eval mode, as ``model.py``'s ``build()`` makes it, for the replay;
-    ``NotFromIR`` when it needs the emitted code (``blocker``) or a tie cannot be applied exactly."""
+    ``NotFromIR`` when it needs the emitted code (``blocker``) or a tie cannot be applied exactly.
+
+    ``share=True`` (a model without ties): equal nodes (``==`` and the same ``repr``, which tells 1 from
+    1.0) get one module object, built once, as the replay only reads it; its memo
+    (``retype_replay.IRReplay``) then replays each distinct block once per input type. Never use a
+    shared tree where modules are told apart by identity (forward hooks per path, ties: ``retype``
+    builds without sharing then).
+
+    >>> built = build_from_ir(model, share=not model.ties)   # doctest: +SKIP
+    """
     why = blocker(model)
     if why is not None:
         raise NotFromIR(why)
-    root = _module(model.root, {})
+    if share and model.ties:
+        raise ValueError("build_from_ir(share=True): the model has ties, which need a module per path")
+    root = _module(model.root, {}, {} if share else None)
     for alias, target in model.ties:
         _tie(root, alias, target)
     dtype = build_dtype(model)  # as build() casts it (IRError, as emit refuses, for layers in mixed dtypes)
@@ -158,11 +169,37 @@ def build_from_ir(model: Model) -> nn.Module:
     return root.eval()
 
 
-def _module(node: Node, made: dict[tuple[type, str], nn.Module]) -> nn.Module:
+Shared = dict[tuple[object, ...], nn.Module]
+"""Equal nodes' one module (``build_from_ir(share=True)``): keyed by type, repr (1 vs 1.0) and the node, and by
+``(id(node),)`` for the node object itself."""
+
+
+def _module(node: Node, made: dict[tuple[type, str], nn.Module], shared: Shared | None = None) -> nn.Module:
     """The module for one node (children built first). ``made``: the first layer built for each
     distinct primitive; an equal one is a deep copy of it (half the cost of constructing it again). A
     reparametrized layer is always built afresh: the legacy ``weight_norm`` holds a computed weight
-    that ``copy.deepcopy`` refuses, and a registration is cheap next to a shared object."""
+    that ``copy.deepcopy`` refuses, and a registration is cheap next to a shared object. ``shared``
+    (when sharing): the one module of each distinct Block, Parallel, SkipConnection or plain layer."""
+    key = None
+    if shared is not None and isinstance(node, (Block, Parallel, SkipConnection, Primitive)) and not (
+            isinstance(node, Primitive) and _reparametrized(node)):
+        found = shared.get((id(node),))  # the very same node object at another path (the tree keeps it alive)
+        if found is None:
+            key = (type(node), repr(node), node)
+            try:
+                found = shared.get(key)
+            except TypeError:  # a field that cannot be hashed: this node gets a module of its own
+                key = None
+        if found is not None:
+            return found
+    mod = _fresh(node, made, shared)
+    if key is not None and shared is not None:
+        shared[key] = shared[(id(node),)] = mod
+    return mod
+
+
+def _fresh(node: Node, made: dict[tuple[type, str], nn.Module], shared: Shared | None) -> nn.Module:
+    """A new module for ``node`` (its children through ``_module``)."""
     if isinstance(node, Primitive):
         key = (type(node), repr(node))  # repr tells 1 from 1.0 and True, which == does not
         first = made.get(key)
@@ -174,18 +211,18 @@ def _module(node: Node, made: dict[tuple[type, str], nn.Module]) -> nn.Module:
             return first
         return _copy(first)
     if isinstance(node, Chain):
-        return nn.Sequential(OrderedDict((n, _module(c, made)) for n, c in node.named()))
+        return nn.Sequential(OrderedDict((n, _module(c, made, shared)) for n, c in node.named()))
     if isinstance(node, Container):
         if node.kind == "ModuleList":
-            return nn.ModuleList([_module(c, made) for _, c in node.items])
-        return nn.ModuleDict(OrderedDict((n, _module(c, made)) for n, c in node.items))
+            return nn.ModuleList([_module(c, made, shared) for _, c in node.items])
+        return nn.ModuleDict(OrderedDict((n, _module(c, made, shared)) for n, c in node.items))
     if isinstance(node, (Parallel, SkipConnection)):  # interpreted by the replay: a holder of its children
         mod = IRBlock()
         for name, child in node.named():
-            mod.add_module(name, _module(child, made))
+            mod.add_module(name, _module(child, made, shared))
         return mod
     assert isinstance(node, Block)  # blocker() let nothing else through
-    return _block(node, made)
+    return _block(node, made, shared)
 
 
 _PLAIN = (bool, int, float, str, type(None), torch.dtype)
@@ -226,7 +263,7 @@ def _like(t: torch.Tensor) -> torch.Tensor:
     return torch.empty(t.shape, dtype=t.dtype, device="meta")
 
 
-def _block(block: Block, made: dict[tuple[type, str], nn.Module]) -> IRBlock:
+def _block(block: Block, made: dict[tuple[type, str], nn.Module], shared: Shared | None = None) -> IRBlock:
     """A holder with ``block``'s state, constants and children, in the order model.py's ``__init__`` sets them."""
     mod = IRBlock()
     for s in block.state:
@@ -238,7 +275,7 @@ def _block(block: Block, made: dict[tuple[type, str], nn.Module]) -> IRBlock:
     for name, value in (*block.constants, *(block.extra_state.attrs if block.extra_state is not None else ())):
         setattr(mod, name, _attr_value(value))
     for name, child in block.children:
-        mod.add_module(name, _module(child, made))
+        mod.add_module(name, _module(child, made, shared))
     return mod
 
 

@@ -110,15 +110,21 @@ def merge_runs(plan: TrialPlan, runs: Sequence[Run], device: str) -> Run:
         return runs[0]
     rest = runs[1:]
     memo: dict[tuple[ValueType, ...], ValueType] = {}  # repeated blocks repeat their types: merge each once
+    by_id: dict[tuple[int, ...], ValueType] = {}  # the same type objects (type_of makes one per shape): no hashing
 
     def merge_type(plan: TrialPlan, types: list[ValueType], path: str, device: str) -> ValueType:
+        ids = tuple(map(id, types))  # the runs keep every type alive while merging: ids are unique meanwhile
+        got = by_id.get(ids)
+        if got is not None:
+            return got
         try:
-            return memo[tuple(types)]
+            got = memo[tuple(types)]
         except KeyError:
             got = memo[tuple(types)] = _merge_type(plan, types, path, device)  # errors name the path: not kept
-            return got
         except TypeError:  # a type holding something unhashable
             return _merge_type(plan, types, path, device)
+        by_id[ids] = got
+        return got
 
     modules = {p: merge_type(plan, [t, *(r.modules[p] for r in rest)], p, device)
                for p, t in runs[0].modules.items() if all(p in r.modules for r in rest)}

@@ -240,6 +240,8 @@ def _check_state(model: Model, implied: StateInfo) -> Iterator[str]:
 
 
 def _check_ties(model: Model, implied: StateInfo) -> Iterator[str]:
+    if not model.ties:
+        return  # nothing to look up: no walk over a large model
     paths = {p for p, _ in walk(model.root)} | set(implied)
     for alias, target in model.ties:
         for role, p in (("alias", alias), ("target", target)):

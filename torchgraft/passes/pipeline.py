@@ -209,6 +209,7 @@ def run(model: Model, pipeline: str | Pass | list[Pass], *, dry_run: bool = Fals
         [pipeline] if isinstance(pipeline, Pass) else list(pipeline))
     reports = []
     current = model
+    params: int | None = None  # count_params(current), carried from one pass's report to the next
     with paused_gc():  # see paused_gc: full collections made long pipelines superlinear
         for p in passes:
             _check_selector(current, p, strict)
@@ -221,7 +222,9 @@ def run(model: Model, pipeline: str | Pass | list[Pass], *, dry_run: bool = Fals
                     verify_model(new)
                 except Exception as e:
                     raise TorchgraftError(f"pass {p.name} produced an invalid model: {e}") from e
-            rep = PassReport(p.name, matches, params_before=count_params(current), params_after=count_params(new))
+            before_count = count_params(current) if params is None else params
+            params = before_count if new is current else count_params(new)
+            rep = PassReport(p.name, matches, params_before=before_count, params_after=params)
             notes = getattr(p, "notes", None)
             rep.notes = [*(notes(current) if callable(notes) else ()), *retype_notes]
             rep.skipped = p.skipped(current, new)
