@@ -5,71 +5,44 @@
     >>> str(model.output_type)                                               # doctest: +SKIP
     'f32[N, 16, 32, 32]'
 
-Types are inferred by building the emitted module on the meta device (no memory) and running
-it at several trial sizes for the symbolic dims (``frontends.hand_dims``): every module path's
-output type is recorded, with dims derived from symbols written as expressions (``N*4``).
-A model that does not run fails with an IRError naming the innermost module that raised,
-its input types written symbolically, and the error torch gave.
+Types are inferred by the same code that re-types a model after a rewrite (``retype``): the
+modules are built on the meta device straight from the IR (``retype_build``, no code emitted,
+nothing imported) and the IR is replayed at several trial sizes for the symbolic dims
+(``retype_dims``): every module path's output type, and every op's in a Block, is recorded, with
+dims derived from symbols written as expressions (``N*4``, ``N*T``). A model that does not run
+fails with an IRError naming the innermost module (or op) that raised, its input types written
+symbolically, and the error torch gave (``retype_failure``).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
 from torchgraft.backends.torch.emitter import emit
 from torchgraft.errors import IRError
-from torchgraft.frontends.hand_dims import TrialPlan, where
-from torchgraft.frontends.hand_run import (
-    Failure,
-    Recording,
-    cpu_error,
-    example,
-    record,
-    show_inputs,
-    symbol_map,
-    symbolic_message,
-)
 from torchgraft.ir.graph import Input
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Node
-from torchgraft.ir.types import TensorType, ValueType, is_dim_expr, type_of
+from torchgraft.ir.types import TensorType, is_dim_expr
+from torchgraft.retype import RetypeWarning, retype
+from torchgraft.retype_build import blocker
+from torchgraft.retype_failure import explain_failure
+
+SUBJECT = "the hand-built model"
 
 
-def _plan(inputs: tuple[TensorType, ...]) -> TrialPlan:
+def _check(inputs: tuple[TensorType, ...]) -> None:
+    """Refuse input types the trial sizes cannot be given for: not tensors, derived dims, none at all."""
+    if not inputs:
+        raise IRError("a hand-built model needs at least one input type (TensorType((\"N\", 8)), say)")
     for t in inputs:
         if not isinstance(t, TensorType):
             raise IRError(f"hand-built model inputs must be TensorTypes, got {t!r}")
         bad = [d for d in t.shape if isinstance(d, str) and is_dim_expr(d) and not d.isidentifier()]
         if bad:
             raise IRError(f"input type {t} has derived dims {bad}; give inputs plain symbols ('N') or sizes")
-    symbols = tuple(dict.fromkeys(d for t in inputs for d in t.shape if isinstance(d, str)))
-    return TrialPlan.for_symbols(symbols, {d for t in inputs for d in t.shape if isinstance(d, int)})
-
-
-def _failed(plan: TrialPlan, runs: list[Recording], device: str) -> IRError:
-    """The error for a model that fails in some run: where, on what input types, and what to fix."""
-    first = next(i for i, r in enumerate(runs) if r.failure is not None)
-    f = runs[first].failure
-    assert f is not None
-    fails = [r.failure for r in runs if r.failure is not None]
-    if first == 0 and len(fails) == len(runs) and all(g.path == f.path for g in fails):
-        inputs = _symbolic_inputs(plan, fails, device)
-        numbers = symbol_map(f.inputs, inputs, plan.runs[0])
-        error = cpu_error(f) or f.error
-        message = symbolic_message(f"{type(error).__name__}: {error}", numbers)
-        return IRError(f"the hand-built model fails at {where(f.path)} ({f.cls}) on input {show_inputs(inputs)}: "
-                       f"{message} [trial sizes {plan.sizes(0)}]; fix the arguments of that node, or of the node "
-                       "feeding it, so the two agree")
-    return IRError(f"the hand-built model runs at {plan.sizes(0)} but fails at {where(f.path)} ({f.cls}) at "
-                   f"{plan.sizes(first)} on input {show_inputs(f.inputs)}: {type(f.error).__name__}: {f.error}; "
-                   "that dim cannot vary: fix it to a size in the input types")
-
-
-def _symbolic_inputs(plan: TrialPlan, fails: list[Failure], device: str) -> ValueType:
-    try:
-        return plan.merge([g.inputs for g in fails], fails[0].path, device)
-    except IRError:
-        return fails[0].inputs
 
 
 def infer_types(root: Node, inputs: tuple[TensorType, ...], name: str = "Model") -> Model:
@@ -78,24 +51,32 @@ def infer_types(root: Node, inputs: tuple[TensorType, ...], name: str = "Model")
     >>> infer_types(Chain(LinearLayer(8, 4)), (TensorType(("N", 8)),)).output_type  # doctest: +SKIP
     TensorType(shape=('N', 4), dtype='float32', device='cpu')
     """
-    plan = _plan(tuple(inputs))
-    device = inputs[0].device if inputs else "cpu"
+    _check(tuple(inputs))
     bare = Model(name, root, tuple(Input(f"x{i}" if i else "x", t) for i, t in enumerate(inputs)))
-    module = emit(bare, formatted=False).materialize(load_weights=False, device="meta")
-    runs = [record(module, tuple(example(t, sizes) for t in inputs), device) for sizes in plan.runs]
-    failures = [r.failure.error for r in runs if r.failure is not None]
-    if failures:
-        raise _failed(plan, runs, device) from failures[0]
-    types = {p: plan.merge([r.outputs[p] for r in runs], p, device)
-             for p in runs[0].outputs if all(p in r.outputs for r in runs)}
-    return Model(name, root, bare.inputs, types.get("", type_of(None)), tuple(sorted(types.items())))
+    why = blocker(bare)
+    if why is not None:
+        raise IRError(f"{SUBJECT} cannot be typed from its IR: {why}; build it from IR nodes only")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RetypeWarning)  # _check makes it callable: never silently untyped
+            return retype(bare)
+    except IRError:
+        explained = explain_failure(bare, SUBJECT)
+        if explained is None:
+            raise
+        error, cause = explained
+        raise error from cause
+    except RetypeWarning as w:
+        raise IRError(f"{SUBJECT} cannot be typed: {w}") from w
 
 
 def build_model(root: Node, *inputs: TensorType, seed: int = 0, name: str = "Model") -> Model:
     """A typed Model with freshly initialised weights, ready to emit, save and load.
 
     The weights come from ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng``: the same
-    seed gives the same weights, and the caller's global RNG state is left as it was.
+    seed gives the same weights, and the caller's global RNG state is left as it was. They are the
+    ones the emitted ``model.py``'s ``build()`` makes (in its order of construction, so a seed keeps
+    its weights); the types never need emitted code (``infer_types``).
 
     >>> model = build_model(Chain(LinearLayer(8, 4)), TensorType(("N", 8)), seed=1)  # doctest: +SKIP
     >>> sorted(model.weights)                                                        # doctest: +SKIP

@@ -1,4 +1,4 @@
-"""Symbolic dims of a hand-built model, derived from runs at several trial sizes.
+"""Symbolic dims derived from runs at several trial sizes (``retype_dims``: retype, and so hand-built models).
 
 Each symbol of the input types (``"N"``, ``"T"``) is given distinct prime trial sizes that
 no fixed input dim uses. The model runs once at the base sizes, once more per symbol with
