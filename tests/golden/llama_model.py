@@ -151,17 +151,11 @@ class LlamaModel(nn.Module):
     def forward(
         self, input_ids: Tensor, *, use_cache=None, cache=None, past_key_values=None
     ):
-        if use_cache is True:
+        asks_cache = use_cache is True
+        asks = asks_cache | (cache is not None)
+        if asks | (past_key_values is not None):
             raise ValueError(
-                "<root> (LlamaModel) was captured without a key/value cache (as with use_cache=False; its config says True), so it returns no past_key_values and incremental decoding is not supported; call it without use_cache (or with use_cache=False)"
-            )
-        if cache is not None:
-            raise ValueError(
-                "<root> (LlamaModel) was captured without a key/value cache, so a cache passed in (cache=...) would be ignored: incremental decoding is not supported; call it without cache"
-            )
-        if past_key_values is not None:
-            raise ValueError(
-                "<root> (LlamaModel) was captured without a key/value cache, so a cache passed in (past_key_values=...) would be ignored: incremental decoding is not supported; call it without past_key_values"
+                "<root> (LlamaModel) was captured without a key/value cache (as with use_cache=False): it returns no past_key_values and ignores a cache passed in, so incremental decoding is not supported; call it without use_cache=True, cache, past_key_values"
             )
         if input_ids is None:
             raise ValueError(

@@ -133,19 +133,29 @@ def _fresh(taken: set[str], base: str) -> str:
     return name
 
 
-def _refusal(name: str, where: str, taken: set[str]) -> list[Op]:
-    """The check and guard that refuse a cache asked for through parameter ``name``."""
-    check = _fresh(taken, f"{name}_ok")
+def _asks(name: str, taken: set[str]) -> Op:
+    """``use_cache is True`` / ``<name> is not None``: the call asks for a cache through parameter ``name``."""
     if name == "use_cache":
-        cond = Op(check, FunctionCall("operator.is_not"), (Ref(name), Const(True)))
-        msg = (f"{where} was captured without a key/value cache (as with use_cache=False; its config says "
-               "True), so it returns no past_key_values and incremental decoding is not supported; call it "
-               "without use_cache (or with use_cache=False)")
-    else:
-        cond = Op(check, FunctionCall("operator.is_"), (Ref(name), Const(None)))
-        msg = (f"{where} was captured without a key/value cache, so a cache passed in ({name}=...) would be "
-               f"ignored: incremental decoding is not supported; call it without {name}")
-    return [cond, Op(_fresh(taken, f"{name}_refused"), Guard(msg), (Ref(check),))]
+        return Op(_fresh(taken, "asks_cache"), FunctionCall("operator.is_"), (Ref(name), Const(True)))
+    return Op(_fresh(taken, f"{name}_given"), FunctionCall("operator.is_not"), (Ref(name), Const(None)))
+
+
+def _refusal(names: list[str], where: str, taken: set[str]) -> list[Op]:
+    """One check and guard refusing a call that asks for a cache through any of ``names``:
+    ``if (use_cache is True) | (past_key_values is not None): raise ValueError(...)``."""
+    first = _asks(names[0], taken)
+    ops, last = [first], first
+    for name in names[1:]:  # each value read by the next op: written as one expression
+        ops += [_asks(name, taken)]
+        last = Op(_fresh(taken, "asks"), FunctionCall("operator.or_"), (Ref(last.name), Ref(ops[-1].name)))
+        ops.append(last)
+    ok = Op(_fresh(taken, "cache_free"), FunctionCall("operator.not_"), (Ref(last.name),))
+    passed = [n for n in names if n != "use_cache"]
+    ignored = " and ignores a cache passed in" if passed else ""
+    asked = ", ".join(["use_cache=True" if n == "use_cache" else n for n in names])
+    msg = (f"{where} was captured without a key/value cache (as with use_cache=False): it returns no "
+           f"past_key_values{ignored}, so incremental decoding is not supported; call it without {asked}")
+    return [*ops, ok, Op(_fresh(taken, "cache_refused"), Guard(msg), (Ref(ok.name),))]
 
 
 def _refusing(graph: Graph, names: list[str], where: str) -> Graph:
@@ -157,8 +167,7 @@ def _refusing(graph: Graph, names: list[str], where: str) -> Graph:
     at = next((k for k, i in enumerate(inputs) if i.kind is InputKind.VAR_KEYWORD), len(inputs))
     inputs[at:at] = [Input(n, kind=InputKind.KEYWORD, default=Const(None)) for n in new]
     taken = {i.name for i in inputs} | {op.name for op in graph.ops}
-    ops = [op for n in new for op in _refusal(n, where, taken)]
-    return Graph(tuple(inputs), (*ops, *graph.ops), graph.output)
+    return Graph(tuple(inputs), (*_refusal(new, where, taken), *graph.ops), graph.output)
 
 
 def note(name: str) -> str:

@@ -200,7 +200,9 @@ def guard_lines(op: Op, cond: Op | None, ctx: ExprContext) -> list[str]:
     its condition when that is a comparison used only here (written negated: ``if mask is not None:``)."""
     assert isinstance(op.target, Guard)
     flipped = negated(cond) if cond is not None else None
-    if flipped is not None:
+    if cond is not None and _is_not(cond):  # the guard passes when `not refused`: test `refused`
+        test = arg_code(cond.args[0], ctx).text
+    elif flipped is not None:
         test = function_code(flipped, ctx).text
     else:
         test = f"not {arg_code(op.args[0], ctx).wrap(UNARY)}"
@@ -215,8 +217,12 @@ GUARD_MESSAGE_WIDTH = 88 - 8 - len("    raise ValueError()")
 
 
 def negatable(op: Op) -> bool:
-    """True for a comparison ``guard_lines`` can write negated (``a == b`` -> ``a != b``)."""
-    return negated(op) is not None
+    """True for a comparison ``guard_lines`` can write negated (``a == b`` -> ``a != b``), or a ``not x``."""
+    return negated(op) is not None or _is_not(op)
+
+
+def _is_not(op: Op) -> bool:
+    return is_kind(op, OpKind.NOT) and len(op.args) == 1 and not op.kwargs
 
 
 def op_code(op: Op, ctx: ExprContext) -> Code:
