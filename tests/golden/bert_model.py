@@ -13,7 +13,7 @@ class BertEmbeddings(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer(
-            "position_ids", torch.zeros(1, 64, dtype=torch.int64), persistent=False
+            "position_ids", torch.arange(64).reshape(1, 64), persistent=False
         )
         self.register_buffer(
             "token_type_ids", torch.zeros(1, 64, dtype=torch.int64), persistent=False
@@ -207,9 +207,7 @@ class BertModel(nn.Module):
 
 def build() -> BertModel:
     """The model, freshly initialised."""
-    model = BertModel()
-    _load_constants(model)
-    return model
+    return BertModel()
 
 
 def load(weights: str | Path | None = None) -> BertModel:
@@ -220,13 +218,3 @@ def load(weights: str | Path | None = None) -> BertModel:
     weights = weights or Path(__file__).with_name("weights.safetensors")
     model.load_state_dict(load_file(weights), strict=True)
     return model
-
-
-def _load_constants(model: nn.Module) -> None:
-    """Fill tensors that are not in the state_dict (non-persistent buffers, traced constants)."""
-    from safetensors.torch import load_file
-
-    constants = load_file(str(Path(__file__).with_name("constants.safetensors")))
-    with torch.no_grad():
-        for key, value in constants.items():
-            model.get_buffer(key).copy_(value)

@@ -46,6 +46,8 @@ class ClassTable:
     helpers: tuple[Helper, ...] = ()
     calls: dict[str, CExpr] = field(default_factory=dict)
     called_helpers: set[str] = field(default_factory=set)
+    written: dict[str, CExpr] = field(default_factory=dict)
+    """Buffers built by a constructor that writes their value exactly, by key (``const_values``)."""
     prepared: bool = False
 
     def prepare(self, root: Node) -> None:
@@ -150,7 +152,8 @@ class ClassTable:
         return out
 
     def _member_exprs(self, path: str, b: Block) -> list[tuple[str, str, CExpr]]:
-        out: list[tuple[str, str, CExpr]] = [("param" if s.parameter else "buffer", s.name, _state_expr(s))
+        out: list[tuple[str, str, CExpr]] = [("param" if s.parameter else "buffer", s.name,
+                                              self.written.get(join(path, s.name)) or _state_expr(s))
                                              for s in b.state]
         out += [("attr", n, Lit(c.value)) for n, c in b.constants]
         if isinstance(b.body, PySource):

@@ -20,6 +20,7 @@ from torch import nn
 
 from torchgraft.backends.torch.classes import ClassTable
 from torchgraft.backends.torch.combinators import RUNTIME_CLASSES
+from torchgraft.backends.torch.const_values import written_constants
 from torchgraft.backends.torch.extra_state import load_lines as extra_state_load
 from torchgraft.backends.torch.extra_state import metadata as extra_metadata
 from torchgraft.backends.torch.formatting import formatted as format_source
@@ -143,7 +144,8 @@ def emit(model: Model, *, formatted: bool = True) -> EmittedCode:
         raise EmitError("refusing to emit: " + "; ".join(unsafe[:5]) + (f" (and {len(unsafe) - 5} more)"
                         if len(unsafe) > 5 else "") + ". Fix the IR (verify(model) lists every problem)")
     model = trim_calls(model)  # children take only the arguments they use (trim_calls.py)
-    table = ClassTable(helpers=model.helpers)
+    model, written = written_constants(model)  # zeros, ones, ranges: built as such, not saved (const_values.py)
+    table = ClassTable(helpers=model.helpers, written=written)
     for h in model.helpers:
         name = h.name.split(".")[0]  # an import of ``a.b`` binds ``a``
         table.names.reserve(name)
