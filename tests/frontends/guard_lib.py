@@ -62,3 +62,27 @@ def positions_else(x: torch.Tensor) -> torch.Tensor:
     else:
         pos = pos + 1
     return pos
+
+
+def caught_view(x: torch.Tensor) -> torch.Tensor:
+    """Another branch that raises on data of the other shape and is caught: its flip proves nothing."""
+    if x.shape[0] == 1:
+        try:
+            return x.view(x.shape[1]).unsqueeze(0) * 2
+        except RuntimeError:
+            pass
+    return x
+
+
+def mode_flag(cfg: dict[str, str], x: torch.Tensor) -> torch.Tensor:
+    """A branch that changes Python state the rest of the forward reads."""
+    if x.shape[1] > 100:
+        cfg["mode"] = "alt"
+    return x * 2 if cfg["mode"] == "alt" else x
+
+
+def zero_when_wide(x: torch.Tensor) -> torch.Tensor:
+    """A branch that writes into its input."""
+    if x.shape[1] > 100:
+        x.mul_(0)
+    return x + 1

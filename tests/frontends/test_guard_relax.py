@@ -79,6 +79,28 @@ class _ElsePositions(_Positions):
         return self.embed(flat).reshape(x.shape[0], x.shape[1], 4) * scale + x.unsqueeze(-1)
 
 
+class _Caught(nn.Module):
+    @guard_lib.passthrough
+    def forward(self, x: torch.Tensor, *, scale: float = 1.0) -> torch.Tensor:
+        return guard_lib.caught_view(x) * scale
+
+
+class _Mode(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cfg = {"mode": "plain"}
+
+    @guard_lib.passthrough
+    def forward(self, x: torch.Tensor, *, scale: float = 1.0) -> torch.Tensor:
+        return guard_lib.mode_flag(self.cfg, x) * scale
+
+
+class _Zeroing(nn.Module):
+    @guard_lib.passthrough
+    def forward(self, x: torch.Tensor, *, scale: float = 1.0) -> torch.Tensor:
+        return guard_lib.zero_when_wide(x) * scale
+
+
 def _emitted(model: nn.Module, calls: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> nn.Module:
     captured = torchgraft.capture(model, examples=[((x,), kw) for x, kw in calls])
     verify(captured)
@@ -119,6 +141,30 @@ def test_two_comparisons_that_matter_only_together_are_not_both_dropped() -> Non
         assert _same_or_refused(emitted, model, torch.randn(*shape))
     _same_or_refused(emitted, model, torch.randn(2, 1))  # the second then keeps its guard (equal if it runs)
     assert not _same_or_refused(emitted, model, torch.randn(1, 1))  # both flipped: x, not x * 2
+
+
+def test_a_flipped_branch_that_raises_and_is_caught_proves_nothing() -> None:
+    model = _Caught()
+    emitted = _emitted(model, [(torch.randn(2, 5), {})])
+    assert _same_or_refused(emitted, model, torch.randn(3, 5))
+    assert not _same_or_refused(emitted, model, torch.randn(1, 5))  # eager doubles it: refused, never x
+
+
+def test_a_flipped_branch_leaves_no_python_state_behind() -> None:
+    model = _Mode()
+    emitted = _emitted(model, [(torch.randn(2, 5), {})])
+    assert model.cfg == {"mode": "plain"}
+    for shape in ((2, 5), (3, 7)):  # the eval trace after the train trace's flips must still see "plain"
+        assert _same_or_refused(emitted, model, torch.randn(*shape))
+    assert not _same_or_refused(emitted, model, torch.randn(2, 101))  # the branch that sets mode: refused
+
+
+def test_a_flipped_branch_writes_into_a_copy_of_the_input() -> None:
+    x = torch.randn(2, 5)
+    kept = x.clone()
+    emitted = _emitted(_Zeroing(), [(x, {})])
+    assert torch.equal(x, kept)
+    assert _same_or_refused(emitted, _Zeroing(), torch.randn(2, 5))
 
 
 def test_an_expand_skipped_at_batch_one_is_seen_by_flipping() -> None:

@@ -7,6 +7,7 @@ import inspect
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.frontends import guard_lib
 from torchgraft.frontends.guard_source import skipped_expand
@@ -54,5 +55,8 @@ def test_static_rank() -> None:
         Op("e", MethodCall("expand"), (Ref("u"), Const(2), Const(-1))),
         Op("s", MethodCall("add"), (Ref("u"), Ref("x"))),  # broadcasting with an input: not fixed
         Op("y", MethodCall("unsqueeze"), (Ref("x"), Const(0))),  # an input's rank + 1: not fixed
+        Op("d", MethodCall("view"), (Ref("x"), Const(torch.int32))),  # a dtype view keeps x's rank: not fixed
+        Op("w", MethodCall("view"), (Ref("u"), Ref("n"), Const(-1))),  # sizes listed: 2
     ), Ref("e"))
-    assert [static_rank(g, v) for v in ("r", "p", "u", "e", "s", "y", "x")] == [1, 1, 2, 2, None, None, None]
+    assert [static_rank(g, v) for v in ("r", "p", "u", "e", "s", "y", "x", "d", "w")] == \
+        [1, 1, 2, 2, None, None, None, None, 2]

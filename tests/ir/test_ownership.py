@@ -226,3 +226,25 @@ def test_lora_on_a_shared_linear_moves_the_tie_to_the_shared_base() -> None:
     assert emitted.b.base is emitted.a.base and emitted.b is not emitted.a
     with torch.no_grad():
         torch.testing.assert_close(emitted(x), net(x), **TOL)
+
+
+class _Scale(nn.Module):
+    """Own parameter and an Identity child (timm's drop_path): eliminate-identity rebuilds it."""
+
+    def __init__(self, v: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((4,), v))
+        self.drop_path = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop_path(x * self.gamma)
+
+
+def test_rebuilt_items_after_a_removed_identity_shift_with_it() -> None:
+    model = nn.Sequential(_Scale(1.0), nn.Identity(), _Scale(2.0), _Scale(3.0)).eval()
+    x = torch.randn(2, 4)
+    result = torchgraft.passes.run(torchgraft.capture(model, (x,)), "eliminate-identity")
+    assert {k: float(v[0]) for k, v in result.model.weights.items()} == {"0.gamma": 1.0, "1.gamma": 2.0,
+                                                                          "2.gamma": 3.0}
+    emitted = torchgraft.emit(result.model).materialize().eval()
+    torch.testing.assert_close(emitted(x), model(x), rtol=1e-6, atol=1e-6)

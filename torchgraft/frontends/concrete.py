@@ -15,9 +15,7 @@ Reading a tensor's value into Python (``if x.sum() > 0``, ``.item()``) raises
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
-import inspect
 import operator
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -29,14 +27,16 @@ from torch.overrides import TorchFunctionMode
 
 from torchgraft.frontends.cache_free import CACHE_HINT, is_cache
 from torchgraft.frontends.canon import canonical_target
-from torchgraft.frontends.fx_block import TraceError, input_kind
+from torchgraft.frontends.concrete_io import spied_children, traced_inputs, traced_output
+from torchgraft.frontends.flip_guard import flip_run
+from torchgraft.frontends.fx_block import TraceError
 from torchgraft.frontends.guard_relax import Traced, relax_guards
-from torchgraft.frontends.guards import count_guard, dtype_check, none_guard, size_guard, value_guard, where_text
+from torchgraft.frontends.guards import dtype_check, size_guard, where_text
 from torchgraft.frontends.source_names import SourceNames, forward_code, with_hints
 from torchgraft.frontends.state import own_view
-from torchgraft.frontends.symsize import _RECORDER, SymInt, SymSize, call_site, pin, pinning_range
+from torchgraft.frontends.symsize import _RECORDER, SymInt, SymSize, call_site, pinning_range
 from torchgraft.ir.functions import qualname_of
-from torchgraft.ir.graph import ChildCall, FunctionCall, GetAttr, Graph, Input, InputKind, MethodCall, Op, Target
+from torchgraft.ir.graph import FunctionCall, GetAttr, Graph, MethodCall, Op, Target
 from torchgraft.ir.values import Arg, Const, DictArg, Ref, Seq, Slice
 
 _DATA_DEPENDENT = {"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "numpy", "__array__"}
@@ -305,38 +305,6 @@ class _Recorder(TorchFunctionMode):
                          "torch function torchgraft can write back")
 
 
-class _Spy(nn.Module):
-    """Stands in for a child while the parent is traced: records the call, runs it unrecorded.
-
-    A Module itself, so containers can hold it (``self.layers[:n]`` builds a new ModuleList).
-    """
-
-    def __init__(self, target: nn.Module, path: str, rec: _Recorder) -> None:
-        super().__init__()
-        object.__setattr__(self, "_target", target)
-        object.__setattr__(self, "_path", path)
-        object.__setattr__(self, "_rec", rec)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        rec: _Recorder = self._rec
-        rec.source.observe()
-        a = tuple(rec.arg(x) for x in args)
-        kw = tuple((k, rec.arg(v)) for k, v in kwargs.items())
-        rec.depth += 1
-        try:
-            out = self._target(*args, **kwargs)
-        finally:
-            rec.depth -= 1
-        name = rec.fresh(self._path.replace(".", "_"))
-        rec.ops.append(Op(name, ChildCall(self._path), a, kw))
-        rec.source.created(name)
-        rec.register_output(out, name)
-        return out
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._target, name)
-
-
 _IN_PLACE = frozenset({"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
                        "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__",
                        "__imatmul__", "__get__"})
@@ -354,87 +322,6 @@ def _distinct(out: Any, args: tuple[Any, ...], fname: str) -> Any:
         except RuntimeError:
             return out
     return out
-
-
-class _PinningList(nn.ModuleList):
-    """A ModuleList of spies whose slices guard the sizes they are cut at (``self.layers[: x.size(0)]``)."""
-
-    def __getitem__(self, idx: Any) -> Any:
-        if isinstance(idx, slice):
-            pin(idx.start, idx.stop, idx.step)
-        return super().__getitem__(idx)
-
-
-def _spied(mod: nn.Module, rec: _Recorder, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, child in mod._modules.items():
-        if child is None:
-            out[name] = None
-            continue
-        path = f"{prefix}{name}"
-        if type(child) in (nn.ModuleList, nn.ModuleDict):
-            box = copy.copy(child)
-            if type(child) is nn.ModuleList:
-                box.__class__ = _PinningList
-            object.__setattr__(box, "_modules", _spied(child, rec, path + "."))
-            out[name] = box
-        else:
-            out[name] = _Spy(child, path, rec)
-    return out
-
-
-def _inputs(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], rec: _Recorder) -> tuple[Input, ...]:
-    sig = inspect.signature(type(mod).forward)
-    bound = sig.bind(mod, *args, **kwargs)
-    P = inspect.Parameter
-    out = []
-    for pname in list(sig.parameters)[1:]:
-        rec.count[pname] = 1  # inputs keep their names; ops named alike get a suffix
-    for pname, p in list(sig.parameters.items())[1:]:
-        kind = input_kind(p)
-        value = bound.arguments.get(pname, p.default)
-        if isinstance(value, torch.Tensor):
-            rec.bind(value, pname)
-            default = None if pname in bound.arguments or p.default is P.empty else Const(None)
-            out.append(Input(pname, kind=kind, default=default))
-            if p.default is None:  # the trace took the path for a given tensor
-                rec.ops += none_guard(rec.fresh(f"{pname}_guard"), pname, rec.where, was_none=False)
-        elif kind in (InputKind.VAR_POSITIONAL, InputKind.VAR_KEYWORD):
-            out.append(Input(pname, kind=kind))
-            items = list(value.items() if isinstance(value, dict) else
-                         enumerate(value if value is not P.empty else ()))
-            rec.ops += count_guard(rec.fresh(f"{pname}_guard"), pname, len(items), rec.where,
-                                   kind is InputKind.VAR_KEYWORD)
-            for key, x in items:  # tensors passed through *args/**kwargs are read back by index/key
-                if isinstance(x, torch.Tensor):
-                    rec.pending[id(x)] = (pname, key)
-                    rec.keep.append(x)
-        elif isinstance(value, (tuple, list)) and any(isinstance(x, torch.Tensor) for x in value):
-            out.append(Input(pname, kind=kind, default=None if pname in bound.arguments else Const(None)))
-            for i, x in enumerate(value):  # tuples of tensors (rotary cos/sin): read back by index
-                if isinstance(x, torch.Tensor):
-                    rec.pending[id(x)] = (pname, i)
-                    rec.keep.append(x)
-            rec.ops += count_guard(rec.fresh(f"{pname}_guard"), pname, len(value), rec.where, keyword=False,
-                                   what="items")
-        else:
-            try:  # non-tensor arguments specialise the trace: a guard checks they keep the traced value
-                const = Const(value if value is not P.empty else None)
-                default = None if p.default is P.empty else Const(p.default)  # the original's default
-            except Exception:
-                out.append(Input(pname, kind=kind, default=Const(None)))
-                continue
-            out.append(Input(pname, kind=kind, default=default))
-            rec.ops += value_guard(rec.fresh(f"{pname}_guard"), pname, const.value, rec.where)
-    return tuple(out)
-
-
-def _output(out: Any, rec: _Recorder) -> Arg:
-    if hasattr(out, "to_tuple") and hasattr(out, "keys"):  # transformers ModelOutput: a dict, keys in order
-        return DictArg(tuple((k, rec.arg(v)) for k, v in out.items()))
-    if isinstance(out, tuple) and hasattr(out, "_fields"):
-        return Seq(tuple(rec.arg(v) for v in out))
-    return rec.arg(out)
 
 
 @contextlib.contextmanager
@@ -484,13 +371,26 @@ def _distinct_calls(calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
 
 def _trace(mod: nn.Module, training: bool, args: tuple[Any, ...], kwargs: dict[str, Any], where: str,
            flip: frozenset[int]) -> Traced:
-    """One trace of ``mod.forward`` with the size comparisons at the indices in ``flip`` flipped."""
+    """One trace of ``mod.forward`` with the size comparisons at the indices in ``flip`` flipped: on copies of
+    the inputs, failing if the flipped run raised (even if caught) or changed Python state
+    (``frontends.flip_guard``)."""
+    if not flip:
+        return _run(mod, training, args, kwargs, where, flip)
+    with flip_run(mod, args, kwargs) as (a, kw, outcome):
+        traced = _run(mod, training, a, kw, where, flip)
+    if outcome.failed:
+        raise TraceError(f"the flipped branch is no evidence: {'; '.join(outcome.why[:3])}")
+    return traced
+
+
+def _run(mod: nn.Module, training: bool, args: tuple[Any, ...], kwargs: dict[str, Any], where: str,
+         flip: frozenset[int]) -> Traced:
     view = own_view(mod)
     object.__setattr__(view, "training", training)
     rec = _Recorder(mod, where)
     rec.flip = flip
-    object.__setattr__(view, "_modules", _spied(mod, rec))
-    inputs = _inputs(mod, args, kwargs, rec)
+    object.__setattr__(view, "_modules", spied_children(mod, rec))
+    inputs = traced_inputs(mod, args, kwargs, rec)
     rec.source = SourceNames(sys._getframe(), forward_code(type(mod).forward), rec.value_name,
                              frozenset(i.name for i in inputs))
     _RECORDER.value = rec
@@ -498,7 +398,7 @@ def _trace(mod: nn.Module, training: bool, args: tuple[Any, ...], kwargs: dict[s
         with torch.no_grad(), export_flags(), pinning_range(), rec:
             out = type(mod).forward(view, *args, **kwargs)
         rec.source.finish()
-        output = _output(out, rec)
+        output = traced_output(out, rec)
         return Traced(Graph(inputs, with_hints(rec.ops, rec.source.hints), output), tuple(rec.branches))
     except TraceError:
         raise

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torchgraft.ir.model import Model
-from torchgraft.ir.nodes import Block, Node, Opaque, module_children
+from torchgraft.ir.nodes import Block, Chain, Node, Opaque, module_children
 from torchgraft.ir.primitives import Primitive
 from torchgraft.ir.traverse import join, walk
 
@@ -72,7 +72,9 @@ def follow(before: Node, after: Node) -> dict[str, str]:
 
     Nodes are matched by identity (an object at several paths pairs its occurrences in walk order).
     A node the edit rebuilt (a Chain that lost an item, a Block whose child was wrapped) is matched,
-    parents first, to the same kind of node where most of its matched children now sit, or else under
+    parents first: an item of a Chain to the next free item of its kind in the new Chain, in order and
+    never past an item matched by identity (so removing an Identity shifts the rebuilt items after it);
+    anything else to the same kind of node where most of its matched children now sit, or else under
     its own name where its parent went (the root: at the root). A node matched to nothing was removed.
 
     >>> follow(Chain(lin), Chain(lora_block(lin, r=2, alpha=4.0)))   # a LoRA-style wrap   # doctest: +SKIP
@@ -82,12 +84,45 @@ def follow(before: Node, after: Node) -> dict[str, str]:
     out = _by_identity(old, new)
     new_at = dict(new)
     taken = set(out.values())
+    old_at = dict(old)
     for p, n in old:
-        q = None if p in out else _rebuilt_at(p, n, out, new_at, taken)
+        if p in out:
+            continue
+        q = _chain_item_at(p, n, old_at, out, new_at, taken)
+        q = q if q is not None else _rebuilt_at(p, n, out, new_at, taken)
         if q is not None:
             out[p] = q
             taken.add(q)
     return out
+
+
+def _chain_item_at(path: str, node: Node, old_at: dict[str, Node], out: dict[str, str], new_at: dict[str, Node],
+                   taken: set[str]) -> str | None:
+    """For a rebuilt item of a Chain whose Chain went to a Chain: the first free new item of its kind after
+    the new place of the item before it, stopping at the next item matched by identity; else None."""
+    up = _parent(path)
+    parent, moved = (old_at.get(up), out.get(up)) if up is not None else (None, None)
+    target = new_at.get(moved) if moved is not None else None
+    if not isinstance(parent, Chain) or not isinstance(target, Chain) or moved is None or up is None:
+        return None
+    names = [name for name, _ in parent.named()]
+    index = names.index(path.rpartition(".")[2])
+    start = 0
+    for name in reversed(names[:index]):  # after the new place of the nearest earlier item that has one
+        earlier = out.get(join(up, name))
+        if earlier is not None and _parent(earlier) == moved:
+            start = [m for m, _ in target.named()].index(earlier.rpartition(".")[2]) + 1
+            break
+    anchors = {out[join(up, name)] for name in names if join(up, name) in out}
+    for name, item in list(target.named())[start:]:
+        q = join(moved, name)
+        if q in anchors and q not in taken:
+            return None
+        if q not in taken and _kind(item) == _kind(node):
+            return q
+        if q in anchors:
+            return None
+    return None
 
 
 def _rebuilt_at(path: str, node: Node, out: dict[str, str], new_at: dict[str, Node], taken: set[str]) -> str | None:

@@ -30,6 +30,23 @@ def _sizes(op: Op) -> tuple[Arg, ...]:
     return op.args[1:]
 
 
+_INT_ARITHMETIC = frozenset({"operator.add", "operator.sub", "operator.mul", "operator.floordiv", "operator.mod"})
+
+
+def _one_int(g: Graph, arg: Arg, depth: int = 16) -> bool:
+    """Whether ``arg`` is one integer (a literal, ``x.size(d)``, or integer arithmetic on those), not a dtype
+    (``x.view(torch.int32)``) nor a whole shape (``x.view(y.shape)``), which fix no rank."""
+    if isinstance(arg, Const):
+        return type(arg.value) is int
+    op = next((o for o in g.ops if isinstance(arg, Ref) and o.name == arg.name), None)
+    if op is None or depth <= 0 or op.kwargs:
+        return False
+    if isinstance(op.target, MethodCall) and op.target.name == "size":
+        return len(op.args) == 2 and isinstance(op.args[1], Const) and type(op.args[1].value) is int
+    return isinstance(op.target, FunctionCall) and op.target.qualname in _INT_ARITHMETIC and \
+        all(_one_int(g, a, depth - 1) for a in op.args)
+
+
 def _plain(args: tuple[Arg, ...], kwargs: tuple[tuple[str, Arg], ...]) -> bool:
     """Only constants (numbers, dtypes), or values that are not tensors' ranks' business (a device read)."""
     return all(isinstance(a, Const) for a in args) and all(isinstance(v, Const) or k == "device" for k, v in kwargs)
@@ -47,7 +64,7 @@ def static_rank(g: Graph, name: str, depth: int = 64) -> int | None:
         return None
     if t.name in _SIZED and not op.kwargs:
         sizes = _sizes(op)
-        return len(sizes) if sizes and not any(isinstance(s, Seq) for s in sizes) else None
+        return len(sizes) if sizes and all(_one_int(g, s) for s in sizes) else None
     inner = static_rank(g, op.args[0].name, depth - 1)
     if inner is None:
         return None
