@@ -86,3 +86,20 @@ def zero_when_wide(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] > 100:
         x.mul_(0)
     return x + 1
+
+
+def all_but_last(x: torch.Tensor) -> torch.Tensor:
+    """``int(n)`` leaves the symbolic world: the size it came from is pinned."""
+    n = int(x.shape[1])
+    return x[:, : n - 1]
+
+
+def doubled_above_half(x: torch.Tensor) -> torch.Tensor:
+    """A size compared with a float."""
+    return x * 2 if x.shape[1] > 1.5 else x
+
+
+def scaled_by_layout(x: torch.Tensor) -> torch.Tensor:
+    """A branch on ``is_contiguous()``: ``x.t()`` of a (1, T) tensor is contiguous, of a (2, T) one not."""
+    y = x.t()
+    return y * 2 if y.is_contiguous() else y * 3

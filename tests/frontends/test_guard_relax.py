@@ -8,6 +8,8 @@ and a comparison that differs between examples is seen both ways. The emitted mo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -101,6 +103,18 @@ class _Zeroing(nn.Module):
         return guard_lib.zero_when_wide(x) * scale
 
 
+class _Library(nn.Module):
+    """Calls one library-style helper (its decisions are guarded, not copied as the forward's own)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    @guard_lib.passthrough
+    def forward(self, x: torch.Tensor, *, scale: float = 1.0) -> torch.Tensor:
+        return self.fn(x) * scale
+
+
 def _emitted(model: nn.Module, calls: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> nn.Module:
     captured = torchgraft.capture(model, examples=[((x,), kw) for x, kw in calls])
     verify(captured)
@@ -165,6 +179,19 @@ def test_a_flipped_branch_writes_into_a_copy_of_the_input() -> None:
     emitted = _emitted(_Zeroing(), [(x, {})])
     assert torch.equal(x, kept)
     assert _same_or_refused(emitted, _Zeroing(), torch.randn(2, 5))
+
+
+@pytest.mark.parametrize(("fn", "other"), [
+    (guard_lib.all_but_last, (2, 8)),  # int(n): pinned, never baked as 5
+    (guard_lib.doubled_above_half, (2, 1)),  # n > 1.5: guarded like n > 1
+    (guard_lib.scaled_by_layout, (1, 5)),  # y.is_contiguous(): guarded
+])
+def test_library_decisions_on_sizes_are_guarded(fn: Callable[[torch.Tensor], torch.Tensor],
+                                                 other: tuple[int, int]) -> None:
+    model = _Library(fn)
+    emitted = _emitted(model, [(torch.randn(2, 5), {})])
+    assert _same_or_refused(emitted, model, torch.randn(2, 5))
+    assert not _same_or_refused(emitted, model, torch.randn(*other))  # another outcome: refused, not wrong
 
 
 def test_an_expand_skipped_at_batch_one_is_seen_by_flipping() -> None:

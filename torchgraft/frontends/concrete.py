@@ -31,7 +31,7 @@ from torchgraft.frontends.concrete_io import spied_children, traced_inputs, trac
 from torchgraft.frontends.flip_guard import flip_run
 from torchgraft.frontends.fx_block import TraceError
 from torchgraft.frontends.guard_relax import Traced, relax_guards
-from torchgraft.frontends.guards import dtype_check, size_guard, where_text
+from torchgraft.frontends.guards import bool_check, dtype_check, size_guard, where_text
 from torchgraft.frontends.source_names import SourceNames, forward_code, with_hints
 from torchgraft.frontends.state import own_view
 from torchgraft.frontends.symsize import _RECORDER, SymInt, SymSize, call_site, pinning_range
@@ -39,10 +39,15 @@ from torchgraft.ir.functions import qualname_of
 from torchgraft.ir.graph import FunctionCall, GetAttr, Graph, MethodCall, Op, Target
 from torchgraft.ir.values import Arg, Const, DictArg, Ref, Seq, Slice
 
-_DATA_DEPENDENT = {"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "numpy", "__array__"}
+_DATA_DEPENDENT = {"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "numpy", "__array__", "equal",
+                   "allclose", "is_nonzero"}
 _INT_METHODS = {"__len__": "__len__", "numel": "numel", "dim": "dim", "ndimension": "dim", "ndim": "dim",
                 "nelement": "numel"}
 """Tensor methods and properties returning an int that depends on the input's shape: kept symbolic."""
+_SHAPE_BOOLS = frozenset({"is_contiguous", "is_floating_point", "is_complex", "is_signed", "is_same_size"})
+"""Tensor methods whose bool follows shape, layout or dtype: guarded where the forward reads them (device and
+autograd flags such as ``is_cuda``/``requires_grad`` are not: a model captured on CPU under no_grad is run on
+GPU and trained; ``docs/faithful.md`` lists that gap)."""
 _REVERSED = {"__radd__": "add", "__rsub__": "sub", "__rmul__": "mul", "__rtruediv__": "truediv",
              "__rfloordiv__": "floordiv", "__rpow__": "pow", "__rmatmul__": "matmul", "__rand__": "and_",
              "__ror__": "or_", "__rmod__": "mod"}
@@ -255,7 +260,17 @@ class _Recorder(TorchFunctionMode):
             self.dtype_guard(args[0], out)
         out = _distinct(out, args, fname)
         self._record_call(func, fname, args, kwargs, out)
+        if type(out) is bool and key in _SHAPE_BOOLS and args and isinstance(args[0], torch.Tensor):
+            self.bool_guard(func, key, args, out)
         return out
+
+    def bool_guard(self, func: Callable[..., Any], what: str, args: tuple[Any, ...], value: bool) -> None:
+        """A tensor method gave a bool that follows the input's shape, layout or dtype (``x.is_contiguous()``):
+        what the forward decides from it holds for inputs that give the same, so guard that."""
+        target, call_args, base = self._target(func, what, args)
+        self.record(target, base, call_args, {}, value)
+        read = self.ops[-1].name
+        self.ops += bool_check(self.fresh("bool_guard"), Ref(read), what + "()", value, self.where, call_site())
 
     def dtype_guard(self, t: torch.Tensor, dtype: torch.dtype) -> None:
         """The forward read ``t.dtype``: what it decides from it (a branch, ``torch.finfo``, a cast) holds

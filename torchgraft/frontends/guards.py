@@ -85,6 +85,14 @@ def dtype_check(name: str, dtype_value: Arg, dtype: Any, where: str, site: str) 
     return _pair(name, "eq", dtype_value, Const(dtype), msg)
 
 
+def bool_check(name: str, value: Arg, what: str, held: bool, where: str, site: str) -> list[Op]:
+    """Ops checking that a tensor method or property giving a bool (``x.is_contiguous()``) gives what it
+    gave in the example."""
+    msg = (f"{where} was captured where a tensor's {what} was {held} at {_short(site)}; inputs for which it "
+           f"is {not held} may take another path; {HOW}")
+    return _pair(name, "is_", value, Const(held), msg, "size", site)
+
+
 _SYMBOL = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 _FLIP = {"lt": "ge", "le": "gt", "gt": "le", "ge": "lt", "eq": "ne", "ne": "eq"}
 
@@ -116,5 +124,6 @@ def guards_of(root: Node, path: str = "") -> list[tuple[str, str, str]]:
     return list(dict.fromkeys(out))
 
 
-__all__ = ["HOW", "count_guard", "dtype_check", "guards_of", "none_guard", "size_guard", "size_sites", "value_guard",
+__all__ = ["HOW", "bool_check", "count_guard", "dtype_check", "guards_of", "none_guard", "size_guard", "size_sites",
+           "value_guard",
            "where_text"]

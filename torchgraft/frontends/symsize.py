@@ -48,6 +48,11 @@ class SymInt(int):
         return self._name
 
 
+def _plain(n: int) -> int:
+    """The plain int of ``n`` (a SymInt's value) without pinning it: ``int(n)`` is the model's own call."""
+    return int.__int__(n)
+
+
 def pin(*values: Any, loop: bool = False) -> None:
     """A size left the symbolic world (``n / 2``, ``float(n)``, ``n * 0.5``): the result is a plain
     number, so guard that each size is what it was in the example. ``loop``: it is the trip count
@@ -58,18 +63,18 @@ def pin(*values: Any, loop: bool = False) -> None:
     site = call_site()
     for v in values:
         if isinstance(v, SymInt):
-            recorder.compare("eq", v, int(v), True, site, loop=loop)
+            recorder.compare("eq", v, _plain(v), True, site, loop=loop)
 
 
 def _binary(op: Callable[[Any, Any], Any], opname: str, reverse: bool = False) -> Callable[..., Any]:
     def method(self: SymInt, other: Any) -> Any:
         if not isinstance(other, int) or isinstance(other, bool):
-            out = op(int(self), other) if not reverse else op(other, int(self))
+            out = op(_plain(self), other) if not reverse else op(other, _plain(self))
             if out is not NotImplemented:
                 pin(self)
             return out
         a, b = (other, self) if reverse else (self, other)
-        value = op(int(a), int(b))
+        value = op(_plain(a), _plain(b))
         if not isinstance(value, int):
             pin(a, b)
             return value
@@ -85,7 +90,7 @@ def _unary(op: Callable[[Any], Any]) -> Callable[..., Any]:
     def method(self: SymInt) -> Any:
         if op is operator.pos:
             return self
-        value = op(int(self))
+        value = op(_plain(self))
         recorder = _RECORDER.value
         if recorder is not None and op is operator.neg:
             return SymInt(value, lambda: recorder.int_op("sub", 0, self))
@@ -117,18 +122,27 @@ for _name, _fn in (("neg", operator.neg), ("abs", operator.abs), ("pos", operato
 def _as_float(self: SymInt) -> float:
     """``float(n)``, ``math.sqrt(n)``: a plain number from here on, so the size is guarded."""
     pin(self)
-    return float(int(self))
+    return float(_plain(self))
 
 
 SymInt.__float__ = _as_float  # type: ignore[method-assign,assignment]
 
 
+def _as_int(self: SymInt) -> int:
+    """``int(n)``: a plain int from here on (``x[:, : int(n) - 1]``), so the size is guarded."""
+    pin(self)
+    return _plain(self)
+
+
+SymInt.__int__ = _as_int  # type: ignore[method-assign,assignment]
+
+
 def _compare(opname: str) -> Callable[..., Any]:
     def method(self: SymInt, other: Any) -> Any:
         op = getattr(operator, opname)
-        if not isinstance(other, int) or isinstance(other, bool):
-            return op(int(self), other)
-        held = op(int(self), int(other))
+        if isinstance(other, bool) or not isinstance(other, (int, float)):
+            return op(_plain(self), other)
+        held = op(_plain(self), other if isinstance(other, float) else _plain(other))
         recorder = _RECORDER.value
         if recorder is not None:
             held = recorder.compare(opname, self, other, held, call_site(), branch=True)
