@@ -13,7 +13,11 @@ from torchgraft.ir.graph import FunctionCall, GetAttr, Guard, MethodCall, Op
 from torchgraft.ir.opkinds import FUNCTIONS, TRAITS, function_in_place, is_operator, kind_of, method_kind, symbol_of
 from torchgraft.ir.values import Const, Ref
 
-_IMPURE_FUNCTIONS = frozenset({"operator.delitem", "torch._assert", "builtins.print"})
+_IMPURE_FUNCTIONS = frozenset({"operator.delitem", "torch._assert", "builtins.print",
+                               *(f"torch.{n}" for n in ("rand", "randn", "randint", "randperm", "rand_like",
+                                                        "randn_like", "randint_like", "bernoulli", "multinomial",
+                                                        "normal", "poisson", "manual_seed", "seed"))})
+"""Besides writes: draws from the RNG, which later draws depend on, so an unused draw still counts."""
 _PURE_BUILTINS = frozenset({"builtins.getattr", "builtins.len", "builtins.int", "builtins.float", "builtins.bool",
                             "builtins.tuple", "builtins.list", "builtins.min", "builtins.max", "builtins.abs",
                             "builtins.isinstance", "builtins.slice", "builtins.range"})
@@ -58,11 +62,12 @@ def is_pure(op: Op) -> bool:
     if isinstance(t, GetAttr):
         return True
     if isinstance(t, MethodCall):
-        return t.name not in _IMPURE_METHODS
+        return t.name not in _IMPURE_METHODS and t.name not in ("bernoulli", "multinomial")
     if isinstance(t, FunctionCall):
         ns = t.qualname.rpartition(".")[0]
         found = kind_of(op)
-        if t.qualname in _IMPURE_FUNCTIONS or (found is not None and not TRAITS[found.kind].pure):
+        if t.qualname in _IMPURE_FUNCTIONS or (found is not None and (not TRAITS[found.kind].pure
+                                                                       or TRAITS[found.kind].random)):
             return False
         if ns == "builtins":
             return t.qualname in _PURE_BUILTINS

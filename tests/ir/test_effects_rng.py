@@ -1,0 +1,22 @@
+"""``ir.effects.is_pure``: a draw from the RNG is an effect (later draws depend on it), so an unused draw is
+never dropped; plain factories and arithmetic stay pure."""
+
+from __future__ import annotations
+
+import pytest
+
+from torchgraft.ir.effects import is_pure
+from torchgraft.ir.graph import FunctionCall, MethodCall, Op
+from torchgraft.ir.values import Const, Ref
+
+
+@pytest.mark.parametrize("qualname", ["torch.rand", "torch.randn", "torch.randint", "torch.rand_like",
+                                      "torch.bernoulli", "torch.manual_seed", "torch.nn.functional.dropout"])
+def test_draws_are_effects(qualname: str) -> None:
+    assert not is_pure(Op("r", FunctionCall(qualname), (Const(3),)))
+
+
+def test_method_draws_are_effects_and_factories_are_pure() -> None:
+    assert not is_pure(Op("r", MethodCall("bernoulli"), (Ref("p"),)))
+    assert is_pure(Op("z", FunctionCall("torch.zeros"), (Const(3),)))
+    assert is_pure(Op("a", FunctionCall("operator.add"), (Ref("x"), Ref("y"))))
