@@ -221,3 +221,63 @@ def test_cat_rule_matches_torch_cat(shapes: list[tuple[int, ...]], dim: int) -> 
         return
     _same(rule, real)
     _same(cat_output(([t.to("meta") for t in tensors],), {"dim": dim}), real)
+
+
+def _layouts() -> list[torch.Tensor]:
+    """Meta inputs of shape (..., 6) in the layouts models make: contiguous, permuted (ConvNeXt), expanded,
+    channels_last, an offset slice, size-1 dims, half precision."""
+    x = torch.empty(2, 6, 5, 4, device="meta")
+    return [torch.empty(2, 3, 6, device="meta"), x.permute(0, 2, 3, 1), torch.empty(1, 6, device="meta").expand(4, 6),
+            torch.empty(2, 4, 5, 6, device="meta").to(memory_format=torch.channels_last),
+            torch.empty(3, 8, device="meta")[:, 1:7], torch.empty(1, 1, 6, device="meta").transpose(0, 1),
+            torch.empty(2, 6, 3, device="meta", dtype=torch.float16).transpose(1, 2)]
+
+
+@pytest.mark.parametrize("affine", ["both", "weight", "none"])
+def test_layer_norm_rule_matches_the_meta_kernel_in_every_layout(affine: str) -> None:
+    import torch.nn.functional as F
+
+    from torchgraft.ir.shapes import layer_norm_output
+
+    for x in _layouts():
+        w = torch.empty(6, device="meta", dtype=x.dtype) if affine != "none" else None
+        b = torch.empty(6, device="meta", dtype=x.dtype) if affine == "both" else None
+        real = F.layer_norm(x, (6,), w, b, 1e-6)
+        for args, kwargs in (((x, (6,), w, b, 1e-6), {}), ((x, [6]), {"weight": w, "bias": b})):
+            rule = layer_norm_output(args, kwargs)
+            assert rule is not None
+            assert (rule.shape, rule.stride(), rule.dtype, rule.storage_offset()) == \
+                (real.shape, real.stride(), real.dtype, real.storage_offset())
+        layer = nn.LayerNorm(6, elementwise_affine=affine != "none", bias=affine == "both").to(x.dtype)
+        prim = to_primitive(layer)[0]
+        state = [t.to("meta") for t in layer.parameters()]
+        rule = primitive_output(prim, (x,), {}, state, False)  # the layer, on a non-contiguous input too
+        assert rule is not None and (rule.shape, rule.stride(), rule.dtype) == (real.shape, real.stride(), real.dtype)
+
+
+def test_layer_norm_rule_declines_what_it_cannot_vouch_for() -> None:
+    from torchgraft.ir.shapes import layer_norm_output
+
+    x = torch.empty(2, 6, device="meta")
+    w16 = torch.empty(6, device="meta", dtype=torch.float16)
+    assert layer_norm_output((x, (6,), w16), {}) is None  # mixed dtypes: the kernel decides
+    assert layer_norm_output((x, (3,)), {}) is None  # wrong normalized shape: the kernel raises
+    assert layer_norm_output((x, (6,), torch.empty(3, device="meta")), {}) is None
+    assert layer_norm_output((x.long(), (6,)), {}) is None
+    assert layer_norm_output((x, (6,)), {"input": x}) is None  # input twice
+    assert layer_norm_output((torch.empty(0, 6, device="meta"), (6,)), {}) is None
+    with torch.enable_grad():
+        assert layer_norm_output((x, (6,), torch.empty(6, device="meta", requires_grad=True)), {}) is None
+
+
+@pytest.mark.parametrize("size", [1, (1, 1)])
+def test_global_average_pool_rule_matches_the_meta_kernel(size: int | tuple[int, int]) -> None:
+    layer = nn.AdaptiveAvgPool2d(size)
+    for shape, dtype in [((2, 8, 7, 7), torch.float32), ((8, 7, 7), torch.float32), ((2, 3, 1, 5), torch.float16),
+                         ((1, 1, 1, 1), torch.float64)]:
+        x = torch.empty(shape, device="meta", dtype=dtype)
+        rule, real = _rule(layer, x), layer(x)
+        assert rule is not None and (rule.shape, rule.stride(), rule.dtype) == (real.shape, real.stride(), real.dtype)
+    assert _rule(layer, torch.empty(2, 8, 0, 7, device="meta")) is None  # the kernel refuses empty sizes
+    assert _rule(layer, torch.empty(2, 8, 7, 7, device="meta").to(memory_format=torch.channels_last)) is None
+    assert _rule(nn.AdaptiveAvgPool2d(2), torch.empty(2, 8, 7, 7, device="meta")) is None  # not global: no rule

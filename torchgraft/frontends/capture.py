@@ -50,7 +50,7 @@ from torchgraft.frontends.state import (
     value_driven_python,
 )
 from torchgraft.frontends.substitutes import substitution_notes
-from torchgraft.frontends.trace_reuse import TraceCache
+from torchgraft.frontends.trace_reuse import TraceCache, unaliased
 from torchgraft.ir.graph import Graph, Input
 from torchgraft.ir.model import Helper, Model
 from torchgraft.ir.nodes import Block, Chain, ClassRef, Container, Node, Opaque, StateSpec
@@ -235,17 +235,20 @@ def _trace_modes(mod: nn.Module, ctx: _Ctx, nones: tuple[str, ...], given: tuple
     reused, token = ctx.traces.lookup(mod, nones, given)
     if reused is not None:
         return reused
-    traced = _trace_fresh(mod, ctx, nones, given, path)
-    ctx.traces.store(token, traced)
+    kept: list[tuple[Any, dict[str, str]]] = []
+    traced = _trace_fresh(mod, ctx, nones, given, path, kept)
+    ctx.traces.store(token, traced, kept[0][0] if len(kept) == 1 else None)
     return traced
 
 
-def _trace_fresh(mod: nn.Module, ctx: _Ctx, nones: tuple[str, ...], given: tuple[str, ...], path: str
+def _trace_fresh(mod: nn.Module, ctx: _Ctx, nones: tuple[str, ...], given: tuple[str, ...], path: str,
+                 kept: list[tuple[Any, dict[str, str]]] | None = None
                  ) -> tuple[Graph, Graph | None, dict[str, torch.Tensor]]:
-    """``_trace_modes`` without sharing: fx traces of ``mod`` itself."""
+    """``_trace_modes`` without sharing: fx traces of ``mod`` itself (``kept``: the fx graph and hints of
+    the one trace serving both modes)."""
     if type(mod) not in ctx.reads_training:
         try:
-            body, consts = trace_graph(mod, None, ctx.helpers, ctx.helper_fns, nones, given, path)
+            body, consts = trace_graph(mod, None, ctx.helpers, ctx.helper_fns, nones, given, path, kept)
             return body, None, consts
         except ModeRead:
             ctx.reads_training.add(type(mod))
@@ -386,6 +389,7 @@ def _capture(model: nn.Module, calls: list[Example], forced: set[str]) -> Model:
     optional = optional_arg_paths(model)  # one eager run only when some module needs its inputs
     if optional:
         record_inputs(model, optional, calls, ctx.inputs, ctx.all_inputs)
+    ctx.traces.unique = unaliased(model)  # after the eager run: the tree as it is traced
     with session():  # nn.Module patched once for every block's fx trace
         root = build_node(model, "", ctx)
     if ctx.untraced:

@@ -19,7 +19,7 @@ from torch.fx._symbolic_trace import _assert_is_none
 from torchgraft.frontends.canon import canonical_target
 from torchgraft.frontends.fx_session import SessionTracer
 from torchgraft.frontends.guards import none_guard, where_text
-from torchgraft.frontends.helpers import HelperError, collect, unpatched
+from torchgraft.frontends.helpers import HelperError, collect, is_fx_wrapper, unpatched
 from torchgraft.frontends.sigcache import signature
 from torchgraft.frontends.source_names import SourceNames, forward_code
 from torchgraft.frontends.state import method_tree, own_view
@@ -97,13 +97,19 @@ class _OwnCodeTracer(SessionTracer):
 
     def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, *rest: Any, **kw: Any) -> fx.Proxy:
         """fx's proxy; arithmetic remembers its line in the forward, so ``out += x`` can be told from
-        ``out = out + x`` (fx proxies have no ``__iadd__``: both reach fx as ``operator.add``); every node
-        is shown to ``names``, which learns the source variables values are assigned to."""
+        ``out = out + x`` (fx proxies have no ``__iadd__``: both reach fx as ``operator.add``); a call of a
+        ``torch.fx.wrap``-ed function made straight from the forward remembers its bytecode offset
+        (``torchgraft_at``: ``trace_template``); every node is shown to ``names``, which learns the source
+        variables values are assigned to."""
         if self.names is not None:
             self.names.observe()
         proxy = super().create_proxy(kind, target, args, kwargs, *rest, **kw)
         if self.names is not None:
             self.names.created(proxy.node.name)
+        if kind == "call_function" and self._code is not None:
+            wrapper = sys._getframe(1)
+            if is_fx_wrapper(wrapper.f_code) and wrapper.f_back is not None and wrapper.f_back.f_code is self._code:
+                proxy.node.meta["torchgraft_at"] = wrapper.f_back.f_lasti
         if kind == "call_function" and target in _AUGMENTED and self._code is not None:
             frame = sys._getframe(1)
             while frame is not None and frame.f_code is not self._code:
@@ -152,6 +158,14 @@ def _arg(a: Any, block: nn.Module, mode: bool = False) -> Arg:
         if _holds_probe(a):
             raise ModeRead("the forward passes self.training inside a value") from None
         raise TraceError(f"unsupported argument {a!r}: {e}") from None
+
+
+def to_arg(value: Any) -> Arg:
+    """How ``to_graph`` writes a plain value passed to a call (a number, string, list or tuple of them)."""
+    return _arg(value, _NO_BLOCK, True)
+
+
+_NO_BLOCK = nn.Module()  # ``_arg`` passes its block on, and reads nothing of it
 
 
 def _target(node: fx.Node, helpers: dict[str, Helper], fns: dict[str, Any]) -> Target:
@@ -267,8 +281,8 @@ def _clean_message(a: Arg) -> Arg:
 
 
 def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper], fns: dict[str, Any],
-                none_args: tuple[str, ...] = (), given_args: tuple[str, ...] = (), where: str = ""
-                ) -> tuple[Graph, dict[str, torch.Tensor]]:
+                none_args: tuple[str, ...] = (), given_args: tuple[str, ...] = (), where: str = "",
+                keep: list[tuple[fx.Graph, dict[str, str]]] | None = None) -> tuple[Graph, dict[str, torch.Tensor]]:
     """Trace ``mod.forward`` in the given mode, without touching ``mod`` itself.
 
     ``training=None`` traces with a probe in place of the flag: the graph then serves both
@@ -281,6 +295,7 @@ def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper
     when the model ran: fx specialises ``if arg is None`` branches on them (every fx Proxy
     is "not None", so without this the other branch would be traced). Both become Guards, as do
     ``given_args`` (optional arguments that were given); ``where`` is the module path for their messages.
+    ``keep`` receives the fx graph and its source hints (for ``trace_template``).
     """
     view = own_view(mod)  # shallow: own __dict__ and state slots, so the original is left alone
     probe = _ModeProbe()
@@ -309,6 +324,8 @@ def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper
                 raise TraceError(f"forward reads a constant {node.target!r} of type {type(value).__name__}")
             consts[str(node.target)] = value.detach().clone()
     names.finish()
+    if keep is not None:
+        keep.append((graph, names.hints))
     return to_graph(graph, mod, helpers, fns, given_args, where, names.hints), consts
 
 

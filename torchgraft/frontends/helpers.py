@@ -28,9 +28,7 @@ import ast
 import builtins
 import collections
 import enum
-import inspect
 import math
-import textwrap
 import types
 import typing
 from collections.abc import Callable
@@ -39,6 +37,7 @@ from typing import Any
 import torch
 from torch.fx import _symbolic_trace as fx_trace
 
+from torchgraft.frontends import source_cache
 from torchgraft.frontends.substitutes import substitute_for
 from torchgraft.ir.model import Helper, HelperKind, helper_key
 from torchgraft.ir.values import plain_constant
@@ -109,6 +108,11 @@ def _fx_wrapper_code() -> Any:
 _FX_WRAPPER_CODE = _fx_wrapper_code()
 
 
+def is_fx_wrapper(code: Any) -> bool:
+    """Whether ``code`` is that of the wrapper fx puts in place of a ``torch.fx.wrap``-ed function."""
+    return code is not None and code is _FX_WRAPPER_CODE
+
+
 def _script_if_tracing_code() -> Any:
     return torch.jit._script_if_tracing(_fx_wrapper_code).__code__
 
@@ -177,7 +181,7 @@ def _collect_function(fn: types.FunctionType, namespace: dict[str, Any], out: di
     if fn.__closure__:
         raise HelperError(f"{fn.__qualname__} is a closure")
     try:  # from the code object: a library may have wrapped the function in itself (a skipped compile)
-        src = textwrap.dedent(inspect.getsource(fn.__code__))
+        src = source_cache.function_source(fn.__code__)
     except (OSError, TypeError) as e:
         raise HelperError(f"source of {fn.__qualname__} is not available: {e}") from None
     tree = ast.parse(src)
@@ -186,26 +190,30 @@ def _collect_function(fn: types.FunctionType, namespace: dict[str, Any], out: di
         raise HelperError(f"{fn.__qualname__} is not a def")
     fdef.decorator_list = []
     fdef.name = name
-    _StripLogging().visit(fdef)
+    if any(call in src for call in _DROPPED_CALLS):
+        _StripLogging().visit(fdef)
     out[name] = Helper(name, "", origin)  # placeholder while its globals are resolved (recursion)
-    resolve_globals(fdef, fn, namespace, out)
+    edits = source_cache.edits()
+    resolve_globals(fdef, fn, namespace, out, used=source_cache.names(src, fdef))
     del out[name]  # re-added after what it needs
-    out[name] = Helper(name, ast.unparse(fdef) + "\n", origin)
+    text = source_cache.unparsed(src, name, fdef) if source_cache.edits() == edits else ast.unparse(fdef)
+    out[name] = Helper(name, text + "\n", origin)
     return name
 
 
 def resolve_globals(tree: ast.AST, fn: Callable[..., Any], namespace: dict[str, Any], out: dict[str, Helper],
-                    local: set[str] | None = None) -> None:
+                    local: set[str] | None = None, used: tuple[str, ...] | None = None) -> None:
     """Resolve every global ``tree`` (the source of ``fn``) reads from ``namespace`` into ``out``.
 
     ``local`` names shadow globals (default: ``fn``'s arguments and locals). A module that
     model.py may not import, read only as ``module.attr`` (``box_ops.batched_nms``), has those
-    reads rewritten in ``tree`` to the copied ``attr`` helper.
+    reads rewritten in ``tree`` to the copied ``attr`` helper. ``used``: the names ``tree`` holds, when known.
     """
     if local is None:
         code = fn.__code__  # type: ignore[attr-defined]
         local = set(code.co_varnames) | set(code.co_cellvars)
-    used = dict.fromkeys(n.id for n in ast.walk(tree) if isinstance(n, ast.Name))  # code and annotations
+    if used is None:
+        used = tuple(dict.fromkeys(n.id for n in ast.walk(tree) if isinstance(n, ast.Name)))  # code and annotations
     for g in used:
         if g in namespace and g not in local:
             value = unpatched(namespace[g])
@@ -242,6 +250,7 @@ class _RenameName(ast.NodeTransformer):
     def visit_Name(self, node: ast.Name) -> ast.AST:
         if node.id == self.old:
             node.id = self.new
+            source_cache.edited()
         return node
 
 
@@ -253,6 +262,7 @@ class _Rename(ast.NodeTransformer):
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
         if isinstance(node.value, ast.Name) and node.value.id == self.module:
+            source_cache.edited()
             return ast.copy_location(ast.Name(node.attr, ast.Load()), node)
         return self.generic_visit(node)
 
@@ -337,4 +347,4 @@ def _add(out: dict[str, Helper], helper: Helper) -> None:
     out.setdefault(helper.key, helper)
 
 
-__all__ = ["HelperError", "collect", "collections", "enum_api_use", "resolve_globals", "unpatched"]
+__all__ = ["HelperError", "collect", "collections", "enum_api_use", "is_fx_wrapper", "resolve_globals", "unpatched"]

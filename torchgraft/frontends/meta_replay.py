@@ -20,12 +20,13 @@ from torch import nn
 from torch.utils._pytree import tree_map_only
 
 from torchgraft.frontends.meta_cache import MetaCache, layer_key
+from torchgraft.frontends.meta_rules import fast_meta
 from torchgraft.ir.graph import Op, PrimCall
 from torchgraft.ir.interpret import Interpreter
 from torchgraft.ir.nodes import Node
 from torchgraft.ir.opkinds import FUNCTIONS, Kinded, OpKind, function_in_place
 from torchgraft.ir.primitives import Primitive
-from torchgraft.ir.shapes import binary_output, cat_output, primitive_output
+from torchgraft.ir.shapes import binary_output, cat_output, function_output, primitive_output
 
 
 def to_meta(tree: Any) -> Any:
@@ -134,10 +135,12 @@ class MetaReplay(Interpreter):
 
     def call_function(self, qualname: str, a: list[Any], kw: dict[str, Any]) -> Any:
         found = FUNCTIONS.get(qualname)
-        out = cat_output(a, kw) if found == Kinded(OpKind.CAT) else binary_output(qualname, a, kw)
+        out = cat_output(a, kw) if found == Kinded(OpKind.CAT) else function_output(qualname, a, kw)
         if out is not None:
             return out
-        run = lambda: super(MetaReplay, self).call_function(qualname, *_stay_on_meta(a, kw, False, self.meta_is))  # noqa: E731
+        def run() -> Any:
+            with fast_meta():  # a helper's own torch calls: shape rules where they apply exactly
+                return super(MetaReplay, self).call_function(qualname, *_stay_on_meta(a, kw, False, self.meta_is))
         return run() if function_in_place(qualname) else self._cache.call(("f", qualname), a, kw, run)
 
     def call_method(self, name: str, a: list[Any], kw: dict[str, Any]) -> Any:

@@ -30,6 +30,13 @@ path) and no child or attribute that the key does not cover (a module reached th
 The one assumption, as for any trace: a forward's trace depends on its module and arguments, not
 on global state that traces change.
 
+Two refinements (capture speed). A plain value the forward only passes on, as a direct argument,
+to a ``torch.fx.wrap``-ed call (``StochasticDepth``'s ``p``) is keyed by kind, not value: an
+instance with another value takes the earlier trace with its own value put in that argument,
+where ``trace_template`` proved that is exactly its trace (``passed_key``). And where no module,
+parameter or buffer sits at two places in the model (``unaliased``), the name fx gives each is the
+path it was reached by, so that is not looked up.
+
 >>> cache = TraceCache()
 >>> cache.lookup(torch.nn.Identity(), (), ())[0] is None  # nothing stored yet
 True
@@ -44,9 +51,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.fx as fx
 from torch import nn
 
 from torchgraft.frontends.self_reads import reads
+from torchgraft.frontends.trace_template import (
+    Template,
+    instantiate,
+    passable,
+    passed_attrs,
+    template,
+    unaliased,
+    values_key,
+)
 from torchgraft.ir.graph import ChildCall, GetAttr, Graph, Guard
 
 _PLAIN_TYPES = (type(None), bool, int, str, bytes, torch.dtype, torch.device, torch.layout, torch.memory_format)
@@ -102,7 +119,8 @@ class _Names:
     """First names of modules, parameters and buffers in a module's tree: what fx names them by
     (its lookups by identity walk ``named_modules`` in order). The walk goes only as far as asked."""
 
-    def __init__(self, mod: nn.Module) -> None:
+    def __init__(self, mod: nn.Module, unique: bool = False) -> None:
+        self.unique = unique  # no module, parameter or buffer sits at two places in the model: each has one name
         self._walk = mod.named_modules()
         self._maps: tuple[dict[int, str], dict[int, str], dict[int, str]] = ({}, {}, {})
         self._aliases: dict[int, int] = {}
@@ -111,6 +129,10 @@ class _Names:
         """The index of the first value read that is ``obj`` itself: two reads of one object (``self.dims is
         self.default``) key apart from two reads of equal objects."""
         return self._aliases.setdefault(id(obj), len(self._aliases))
+
+    def named(self, kind: int, obj: Any, dotted: str) -> bool:
+        """Whether fx names ``obj`` (reached through modules' own tables at ``dotted``) ``dotted``."""
+        return self.unique or self.first(kind, obj) == dotted
 
     def first(self, kind: int, obj: Any) -> str | None:
         found = self._maps[kind].get(id(obj))
@@ -131,11 +153,17 @@ class _Names:
         return found
 
 
-def _resolve(mod: nn.Module, chain: tuple[str, ...], use: str, names: _Names, compare: list[torch.Tensor]
-             ) -> Hashable | types.FunctionType:
-    """The key part for one read (a method of ``mod``'s class called: that function, analysed next)."""
+def _resolve(mod: nn.Module, chain: tuple[str, ...], use: str, names: _Names, compare: list[torch.Tensor],
+             passed: dict[str, Any] | None = None) -> Hashable | types.FunctionType:
+    """The key part for one read (a method of ``mod``'s class called: that function, analysed next).
+    ``passed``: the forward's reads that are only passed on to a wrapped call (``trace_template``), and
+    their values: keyed by kind alone, their values collected there."""
     if chain == ("training",):
         return None
+    if passed is not None and len(chain) == 1 and chain[0] in passed and chain[0] in mod.__dict__ \
+            and passable(mod.__dict__[chain[0]]) and _class_attr(type(mod), chain[0]) is _MISSING:
+        passed[chain[0]] = mod.__dict__[chain[0]]
+        return (chain[0], "passed")
     obj: Any = mod
     for i, name in enumerate(chain):
         last = i == len(chain) - 1
@@ -183,15 +211,15 @@ def _terminal_value(value: Any, where: str, dotted: str, use: str, names: _Names
     if value is None:
         return (dotted, "is None", use)
     if where == "module":
-        if use != "call" or names.first(0, value) != dotted:
+        if use != "call" or not names.named(0, value, dotted):
             raise _NoReuse
         return (dotted, "module", _Ident(type(value)))
     if where == "param":
-        if names.first(1, value) != dotted:
+        if not names.named(1, value, dotted):
             raise _NoReuse
         return (dotted, "param", use)
     if where == "buffer":
-        if names.first(2, value) != dotted:
+        if not names.named(2, value, dotted):
             raise _NoReuse
         return (dotted, _tensor(value, compare), use)
     if isinstance(value, (torch.Tensor, nn.Module)):
@@ -213,11 +241,33 @@ def _class_attr(cls: type, name: str) -> Any:
 def reuse_key(mod: nn.Module, nones: tuple[str, ...], given: tuple[str, ...]
               ) -> tuple[tuple[Hashable, ...], list[torch.Tensor]] | None:
     """(key, buffers to compare by value) under which ``mod``'s trace may be shared, or None."""
+    found = _key(mod, nones, given, frozenset(), False)
+    return None if found is None else found[:2]
+
+
+def passed_key(mod: nn.Module, nones: tuple[str, ...], given: tuple[str, ...], unique: bool = False
+               ) -> tuple[tuple[Hashable, ...], list[torch.Tensor], dict[str, Any]] | None:
+    """``reuse_key``, except that the values the forward only passes on to a wrapped call
+    (``trace_template.passed_attrs``) are keyed by kind and returned apart: attribute -> value.
+    ``unique``: no module, parameter or buffer of the model sits at two places (``unaliased``)."""
+    loose = frozenset(a for a, _ in passed_attrs(type(mod).forward))
+    while True:
+        found = _key(mod, nones, given, loose, unique)
+        if found is None or isinstance(found[2], dict):
+            return found  # type: ignore[return-value]
+        loose -= found[2]  # read by a method of the forward too: keyed by value
+
+
+def _key(mod: nn.Module, nones: tuple[str, ...], given: tuple[str, ...], loose: frozenset[str], unique: bool
+         ) -> tuple[tuple[Hashable, ...], list[torch.Tensor], dict[str, Any] | frozenset[str]] | None:
+    """(key, buffers, passed values); the passed values are the attributes of ``loose`` that a method
+    the forward calls reads too, when there are any (the caller keys them by value then)."""
     if nones or given:  # guards: their messages name the module's path
         return None
-    names = _Names(mod)
+    names = _Names(mod, unique)
     compare: list[torch.Tensor] = []
     parts: list[Hashable] = [_Ident(type(mod))]
+    passed: dict[str, Any] = dict.fromkeys(loose)
     todo, seen = [type(mod).forward], set()
     try:
         while todo:
@@ -228,8 +278,10 @@ def reuse_key(mod: nn.Module, nones: tuple[str, ...], given: tuple[str, ...]
             found = reads(fn)
             if found is None:
                 return None
+            if fn is not type(mod).forward and loose & {chain[0] for chain, _ in found}:
+                return tuple(parts), compare, loose & {chain[0] for chain, _ in found}
             for chain, use in found:
-                part = _resolve(mod, chain, use, names, compare)
+                part = _resolve(mod, chain, use, names, compare, passed if fn is type(mod).forward else None)
                 if isinstance(part, types.FunctionType):
                     todo.append(part)
                 parts.append(_Ident(part) if isinstance(part, types.FunctionType) else part)
@@ -237,7 +289,7 @@ def reuse_key(mod: nn.Module, nones: tuple[str, ...], given: tuple[str, ...]
         return None
     except Exception:  # noqa: BLE001 - anything unforeseen: trace it, as without reuse
         return None
-    return tuple(parts), compare
+    return tuple(parts), compare, {k: v for k, v in passed.items() if k in loose and (k, "passed") in parts}
 
 
 def covered(key: tuple[Hashable, ...], children: list[str], attrs: list[str]) -> bool:
@@ -251,24 +303,36 @@ def covered(key: tuple[Hashable, ...], children: list[str], attrs: list[str]) ->
 
 @dataclass
 class TraceCache:
-    """Traces kept for reuse within one capture: key -> [(buffers compared by value, result)]."""
+    """Traces kept for reuse within one capture: key -> [(buffers compared by value, passed values, result,
+    template)]. Instances whose forwards only pass some values on to a wrapped call (``trace_template``)
+    share a key; an entry serves one whose passed values are equal, or any through its template."""
 
-    entries: dict[tuple[Hashable, ...], list[tuple[list[torch.Tensor], Any]]] = field(default_factory=dict)
+    entries: dict[tuple[Hashable, ...], list[tuple[list[torch.Tensor], Hashable, Any, Template | None]]] = field(
+        default_factory=dict)
+    unique: bool = False  # the model holds each module, parameter and buffer once (``unaliased``)
 
     def lookup(self, mod: nn.Module, nones: tuple[str, ...], given: tuple[str, ...]) -> tuple[Any, Any]:
         """(stored result or None, token to ``store`` a new result under; None: do not store)."""
-        found = reuse_key(mod, nones, given)
+        found = passed_key(mod, nones, given, self.unique)
         if found is None:
             return None, None
-        key, compare = found
-        for tensors, result in self.entries.get(key, []):
-            if all(torch.equal(a, b) for a, b in zip(tensors, compare)):
+        key, compare, passed = found
+        mine = values_key(passed)
+        for tensors, values, result, tpl in self.entries.get(key, []):
+            if not all(torch.equal(a, b) for a, b in zip(tensors, compare)):
+                continue
+            if values == mine:
                 return result, None
+            if tpl is not None:
+                return (instantiate(tpl, passed), None, {}), None
         return None, found
 
-    def store(self, token: Any, result: tuple[Any, Any, dict[str, torch.Tensor]]) -> None:
+    def store(self, token: Any, result: tuple[Any, Any, dict[str, torch.Tensor]],
+              traced: fx.Graph | None = None) -> None:
         """Keep a trace ``(body, train_body, constants)`` for the instances that share ``token``: only
-        one without tensor constants or guards, whose children and attributes the key all names."""
+        one without tensor constants or guards, whose children and attributes the key all names.
+        ``traced``: its fx graph, when one trace serves both modes (a template of it is kept for instances
+        with other passed values)."""
         if token is None or result[2]:
             return
         graphs = [g for g in result[:2] if g is not None]
@@ -277,11 +341,15 @@ class TraceCache:
         ops = [op for g in graphs for op in g.ops]
         if any(isinstance(op.target, Guard) for op in ops):
             return
-        key, compare = token
+        key, compare, passed = token
         if covered(key, [op.target.path for op in ops if isinstance(op.target, ChildCall)],
                    [op.target.path for op in ops if isinstance(op.target, GetAttr)]):
+            tpl = None
+            if passed and traced is not None and result[1] is None:
+                tpl = template(traced, result[0], key[0].obj.forward, passed)  # key[0]: the module's class
             # the buffers' values as they were traced, whatever changes them later
-            self.entries.setdefault(key, []).append(([t.detach().clone() for t in compare], result))
+            self.entries.setdefault(key, []).append(([t.detach().clone() for t in compare], values_key(passed),
+                                                     result, tpl))
 
 
-__all__ = ["TraceCache", "reuse_key"]
+__all__ = ["TraceCache", "passed_key", "reuse_key", "unaliased"]

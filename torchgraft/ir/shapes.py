@@ -7,7 +7,9 @@ rules give the same answer in microseconds. Each rule checks what the op itself 
 ``None`` when unsure (the caller then runs the op's meta kernel), or raises ``RuleError``
 where the real op would fail but its meta kernel might not (mixed dtypes in a linear):
 the caller then replays for real and reports the op's own error. Inputs that are not
-contiguous (channels_last) get no rule, so the meta kernels keep their strides.
+contiguous (channels_last) get no rule, so the meta kernels keep their strides; except for
+``layer_norm``, whose kernels (CPU, CUDA and meta alike) make the input contiguous first and
+return a contiguous result whatever its strides.
 
 >>> x = torch.empty(2, 3, 8, 8, device="meta")
 >>> primitive_output(Conv("Conv2d", 3, 4, kernel_size=3, stride=2), (x,), {}, [], False).shape
@@ -125,7 +127,9 @@ def primitive_output(prim: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
     if len(args) != 1 or kwargs or not isinstance(args[0], torch.Tensor):
         return None
     x = args[0]
-    if not _same_dtype(prim, x, dtypes) or not x.is_floating_point() or not x.is_contiguous():
+    if not _same_dtype(prim, x, dtypes) or not x.is_floating_point():
+        return None
+    if not x.is_contiguous() and not isinstance(prim, LayerNorm):  # layer_norm's result is contiguous anyway
         return None
     if isinstance(prim, (Activation, Identity)) or (isinstance(prim, Dropout) and prim.op in _ANY_RANK_DROPOUT):
         return x if isinstance(prim, Identity) or getattr(prim, "inplace", False) else empty(x.shape, x.dtype)
@@ -136,7 +140,16 @@ def primitive_output(prim: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
         return empty((*x.shape[:-1], prim.out_features), x.dtype) if ok else None
     if isinstance(prim, Conv):
         return _conv(prim, x)
+    if isinstance(prim, TorchLayer) and prim.op == "AdaptiveAvgPool2d" and _global(dict(prim.args).get("output_size")):
+        ok = x.dim() in (3, 4) and x.numel() > 0  # global average pooling (SE blocks, classifier heads)
+        return empty((*x.shape[:-2], 1, 1), x.dtype) if ok else None
     return None
+
+
+def _global(size: Any) -> bool:
+    """Whether an adaptive pool's ``output_size`` is 1 (or (1, 1)): exactly, as ints."""
+    return (type(size) is int and size == 1) or (type(size) is tuple and len(size) == 2
+                                                 and all(type(n) is int and n == 1 for n in size))
 
 
 _MHA_PARAMS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask",
@@ -194,6 +207,42 @@ def cat_output(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> tor
     return empty((*first.shape[:d], sum(t.shape[d] for t in tensors), *first.shape[d + 1:]), first.dtype)
 
 
+_LAYER_NORM_PARAMS = ("input", "normalized_shape", "weight", "bias", "eps")
+
+
+def layer_norm_output(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """``F.layer_norm(input, normalized_shape, weight, bias, eps)`` of a floating-point input, its weight and
+    bias of its dtype and of ``normalized_shape``: a contiguous tensor of the input's shape (the kernel makes
+    the input contiguous first, whatever its strides); None where no rule applies."""
+    if len(args) > len(_LAYER_NORM_PARAMS) or any(k not in _LAYER_NORM_PARAMS or k in _LAYER_NORM_PARAMS[:len(args)]
+                                                   for k in kwargs):
+        return None
+    call = {**dict(zip(_LAYER_NORM_PARAMS, args)), **kwargs}
+    x, shape, eps = call.get("input"), call.get("normalized_shape"), call.get("eps", 1e-5)
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.numel() == 0:
+        return None
+    if type(shape) not in (list, tuple, torch.Size) or not shape or not all(type(n) is int for n in shape):
+        return None
+    if type(eps) not in (int, float) or x.dim() < len(shape) or tuple(x.shape[-len(shape):]) != tuple(shape):
+        return None
+    affine = [t for t in (call.get("weight"), call.get("bias")) if t is not None]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in [x, *affine] if isinstance(t, torch.Tensor)):
+        return None  # the result would require grad: the kernel says how
+    for t in affine:
+        if not (isinstance(t, torch.Tensor) and t.dtype == x.dtype and tuple(t.shape) == tuple(shape)
+                and t.device == x.device):
+            return None
+    return empty(x.shape, x.dtype)
+
+
+def function_output(qualname: str, args: list[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """The result of a function call ``qualname(*args, **kwargs)`` on meta tensors where a rule applies
+    (``F.layer_norm``, arithmetic: ``layer_norm_output``, ``binary_output``), else None."""
+    if qualname == "torch.nn.functional.layer_norm":
+        return layer_norm_output(args, kwargs)
+    return binary_output(qualname, args, kwargs)
+
+
 def binary_output(name: str, args: list[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
     """``a + b``, ``a * b``, ``a - b`` and their in-place forms (``name`` is a function's qualname or a Tensor
     method's name, looked up in the op kind table), by broadcasting and type promotion; None where no rule
@@ -220,4 +269,5 @@ def binary_output(name: str, args: list[Any], kwargs: dict[str, Any]) -> torch.T
     return empty(shape, dtype)
 
 
-__all__ = ["RuleError", "binary_output", "cat_output", "empty", "primitive_output"]
+__all__ = ["RuleError", "binary_output", "cat_output", "empty", "function_output", "layer_norm_output",
+           "primitive_output"]
