@@ -302,6 +302,7 @@ def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper
     object.__setattr__(view, "training", probe if training is None else training)
     concrete = {n: None for n in none_args} or None
     names = _source_names(mod)
+    rng = torch.random.get_rng_state()
     try:
         try:
             graph = _OwnCodeTracer(view, math_autowrap=False, names=names).trace(view, concrete_args=concrete)
@@ -316,6 +317,10 @@ def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper
         raise TraceError(f"torch.fx could not trace {type(mod).__qualname__}.forward: {type(e).__name__}: {e}") from e
     if probe.read:  # the forward caught the probe's exception: its graph may follow either mode
         raise ModeRead(f"{type(mod).__qualname__}.forward reads self.training")
+    if not torch.equal(rng, torch.random.get_rng_state()):  # torch.rand(3): run once by fx, its draw baked
+        torch.random.set_rng_state(rng)
+        raise TraceError(f"{type(mod).__qualname__}.forward draws random numbers with no traced argument "
+                         "(torch.rand(3)): torch.fx runs such a call once and bakes its result")
     consts = {}
     for node in graph.nodes:
         if node.op == "get_attr" and "." not in str(node.target) and not hasattr(mod, str(node.target)):
