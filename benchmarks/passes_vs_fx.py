@@ -10,9 +10,11 @@ torchgraft: the model is captured once (time reported), then timed are
 
 - ``pass``: ``SwapActivation(from_="relu", to="silu").rewrite(model)``, the rewrite alone;
 - ``run``: ``torchgraft.passes.run(model, "swap-activation{from=relu to=silu}", verify=False)``,
-  which also re-infers every type (modules built on meta from the IR, or from the emitted model.py,
-  then replayed; equal blocks share one module and are replayed once per input type) and builds the
-  report;
+  which also keeps every type right and builds the report. Here the types are carried over: the pass
+  proves that each swap keeps them (an elementwise activation for another on a floating-point input:
+  ``passes/swap_types.py``); a pass that does not prove it has every type re-inferred (modules built on
+  meta from the IR, or from the emitted model.py, then replayed; equal blocks share one module and are
+  replayed once per input type). ``--full-retype`` (``pipeline.CARRY_TYPES = False``) times that;
 - ``run_untyped``: ``passes.run(model, ..., retype_after=False)``: verified, types not re-inferred;
 - ``run_full``: ``passes.run(model, ...)`` as a user calls it: retyped and verified.
 
@@ -87,14 +89,14 @@ def replacement(x: torch.Tensor) -> torch.Tensor:
     return F.silu(x)
 
 
-def best(fn: Callable[[], T], repeat: int) -> tuple[float, T]:
-    """The fastest of ``repeat`` runs (seconds) and the last result."""
+def best(fn: Callable[[], T], repeat: int, clock: Callable[[], float] = time.perf_counter) -> tuple[float, T]:
+    """The fastest of ``repeat`` runs (seconds by ``clock``) and the last result."""
     times: list[float] = []
     for _ in range(max(repeat, 1)):
         gc.collect()
-        t = time.perf_counter()
+        t = clock()
         out = fn()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return min(times), out
 
 
@@ -117,7 +119,9 @@ def profile(fn: Callable[[], object], top: int) -> str:
     return out.getvalue()
 
 
-def measure(blocks: int, repeat: int, check: bool) -> dict[str, float]:
+def measure(blocks: int, repeat: int, check: bool, clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """One row: seconds by ``clock`` (wall time; ``time.thread_time``, this thread's CPU time, is steadier on a
+    loaded machine: all of it is single-threaded Python), best of ``repeat``."""
     net = build(blocks)
     x = torch.randn(2, 4)
     row: dict[str, float] = {"blocks": blocks}
@@ -126,11 +130,11 @@ def measure(blocks: int, repeat: int, check: bool) -> dict[str, float]:
     model = torchgraft.capture(net, (x,))
     row["capture"] = time.perf_counter() - t
     swap = SwapActivation(from_="relu", to="silu")
-    row["pass"], (_, matches) = best(lambda: swap.rewrite(model), repeat)
+    row["pass"], (_, matches) = best(lambda: swap.rewrite(model), repeat, clock)
     assert len(matches) == blocks, (len(matches), blocks)
-    row["run"], result = best(lambda: torchgraft.passes.run(model, PIPELINE, verify=False), repeat)
-    row["run_untyped"], _ = best(lambda: torchgraft.passes.run(model, PIPELINE, retype_after=False), repeat)
-    row["run_full"], _ = best(lambda: torchgraft.passes.run(model, PIPELINE), repeat)
+    row["run"], result = best(lambda: torchgraft.passes.run(model, PIPELINE, verify=False), repeat, clock)
+    row["run_untyped"], _ = best(lambda: torchgraft.passes.run(model, PIPELINE, retype_after=False), repeat, clock)
+    row["run_full"], _ = best(lambda: torchgraft.passes.run(model, PIPELINE), repeat, clock)
 
     t = time.perf_counter()
     gm = torch.fx.symbolic_trace(net)
@@ -140,9 +144,9 @@ def measure(blocks: int, repeat: int, check: bool) -> dict[str, float]:
     for _ in range(max(repeat, 1)):  # a fresh trace each time (replace_pattern edits in place); only the rewrite timed
         g = gm if not times else torch.fx.symbolic_trace(net)
         gc.collect()
-        t = time.perf_counter()
+        t = clock()
         replaced = torch.fx.subgraph_rewriter.replace_pattern(g, pattern, replacement)
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
         assert len(replaced) == blocks, (len(replaced), blocks)
         gm = g
     row["fx"] = min(times)
@@ -176,13 +180,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs per measurement (the fastest is reported)")
     ap.add_argument("--no-check", action="store_true", help="skip the numerical check of both rewrites")
     ap.add_argument("--profile", type=int, metavar="BLOCKS", help="also profile passes.run at this size")
+    ap.add_argument("--cpu-time", action="store_true", help="time by this thread's CPU time (a loaded machine)")
+    ap.add_argument("--full-retype", action="store_true",
+                    help="re-infer every type even where the pass proves them kept (pipeline.CARRY_TYPES = False)")
     args = ap.parse_args(argv)
+    if args.full_retype:
+        torchgraft.passes.pipeline.CARRY_TYPES = False
 
     warm = torchgraft.capture(build(2), (torch.randn(2, 4),))  # one-time imports (meta decompositions)
     torchgraft.passes.run(warm, PIPELINE)
     rows = []
     for n in args.blocks:
-        rows.append(measure(n, args.repeat, not args.no_check))
+        clock = time.thread_time if args.cpu_time else time.perf_counter
+        rows.append(measure(n, args.repeat, not args.no_check, clock))
         print(f"done: {n} blocks", file=sys.stderr)
     print(table(rows))
     if args.profile:

@@ -94,18 +94,21 @@ def capture_rows(names: list[str], repeat: int = 3, cpu_time: bool = False) -> l
     return rows
 
 
-def pass_rows(sizes: list[int]) -> list[tuple[str, float, float]]:
-    """(swap-activation at N blocks, torchgraft pass s, fx replace_pattern s), each the best of 3 runs."""
+def pass_rows(sizes: list[int], cpu_time: bool = False) -> list[tuple[str, float, float]]:
+    """(swap-activation at N blocks, torchgraft pass s, fx replace_pattern s), each the best of 3 runs; by thread
+    CPU time with ``cpu_time``."""
     import passes_vs_fx
 
     rows = []
     for n in sizes:
-        got = passes_vs_fx.measure(n, 3, check=False)  # best of 3: the machine is shared
-        rows.append((f"relu->silu, {n} blocks (pass)", got["pass"], got["fx"]))
-        rows.append((f"relu->silu, {n} blocks (passes.run, verified)", got["run_untyped"], got["fx"]))
+        got = passes_vs_fx.measure(n, 3, check=False,  # best of 3: the machine is shared
+                                   clock=time.thread_time if cpu_time else time.perf_counter)
+        cpu = ", CPU s" if cpu_time else ""
+        rows.append((f"relu->silu, {n} blocks{cpu} (pass)", got["pass"], got["fx"]))
+        rows.append((f"relu->silu, {n} blocks{cpu} (passes.run, verified)", got["run_untyped"], got["fx"]))
         target = " (target <= 0.05x: 20x faster)" if n >= 4000 else ""
-        rows.append((f"relu->silu, {n} blocks (passes.run, retyped){target}", got["run"], got["fx"]))
-        rows.append((f"relu->silu, {n} blocks (passes.run, retyped, verified)", got["run_full"], got["fx"]))
+        rows.append((f"relu->silu, {n} blocks{cpu} (passes.run, retyped){target}", got["run"], got["fx"]))
+        rows.append((f"relu->silu, {n} blocks{cpu} (passes.run, retyped, verified)", got["run_full"], got["fx"]))
     return rows
 
 
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
     parser.add_argument("--cpu-time", action="store_true",
-                        help="time the one-thread capture and forward rows by thread CPU time, not wall time "
+                        help="time the one-thread capture, pass and forward rows by thread CPU time, not wall time "
                              "(steadier under load)")
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         "resnet50", "vit_b_16", "efficientnet_b0", "convnext_tiny", "swin_t"]
     sections: dict[str, Callable[[], list[tuple[str, float, float]]]] = {
         "capture": lambda: capture_rows(names, cpu_time=args.cpu_time),
-        "passes": lambda: pass_rows([300] if args.quick else [1000, 4000]),
+        "passes": lambda: pass_rows([300] if args.quick else [1000, 4000], args.cpu_time),
         "forward": lambda: forward_rows(args.quick, args.cpu_time),
         "llama": lambda: llama_rows(args.quick, args.cpu_time),
         "meta": lambda: meta_row(args.quick),

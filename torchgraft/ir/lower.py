@@ -12,7 +12,7 @@ Graph(inputs=(Input('x'),), ops=(Op('conv', ChildCall('conv'), (Ref('x'),)), Op(
 from __future__ import annotations
 
 import keyword
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
@@ -106,10 +106,11 @@ def leaf_sites(body: Node) -> list[tuple[str, Node]]:
     return lw.leaves
 
 
-def map_leaves(body: Node, fn: Callable[[str, Node], Node]) -> Node:
-    """``body`` with each leaf replaced by ``fn(name, leaf)`` (names as in ``leaf_sites``); the same object when
-    nothing changed. ``map_leaves(body, lambda n, leaf: ReLU() if leaf == GELU() else leaf)``."""
-    names = iter([n for n, _ in leaf_sites(body)])
+def map_leaves(body: Node, fn: Callable[[str, Node], Node], names: Sequence[str] | None = None) -> Node:
+    """``body`` with each leaf replaced by ``fn(name, leaf)`` (names as in ``leaf_sites``, or ``names`` when
+    given: ``leaf_sites``'s names of an equal body); the same object when nothing changed.
+    ``map_leaves(body, lambda n, leaf: ReLU() if leaf == GELU() else leaf)``."""
+    order = iter([n for n, _ in leaf_sites(body)] if names is None else names)
 
     def visit(node: Node) -> Node:
         if isinstance(node, Chain):
@@ -121,7 +122,7 @@ def map_leaves(body: Node, fn: Callable[[str, Node], Node]) -> Node:
         if isinstance(node, Parallel):
             branches = tuple(visit(b) for b in node.branches)
             return node if branches == node.branches else replace(node, branches=branches)
-        return fn(next(names), node)
+        return fn(next(order), node)
     return visit(body)
 
 

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from torchgraft.ir.graph import Graph, PrimCall
 from torchgraft.ir.model import Model
-from torchgraft.ir.nodes import Block, Chain, Container, Node, Parallel, SkipConnection, module_children
+from torchgraft.ir.nodes import (
+    NODE_TYPES,
+    Block,
+    Chain,
+    Container,
+    Node,
+    Parallel,
+    SkipConnection,
+    module_children,
+)
 from torchgraft.ir.primitives import Primitive
 
 
@@ -27,10 +36,15 @@ def node_at(node: Node, path: str) -> Node | None:
 
 
 def walk(node: Node, path: str = "") -> Iterator[tuple[str, Node]]:
-    """Every module-level node with its dotted path, parents before children."""
-    yield path, node
-    for name, child in module_children(node):
-        yield from walk(child, join(path, name))
+    """Every module-level node with its dotted path, parents before children (in order: depth first, children
+    left to right; one stack, not a generator per level, so a deep tree costs no more per node)."""
+    stack = [(path, node)]
+    while stack:
+        at, current = stack.pop()
+        yield at, current
+        kids = module_children(current)
+        if kids:
+            stack.extend([(f"{at}.{name}" if at else name, child) for name, child in reversed(kids)])
 
 
 def find(model: Model | Node, pred: Callable[[str, Node], bool]) -> list[tuple[str, Node]]:
@@ -52,6 +66,27 @@ def with_children(node: Node, children: tuple[tuple[str, Node], ...]) -> Node:
     if isinstance(node, Block):
         return replace(node, children=children)
     return node
+
+
+def with_bodies(block: Block, body: Node, train_body: Node | None) -> Block:
+    """``block`` with new forward bodies. Its members (children, state, constants) are the same, so of
+    ``Block``'s checks only the body's is run again: a pass that edits the forwards of thousands of blocks
+    does not re-check their member names each time.
+
+    >>> with_bodies(block, Chain(ChildRef("linear"), SiLU()), None).body   # doctest: +SKIP
+    """
+    if type(block) is not Block or not isinstance(body, NODE_TYPES) or not (
+            train_body is None or isinstance(train_body, NODE_TYPES)):
+        return replace(block, body=body, train_body=train_body)  # the usual checks, and their error
+    new = object.__new__(Block)
+    for name in _BLOCK_FIELDS:
+        object.__setattr__(new, name, getattr(block, name))
+    object.__setattr__(new, "body", body)
+    object.__setattr__(new, "train_body", train_body)
+    return new
+
+
+_BLOCK_FIELDS = tuple(f.name for f in fields(Block))
 
 
 def map_tree(node: Node, fn: Callable[[str, Node], Node], path: str = "") -> Node:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import pairwise
 
 from torchgraft.errors import IRError
@@ -70,8 +70,13 @@ def _prim_state(prim: Primitive, path: str) -> tuple[tuple[str, tuple[int, ...],
 
 def implied_state(root: Node) -> StateInfo:
     """The state_dict keys (with shapes, dtypes) the IR tree implies, in module order."""
+    return _implied(walk(root))
+
+
+def _implied(nodes: Iterable[tuple[str, Node]]) -> StateInfo:
+    """``implied_state`` of the (path, node) pairs of a walk."""
     out: StateInfo = {}
-    for path, node in walk(root):
+    for path, node in nodes:
         if isinstance(node, Primitive):
             out.update({join(path, n): (tuple(s), None) for n, s, _ in _prim_state(node, path)})
         elif isinstance(node, Block):
@@ -126,10 +131,11 @@ def _calls(node: Node) -> Iterator[str]:
 
 def _check_block(block: Block, path: str, helpers: Mapping[str, Helper]) -> Iterator[str]:
     where, cls = _where(path), f"Block<{block.cls.name}>"
+    kids = dict(block.children)
     for body in (block.body, block.train_body):
         for node in _body_nodes(body):
             for ref in _calls(node):
-                target, rest = _resolve(block, ref)
+                target, rest = (kids[ref], "") if ref in kids else _resolve(block, ref)
                 if rest:
                     yield (f"{where}: {cls} calls child {ref!r}, which does not exist (children: "
                            f"{[n for n, _ in block.children]}); add the child or fix the call's path")
@@ -177,11 +183,15 @@ def _check_graph(graph: Graph, block: Block, where: str, cls: str) -> Iterator[s
 
 def _check_names(node: Node, path: str) -> Iterator[str]:
     names = [n for n, _ in module_children(node)]
+    if not names and not isinstance(node, Block):
+        return
     if isinstance(node, Block):
         names += [s.name for s in node.state] + [n for n, _ in node.constants]
-    dup = sorted(n for n, k in Counter(names).items() if k > 1)
-    if dup:
+    if len(set(names)) < len(names):
+        dup = sorted(n for n, k in Counter(names).items() if k > 1)
         yield f"{_where(path)}: member names {dup} are used more than once; rename them so each is unique"
+    if all(n and "." not in n for n in names):
+        return
     bad = [n for n in names if not n or "." in n]
     if bad:
         yield f"{_where(path)}: member names {bad} are empty or contain '.'; state_dict keys need plain names"
@@ -219,9 +229,10 @@ def _check_chain(chain: Chain, path: str, types: dict[str, ValueType]) -> Iterat
                    f"but the previous item {join(path, prev)!r} outputs {t} ({where}); make them agree")
 
 
-def _check_state(model: Model, implied: StateInfo) -> Iterator[str]:
+def _check_state(model: Model, implied: StateInfo, extra: set[str] | None = None) -> Iterator[str]:
     weights = model.weights
-    extra = {join(p, EXTRA_STATE_KEY) for p, n in walk(model.root) if isinstance(n, Block) and n.extra_state}
+    if extra is None:
+        extra = {join(p, EXTRA_STATE_KEY) for p, n in walk(model.root) if isinstance(n, Block) and n.extra_state}
     missing = [k for k in [*implied, *extra] if k not in weights and k not in model.extra_state]
     unexpected = [k for k in weights if k not in implied and k not in extra]
     for what, keys in (("missing from model.weights", missing), ("in model.weights but not in the IR", unexpected)):
@@ -254,17 +265,21 @@ def problems(model: Model) -> list[str]:
     """Every invariant the model breaks, as messages (empty when it is valid)."""
     out: list[str] = []
     types, helpers = dict(model.types), model.helper_functions()
-    for path, node in walk(model.root):
+    extra: set[str] = set()  # Blocks with get/set_extra_state: their ``_extra_state`` keys (_check_state)
+    nodes = list(walk(model.root))  # one walk for the checks and the implied state
+    for path, node in nodes:
         out += _check_names(node, path)
         if isinstance(node, Block):
             out += _check_block(node, path, helpers)
+            if node.extra_state:
+                extra.add(join(path, EXTRA_STATE_KEY))
         if isinstance(node, Chain):
             out += _check_chain(node, path, types)
         if isinstance(node, (SkipConnection, Parallel)):
             out += _check_in_place(node, _where(path), helpers)
-    implied = implied_state(model.root)
+    implied = _implied(nodes)
     if model.weights:
-        out += _check_state(model, implied)
+        out += _check_state(model, implied, extra)
     out += _check_ties(model, implied)
     out += code_problems(model)
     return out

@@ -11,11 +11,17 @@ from torchgraft.ir.ownership import derived_key_map
 
 @dataclass(frozen=True)
 class Match:
-    """One site a pass rewrote: path, what was there, and how it was spelled."""
+    """One site a pass rewrote: path, what was there, and how it was spelled. ``keeps_types``: the pass proved
+    that every type stays as recorded after this edit (``Pass.types_kept``); not part of equality.
+
+    >>> str(Match("layer1.0.relu", "relu"))
+    'layer1.0.relu (relu, module)'
+    """
 
     path: str
     what: str
     spelling: str = "module"
+    keeps_types: bool = field(default=False, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.path} ({self.what}, {self.spelling})"
@@ -75,6 +81,9 @@ class Pass:
 
     name: ClassVar[str] = ""
     keeps_semantics: ClassVar[bool] = True
+    keeps_state: ClassVar[bool] = False
+    """True for a pass that never adds, removes, moves or changes the kind of a parameter or buffer: its
+    report's key map is empty and its parameter count unchanged, with no walk over the model (tested per pass)."""
 
     def rewrite(self, model: Model) -> tuple[Model, list[Match]]:
         """The rewritten model and the sites that changed."""
@@ -88,8 +97,15 @@ class Pass:
         """Sites this pass could have rewritten but left alone, with the reason (empty by default)."""
         return []
 
+    def types_kept(self, matches: list[Match]) -> bool:
+        """Whether the pass proved that its edits (``matches``) keep every type the model records, so
+        ``passes.run`` carries the types over instead of re-inferring them. False (re-infer) by default."""
+        return False
+
     def key_map(self, before: Model, after: Model) -> dict[str, str]:
         """Old state_dict key → new key for entries this pass moved: derived from the edit, by following
         each key's owning node from ``before`` to ``after`` (``ir.ownership.derived_key_map``), so a
         pass that moves or wraps nodes needs no map of its own (``fc.weight -> fc.base.weight``)."""
+        if self.keeps_state:
+            return {}
         return derived_key_map(before, after)

@@ -190,6 +190,11 @@ def paused_gc() -> Iterator[None]:
                 gc.enable()
 
 
+CARRY_TYPES = True
+"""Carry the types over a pass that proved its edits keep them (``Pass.types_kept``: swap-activation between
+elementwise activations on floating-point values) instead of re-inferring them; False always re-infers (tests
+compare the two)."""
+
 _GC_LOCK = threading.Lock()
 _GC_STATE = {"runs": 0, "was_enabled": True}
 
@@ -215,7 +220,7 @@ def run(model: Model, pipeline: str | Pass | list[Pass], *, dry_run: bool = Fals
             _check_selector(current, p, strict)
             new, matches = p.rewrite(current)
             retype_notes: list[str] = []
-            if retype_after and new is not current and matches:
+            if retype_after and new is not current and matches and not (CARRY_TYPES and p.types_kept(matches)):
                 new = _retyped(current, new, p.name, retype_notes)
             if verify:
                 try:
@@ -223,7 +228,7 @@ def run(model: Model, pipeline: str | Pass | list[Pass], *, dry_run: bool = Fals
                 except Exception as e:
                     raise TorchgraftError(f"pass {p.name} produced an invalid model: {e}") from e
             before_count = count_params(current) if params is None else params
-            params = before_count if new is current else count_params(new)
+            params = before_count if new is current or p.keeps_state else count_params(new)
             rep = PassReport(p.name, matches, params_before=before_count, params_after=params)
             notes = getattr(p, "notes", None)
             rep.notes = [*(notes(current) if callable(notes) else ()), *retype_notes]

@@ -15,7 +15,7 @@ from torchgraft.ir.lower import is_structural, leaf_sites, map_leaves
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, ChildRef, Node, module_children
 from torchgraft.ir.primitives import Primitive
-from torchgraft.ir.traverse import join, with_children
+from torchgraft.ir.traverse import join, with_bodies, with_children
 from torchgraft.passes.selectors import Site, enclosing_label
 
 Rewriter = Callable[[Site, str], "Node | None"]
@@ -23,7 +23,20 @@ Rewriter = Callable[[Site, str], "Node | None"]
 ``"module"`` for layers and the op's spelling (``functional``, ``method``...) inside graphs."""
 
 
-def _structure(g: Node, path: str, enclosing: tuple[str, ...], fn: Rewriter, block: Block) -> Node:
+def _leaf_names(g: Node, seen: dict[Node, list[str]]) -> list[str] | None:
+    """``leaf_sites``'s names of ``g``, lowered once per distinct body (``seen``: equal bodies, equal names; an
+    unhashable body is lowered by ``map_leaves``): a model of many equal blocks is lowered once."""
+    try:
+        names = seen.get(g)
+        if names is None:
+            names = seen[g] = [n for n, _ in leaf_sites(g)]
+        return names
+    except TypeError:
+        return None
+
+
+def _structure(g: Node, path: str, enclosing: tuple[str, ...], fn: Rewriter, block: Block,
+               seen: dict[Node, list[str]] | None = None) -> Node:
     """A structural body's inline primitives (``F.relu`` stored as ``Activation`` in a Chain), each visited as a site
     named like its lowered value (``layer1.0.relu_1``)."""
     def leaf(name: str, node: Node) -> Node:
@@ -37,12 +50,13 @@ def _structure(g: Node, path: str, enclosing: tuple[str, ...], fn: Rewriter, blo
         if not isinstance(new, Primitive) or new.state():
             raise TypeError(f"{join(path, name)}: an inline call can only become another stateless primitive")
         return new
-    return map_leaves(g, leaf)
+    return map_leaves(g, leaf, None if seen is None else _leaf_names(g, seen))
 
 
-def _graph(g: Node | None, path: str, enclosing: tuple[str, ...], fn: Rewriter, block: Block) -> Node | None:
+def _graph(g: Node | None, path: str, enclosing: tuple[str, ...], fn: Rewriter, block: Block,
+           seen: dict[Node, list[str]] | None = None) -> Node | None:
     if g is not None and is_structural(g):
-        return _structure(g, path, enclosing, fn, block)
+        return _structure(g, path, enclosing, fn, block, seen)
     if not isinstance(g, Graph):
         return g
     ops = []
@@ -64,6 +78,7 @@ def _graph(g: Node | None, path: str, enclosing: tuple[str, ...], fn: Rewriter, 
 
 def fmap(model: Model, fn: Rewriter) -> Model:
     """Apply ``fn`` to every primitive site; returns a new Model (the same one if nothing changed)."""
+    seen: dict[Node, list[str]] = {}  # leaf names of each distinct structural body
 
     def visit(node: Node, path: str, enclosing: tuple[str, ...], parent: Node | None) -> Node:
         if isinstance(node, Primitive):
@@ -75,10 +90,10 @@ def fmap(model: Model, fn: Rewriter) -> Model:
         if any(a is not b for (_, a), (_, b) in zip(kids, new_kids)):
             node = with_children(node, new_kids)
         if isinstance(node, Block):
-            body = _graph(node.body, path, inner, fn, node)
-            train = _graph(node.train_body, path, inner, fn, node)
+            body = _graph(node.body, path, inner, fn, node, seen)
+            train = _graph(node.train_body, path, inner, fn, node, seen)
             if body is not node.body or train is not node.train_body:
-                node = replace(node, body=body, train_body=train)  # type: ignore[arg-type]
+                node = with_bodies(node, body, train)  # type: ignore[arg-type]
         return node
 
     root = visit(model.root, "", (), None)

@@ -12,11 +12,12 @@ from torchgraft.ir.lower import block_graph, is_structural
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Chain, Node
 from torchgraft.ir.primitives import Activation, TorchLayer, torch_defaults
-from torchgraft.ir.traverse import map_tree
+from torchgraft.ir.traverse import join, map_tree
 from torchgraft.ir.values import Ref, rename_refs
 from torchgraft.passes.base import Match, Pass
 from torchgraft.passes.rewrite import fmap, rename_children
 from torchgraft.passes.selectors import Site, parse_selector
+from torchgraft.passes.swap_types import SiteTypes
 
 
 def _rename_values(g: Node | None, old: str, new: str) -> Node | None:
@@ -97,6 +98,7 @@ class SwapActivation(Pass):
 
     name: ClassVar[str] = "swap-activation"
     keeps_semantics: ClassVar[bool] = False
+    keeps_state: ClassVar[bool] = True  # activations swapped hold no state; renamed children are stateless
     from_: str = "relu"
     to: str = "silu"
     where: str | None = None
@@ -131,60 +133,126 @@ class SwapActivation(Pass):
             args.append((k, v))
         return replace(layer, args=tuple(args))
 
+    def types_kept(self, matches: list[Match]) -> bool:
+        """Every site was proven to keep its types (``swap_types.SiteTypes``): ``passes.run`` carries them over."""
+        return all(m.keeps_types for m in matches)
+
     def rewrite(self, model: Model) -> tuple[Model, list[Match]]:
         src = ActKind.parse(self.from_)
-        ActKind.parse(self.to)
+        dst = ActKind.parse(self.to)
         sel = parse_selector(self.where)
         matches: list[Match] = []
+        made: dict[tuple[bool, str], Activation] = {}  # one new (immutable) inline call per in-place/spelling
+        proof = SiteTypes(model, dst)
+
+        finish = [False]  # whether _finish has anything to do (see _needs_finish)
 
         def fn(site: Site, spelling: str) -> Node | None:
             node = site.node
-            if isinstance(node, Activation) and node.kind is src and sel(site):
+            if not finish[0]:
+                finish[0] = _needs_finish(site, src, dst)
+            if isinstance(node, Activation):
+                if node.kind is not src or not sel(site):
+                    return None
                 matches.append(Match(site.path, node.kind.functional + (" in-place" if node.inplace else ""),
-                                     spelling))
-                return self._new(node)
-            if isinstance(node, TorchLayer) and sel(site):
+                                     spelling, keeps_types=proof.keeps(site)))
+                if spelling == "module":  # a module keeps an object of its own (``ownership.follow`` pairs by identity)
+                    return self._new(node)
+                key = (node.inplace, node.spelling.value)
+                new = made.get(key)
+                if new is None:
+                    new = made[key] = self._new(node)
+                return new
+            if isinstance(node, TorchLayer) and _takes(node, src) and sel(site):
                 new_layer = self._layer_args(node, src)
                 if new_layer != node:
                     matches.append(Match(site.path, f"{src.functional} (activation= of nn.{node.op})", spelling))
                     return new_layer
             return None
 
-        new = map_tree(fmap(model, fn).root, _write_back_in_place)
-        return self._rename(model.with_root(new) if matches else model, src, ActKind.parse(self.to)), matches
+        changed = fmap(model, fn)
+        if not matches:
+            return model, matches
+        return (self._finish(changed, src, dst) if finish[0] else changed), matches
 
     @staticmethod
-    def _rename(model: Model, src: ActKind, dst: ActKind) -> Model:
-        """Children named after the old activation (``self.relu``) take the new one's name (``self.silu``)."""
+    def _finish(model: Model, src: ActKind, dst: ActKind) -> Model:
+        """Write-backs for in-place modules that lost ``inplace`` (``_write_back_in_place``), then children named
+        after the old activation (``self.relu``) take the new one's name (``self.silu``), their recorded types
+        following them; one walk."""
         old, new = src.functional, dst.functional
+        moved: dict[str, str] = {}
 
         def fn(path: str, node: Node) -> Node:
+            node = _write_back_in_place(path, node)
+            if old == new:
+                return node
             if isinstance(node, Chain):
-                names = list(node.names)
-                present = Counter(names)  # what ``names`` holds now: membership without a scan per item
-                for i, (n, c) in enumerate(node.named()):
-                    cand = n.replace(old, new)
-                    if isinstance(c, Activation) and c.kind is dst and old in n and not present[cand]:
-                        names[i] = cand
-                        present[n] -= 1
-                        present[cand] += 1
-                return Chain(*node.items, names=tuple(names)) if tuple(names) != node.names else node
+                return _rename_chain(node, path, old, new, dst, moved)
             if not isinstance(node, Block):
                 return node
-            taken = {n for n, _ in node.children} | {s.name for s in node.state}
+            taken: set[str] | None = None
             renames: dict[str, str] = {}
             for n, c in node.children:
                 if isinstance(c, Activation) and c.kind is dst and old in n and not c.state():
+                    if taken is None:
+                        taken = {n for n, _ in node.children} | {s.name for s in node.state}
                     candidate = n.replace(old, new)
                     if candidate not in taken and candidate.isidentifier():
                         renames[n] = candidate
+                        moved[join(path, n)] = join(path, candidate)
                         taken.add(candidate)
             node = rename_children(node, renames)
             body = _rename_values(node.body, old, new)
+            train = _rename_values(node.train_body, old, new)
+            if body is node.body and train is node.train_body:
+                return node
             assert body is not None
-            return replace(node, body=body, train_body=_rename_values(node.train_body, old, new))
+            return replace(node, body=body, train_body=train)
 
-        if old == new:
-            return model
         root = map_tree(model.root, fn)
+        if moved:
+            types = tuple(sorted((moved.get(p, p), t) for p, t in model.types))
+            return model.with_root(root, types=types)
         return model if root is model.root else model.with_root(root)
+
+
+def _needs_finish(site: Site, src: ActKind, dst: ActKind) -> bool:
+    """Whether ``site`` may give ``SwapActivation._finish`` work: an activation module named after the old kind or
+    in-place (renamed, written back), or a call in a Graph body named after the old kind (its value is renamed).
+    An inline call in a combinator body (``Chain(ChildRef("linear"), F.relu)``) never does. Every primitive is a
+    site, so a rewrite that saw no such site skips the walk."""
+    node, parent = site.node, site.parent
+    named = src.functional in site.path.rpartition(".")[2]
+    if isinstance(parent, Block) and not any(c is node for _, c in parent.children):
+        return named and (isinstance(parent.body, Graph) or isinstance(parent.train_body, Graph))
+    if not isinstance(node, Activation):
+        return False
+    return node.inplace or (named and node.kind in (src, dst))
+
+
+def _takes(layer: TorchLayer, src: ActKind) -> bool:
+    """Whether ``layer`` (or a layer nested in its arguments) takes ``src`` as its ``activation=``."""
+    for k, v in layer.args:
+        if isinstance(v, TorchLayer) and _takes(v, src):
+            return True
+        if k == "activation" and (v == src.functional or (isinstance(v, Activation) and v.kind is src)):
+            return True
+    return False
+
+
+def _rename_chain(node: Chain, path: str, old: str, new: str, dst: ActKind, moved: dict[str, str]) -> Chain:
+    """A Chain's activation items named after the old activation take the new name (``moved`` records them)."""
+    names = list(node.names)
+    present: Counter[str] | None = None  # what ``names`` holds now: membership without a scan per item
+    for i, (n, c) in enumerate(node.named()):
+        if isinstance(c, Activation) and c.kind is dst and old in n:
+            if present is None:
+                present = Counter(names)
+            cand = n.replace(old, new)
+            if not present[cand]:
+                names[i] = cand
+                present[n] -= 1
+                present[cand] += 1
+                moved[join(path, n)] = join(path, cand)
+    return Chain(*node.items, names=tuple(names)) if tuple(names) != node.names else node
