@@ -109,10 +109,12 @@ class LlamaDecoderLayer(nn.Module):
     def forward(
         self, hidden_states: Tensor, attention_mask: Tensor, position_embeddings
     ) -> Tensor:
+        out = self.input_layernorm(hidden_states)
+        position_embeddings_0 = position_embeddings[0]
         out = self.self_attn(
-            hidden_states=self.input_layernorm(hidden_states),
+            hidden_states=out,
             attention_mask=attention_mask,
-            position_embeddings=position_embeddings,
+            position_embeddings=(position_embeddings_0, position_embeddings[1]),
         )
         hidden_states = hidden_states.add(out[0])
         return hidden_states.add(self.mlp(self.post_attention_layernorm(hidden_states)))
@@ -186,11 +188,13 @@ class LlamaModel(nn.Module):
         out = (out == packed_sequence_mask[batch_indices, kv_indices]).to(device)
         causal_mask = (result & out).expand(batch, -1, seq_len, seq_len)
         rotary_emb_out = self.rotary_emb(inputs_embeds, position_ids=position_ids)
+        rotary_emb_0 = rotary_emb_out[0]
+        rotary_emb_1 = rotary_emb_out[1]
         for layer in self.layers:
             inputs_embeds = layer(
                 inputs_embeds,
                 attention_mask=causal_mask,
-                position_embeddings=rotary_emb_out,
+                position_embeddings=(rotary_emb_0, rotary_emb_1),
             )
         return {"last_hidden_state": self.norm(inputs_embeds)}
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from torchgraft.backends.torch.exprs import Code, ExprContext, arg_code, guard_lines, negatable, op_code
 from torchgraft.backends.torch.grouped import GroupedStatements
 from torchgraft.backends.torch.loops import Items, Loop, find_loops
-from torchgraft.backends.torch.tuples import whole_tuples
 from torchgraft.backends.torch.valnames import (
     GENERIC,
     ValueNamer,
@@ -359,7 +358,7 @@ def graph_lines(g: Graph, accessor: Callable[[str], str], reserved: frozenset[st
     def render(graph: Graph) -> list[str]:
         return _Writer(graph, ExprContext({}, accessor, imports), reserved, special or Special(), width).lines()
 
-    g = prune(whole_tuples(g))
+    g = prune(g)
     lines = render(g)
     hinted = [i for i, op in enumerate(g.ops) if op.source_var]
     if not hinted or len(render(without_source_names(g, hinted))) >= len(lines):
