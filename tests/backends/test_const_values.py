@@ -76,3 +76,21 @@ def test_round_trip_keeps_every_buffer(tmp_path: Path) -> None:
     for name, buffer in model.named_buffers():
         assert torch.equal(emitted.get_buffer(name), buffer), name
     torch.testing.assert_close(emitted(x), model(x), rtol=1e-6, atol=1e-6)
+
+
+class _Mixed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4).to(torch.bfloat16)
+        self.register_buffer("offset", torch.zeros(4), persistent=False)  # float32 zeros
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x).float() + self.offset
+
+
+def test_a_written_buffer_does_not_change_the_dtype_build_casts_to() -> None:
+    model = _Mixed().eval()
+    x = torch.randn(2, 4, dtype=torch.bfloat16)
+    captured = torchgraft.capture(model, (x,))
+    with pytest.raises(torchgraft.errors.EmitError, match="mixes bfloat16, float32"):
+        torchgraft.emit(captured)  # as with the buffer loaded from the file: never a bfloat16 offset

@@ -27,7 +27,7 @@ def test_one_guard_refuses_every_way_of_asking_for_a_cache() -> None:
     code = torchgraft.emit(captured)
     assert code.source.count("captured without a key/value cache") == 1
     emitted = code.materialize().eval()
-    for ask in ({"use_cache": True}, {"past_key_values": object()}, {"cache": object()}):
+    for ask in ({"use_cache": True}, {"use_cache": 1}, {"past_key_values": object()}, {"cache": object()}):
         with pytest.raises(ValueError, match="incremental decoding is not supported; call it without use_cache=True"):
             emitted(input_ids=ids, **ask)
     torch.testing.assert_close(emitted(input_ids=ids, use_cache=False)["last_hidden_state"],

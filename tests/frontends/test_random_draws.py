@@ -5,6 +5,8 @@ emitted model draws what eager draws (``torch.equal``), and two calls draw diffe
 
 from __future__ import annotations
 
+import random
+
 import torch
 from torch import nn
 
@@ -40,3 +42,31 @@ def test_capture_leaves_the_rng_where_it_was() -> None:
     state = torch.random.get_rng_state()
     torchgraft.capture(model, (x,))
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+class _Generated(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(3, 3)
+        self.g = torch.Generator().manual_seed(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x) + torch.rand(3, generator=self.g)
+
+
+class _PythonRandom(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x) * (1.0 + random.random())
+
+
+def test_draws_from_a_generator_or_pythons_random_are_not_baked() -> None:
+    for cls in (_Generated, _PythonRandom):
+        torch.manual_seed(0)
+        model = cls().eval()
+        x = torch.randn(2, 3)
+        emitted = torchgraft.emit(torchgraft.capture(model, (x,))).materialize().eval()
+        assert not torch.equal(emitted(x), emitted(x)), cls.__name__  # drawn anew on every call, as in eager

@@ -151,7 +151,7 @@ class LlamaModel(nn.Module):
     def forward(
         self, input_ids: Tensor, *, use_cache=None, cache=None, past_key_values=None
     ):
-        asks_cache = use_cache is True
+        asks_cache = bool(use_cache)
         asks = asks_cache | (cache is not None)
         if asks | (past_key_values is not None):
             raise ValueError(

@@ -134,15 +134,15 @@ def _fresh(taken: set[str], base: str) -> str:
 
 
 def _asks(name: str, taken: set[str]) -> Op:
-    """``use_cache is True`` / ``<name> is not None``: the call asks for a cache through parameter ``name``."""
-    if name == "use_cache":
-        return Op(_fresh(taken, "asks_cache"), FunctionCall("operator.is_"), (Ref(name), Const(True)))
+    """``bool(use_cache)`` / ``<name> is not None``: the call asks for a cache through parameter ``name``."""
+    if name == "use_cache":  # transformers asks `if use_cache:`: any truthy value (1, True) builds a cache
+        return Op(_fresh(taken, "asks_cache"), FunctionCall("builtins.bool"), (Ref(name),))
     return Op(_fresh(taken, f"{name}_given"), FunctionCall("operator.is_not"), (Ref(name), Const(None)))
 
 
 def _refusal(names: list[str], where: str, taken: set[str]) -> list[Op]:
     """One check and guard refusing a call that asks for a cache through any of ``names``:
-    ``if (use_cache is True) | (past_key_values is not None): raise ValueError(...)``."""
+    ``if bool(use_cache) | (past_key_values is not None): raise ValueError(...)``."""
     first = _asks(names[0], taken)
     ops, last = [first], first
     for name in names[1:]:  # each value read by the next op: written as one expression

@@ -409,7 +409,7 @@ def _capture(model: nn.Module, calls: list[Example], forced: set[str]) -> Model:
     ctx.report.guards = guards_of(root)
     root = stored_structure(root, ctx.helpers)  # a forward that is only structure is stored as that structure
     root = with_extra_state(root, model, ctx.helpers)  # get_extra_state/set_extra_state copied
-    ties = list(ctx.ties) + _param_ties(model, ctx.ties, set(state))
+    ties = list(ctx.ties) + _param_ties(model, ctx.ties)
     ctx.report.account({**state, **extra_state}, ties)
     ctx.report.notes += substitution_notes(ctx.helpers)  # nms, roi_align: plain-torch stand-ins
     return Model(type(model).__name__ if type(model).__name__.isidentifier() else "Model", root, inputs,
@@ -457,14 +457,12 @@ def _types(root: Node, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str
     return type_of(out, symbols), interp.module_types, interp.types
 
 
-def _param_ties(model: nn.Module, module_ties: list[tuple[str, str]], persistent: set[str]
-                ) -> list[tuple[str, str]]:
-    """Parameters, and persistent buffers (``persistent``: the state_dict's keys), reachable under two names that
-    no shared module explains (tied weights; one buffer registered in several modules, whose in-place updates
-    all of them see)."""
+def _param_ties(model: nn.Module, module_ties: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Parameters and buffers (persistent or not) reachable under two names that no shared module explains
+    (tied weights; one buffer registered in several modules, whose in-place updates all of them see)."""
     first: dict[int, str] = {}
     ties = []
-    buffers = [(n, b) for n, b in model.named_buffers(remove_duplicate=False) if n in persistent]
+    buffers = list(model.named_buffers(remove_duplicate=False))  # non-persistent ones too: one tensor, one update
     for name, p in [*model.named_parameters(remove_duplicate=False), *buffers]:
         if id(p) in first and not any(name.startswith(a + ".") and first[id(p)] == t + name[len(a):]
                                       for a, t in module_ties):

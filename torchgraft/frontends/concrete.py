@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import operator
+import random
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -409,9 +410,14 @@ def _run(mod: nn.Module, training: bool, args: tuple[Any, ...], kwargs: dict[str
     rec.source = SourceNames(sys._getframe(), forward_code(type(mod).forward), rec.value_name,
                              frozenset(i.name for i in inputs))
     _RECORDER.value = rec
+    drawn = random.getstate()
     try:
         with torch.no_grad(), export_flags(), pinning_range(), rec:
             out = type(mod).forward(view, *args, **kwargs)
+        if random.getstate() != drawn:  # Python's random: not a torch call, its draw would be baked
+            random.setstate(drawn)
+            raise TraceError(f"{type(mod).__qualname__}.forward draws from Python's random module, which a "
+                             "trace would bake as a constant")
         rec.source.finish()
         output = traced_output(out, rec)
         return Traced(Graph(inputs, with_hints(rec.ops, rec.source.hints), output), tuple(rec.branches))

@@ -7,6 +7,7 @@ import functools
 import inspect
 import math
 import operator
+import random
 import sys
 from dataclasses import replace
 from typing import Any
@@ -280,6 +281,29 @@ def _clean_message(a: Arg) -> Arg:
     return a
 
 
+def _rng_states(mod: nn.Module) -> list[tuple[Any, Any]]:
+    """(source, state) of every RNG a forward may draw from without a traced argument: torch's default CPU
+    generator, Python's ``random``, and the ``torch.Generator`` objects the module's tree holds."""
+    gens = [v for m in mod.modules() for v in vars(m).values() if isinstance(v, torch.Generator)]
+    return [(None, torch.random.get_rng_state()), (random, random.getstate()),
+            *((g, g.get_state()) for g in gens)]
+
+
+def _same_rng(before: list[tuple[Any, Any]], after: list[tuple[Any, Any]]) -> bool:
+    return all(a[0] is b[0] and (torch.equal(a[1], b[1]) if isinstance(a[1], torch.Tensor) else a[1] == b[1])
+               for a, b in zip(before, after))
+
+
+def _put_rng(states: list[tuple[Any, Any]]) -> None:
+    for source, state in states:
+        if source is None:
+            torch.random.set_rng_state(state)
+        elif source is random:
+            random.setstate(state)
+        else:
+            source.set_state(state)
+
+
 def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper], fns: dict[str, Any],
                 none_args: tuple[str, ...] = (), given_args: tuple[str, ...] = (), where: str = "",
                 keep: list[tuple[fx.Graph, dict[str, str]]] | None = None) -> tuple[Graph, dict[str, torch.Tensor]]:
@@ -302,7 +326,7 @@ def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper
     object.__setattr__(view, "training", probe if training is None else training)
     concrete = {n: None for n in none_args} or None
     names = _source_names(mod)
-    rng = torch.random.get_rng_state()
+    rng = _rng_states(mod)
     try:
         try:
             graph = _OwnCodeTracer(view, math_autowrap=False, names=names).trace(view, concrete_args=concrete)
@@ -317,8 +341,8 @@ def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper
         raise TraceError(f"torch.fx could not trace {type(mod).__qualname__}.forward: {type(e).__name__}: {e}") from e
     if probe.read:  # the forward caught the probe's exception: its graph may follow either mode
         raise ModeRead(f"{type(mod).__qualname__}.forward reads self.training")
-    if not torch.equal(rng, torch.random.get_rng_state()):  # torch.rand(3): run once by fx, its draw baked
-        torch.random.set_rng_state(rng)
+    if not _same_rng(rng, _rng_states(mod)):  # torch.rand(3): run once by fx, its draw baked
+        _put_rng(rng)
         raise TraceError(f"{type(mod).__qualname__}.forward draws random numbers with no traced argument "
                          "(torch.rand(3)): torch.fx runs such a call once and bakes its result")
     consts = {}

@@ -19,6 +19,8 @@ from dataclasses import replace
 import torch
 
 from torchgraft.backends.torch.ctor import Call, CExpr, Lit, Raw
+from torchgraft.errors import IRError
+from torchgraft.ir.dtypes import build_dtype
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block
 from torchgraft.ir.traverse import join, walk
@@ -65,7 +67,12 @@ def written_constants(model: Model) -> tuple[Model, dict[str, CExpr]]:
                 known[key] = expr
     if not known:
         return model, {}
-    return replace(model, constants={k: v for k, v in model.constants.items() if k not in known}), known
+    reduced = replace(model, constants={k: v for k, v in model.constants.items() if k not in known})
+    try:  # build() casts to the one dtype of all the state: what it decides must not change (a float32
+        same = build_dtype(model) == build_dtype(reduced)  # zeros buffer in a bfloat16 model stays float32)
+    except IRError:
+        same = False  # emit reports the mixed dtypes itself
+    return (reduced, known) if same else (model, {})
 
 
 __all__ = ["constructor", "written_constants"]
