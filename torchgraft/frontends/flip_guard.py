@@ -22,7 +22,6 @@ accident nor leave anything behind:
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import sysconfig
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from torch import nn
 from torch.utils._pytree import tree_map_only
 
 from torchgraft.frontends.state import restore_state
+from torchgraft.frontends.symsize import _ours
 
 _SKIP = ("_parameters", "_buffers", "_modules", "_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
          "_state_dict_hooks", "_load_state_dict_pre_hooks", "_non_persistent_buffers_set")
@@ -46,8 +46,7 @@ _CONTROL = (StopIteration, StopAsyncIteration, GeneratorExit)
 
 def _outside(filename: str) -> bool:
     """Model or library code: not torchgraft's, not torch's, not Python's own library."""
-    if f"{os.sep}torchgraft{os.sep}" in filename or f"{os.sep}torch{os.sep}" in filename \
-            or filename.startswith("<frozen "):
+    if _ours(filename) or filename.startswith("<frozen "):
         return False
     return not filename.startswith(_STDLIB) or "site-packages" in filename
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from torchgraft.frontends.guards import HOW
-from torchgraft.ir.graph import FunctionCall, Graph, Guard, MethodCall, Op
+from torchgraft.ir.graph import FunctionCall, Graph, Guard, MethodCall, Op, renamed
 from torchgraft.ir.opkinds import OpKind, is_kind, method_kind
-from torchgraft.ir.values import Arg, Const, Ref, Seq, rename_refs
+from torchgraft.ir.ranks import listed_sizes
+from torchgraft.ir.values import Arg, Const, Ref
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,17 +34,20 @@ class Absorb:
     rank: int
 
 
-def _sizes(op: Op) -> tuple[Arg, ...]:
-    if len(op.args) == 2 and isinstance(op.args[1], Seq):
-        return op.args[1].items
-    return op.args[1:]
-
-
-def _first_size_of(ops: dict[str, Op], arg: Arg, source: str) -> bool:
-    """Whether ``arg`` is ``source.size(0)``."""
+def _size_source(ops: dict[str, Op], arg: Arg) -> str | None:
+    """``x`` when ``arg`` is ``x.size(0)``; None otherwise."""
     op = ops.get(arg.name) if isinstance(arg, Ref) else None
-    return (op is not None and is_kind(op, OpKind.SIZE) and not op.kwargs
-            and op.args == (Ref(source), Const(0)))
+    if op is None or not is_kind(op, OpKind.SIZE) or op.kwargs or len(op.args) != 2 or op.args[1] != Const(0):
+        return None
+    return op.args[0].name if isinstance(op.args[0], Ref) else None
+
+
+def _condition(ops: dict[str, Op], guard: Op) -> Op | None:
+    """The comparison ``a != b`` the guard reads; None when it reads anything else."""
+    cond = ops.get(guard.args[0].name) if guard.args and isinstance(guard.args[0], Ref) else None
+    if cond is None or not is_kind(cond, OpKind.NE) or cond.kwargs or len(cond.args) != 2:
+        return None
+    return cond
 
 
 def _same(ops: dict[str, Op], a: Arg, b: Arg) -> bool:
@@ -60,20 +64,20 @@ def expand_sites(g: Graph, guard: Op) -> list[Absorb]:
     """The ``x.expand(n, -1, ...)`` ops of ``g`` that are ``x`` itself when ``guard``'s condition
     ``n != x.size(0)`` fails (and ``x`` has as many dims as sizes given)."""
     ops = {op.name: op for op in g.ops}
-    cond = ops.get(guard.args[0].name) if guard.args and isinstance(guard.args[0], Ref) else None
-    if cond is None or not is_kind(cond, OpKind.NE) or cond.kwargs or len(cond.args) != 2:
+    cond = _condition(ops, guard)
+    if cond is None:
         return []
     found = []
     for op in g.ops:
         kind = method_kind(op.target.name) if isinstance(op.target, MethodCall) else None
         if kind is None or kind.kind is not OpKind.EXPAND or op.kwargs or not isinstance(op.args[0], Ref):
             continue
-        source, sizes = op.args[0].name, _sizes(op)
+        source, sizes = op.args[0].name, listed_sizes(op)
         if not sizes or any(s != Const(-1) for s in sizes[1:]):
             continue
         a, b = cond.args
-        if (_same(ops, sizes[0], a) and _first_size_of(ops, b, source)) or \
-                (_same(ops, sizes[0], b) and _first_size_of(ops, a, source)):
+        if (_same(ops, sizes[0], a) and _size_source(ops, b) == source) or \
+                (_same(ops, sizes[0], b) and _size_source(ops, a) == source):
             found.append(Absorb(op.name, source, len(sizes)))
     return found
 
@@ -82,28 +86,18 @@ def compared_tensor(g: Graph, guard: Op, side: int) -> str | None:
     """``x`` when ``guard``'s condition is ``n != x.size(0)`` with ``x.size(0)`` at ``side`` (0: left), or the
     only operand that reads a size 0 when the two were swapped (``2 != x.shape[0]``); None otherwise."""
     ops = {op.name: op for op in g.ops}
-    cond = ops.get(guard.args[0].name) if guard.args and isinstance(guard.args[0], Ref) else None
-    if cond is None or not is_kind(cond, OpKind.NE) or cond.kwargs or len(cond.args) != 2:
+    cond = _condition(ops, guard)
+    if cond is None:
         return None
-    found = [_size_source(ops.get(a.name)) if isinstance(a, Ref) else None for a in cond.args]
+    found = [_size_source(ops, a) for a in cond.args]
     if all(found):
         return found[side]
     return next((x for x in found if x is not None), None)
 
 
-def _size_source(op: Op | None) -> str | None:
-    if op is None or not is_kind(op, OpKind.SIZE) or op.kwargs or len(op.args) != 2 or op.args[1] != Const(0):
-        return None
-    return op.args[0].name if isinstance(op.args[0], Ref) else None
-
-
 def without_view(g: Graph, absorb: Absorb) -> Graph:
     """``g`` with the expand taken out: its readers read its source."""
-    mapping = {absorb.view: absorb.source}
-    ops = tuple(replace(op, args=tuple(rename_refs(a, mapping) for a in op.args),
-                        kwargs=tuple((k, rename_refs(v, mapping)) for k, v in op.kwargs))
-                for op in g.ops if op.name != absorb.view)
-    return Graph(g.inputs, ops, rename_refs(g.output, mapping))
+    return renamed(g, {absorb.view: absorb.source}, tuple(op for op in g.ops if op.name != absorb.view))
 
 
 def rank_guarded(g: Graph, guard: Op, absorb: Absorb, where: str) -> Graph:

@@ -18,15 +18,15 @@ the trip count of an unrolled loop always keeps its guard.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Union
 
 from torchgraft.frontends.guard_expand import Absorb, compared_tensor, expand_sites, rank_guarded, without_view
 from torchgraft.frontends.guard_source import skipped_expand
-from torchgraft.ir.effects import is_pure
-from torchgraft.ir.graph import Graph, Guard, Op
+from torchgraft.ir.effects import pruned
+from torchgraft.ir.graph import Graph, Guard, Op, renamed
 from torchgraft.ir.ranks import static_rank
-from torchgraft.ir.values import Ref, rename_refs
+from torchgraft.ir.values import Ref
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,16 +60,8 @@ def _without(g: Graph, guards: list[Op]) -> Graph:
 def _canonical(g: Graph) -> Graph:
     """``g`` without pure ops nobody reads, its ops renamed by position: two traces that name values apart
     (``out_2``/``out_3``), or read a size one more time, but compute alike compare equal."""
-    while True:
-        users = g.users()
-        dead = {op.name for op in g.ops if is_pure(op) and not users.get(op.name)}
-        if not dead:
-            break
-        g = Graph(g.inputs, tuple(op for op in g.ops if op.name not in dead), g.output)
-    mapping = {op.name: f"v{i}" for i, op in enumerate(g.ops)}
-    ops = tuple(replace(op, name=mapping[op.name], args=tuple(rename_refs(a, mapping) for a in op.args),
-                        kwargs=tuple((k, rename_refs(v, mapping)) for k, v in op.kwargs)) for op in g.ops)
-    return Graph(g.inputs, ops, rename_refs(g.output, mapping))
+    g = pruned(g)
+    return renamed(g, {op.name: f"v{i}" for i, op in enumerate(g.ops)})
 
 
 Choice = Union[Absorb, None]

@@ -9,7 +9,7 @@ and guards are not.
 
 from __future__ import annotations
 
-from torchgraft.ir.graph import FunctionCall, GetAttr, Guard, MethodCall, Op
+from torchgraft.ir.graph import FunctionCall, GetAttr, Graph, Guard, MethodCall, Op
 from torchgraft.ir.opkinds import FUNCTIONS, TRAITS, function_in_place, is_operator, kind_of, method_kind, symbol_of
 from torchgraft.ir.values import Const, Ref
 
@@ -76,3 +76,14 @@ def is_pure(op: Op) -> bool:
 
 
 __all__ = ["AUGMENTED", "augmented_symbol", "in_place", "is_pure"]
+
+
+def pruned(g: Graph) -> Graph:
+    """``g`` without pure ops nobody reads (repeated until none is left)."""
+    while True:
+        users = g.users()
+        dead = {op.name for op in g.ops if is_pure(op) and not users.get(op.name)}
+        if not dead:
+            return g
+        g = Graph(g.inputs, tuple(op for op in g.ops if op.name not in dead), g.output)
+

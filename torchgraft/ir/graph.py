@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import enum
 import keyword
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
 
 from torchgraft.errors import IRError
 from torchgraft.ir.primitives import Primitive
 from torchgraft.ir.types import UNKNOWN, ValueType
-from torchgraft.ir.values import Arg, Const, Ref, refs_in
+from torchgraft.ir.values import Arg, Const, Ref, refs_in, rename_refs
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,3 +186,16 @@ class Graph:
         for r in refs_in(self.output):
             out[r].append("<output>")
         return out
+
+
+def renamed(g: Graph, mapping: dict[str, str], ops: tuple[Op, ...] | None = None) -> Graph:
+    """``g`` (over ``ops``, when given) with every reference to a value renamed through ``mapping``; op names
+    in ``mapping`` are renamed too.
+
+    >>> renamed(g, {"expand": "pos"}, tuple(op for op in g.ops if op.name != "expand"))   # doctest: +SKIP
+    """
+    new = tuple(replace(op, name=mapping.get(op.name, op.name), args=tuple(rename_refs(a, mapping) for a in op.args),
+                        kwargs=tuple((k, rename_refs(v, mapping)) for k, v in op.kwargs))
+                for op in (g.ops if ops is None else ops))
+    return Graph(g.inputs, new, rename_refs(g.output, mapping))
+

@@ -24,7 +24,8 @@ _SIZED = frozenset({"expand", "view", "reshape"})
 """Tensor methods whose result has as many dims as sizes listed."""
 
 
-def _sizes(op: Op) -> tuple[Arg, ...]:
+def listed_sizes(op: Op) -> tuple[Arg, ...]:
+    """The sizes ``x.expand(a, b)``/``x.view((a, b))`` lists, whether given one by one or as one tuple."""
     if len(op.args) == 2 and isinstance(op.args[1], Seq):
         return op.args[1].items
     return op.args[1:]
@@ -63,7 +64,7 @@ def static_rank(g: Graph, name: str, depth: int = 64) -> int | None:
     if not isinstance(t, MethodCall) or not op.args or not isinstance(op.args[0], Ref):
         return None
     if t.name in _SIZED and not op.kwargs:
-        sizes = _sizes(op)
+        sizes = listed_sizes(op)
         return len(sizes) if sizes and all(_one_int(g, s) for s in sizes) else None
     inner = static_rank(g, op.args[0].name, depth - 1)
     if inner is None:
@@ -75,4 +76,4 @@ def static_rank(g: Graph, name: str, depth: int = 64) -> int | None:
     return None
 
 
-__all__ = ["static_rank"]
+__all__ = ["listed_sizes", "static_rank"]

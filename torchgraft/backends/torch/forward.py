@@ -27,7 +27,7 @@ from torchgraft.backends.torch.valnames import (
 )
 from torchgraft.backends.torch.wrap import WIDTH, wrap
 from torchgraft.errors import EmitError
-from torchgraft.ir.effects import augmented_symbol, is_pure
+from torchgraft.ir.effects import augmented_symbol, pruned
 from torchgraft.ir.graph import (
     ChildCall,
     FunctionCall,
@@ -96,14 +96,8 @@ def is_movable(op: Op, g_ops: dict[str, Op]) -> bool:
     return False
 
 
-def prune(g: Graph) -> Graph:
-    """``g`` without pure ops nobody reads (repeated until none is left)."""
-    while True:
-        users = g.users()
-        dead = {op.name for op in g.ops if is_pure(op) and not users.get(op.name)}
-        if not dead:
-            return g
-        g = Graph(g.inputs, tuple(op for op in g.ops if op.name not in dead), g.output)
+prune = pruned
+"""``g`` without pure ops nobody reads (``ir.effects.pruned``)."""
 
 
 @dataclass
