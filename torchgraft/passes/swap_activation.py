@@ -7,13 +7,13 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from torchgraft.ir.activations import ActKind
-from torchgraft.ir.graph import ChildCall, Graph, MethodCall, Op, PrimCall
+from torchgraft.ir.graph import ChildCall, Graph, MethodCall, Op, PrimCall, renamed
 from torchgraft.ir.lower import block_graph, is_structural
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import Block, Chain, Node
 from torchgraft.ir.primitives import Activation, TorchLayer, torch_defaults
 from torchgraft.ir.traverse import join, map_tree
-from torchgraft.ir.values import Ref, rename_refs
+from torchgraft.ir.values import Ref
 from torchgraft.passes.base import Match, Pass
 from torchgraft.passes.rewrite import fmap, rename_children
 from torchgraft.passes.selectors import Site, parse_selector
@@ -33,11 +33,7 @@ def _rename_values(g: Node | None, old: str, new: str) -> Node | None:
                 cand += "_"
             ren[op.name] = cand
             taken.add(cand)
-    if not ren:
-        return g
-    ops = tuple(replace(op, name=ren.get(op.name, op.name), args=tuple(rename_refs(a, ren) for a in op.args),
-                        kwargs=tuple((k, rename_refs(v, ren)) for k, v in op.kwargs)) for op in g.ops)
-    return Graph(g.inputs, ops, rename_refs(g.output, ren))
+    return renamed(g, ren) if ren else g
 
 
 def _write_back_in_place(path: str, node: Node) -> Node:
