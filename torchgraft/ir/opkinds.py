@@ -68,6 +68,8 @@ class OpKind(enum.Enum):
     BATCH_NORM = "batch_norm"
     DROPOUT = "dropout"
     EXPAND = "expand"
+    RESHAPE = "reshape"
+    VIEW = "view"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +78,9 @@ class Traits:
 
     shape: str = "broadcast"
     """The shape rule: ``broadcast``, ``join``, ``scalar`` (a Python value), ``index``, ``layer``, ``expand``
-    (a view at the sizes given, ``-1`` keeping a dim: the input itself when every size is its own)."""
+    (a view at the sizes given, ``-1`` keeping a dim: the input itself when every size is its own), ``reshape``
+    (the same elements in row-major order at the sizes given, ``-1`` inferred; ``view`` also needs strides
+    that allow it without a copy)."""
     metadata: bool = False
     """Reads only sizes or attributes: it may be written where it is used, after other ops."""
     combine: str = ""
@@ -133,6 +137,8 @@ TRAITS: dict[OpKind, Traits] = {
     OpKind.BATCH_NORM: Traits("layer"),
     OpKind.DROPOUT: Traits("layer", random=True),
     OpKind.EXPAND: Traits("expand"),
+    OpKind.RESHAPE: Traits("reshape"),
+    OpKind.VIEW: Traits("reshape"),
 }
 
 
@@ -180,7 +186,7 @@ TENSOR_METHODS: dict[str, Kinded] = {
     "div_": Kinded(_K.TRUEDIV, True), "maximum": Kinded(_K.MAXIMUM), "minimum": Kinded(_K.MINIMUM),
     "eq": Kinded(_K.EQ), "ne": Kinded(_K.NE), "lt": Kinded(_K.LT), "le": Kinded(_K.LE), "gt": Kinded(_K.GT),
     "ge": Kinded(_K.GE), "size": Kinded(_K.SIZE), "dim": Kinded(_K.DIM), "numel": Kinded(_K.NUMEL),
-    "expand": Kinded(_K.EXPAND),
+    "expand": Kinded(_K.EXPAND), "reshape": Kinded(_K.RESHAPE), "view": Kinded(_K.VIEW),
 }
 """Every ``Tensor`` method spelling of a kind (``x.add_(y)`` is ADD, in place). A method name says nothing
 about a receiver that is not a tensor: ``method_kind`` is for receivers known to be tensors, except the

@@ -27,6 +27,7 @@ from torchgraft.backends.torch.valnames import (
 )
 from torchgraft.backends.torch.wrap import WIDTH, wrap
 from torchgraft.errors import EmitError
+from torchgraft.ir.dims import relayout
 from torchgraft.ir.effects import augmented_symbol, pruned
 from torchgraft.ir.graph import (
     ChildCall,
@@ -39,6 +40,7 @@ from torchgraft.ir.graph import (
     Op,
     PrimCall,
 )
+from torchgraft.ir.idioms import simplified
 from torchgraft.ir.opkinds import TRAITS, OpKind, is_kind, is_operator, kind_of
 from torchgraft.ir.types import UNKNOWN, ScalarType, TensorType, ValueType
 from torchgraft.ir.values import Const, Ref, refs_in
@@ -264,9 +266,10 @@ class _Writer(GroupedStatements):
                        and isinstance(self.ops[u].target, ChildCall)]
             if len(readers) >= 3 and child_word(t.path):
                 self.from_child[op.name] = child_word(t.path)
-        elif op.args and isinstance(op.args[0], Ref) and op.args[0].name in self.from_child:
-            if self.users.get(op.args[0].name) == [op.name] and _same_kind(self.types, op.args[0].name, op.name):
-                self.from_child[op.name] = self.from_child[op.args[0].name]
+        elif relayout(op) and isinstance(op.args[0], Ref) and op.args[0].name in self.from_child:  # a view of it
+            src = op.args[0].name
+            if self.users.get(src) == [op.name] and _same_kind(self.types, src, op.name):
+                self.from_child[op.name] = self.from_child[src]
 
     def _main_input(self, op: Op) -> str | None:
         """The variable an op's first argument comes from, through values written inline: ``x`` for
@@ -352,6 +355,8 @@ def graph_lines(g: Graph, accessor: Callable[[str], str], reserved: frozenset[st
     def render(graph: Graph) -> list[str]:
         return _Writer(graph, ExprContext({}, accessor, imports), reserved, special or Special(), width).lines()
 
+    if special is None or special.flag is None:  # a flag marks an op by its index: keep every op there
+        g = simplified(g)  # idioms written as what they compute (ir/idioms.py)
     g = prune(g)
     lines = render(g)
     hinted = [i for i, op in enumerate(g.ops) if op.source_var]
