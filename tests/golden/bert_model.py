@@ -63,10 +63,7 @@ class BertSelfAttention(nn.Module):
             scale=0.3535533905932738,
             is_causal=False,
         )
-        out = out.reshape(out.size(0), -1, query.size(2), value.size(-1)).transpose(
-            1, 2
-        )
-        return (out.contiguous().reshape(batch, seq_len, -1).contiguous(), None)
+        return (out.transpose(1, 2).contiguous().reshape(batch, seq_len, -1), None)
 
 
 class BertSelfOutput(nn.Module):
@@ -100,20 +97,13 @@ class BertAttention(nn.Module):
         )
 
 
-class GELUActivation(nn.Module):
-    """From transformers.activations.GELUActivation."""
-
-    def forward(self, input: Tensor) -> Tensor:
-        return F.gelu(input)
-
-
 class BertIntermediate(nn.Module):
     """From transformers.models.bert.modeling_bert.BertIntermediate."""
 
     def __init__(self) -> None:
         super().__init__()
         self.dense = nn.Linear(32, 64)
-        self.intermediate_act_fn = GELUActivation()
+        self.intermediate_act_fn = nn.GELU()
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         return self.intermediate_act_fn(self.dense(hidden_states))

@@ -35,15 +35,9 @@ class LlamaAttention(nn.Module):
         x1 = k[..., : k.size(-1) // 2]
         cat_out = torch.cat((k[..., k.size(-1) // 2 :].neg(), x1), dim=-1)
         k_embed = out.add(cat_out.mul(sin))
-        out = k_embed[:, :, None, :, :]
-        n, c, h, w = k_embed.shape
-        out = out.expand(n, c, 2, h, w)
-        key = out.reshape(n, c * 2, h, w)
-        out = v[:, :, None, :, :]
-        n, c, h, w = v.shape
-        out = out.expand(n, c, 2, h, w)
-        value = out.reshape(n, c * 2, h, w)
-        attn_output = F.scaled_dot_product_attention(
+        key = k_embed.repeat_interleave(2, dim=1)
+        value = v.repeat_interleave(2, dim=1)
+        out = F.scaled_dot_product_attention(
             q_embed,
             key,
             value,
@@ -52,20 +46,10 @@ class LlamaAttention(nn.Module):
             scale=0.3535533905932738,
             is_causal=False,
         )
-        attn_output = attn_output.reshape(
-            attn_output.size(0), -1, q_embed.size(2), value.size(-1)
+        out = out.reshape(out.size(0), -1, q_embed.size(2), value.size(-1)).transpose(
+            1, 2
         )
-        attn_output = (
-            attn_output.transpose(1, 2).contiguous().reshape(batch, seq_len, -1)
-        )
-        return (self.o_proj(attn_output.contiguous()), None)
-
-
-class SiLUActivation(nn.Module):
-    """From transformers.activations.SiLUActivation."""
-
-    def forward(self, input: Tensor) -> Tensor:
-        return F.silu(input)
+        return (self.o_proj(out.contiguous().reshape(batch, seq_len, -1)), None)
 
 
 class LlamaMLP(nn.Module):
@@ -76,7 +60,7 @@ class LlamaMLP(nn.Module):
         self.gate_proj = nn.Linear(32, 64, bias=False)
         self.up_proj = nn.Linear(32, 64, bias=False)
         self.down_proj = nn.Linear(64, 32, bias=False)
-        self.act_fn = SiLUActivation()
+        self.act_fn = nn.SiLU()
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.act_fn(self.gate_proj(x))
@@ -125,8 +109,9 @@ class LlamaRotaryEmbedding(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("inv_freq", torch.zeros(4), persistent=False)
-        self.register_buffer("original_inv_freq", torch.zeros(4), persistent=False)
+        inv_freq = 1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
 
     def forward(self, x: Tensor, position_ids: Tensor):
         position_ids = position_ids[..., None].float()
@@ -162,20 +147,19 @@ class LlamaModel(nn.Module):
                 "<root> (LlamaModel) was captured with input_ids given; calling it with input_ids=None takes another path; capture with an example that does: torchgraft.capture(model, examples=[(args, kwargs), ...])"
             )
         inputs_embeds = self.embed_tokens(input_ids)
+        seq_len = inputs_embeds.size(1)
         device = input_ids.device
-        position_ids = torch.arange(inputs_embeds.size(1), device=device).add(0)
-        position_ids = position_ids.unsqueeze(0)
-        out = position_ids.expand(inputs_embeds.size(0), -1)
+        position_ids = torch.arange(seq_len, device=device).add(0).unsqueeze(0)
+        batch = inputs_embeds.size(0)
+        out = position_ids.expand(batch, -1)
         out = torch.diff(out, prepend=out[:, :1].sub(1), dim=-1).ne(1)
         packed_sequence_mask = out.cumsum(-1)
         if inputs_embeds.dtype != torch.float32:
             raise ValueError(
                 "<root> (LlamaModel) was captured with a float32 tensor whose dtype it reads at transformers/masking_utils.py:965; other dtypes may take another path; capture with an example of that dtype"
             )
-        batch = inputs_embeds.size(0)
         out = position_ids.expand(batch, -1)
         batch_arange = torch.arange(batch, device=device)
-        seq_len = inputs_embeds.size(1)
         q_arange = torch.arange(seq_len, device=device).add(0)
         kv_arange = torch.arange(seq_len, device=device).add(0)
         batch_indices = batch_arange[:, None, None, None]
@@ -201,9 +185,7 @@ class LlamaModel(nn.Module):
 
 def build() -> LlamaModel:
     """The model, freshly initialised."""
-    model = LlamaModel()
-    _load_constants(model)
-    return model
+    return LlamaModel()
 
 
 def load(weights: str | Path | None = None) -> LlamaModel:
@@ -214,13 +196,3 @@ def load(weights: str | Path | None = None) -> LlamaModel:
     weights = weights or Path(__file__).with_name("weights.safetensors")
     model.load_state_dict(load_file(weights), strict=True)
     return model
-
-
-def _load_constants(model: nn.Module) -> None:
-    """Fill tensors that are not in the state_dict (non-persistent buffers, traced constants)."""
-    from safetensors.torch import load_file
-
-    constants = load_file(str(Path(__file__).with_name("constants.safetensors")))
-    with torch.no_grad():
-        for key, value in constants.items():
-            model.get_buffer(key).copy_(value)

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from torchgraft.backends.torch.body import body_lines
+from torchgraft.backends.torch.const_values import Formula
 from torchgraft.backends.torch.ctor import Call, CExpr, Lit, Raw
 from torchgraft.backends.torch.forward import Special
 from torchgraft.backends.torch.lifting import Lifted, apply_lifting
 from torchgraft.backends.torch.loops import Items
 from torchgraft.backends.torch.modules import accessor, container_kind, render
-from torchgraft.backends.torch.names import Namespace, is_plain_attr, safe_doc, str_lit
+from torchgraft.backends.torch.names import RESERVED, Namespace, is_plain_attr, safe_doc, str_lit
 from torchgraft.backends.torch.params import ParamSpec
 from torchgraft.backends.torch.series import series_text
 from torchgraft.backends.torch.wrap import wrap
@@ -56,6 +57,20 @@ def member_lines(m: Member, names: Mapping[int, str], persistent: bool = True) -
         return [text]
     none = f"self.{m.name} = None" if is_plain_attr(m.name) else f"self.add_module({str_lit(m.name)}, None)"
     return [none, f"if {names[m.flag]}:", "    " + text.replace("\n", "\n    ")]
+
+
+def _formula_lines(m: Member, persistent: bool, made: dict[Formula, str], taken: set[str]) -> list[str] | None:
+    """A buffer a formula builds (``const_values.Formula``) through a local, as the original code reads:
+    ``inv_freq = 1.0 / 10000 ** (...)`` then ``self.register_buffer("inv_freq", inv_freq, ...)``; a later buffer
+    with the same formula gets ``inv_freq.clone()`` (its own storage, the same value). None: written in place."""
+    if m.kind != "buffer" or m.flag is not None or not isinstance(m.expr, Formula):
+        return None
+    if m.expr in made:
+        return member_lines(Member(m.kind, m.name, Raw(f"{made[m.expr]}.clone()")), {}, persistent)
+    if not is_plain_attr(m.name) or m.name in taken or m.name in RESERVED:  # would shadow a name in scope
+        return None
+    made[m.expr] = m.name
+    return [f"{m.name} = {m.expr.text}", *member_lines(Member(m.kind, m.name, Raw(m.name)), {}, persistent)]
 
 
 def signature_text(specs: list[ParamSpec]) -> str:
@@ -121,8 +136,11 @@ def class_text(group: Group, specs: list[ParamSpec], names: Mapping[int, str], m
     used = sorted(set(lifted.positions.values())) + ([flag_hole] if flag_hole is not None else [])
     attrs = _attr_names(used, names, members)
     init = list(dict.fromkeys(["super().__init__()"] + [f"self.{attrs[h]} = {names[h]}" for h in used]))
+    made: dict[Formula, str] = {}
+    taken = set(table.names.used()) | table.reserved | set(names.values()) | {"i", "_", "super"}
     for m in members:
-        init += member_lines(m, names, persistent.get(m.name, True))
+        keep = persistent.get(m.name, True)
+        init += _formula_lines(m, keep, made, taken) or member_lines(m, names, keep)
     init += extra
     body, syn = apply_lifting(fam.body, "body", lifted, attrs)
     train = None

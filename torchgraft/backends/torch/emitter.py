@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchgraft.backends.torch.act_layers import layer_activations
 from torchgraft.backends.torch.classes import ClassTable
 from torchgraft.backends.torch.combinators import RUNTIME_CLASSES
 from torchgraft.backends.torch.const_values import written_constants
@@ -145,6 +146,7 @@ def emit(model: Model, *, formatted: bool = True) -> EmittedCode:
                         if len(unsafe) > 5 else "") + ". Fix the IR (verify(model) lists every problem)")
     model = trim_calls(model)  # children take only the arguments they use (trim_calls.py)
     model, written = written_constants(model)  # zeros, ones, ranges: built as such, not saved (const_values.py)
+    model = layer_activations(model)  # ``return F.silu(input)`` wrappers: nn.SiLU(), no class (act_layers.py)
     table = ClassTable(helpers=model.helpers, written=written)
     for h in model.helpers:
         name = h.name.split(".")[0]  # an import of ``a.b`` binds ``a``

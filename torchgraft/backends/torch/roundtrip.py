@@ -15,7 +15,9 @@ writes differently by design. ``normal_form`` removes exactly those differences:
   runtime classes of those names: they compare as the Blocks capture makes of those classes;
 - how a primitive's fields are spelled: primitives compare by the constructor call written for
   them (``Conv2d(..., output_padding=(0, 0))`` and ``output_padding=0`` are the same layer);
-- how a forward was captured (``Block.method``) and ``Block.constants``.
+- how a forward was captured (``Block.method``) and ``Block.constants``;
+- an activation wrapper Block (``return F.silu(input)``), which ``model.py`` writes as the torch layer it is
+  (``nn.SiLU()``, ``act_layers``): it compares as that layer.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import dataclasses
 import functools
 from typing import Any
 
+from torchgraft.backends.torch.act_layers import activation_of
 from torchgraft.backends.torch.forward import is_movable, prune
 from torchgraft.backends.torch.modules import prim_expr
 from torchgraft.backends.torch.variants import arg_key, lowered
@@ -103,6 +106,9 @@ def normal_form(node: Node | Model) -> Any:
         return normal_form(node.root)
     if isinstance(node, (SkipConnection, Parallel)):
         return normal_form(runtime_block(node))
+    act = activation_of(node) if isinstance(node, Block) else None
+    if act is not None:
+        return normal_form(act)
     if isinstance(node, Block) and isinstance(node.body, PySource):
         kids = tuple((n, normal_form(c)) for n, c in node.children)
         return "block", node.cls.name, kids, node.state, ("source", node.body.source), node.body.attrs
