@@ -142,3 +142,28 @@ def test_reshapes_that_change_the_shape_stay() -> None:
         want, got = model(x, y), emitted(x, y)
         for w, g in zip(want, got, strict=True):
             torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+class Slices(nn.Module):
+    """A whole slice of a tensor (dropped), a slice that cuts (kept), a whole slice of a list (kept: a copy)."""
+
+    def forward(self, x: Tensor, items: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
+        whole = (x * 2)[:, 0:, :]
+        cut = (x * 3)[:, 1:]
+        copied = items[0:]
+        copied.append(x)
+        return whole + 1, cut + 1, copied
+
+
+def test_whole_slices_are_dropped_and_cuts_kept() -> None:
+    torch.manual_seed(0)
+    model = Slices().eval()
+    x = torch.randn(2, 3, 4)
+    code = torchgraft.emit(torchgraft.capture(model, (x, [torch.randn(2)])))
+    assert ":, 0:" not in code.source and "[:, 1:]" in code.source and "items[0:]" in code.source, code.source
+    emitted = code.materialize()
+    for shape in ((2, 3, 4), (1, 5, 1)):
+        y, items = torch.randn(*shape), [torch.randn(3)]
+        want, got = model(y, list(items)), emitted(y, list(items))
+        torch.testing.assert_close(got[:2], want[:2], rtol=0, atol=0)
+        assert len(got[2]) == len(want[2]) == 2

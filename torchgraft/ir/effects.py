@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torchgraft.ir.graph import FunctionCall, GetAttr, Graph, Guard, MethodCall, Op
 from torchgraft.ir.opkinds import FUNCTIONS, TRAITS, function_in_place, is_operator, kind_of, method_kind, symbol_of
+from torchgraft.ir.types import ScalarType
 from torchgraft.ir.values import Const, Ref
 
 _IMPURE_FUNCTIONS = frozenset({"operator.delitem", "torch._assert", "builtins.print",
@@ -22,6 +23,10 @@ _PURE_BUILTINS = frozenset({"builtins.getattr", "builtins.len", "builtins.int", 
                             "builtins.tuple", "builtins.list", "builtins.min", "builtins.max", "builtins.abs",
                             "builtins.isinstance", "builtins.slice", "builtins.range"})
 _IMPURE_METHODS = frozenset({"register_hook", "retain_grad", "backward", "record_stream", "share_memory_"})
+_CONTAINER_WRITES = frozenset({"append", "extend", "insert", "pop", "remove", "clear", "update", "setdefault",
+                               "popitem", "discard", "sort", "reverse", "__setitem__", "__delitem__"})
+"""Methods of lists, dicts and sets that change the object (``features.append(x)``): never dropped, even when
+nothing reads what they return. (``add`` is a set's write too, but a tensor's sum: its ``None`` result says.)"""
 
 
 AUGMENTED = {k: symbol_of(Op("op", FunctionCall(k), (Ref("a"), Ref("b")))) for k, v in FUNCTIONS.items()
@@ -62,7 +67,9 @@ def is_pure(op: Op) -> bool:
     if isinstance(t, GetAttr):
         return True
     if isinstance(t, MethodCall):
-        return t.name not in _IMPURE_METHODS and t.name not in ("bernoulli", "multinomial")
+        if t.name in _IMPURE_METHODS or t.name in _CONTAINER_WRITES or t.name in ("bernoulli", "multinomial"):
+            return False
+        return op.type != ScalarType("None")  # a method that returns nothing is called for what it does
     if isinstance(t, FunctionCall):
         ns = t.qualname.rpartition(".")[0]
         found = kind_of(op)

@@ -10,6 +10,11 @@ values (element for element, same dtype and shape), so the emitted forward reads
       key = k[:, :, None, :, :].expand(n, c, 2, h, w).reshape(n, c * 2, h, w)
   ->  key = k.repeat_interleave(2, dim=1)
 
+- **sizes read once**: ``q.size(0)`` is ``batch`` when the ops make the two dims equal (``ir/dims.py``);
+- **a reshape to the same shape**, ``x.reshape(x.size(0), -1, t, d)`` with ``x`` of those sizes, is ``x``;
+- **contiguous again**: ``x.contiguous().reshape(n, t, -1).contiguous()`` needs only the first;
+- **a whole slice**: ``h[:, 0:, :]`` (transformers' ``logits_to_keep=0``) is ``h``.
+
 What the rules assume: the original's own call succeeds. Where it would raise on a malformed input (a
 tensor of another rank reaching ``repeat_kv``), the simpler code may accept it; ``check``'s probes skip
 calls the reference refuses for the same reason. A rule never changes what a call that the original
@@ -26,6 +31,7 @@ from torchgraft.ir.effects import is_pure
 from torchgraft.ir.graph import Graph, MethodCall, Op, renamed
 from torchgraft.ir.opkinds import OpKind, is_kind, method_kind
 from torchgraft.ir.ranks import listed_sizes
+from torchgraft.ir.types import TensorType
 from torchgraft.ir.values import Arg, Const, Ref, Seq, Slice
 
 Rule = Callable[[Graph], "Graph | None"]
@@ -175,7 +181,29 @@ def contiguous_again(g: Graph) -> Graph | None:
     return None
 
 
-RULES: tuple[Rule, ...] = (repeat_interleaved, same_shape_reshape, contiguous_again, same_size_read)
+def _everything(item: Arg) -> bool:
+    """``:``, ``0:``, ``::1`` or ``...``: an index item that keeps a whole dim (or all of them)."""
+    if item == Const(Ellipsis):
+        return True
+    return isinstance(item, Slice) and item.start in (Const(None), Const(0)) and item.stop == Const(None) \
+        and item.step in (Const(None), Const(1))
+
+
+def whole_slice(g: Graph) -> Graph | None:
+    """``x[:, 0:, :]`` of a tensor -> ``x``: every item keeps its whole dim (transformers' ``logits_to_keep=0``
+    slices ``[:, -0:, :]``), so the view has ``x``'s shape and elements."""
+    for y in g.ops:
+        if not is_kind(y, OpKind.GETITEM) or len(y.args) != 2 or y.kwargs or not isinstance(y.args[0], Ref) \
+                or not isinstance(y.type, TensorType):
+            continue
+        index = y.args[1]
+        items = index.items if isinstance(index, Seq) and not index.is_list else (index,)
+        if items and all(_everything(i) for i in items):
+            return _drop(g, y.name, y.args[0].name)
+    return None
+
+
+RULES: tuple[Rule, ...] = (whole_slice, repeat_interleaved, same_shape_reshape, contiguous_again, same_size_read)
 """Every rule, tried in order until none applies."""
 
 
@@ -197,4 +225,4 @@ def simplified(g: Graph, rules: tuple[Rule, ...] = RULES, limit: int = 1000) -> 
 
 
 __all__ = ["RULES", "Rule", "contiguous_again", "repeat_interleaved", "same_shape_reshape", "same_size_read",
-           "simplified"]
+           "simplified", "whole_slice"]
