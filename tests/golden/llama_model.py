@@ -94,11 +94,10 @@ class LlamaDecoderLayer(nn.Module):
         self, hidden_states: Tensor, attention_mask: Tensor, position_embeddings
     ) -> Tensor:
         out = self.input_layernorm(hidden_states)
-        position_embeddings_0 = position_embeddings[0]
         out = self.self_attn(
             hidden_states=out,
             attention_mask=attention_mask,
-            position_embeddings=(position_embeddings_0, position_embeddings[1]),
+            position_embeddings=(position_embeddings[0], position_embeddings[1]),
         )
         hidden_states = hidden_states.add(out[0])
         return hidden_states.add(self.mlp(self.post_attention_layernorm(hidden_states)))

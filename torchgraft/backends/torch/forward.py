@@ -86,16 +86,29 @@ def signature(inputs: tuple[Input, ...], names: dict[str, str], ctx: ExprContext
     return ", ".join(parts)
 
 
-def is_movable(op: Op, g_ops: dict[str, Op]) -> bool:
-    """True for reads of metadata (``self.p``, ``x.shape``, ``x.size(1)``, ``shape[0]``): they may be
+def is_movable(op: Op, g_ops: dict[str, Op], tuples: frozenset[str] = frozenset()) -> bool:
+    """True for reads of metadata (``self.p``, ``x.shape``, ``x.size(1)``, ``shape[0]``) and of an item of
+    an input tuple (``position_embeddings[0]``; ``tuples``: such inputs, see ``tuple_inputs``): they may be
     written where they are used, after other ops, without changing what they compute."""
     found = kind_of(op)
     if found is not None and TRAITS[found.kind].metadata:  # self.p, x.size(1), len(x), getattr(x, "shape")
         return True
     if found is not None and found.kind is OpKind.GETITEM and op.args:
         src = op.args[0]
+        if isinstance(src, Ref) and src.name in tuples and len(op.args) == 2 and isinstance(op.args[1], Const):
+            return type(op.args[1].value) is int
         return isinstance(src, Ref) and src.name in g_ops and is_movable(g_ops[src.name], g_ops)
     return False
+
+
+def tuple_inputs(g: Graph) -> frozenset[str]:
+    """Inputs typed as tuples that the forward only indexes (``cos, sin = position_embeddings``): a tuple
+    cannot change, so reading an item later reads the same object."""
+    users = g.users()
+    ops = {op.name: op for op in g.ops}
+    return frozenset(i.name for i in g.inputs if isinstance(i.type, ScalarType) and i.type.name == "tuple"
+                     and all(u in ops and is_kind(ops[u], OpKind.GETITEM) and ops[u].args[0] == Ref(i.name)
+                             for u in users.get(i.name, [])))
 
 
 prune = pruned
@@ -129,6 +142,7 @@ class _Writer(GroupedStatements):
         self.users = g.users()
         self.index = {op.name: i for i, op in enumerate(g.ops)}
         self.ops = {op.name: op for op in g.ops}
+        self.tuples = tuple_inputs(g)
         self.pending: dict[str, set[str]] = {}  # inlined value -> values it reads that are variables
         self.depth: dict[str, int] = {}
         self.shapes: dict[str, int] = {}
@@ -214,7 +228,7 @@ class _Writer(GroupedStatements):
             return False
         if flag is not None and (op.name == flag[2] or i == len(self.g.ops) - 1):
             return False
-        movable = is_movable(op, self.ops)
+        movable = is_movable(op, self.ops, self.tuples)
         if flag is not None and not movable and (i < flag[0] <= self.index.get(uses[0], i)):
             return False
         if uses[0] == "<output>":

@@ -27,12 +27,13 @@ import functools
 from typing import Any
 
 from torchgraft.backends.torch.act_layers import activation_of
-from torchgraft.backends.torch.forward import is_movable, prune
+from torchgraft.backends.torch.forward import is_movable, prune, tuple_inputs
 from torchgraft.backends.torch.modules import prim_expr
 from torchgraft.backends.torch.variants import arg_key, lowered
 from torchgraft.ir.activations import Spelling
 from torchgraft.ir.combine import Combine, combine_ops
 from torchgraft.ir.graph import ChildCall, Graph, Input, InputKind, Op, PrimCall
+from torchgraft.ir.idioms import simplified
 from torchgraft.ir.lower import leaf_sites, lower_body
 from torchgraft.ir.model import Model
 from torchgraft.ir.nodes import (
@@ -62,13 +63,14 @@ def _target(op: Op) -> object:
 
 def graph_form(g: Graph) -> tuple[Any, ...]:
     """A Graph up to value names and types, without unread pure ops."""
-    g = prune(g)
+    g = prune(simplified(g))  # as the emitter writes it (ir.idioms)
     by_name = {op.name: op for op in g.ops}
+    tuples = tuple_inputs(g)
     names: dict[str, object] = {inp.name: ("in", i) for i, inp in enumerate(g.inputs)}
     ops: list[object] = []
     for op in g.ops:
         form = (_target(op), arg_key(op.args, names, True), tuple((k, arg_key(v, names, True)) for k, v in op.kwargs))
-        if is_movable(op, by_name):  # written where used: compared as part of the expression that reads it
+        if is_movable(op, by_name, tuples):  # written where used: compared as part of the expression that reads it
             names[op.name] = ("expr", form)
         else:
             names[op.name] = ("op", len(ops))
