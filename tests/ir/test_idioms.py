@@ -167,3 +167,42 @@ def test_whole_slices_are_dropped_and_cuts_kept() -> None:
         want, got = model(y, list(items)), emitted(y, list(items))
         torch.testing.assert_close(got[:2], want[:2], rtol=0, atol=0)
         assert len(got[2]) == len(want[2]) == 2
+
+
+class SdpaBroadcast(nn.Module):
+    """The attention's batch dims broadcast over q, k and v: its dim 0 is not q's (seen in review)."""
+
+    def forward(self, x: Tensor, mem: Tensor) -> Tensor:
+        b, t = x.size(0), x.size(1)
+        q = x.view(b, t, 2, 4).transpose(1, 2)
+        k = mem.view(mem.size(0), mem.size(1), 2, 4).transpose(1, 2)
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, k)
+        return o.transpose(1, 2).reshape(o.size(0), -1)
+
+
+class ShapeWrites(nn.Module):
+    """``t_()`` changes a tensor's layout in place: no contiguous() is dropped, no view merged."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        y = x.contiguous() * 1
+        y.t_()
+        z = y.contiguous()
+        z.add_(1)
+        return y, z
+
+
+def test_attention_batch_broadcast_and_layout_writes_are_respected() -> None:
+    torch.manual_seed(0)
+    model = SdpaBroadcast().eval()
+    code = torchgraft.emit(torchgraft.capture(model, (torch.randn(2, 3, 8), torch.randn(2, 5, 8))))
+    emitted = code.materialize()
+    for xs, ms in (((2, 3, 8), (2, 5, 8)), ((1, 3, 8), (3, 5, 8))):
+        x, m = torch.randn(*xs), torch.randn(*ms)
+        torch.testing.assert_close(emitted(x, m), model(x, m), rtol=0, atol=0)
+    writes = ShapeWrites().eval()
+    source, emitted = _emitted(writes, torch.randn(2, 3))
+    assert source.count(".contiguous()") == 2, source
+    for shape in ((2, 3), (4, 1)):
+        x = torch.randn(*shape)
+        for got, want in zip(emitted(x.clone()), writes(x.clone()), strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)

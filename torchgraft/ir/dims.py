@@ -143,14 +143,16 @@ class Dims:
         if act is not None and op.args and isinstance(op.args[0], Ref):  # every activation is elementwise
             self._same(op.name, op.args[0].name)
         elif t.qualname == _SDPA and len(op.args) == 3 and all(isinstance(a, Ref) for a in op.args):
-            q, _, v = (a.name for a in op.args if isinstance(a, Ref))
+            q, k, v = (a.name for a in op.args if isinstance(a, Ref))
             r = self.rank.get(q)
-            if r is not None and r >= 2:
-                self.rank[op.name] = r
-                self._tensors.add(op.name)
-                for d in range(r - 1):
-                    self.join((op.name, d), (q, d))
-                self.join((op.name, r - 1), self.key(v, -1))
+            self._tensors.add(op.name)
+            if r is not None and r >= 2 and self.rank.get(k) == r and self.rank.get(v) == r:
+                self.rank[op.name] = r  # batch dims broadcast over q, k and v: q's only where all three share it
+                for d in range(r - 2):
+                    if self.same((q, d), (k, d)) and self.same((q, d), (v, d)):
+                        self.join((op.name, d), (q, d))
+            self.join(self.key(op.name, -2), self.key(q, -2))  # (..., L, Ev): q's length, v's width
+            self.join(self.key(op.name, -1), self.key(v, -1))
         elif (found := kind_of(op)) is not None and found.kind in _BINARY and not found.in_place:
             self._binary(op)
 

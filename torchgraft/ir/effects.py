@@ -52,11 +52,23 @@ def in_place(op: Op) -> bool:
     found = kind_of(op) if isinstance(t, FunctionCall) else method_kind(t.name) if isinstance(t, MethodCall) else None
     if found is not None:
         return found.in_place
-    if isinstance(t, MethodCall):
-        return t.name.endswith("_") and not t.name.startswith("_")
+    if isinstance(t, MethodCall):  # x.mul_(2), and the dunder forms x.__iadd__(1)
+        return (t.name.endswith("_") and not t.name.startswith("_")) or \
+            (t.name.startswith("__i") and t.name.endswith("__"))
     if isinstance(t, FunctionCall):
         return function_in_place(t.qualname)
     return False
+
+
+SHAPE_WRITES = frozenset({"t_", "transpose_", "swapdims_", "swapaxes_", "unsqueeze_", "squeeze_", "resize_",
+                          "resize_as_", "as_strided_", "set_", "detach_"})
+"""In-place tensor methods that change a tensor's shape, strides or storage, not only its values."""
+
+
+def writes_shape(g: Graph) -> bool:
+    """Whether a forward changes a tensor's shape or layout in place (``x.t_()``): then a size read, a view or
+    ``contiguous()`` of that tensor means something else before and after, and none may be moved or merged."""
+    return any(isinstance(op.target, MethodCall) and op.target.name in SHAPE_WRITES for op in g.ops)
 
 
 def is_pure(op: Op) -> bool:
@@ -82,7 +94,7 @@ def is_pure(op: Op) -> bool:
     return False  # child calls and primitives may hold or update state
 
 
-__all__ = ["AUGMENTED", "augmented_symbol", "in_place", "is_pure"]
+__all__ = ["AUGMENTED", "SHAPE_WRITES", "augmented_symbol", "in_place", "is_pure", "writes_shape"]
 
 
 def pruned(g: Graph) -> Graph:

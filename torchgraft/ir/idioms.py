@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from torchgraft.ir.dims import Dims, whole_shape
-from torchgraft.ir.effects import is_pure
+from torchgraft.ir.effects import in_place, is_pure, writes_shape
 from torchgraft.ir.graph import Graph, MethodCall, Op, renamed
 from torchgraft.ir.opkinds import OpKind, is_kind, method_kind
 from torchgraft.ir.ranks import listed_sizes
@@ -81,6 +81,8 @@ def repeat_interleaved(g: Graph) -> Graph | None:
     ``x[..., i, ...]`` at ``i * r + j`` for ``j < r``. The indexing and expand must be read only there."""
     ops = {op.name: op for op in g.ops}
     users = g.users()
+    if any(in_place(op) for op in g.ops):  # with one repeat the original is a view of x, repeat_interleave a copy
+        return None
     for y in g.ops:
         if not _method(y, OpKind.RESHAPE):
             continue
@@ -93,6 +95,9 @@ def repeat_interleaved(g: Graph) -> Graph | None:
         if found is None or users[picked.name] != [e.name]:  # type: ignore[union-attr]
             continue
         x, d = found
+        if any(u != picked.name and not (u in ops and (is_kind(ops[u], OpKind.SIZE) or whole_shape(ops[u])))  # type: ignore[union-attr]
+               for u in users.get(x, [])):  # x is read only for its sizes besides: nothing writes it
+            continue
         wide, sizes = listed_sizes(e), listed_sizes(y)
         rank = len(wide) - 1
         r = wide[d] if d < len(wide) else None
@@ -213,6 +218,8 @@ def simplified(g: Graph, rules: tuple[Rule, ...] = RULES, limit: int = 1000) -> 
     >>> simplified(llama_attention_graph).ops   # doctest: +SKIP
     (..., Op('reshape', MethodCall('repeat_interleave'), (Ref('add_1'), Const(2)), (('dim', Const(1)),)), ...)
     """
+    if writes_shape(g):  # x.t_(): a tensor's shape and layout change in place, which no rule follows
+        return g
     for _ in range(limit):
         for rule in rules:
             found = rule(g)

@@ -28,7 +28,7 @@ from torchgraft.backends.torch.valnames import (
 from torchgraft.backends.torch.wrap import WIDTH, wrap
 from torchgraft.errors import EmitError
 from torchgraft.ir.dims import relayout
-from torchgraft.ir.effects import augmented_symbol, pruned
+from torchgraft.ir.effects import augmented_symbol, pruned, writes_shape
 from torchgraft.ir.graph import (
     ChildCall,
     FunctionCall,
@@ -143,6 +143,7 @@ class _Writer(GroupedStatements):
         self.index = {op.name: i for i, op in enumerate(g.ops)}
         self.ops = {op.name: op for op in g.ops}
         self.tuples = tuple_inputs(g)
+        self.stable = not writes_shape(g)  # with x.t_() in the forward, x.size(0) is read where it was
         self.pending: dict[str, set[str]] = {}  # inlined value -> values it reads that are variables
         self.depth: dict[str, int] = {}
         self.shapes: dict[str, int] = {}
@@ -228,7 +229,7 @@ class _Writer(GroupedStatements):
             return False
         if flag is not None and (op.name == flag[2] or i == len(self.g.ops) - 1):
             return False
-        movable = is_movable(op, self.ops, self.tuples)
+        movable = self.stable and is_movable(op, self.ops, self.tuples)
         if flag is not None and not movable and (i < flag[0] <= self.index.get(uses[0], i)):
             return False
         if uses[0] == "<output>":

@@ -32,6 +32,7 @@ from torchgraft.backends.torch.modules import prim_expr
 from torchgraft.backends.torch.variants import arg_key, lowered
 from torchgraft.ir.activations import Spelling
 from torchgraft.ir.combine import Combine, combine_ops
+from torchgraft.ir.effects import writes_shape
 from torchgraft.ir.graph import ChildCall, Graph, Input, InputKind, Op, PrimCall
 from torchgraft.ir.idioms import simplified
 from torchgraft.ir.lower import leaf_sites, lower_body
@@ -66,11 +67,12 @@ def graph_form(g: Graph) -> tuple[Any, ...]:
     g = prune(simplified(g))  # as the emitter writes it (ir.idioms)
     by_name = {op.name: op for op in g.ops}
     tuples = tuple_inputs(g)
+    stable = not writes_shape(g)
     names: dict[str, object] = {inp.name: ("in", i) for i, inp in enumerate(g.inputs)}
     ops: list[object] = []
     for op in g.ops:
         form = (_target(op), arg_key(op.args, names, True), tuple((k, arg_key(v, names, True)) for k, v in op.kwargs))
-        if is_movable(op, by_name, tuples):  # written where used: compared as part of the expression that reads it
+        if stable and is_movable(op, by_name, tuples):  # written where used: compared in the expression reading it
             names[op.name] = ("expr", form)
         else:
             names[op.name] = ("op", len(ops))
