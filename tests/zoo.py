@@ -147,4 +147,11 @@ def register_reference_nms() -> None:
     lib.impl("nms", _reference_nms)
     _LIBS.append(lib)
     tv.ops.boxes._assert_has_ops = lambda: None
+    # roi_align falls back to a lazily torch.compile-d ``_roi_align``, whose float rounding differs from the
+    # same Python run eagerly (what model.py runs): with random weights every box scores alike, so that
+    # rounding reorders NMS's picks. The reference runs it eagerly too.
+    import importlib
+
+    roi = importlib.import_module("torchvision.ops.roi_align")
+    roi._roi_align = getattr(roi._roi_align, "__wrapped__", roi._roi_align)
     register_reference_nms.done = True  # type: ignore[attr-defined]
