@@ -23,7 +23,7 @@ from torchgraft.frontends.fx_session import session
 from torchgraft.frontends.guards import guards_of, size_sites
 from torchgraft.frontends.hooks import refuse_hooks
 from torchgraft.frontends.interpret import Interpreter, typed_block
-from torchgraft.frontends.leaf import recover_ctor, to_primitive, torch_layer_name
+from torchgraft.frontends.leaf import layer_names_kept, recover_ctor, to_primitive, torch_layer_name
 from torchgraft.frontends.meta_replay import MetaReplay, replay_device, to_meta
 from torchgraft.frontends.method_only import has_no_forward, no_forward_body
 from torchgraft.frontends.mode_reads import hidden_mode_reads
@@ -355,6 +355,13 @@ def capture(model: nn.Module, args: tuple[Any, ...] | Any = (), kwargs: dict[str
     """
     if not isinstance(model, nn.Module):
         raise CaptureError(f"capture() needs an nn.Module, got {type(model).__name__}")
+    with layer_names_kept():  # which torch.nn layer a class is: worked out once per class in this capture
+        return _capture_examples(model, args, kwargs, examples)
+
+
+def _capture_examples(model: nn.Module, args: tuple[Any, ...] | Any, kwargs: dict[str, Any] | None,
+                      examples: Sequence[tuple[Any, dict[str, Any] | None]] | None) -> Model:
+    """``capture``, once its model is known to be an ``nn.Module``."""
     model, compiled_note = uncompiled(model)  # torch.compile(model): what it wraps, never compiled
     refuse_hooks(model)  # forward hooks would be dropped silently: refuse them loudly
     calls = normalise(args, kwargs, examples)
@@ -409,13 +416,14 @@ def _capture(model: nn.Module, calls: list[Example], forced: set[str]) -> Model:
     ctx.report.guards = guards_of(root)
     root = stored_structure(root, ctx.helpers)  # a forward that is only structure is stored as that structure
     root = with_extra_state(root, model, ctx.helpers)  # get_extra_state/set_extra_state copied
-    ties = list(ctx.ties) + _param_ties(model, ctx.ties)
+    params = list(model.named_parameters(remove_duplicate=False))
+    ties = list(ctx.ties) + _param_ties(model, ctx.ties, params)
     ctx.report.account({**state, **extra_state}, ties)
     ctx.report.notes += substitution_notes(ctx.helpers)  # nms, roi_align: plain-torch stand-ins
     return Model(type(model).__name__ if type(model).__name__.isidentifier() else "Model", root, inputs,
                  out_type, tuple(sorted(mod_types.items())), tuple(ties),
                  tuple(ctx.helpers[k] for k in sorted(ctx.helpers)),
-                 frozen=tuple(n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad),
+                 frozen=tuple(n for n, p in params if not p.requires_grad),
                  weights={k: v.detach() for k, v in state.items()}, report=ctx.report,
                  constants=dict(ctx.constants), extra_state=extra_state)
 
@@ -457,13 +465,17 @@ def _types(root: Node, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str
     return type_of(out, symbols), interp.module_types, interp.types
 
 
-def _param_ties(model: nn.Module, module_ties: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def _param_ties(model: nn.Module, module_ties: list[tuple[str, str]],
+                params: list[tuple[str, nn.Parameter]] | None = None) -> list[tuple[str, str]]:
     """Parameters and buffers (persistent or not) reachable under two names that no shared module explains
-    (tied weights; one buffer registered in several modules, whose in-place updates all of them see)."""
+    (tied weights; one buffer registered in several modules, whose in-place updates all of them see).
+    ``params``: ``model.named_parameters(remove_duplicate=False)``, when the caller has it."""
     first: dict[int, str] = {}
     ties = []
     buffers = list(model.named_buffers(remove_duplicate=False))  # non-persistent ones too: one tensor, one update
-    for name, p in [*model.named_parameters(remove_duplicate=False), *buffers]:
+    if params is None:
+        params = list(model.named_parameters(remove_duplicate=False))
+    for name, p in [*params, *buffers]:
         if id(p) in first and not any(name.startswith(a + ".") and first[id(p)] == t + name[len(a):]
                                       for a, t in module_ties):
             ties.append((name, first[id(p)]))

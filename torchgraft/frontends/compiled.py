@@ -15,6 +15,7 @@ captured, dynamo is disabled, so any run of it (recording inputs, checking examp
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Iterator
 
@@ -30,13 +31,19 @@ WRAPPED = "_orig_mod"
 """The attribute ``torch.compile``'s wrapper keeps the model under."""
 
 
-def is_compiled(mod: nn.Module) -> bool:
-    """Whether ``mod`` is the wrapper ``torch.compile`` returns (an ``OptimizedModule``)."""
+@functools.cache
+def _optimized_module() -> type | None:
     try:
         from torch._dynamo.eval_frame import OptimizedModule
     except ImportError:  # pragma: no cover - a torch without dynamo
-        return False
-    return isinstance(mod, OptimizedModule)
+        return None
+    return OptimizedModule  # type: ignore[no-any-return]
+
+
+def is_compiled(mod: nn.Module) -> bool:
+    """Whether ``mod`` is the wrapper ``torch.compile`` returns (an ``OptimizedModule``)."""
+    cls = _optimized_module()
+    return cls is not None and isinstance(mod, cls)
 
 
 def uncompiled(model: nn.Module) -> tuple[nn.Module, str]:

@@ -42,7 +42,8 @@ def own_methods(mod: nn.Module) -> tuple[str, ...]:
 
 def with_extra_state(root: Node, model: nn.Module, helpers: dict[str, Helper]) -> Node:
     """``root`` with the extra-state methods copied into every Block whose module defines them."""
-    if not any(own_methods(m) for m in model.modules()):  # the common case: nothing to look up per node
+    if not any(own_methods(m) for m in {type(m): m for m in model.modules()}.values()):  # the common case
+        # (one module per class asked: the answer depends on the class alone): nothing to look up per node
         return root
 
     def attach(path: str, node: Node) -> Node:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import collections
 import functools
 import inspect
 import math
@@ -281,10 +282,31 @@ def _clean_message(a: Arg) -> Arg:
     return a
 
 
-def _rng_states(mod: nn.Module) -> list[tuple[Any, Any]]:
+_NOT_GENERATORS = frozenset({bool, int, float, str, bytes, type(None), dict, list, tuple, set, frozenset,
+                             collections.OrderedDict, torch.Tensor, nn.Parameter, torch.dtype, torch.device})
+"""Exact types no ``torch.Generator`` (nor a wrapper ``isinstance`` counts as one) can be: their values skip the
+slow ``isinstance`` check (``torch.Generator``'s metaclass runs Python for every check)."""
+
+
+def _generators(mod: nn.Module) -> list[torch.Generator]:
+    """The ``torch.Generator`` objects the modules of ``mod``'s tree (each once) hold as attributes."""
+    seen: set[int] = set()
+    todo, out = [mod], []
+    while todo:
+        m = todo.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        held = vars(m).values()
+        if not _NOT_GENERATORS.issuperset(map(type, held)):  # most modules hold only such values: skipped whole
+            out += [v for v in held if type(v) not in _NOT_GENERATORS and isinstance(v, torch.Generator)]
+        todo += [c for c in m._modules.values() if c is not None]
+    return out
+
+
+def _rng_states(gens: list[torch.Generator]) -> list[tuple[Any, Any]]:
     """(source, state) of every RNG a forward may draw from without a traced argument: torch's default CPU
-    generator, Python's ``random``, and the ``torch.Generator`` objects the module's tree holds."""
-    gens = [v for m in mod.modules() for v in vars(m).values() if isinstance(v, torch.Generator)]
+    generator, Python's ``random``, and ``gens`` (the generators the module's tree holds: ``_generators``)."""
     return [(None, torch.random.get_rng_state()), (random, random.getstate()),
             *((g, g.get_state()) for g in gens)]
 
@@ -326,7 +348,8 @@ def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper
     object.__setattr__(view, "training", probe if training is None else training)
     concrete = {n: None for n in none_args} or None
     names = _source_names(mod)
-    rng = _rng_states(mod)
+    gens = _generators(mod)
+    rng = _rng_states(gens)
     try:
         try:
             graph = _OwnCodeTracer(view, math_autowrap=False, names=names).trace(view, concrete_args=concrete)
@@ -341,7 +364,7 @@ def trace_graph(mod: nn.Module, training: bool | None, helpers: dict[str, Helper
         raise TraceError(f"torch.fx could not trace {type(mod).__qualname__}.forward: {type(e).__name__}: {e}") from e
     if probe.read:  # the forward caught the probe's exception: its graph may follow either mode
         raise ModeRead(f"{type(mod).__qualname__}.forward reads self.training")
-    if not _same_rng(rng, _rng_states(mod)):  # torch.rand(3): run once by fx, its draw baked
+    if not _same_rng(rng, _rng_states(gens)):  # torch.rand(3): run once by fx, its draw baked
         _put_rng(rng)
         raise TraceError(f"{type(mod).__qualname__}.forward draws random numbers with no traced argument "
                          "(torch.rand(3)): torch.fx runs such a call once and bakes its result")

@@ -80,6 +80,8 @@ def refuse_hooks(model: nn.Module) -> None:
     found = [("<every module>", hook) for hook in global_hooks()]
     first: str | None = "" if found else None
     for path, mod in model.named_modules():
+        if not (mod._forward_pre_hooks or mod._forward_hooks or "forward" in mod.__dict__):
+            continue  # nothing module_hooks would list (the common case, checked without building lists)
         hooks = module_hooks(mod)
         if hooks and first is None:
             first = path

@@ -8,8 +8,11 @@ not survive the check is not a primitive (the caller keeps it opaque).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -51,19 +54,47 @@ def torch_layer_name(mod: nn.Module) -> str | None:
     A subclass counts when it adds no method besides ``__init__`` (and initialisation or
     printing helpers, and new staticmethods): one that overrides ``forward`` or ``_conv_forward``
     is a Block. Such a subclass is captured, and emitted, as the torch.nn layer with the
-    arguments its ``__init__`` passed (see ``to_primitive``).
+    arguments its ``__init__`` passed (see ``to_primitive``). Inside ``layer_names_kept()`` the answer
+    is worked out once per class.
     """
-    base = _torch_base(type(mod))
-    for cls in type(mod).__mro__:
+    if isinstance(mod, CONTAINERS):
+        return None
+    kept = _KEPT.get()
+    if kept is None:
+        return _layer_name(type(mod))
+    cls = type(mod)
+    if cls not in kept:
+        kept[cls] = _layer_name(cls)
+    return kept[cls]
+
+
+def _layer_name(owner: type) -> str | None:
+    """``torch_layer_name`` of an instance of ``owner`` (what it says depends on the class alone)."""
+    base = _torch_base(owner)
+    for cls in owner.__mro__:
         if cls is base and base is not None:
-            if isinstance(mod, CONTAINERS):
-                return None
-            if type(mod).forward is not getattr(cls, "forward", None) or getattr(nn, cls.__name__, None) is not cls:
+            if getattr(owner, "forward", None) is not getattr(cls, "forward", None) \
+                    or getattr(nn, cls.__name__, None) is not cls:
                 return None
             return cls.__name__
         if _adds_behaviour(cls, base):
             return None
     return None
+
+
+_KEPT: contextvars.ContextVar[dict[type, str | None] | None] = contextvars.ContextVar("torchgraft_layer_names",
+                                                                                      default=None)
+
+
+@contextlib.contextmanager
+def layer_names_kept() -> Iterator[None]:
+    """Within: ``torch_layer_name`` works out each class's answer once (one capture: its classes do not change
+    meanwhile), not once per module and call."""
+    token = _KEPT.set({})
+    try:
+        yield
+    finally:
+        _KEPT.reset(token)
 
 
 @functools.cache
@@ -85,26 +116,31 @@ def _recover_kwargs(mod: nn.Module, op: str) -> dict[str, Any]:
     if op in torch_transformer.RECOVER:
         return torch_transformer.RECOVER[op](mod, _nested)
     kw: dict[str, Any] = {}
-    for p in _ctor_params(op):
-        name = p.name
-        if name in ("bias", "add_bias_kv") and hasattr(mod, name if name == "bias" else "bias_k"):
-            attr = getattr(mod, "bias" if name == "bias" else "bias_k")
+    for name, required in _ctor_fields(op):
+        if name in ("bias", "add_bias_kv"):
+            attr = getattr(mod, "bias" if name == "bias" else "bias_k", _ABSENT)
             if attr is None or isinstance(attr, torch.Tensor):
                 kw[name] = attr is not None
                 continue
-        if name == "affine" and hasattr(mod, "affine"):
-            kw[name] = bool(mod.affine)
-            continue
-        if hasattr(mod, name):
-            val = getattr(mod, name)
-            if isinstance(val, list):
-                val = tuple(val)
-            kw[name] = val
+        val = getattr(mod, name, _ABSENT)  # one lookup (hasattr, then getattr, would fail twice in __getattr__)
+        if name == "affine" and val is not _ABSENT:
+            kw[name] = bool(val)
+        elif val is not _ABSENT:
+            kw[name] = tuple(val) if isinstance(val, list) else val
         elif name == "bias" and isinstance(mod, nn.MultiheadAttention):
             kw[name] = mod.in_proj_bias is not None
-        elif p.default is inspect.Parameter.empty:
+        elif required:
             raise ValueError(f"cannot recover required argument {name!r} of nn.{op}")
     return kw
+
+
+_ABSENT: Any = object()
+
+
+@functools.cache
+def _ctor_fields(op: str) -> tuple[tuple[str, bool], ...]:
+    """(name, required) of each of ``_ctor_params(op)``."""
+    return tuple((p.name, p.default is inspect.Parameter.empty) for p in _ctor_params(op))
 
 
 def state_shapes(mod: nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
@@ -168,7 +204,7 @@ def to_primitive(mod: nn.Module) -> tuple[Primitive | None, str]:
         elif family is TorchLayer:
             prim = TorchLayer(op, tuple(kw.items()))
         else:
-            fields = set(family.__dataclass_fields__)
+            fields = family.__dataclass_fields__
             prim = family(op=op, **{k: v for k, v in kw.items() if k in fields})
     except Exception as e:  # noqa: BLE001 - any failure means "not rebuildable"
         return None, f"could not recover constructor arguments of nn.{op}: {e}"

@@ -34,6 +34,22 @@ def to_meta(tree: Any) -> Any:
     return tree_map_only(torch.Tensor, lambda t: t if t.device.type == "meta" else t.to("meta"), tree)
 
 
+def _every_tensor(model: nn.Module) -> list[torch.Tensor]:
+    """The parameters and buffers of every module in ``model``'s tree (each module once; a tensor two modules
+    share, twice): what ``parameters()`` and ``buffers()`` give, without their named walks."""
+    seen: set[int] = set()
+    todo, out = [model], list[torch.Tensor]()
+    while todo:
+        mod = todo.pop()
+        if id(mod) in seen:
+            continue
+        seen.add(id(mod))
+        out += [t for t in mod._parameters.values() if t is not None]
+        out += [t for t in mod._buffers.values() if t is not None]
+        todo += [c for c in mod._modules.values() if c is not None]
+    return out
+
+
 def replay_device(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
     """The one device of the model's state and tensor inputs, or None when a meta replay would
     not give the real types: several devices, autocast (it changes dtypes), channels_last
@@ -41,7 +57,7 @@ def replay_device(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
     would fail for real but not on meta)."""
     if torch.is_autocast_enabled("cpu") or (torch.cuda.is_available() and torch.is_autocast_enabled("cuda")):
         return None
-    tensors = [*model.parameters(), *model.buffers()]
+    tensors = _every_tensor(model)
     tree_map_only(torch.Tensor, tensors.append, (args, kwargs))
     devices = {t.device.type for t in tensors}
     if len(devices) > 1 or not all(t.is_contiguous() for t in tensors):
@@ -117,7 +133,8 @@ class MetaReplay(Interpreter):
 
     def call_module(self, node: Node, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if isinstance(node, Primitive) and _plain_layer(mod, node):
-            state = [t for t in _state(mod) if t.is_floating_point()]
+            own = (*mod._parameters.values(), *mod._buffers.values())
+            state = [t for t in (_state(mod) if mod._modules else own) if t is not None and t.is_floating_point()]
             out = primitive_output(node, args, kwargs, state, mod.training)
             if out is not None:
                 return out

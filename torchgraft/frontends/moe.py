@@ -13,6 +13,7 @@ The user's config is put back after capture.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,6 +55,8 @@ def expert_loop(self: Any, hidden_states: torch.Tensor, top_k_index: torch.Tenso
 def _configs(model: nn.Module) -> list[Any]:
     """The configs of the model's experts modules that dispatch on ``_experts_implementation``."""
     out: dict[int, Any] = {}
+    if "transformers" not in sys.modules:
+        return []  # no transformers config can exist (nor be switched: ``_register`` imports transformers)
     for path, mod in model.named_modules():
         config = getattr(mod, "config", None)
         if not hasattr(config, "_experts_implementation_internal") or not hasattr(mod, "num_experts"):

@@ -50,16 +50,25 @@ def optional_params(mod: nn.Module) -> list[str]:
 def optional_arg_paths(model: nn.Module) -> list[str]:
     """Modules whose forward has arguments defaulting to None: fx needs to know which were None."""
     out = []
+    by_class: dict[type, bool] = {}  # the answer depends on the module's class alone
     for path, mod in model.named_modules():
-        fwd = type(mod).forward
-        if torch_layer_name(mod) is None and fwd not in (nn.Module.forward, nn.Sequential.forward):
-            try:
-                params = list(signature(fwd).parameters.values())[1:]
-            except (TypeError, ValueError):
-                continue
-            if any(p.default is None for p in params):
-                out.append(path)
+        cls = type(mod)
+        if cls not in by_class:
+            by_class[cls] = _has_optional_args(mod)
+        if by_class[cls]:
+            out.append(path)
     return out
+
+
+def _has_optional_args(mod: nn.Module) -> bool:
+    fwd = type(mod).forward
+    if torch_layer_name(mod) is None and fwd not in (nn.Module.forward, nn.Sequential.forward):
+        try:
+            params = list(signature(fwd).parameters.values())[1:]
+        except (TypeError, ValueError):
+            return False
+        return any(p.default is None for p in params)
+    return False
 
 
 def meta_flags(args: tuple[Any, ...], kwargs: dict[str, Any]) -> contextlib.AbstractContextManager[None]:

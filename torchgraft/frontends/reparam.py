@@ -54,7 +54,16 @@ def kept_hook(mod: nn.Module, fn: Any) -> bool:
 
 def is_reparametrized(mod: nn.Module) -> bool:
     """Whether ``mod`` has a parametrization or a legacy weight/spectral norm hook."""
+    if not mod._forward_pre_hooks and not _may_hold_parametrizations(mod):
+        return False  # the common case, told without the failing attribute lookup is_parametrized makes
     return parametrize.is_parametrized(mod) or any(_legacy(fn) for fn in mod._forward_pre_hooks.values())
+
+
+def _may_hold_parametrizations(mod: nn.Module) -> bool:
+    """False only when ``getattr(mod, "parametrizations", None)`` is surely no ModuleDict: no child, instance or
+    class attribute of that name and ``nn.Module``'s own ``__getattr__`` (parameters and buffers are tensors)."""
+    return ("parametrizations" in mod._modules or "parametrizations" in mod.__dict__
+            or hasattr(type(mod), "parametrizations") or type(mod).__getattr__ is not nn.Module.__getattr__)
 
 
 def _where(path: str, mod: nn.Module) -> str:

@@ -70,10 +70,9 @@ def _combine_inputs(op: Op, fresh: dict[str, Op], child: ChildLookup | None = No
     return None
 
 
-def _then(first: Node, nxt: Node) -> Node:
-    items = list(first.items) if isinstance(first, Chain) else [first]
-    items += list(nxt.items) if isinstance(nxt, Chain) else [nxt]
-    return items[0] if len(items) == 1 else Chain(*items)
+def _flat(node: Node) -> tuple[Node, ...]:
+    """A Chain's items, or the node alone: what ``Chain(a, b)`` of parts flattens them to."""
+    return node.items if isinstance(node, Chain) else (node,)
 
 
 _NEVER = 1 << 62
@@ -97,21 +96,36 @@ class _Recognizer:
         # branches, each with the index of its first op and the indices of its ops
 
     def rec(self, v: str) -> tuple[str, Node, int]:
-        """(source value, node mapping source -> v, index of the first op that node runs)."""
-        op = self.ops.get(v)
-        if op is None:
-            return v, _IDENTITY, _NEVER
-        self.used[v] += 1
-        comb = _combine_inputs(op, self.ops, self.child, self.helpers)
-        if comb is not None:
-            return self._combined(*comb)
-        inp = _unary_input(op)
-        if inp is None:
-            raise _Misfit
-        src, node, first = self.rec(inp)
-        if inp in self.ops and self._fans_out(inp):
-            raise _Misfit
-        return src, _then(node, _leaf(op)), min(first, self.index[op.name])
+        """(source value, node mapping source -> v, index of the first op that node runs).
+
+        A run of single-input ops is walked back in one loop and made one Chain (not one Chain per op);
+        each op's input is checked not to fan out once the run's start is derived, as a recursion would."""
+        run: list[Op] = []  # the single-input ops from v back to where the run starts
+        node: Node
+        while True:
+            op = self.ops.get(v)
+            if op is None:
+                src, node, first = v, _IDENTITY, _NEVER
+                break
+            self.used[v] += 1
+            comb = _combine_inputs(op, self.ops, self.child, self.helpers)
+            if comb is not None:
+                src, node, first = self._combined(*comb)
+                break
+            inp = _unary_input(op)
+            if inp is None:
+                raise _Misfit
+            run.append(op)
+            v = inp
+        for op in reversed(run):  # deepest first: the order the recursion's checks ran in
+            inp = _unary_input(op)
+            if inp in self.ops and self._fans_out(inp):  # type: ignore[operator]
+                raise _Misfit
+            first = min(first, self.index[op.name])
+        if not run:
+            return src, node, first
+        items = [*_flat(node), *(part for op in reversed(run) for part in _flat(_leaf(op)))]
+        return src, items[0] if len(items) == 1 else Chain(*items), first
 
     def _combined(self, combine: Combine, ins: list[str]) -> tuple[str, Node, int]:
         parts = [self.rec(i) for i in ins]
