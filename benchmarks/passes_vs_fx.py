@@ -16,7 +16,10 @@ torchgraft: the model is captured once (time reported), then timed are
   meta from the IR, or from the emitted model.py, then replayed; equal blocks share one module and are
   replayed once per input type). ``--full-retype`` (``pipeline.CARRY_TYPES = False``) times that;
 - ``run_untyped``: ``passes.run(model, ..., retype_after=False)``: verified, types not re-inferred;
-- ``run_full``: ``passes.run(model, ...)`` as a user calls it: retyped and verified.
+- ``run_full``: ``passes.run(model, ...)`` as a user calls it: retyped and verified. ``verify`` remembers the
+  nodes it found clean (``ir.checkmemo``, by identity): from the second run on, the nodes the pass kept (the
+  Linear layers; each Block's members, which the pass keeps while it rewrites the forward) are not checked again;
+- ``run_full_cold``: the same with that memo emptied before each run (a user's first call).
 
 torch.fx: ``symbolic_trace`` of the whole model (time reported), then timed is
 ``torch.fx.subgraph_rewriter.replace_pattern(gm, F.relu(x) -> F.silu(x))`` on a fresh trace.
@@ -47,6 +50,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torchgraft  # noqa: E402
+from torchgraft.ir import checkmemo  # noqa: E402
 from torchgraft.passes.swap_activation import SwapActivation  # noqa: E402
 
 PIPELINE = "swap-activation{from=relu to=silu}"
@@ -89,10 +93,14 @@ def replacement(x: torch.Tensor) -> torch.Tensor:
     return F.silu(x)
 
 
-def best(fn: Callable[[], T], repeat: int, clock: Callable[[], float] = time.perf_counter) -> tuple[float, T]:
-    """The fastest of ``repeat`` runs (seconds by ``clock``) and the last result."""
+def best(fn: Callable[[], T], repeat: int, clock: Callable[[], float] = time.perf_counter,
+         setup: Callable[[], object] | None = None) -> tuple[float, T]:
+    """The fastest of ``repeat`` runs (seconds by ``clock``) and the last result; ``setup`` runs (untimed)
+    before each."""
     times: list[float] = []
     for _ in range(max(repeat, 1)):
+        if setup is not None:
+            setup()
         gc.collect()
         t = clock()
         out = fn()
@@ -135,6 +143,7 @@ def measure(blocks: int, repeat: int, check: bool, clock: Callable[[], float] = 
     row["run"], result = best(lambda: torchgraft.passes.run(model, PIPELINE, verify=False), repeat, clock)
     row["run_untyped"], _ = best(lambda: torchgraft.passes.run(model, PIPELINE, retype_after=False), repeat, clock)
     row["run_full"], _ = best(lambda: torchgraft.passes.run(model, PIPELINE), repeat, clock)
+    row["run_full_cold"], _ = best(lambda: torchgraft.passes.run(model, PIPELINE), repeat, clock, setup=checkmemo.clear)
 
     t = time.perf_counter()
     gm = torch.fx.symbolic_trace(net)
@@ -163,14 +172,15 @@ def measure(blocks: int, repeat: int, check: bool, clock: Callable[[], float] = 
 
 def table(rows: list[dict[str, float]]) -> str:
     head = ("| blocks | capture (s) | fx trace (s) | torchgraft pass (s) | run, verified, no retype (s) "
-            "| run, retyped (s) | run, retyped, verified (s) | fx replace_pattern (s) | fx / pass "
-            "| fx / run no retype | fx / run retyped | fx / run retyped, verified |")
-    lines = [head, "|---:" * 12 + "|"]
+            "| run, retyped (s) | run, retyped, verified (s) | same, first call (s) | fx replace_pattern (s) "
+            "| fx / pass | fx / run no retype | fx / run retyped | fx / run retyped, verified | same, first call |")
+    lines = [head, "|---:" * 14 + "|"]
     for r in rows:
         lines.append(f"| {int(r['blocks']):,} | {r['capture']:.2f} | {r['trace']:.3f} | {r['pass']:.4f} | "
-                     f"{r['run_untyped']:.3f} | {r['run']:.3f} | {r['run_full']:.3f} | {r['fx']:.3f} | "
-                     f"{r['fx'] / r['pass']:.0f}x | {r['fx'] / r['run_untyped']:.1f}x | {r['fx'] / r['run']:.1f}x | "
-                     f"{r['fx'] / r['run_full']:.1f}x |")
+                     f"{r['run_untyped']:.3f} | {r['run']:.3f} | {r['run_full']:.3f} | {r['run_full_cold']:.3f} | "
+                     f"{r['fx']:.3f} | {r['fx'] / r['pass']:.0f}x | {r['fx'] / r['run_untyped']:.1f}x | "
+                     f"{r['fx'] / r['run']:.1f}x | {r['fx'] / r['run_full']:.1f}x | "
+                     f"{r['fx'] / r['run_full_cold']:.1f}x |")
     return "\n".join(lines)
 
 
@@ -180,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs per measurement (the fastest is reported)")
     ap.add_argument("--no-check", action="store_true", help="skip the numerical check of both rewrites")
     ap.add_argument("--profile", type=int, metavar="BLOCKS", help="also profile passes.run at this size")
+    ap.add_argument("--profile-verified", action="store_true",
+                    help="profile passes.run as a user calls it (retyped and verified), not with verify=False")
     ap.add_argument("--cpu-time", action="store_true", help="time by this thread's CPU time (a loaded machine)")
     ap.add_argument("--full-retype", action="store_true",
                     help="re-infer every type even where the pass proves them kept (pipeline.CARRY_TYPES = False)")
@@ -197,8 +209,10 @@ def main(argv: list[str] | None = None) -> None:
     print(table(rows))
     if args.profile:
         model = torchgraft.capture(build(args.profile), (torch.randn(2, 4),))
-        print(f"\npasses.run profile at {args.profile} blocks (cumulative):\n")
-        print(profile(lambda: torchgraft.passes.run(model, PIPELINE, verify=False), 30))
+        verify = bool(args.profile_verified)
+        torchgraft.passes.run(model, PIPELINE, verify=verify)  # the second call, as in the table's best of N
+        print(f"\npasses.run (verify={verify}) profile at {args.profile} blocks (cumulative):\n")
+        print(profile(lambda: torchgraft.passes.run(model, PIPELINE, verify=verify), 30))
 
 
 if __name__ == "__main__":

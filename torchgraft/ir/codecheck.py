@@ -12,17 +12,29 @@ checked: the emitted ``model.py`` runs them. Only emit a JSON file that holds th
 
 from __future__ import annotations
 
+import functools
 import keyword
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 
 from torch import nn
 
 from torchgraft.errors import IRError
+from torchgraft.ir import checkmemo
 from torchgraft.ir.functions import helper_name, resolve
 from torchgraft.ir.graph import FunctionCall, Graph
 from torchgraft.ir.model import HelperKind, Model
-from torchgraft.ir.nodes import Block, Chain, ClassRef, CombineKind, Node, Opaque, Parallel, SkipConnection
+from torchgraft.ir.nodes import (
+    Block,
+    Chain,
+    ClassRef,
+    CombineKind,
+    Node,
+    Opaque,
+    Parallel,
+    SkipConnection,
+    module_children,
+)
 from torchgraft.ir.traverse import walk
 
 """Prefixes of helpers that are not functions (import lines, module constants)."""
@@ -77,7 +89,7 @@ def _opaque(node: Opaque, where: str) -> Iterator[str]:
         yield f"{where}: Opaque class {node.cls} is not an nn.Module class; an Opaque must name a module class"
 
 
-def _functions(graph: Graph, where: str, helpers: set[str]) -> Iterator[str]:
+def _functions(graph: Graph, where: str, helpers: Set[str]) -> Iterator[str]:
     for op in graph.ops:
         t = op.target
         if not isinstance(t, FunctionCall):
@@ -113,23 +125,80 @@ def _helpers(model: Model) -> Iterator[str]:
                    "a constant); the emitted code defines and calls it by that name")
 
 
-def code_problems(model: Model) -> Iterator[str]:
-    """Every field ``emit`` would write as code that is not a safe name (see the module docstring)."""
-    helpers = {h.name for h in model.helpers if h.kind is HelperKind.FUNCTION}
-    yield from _helpers(model)
-    for path, node in walk(model.root):
-        where = _where(path)
-        if isinstance(node, Opaque):
-            yield from _opaque(node, where)
-        yield from _combine(node, where)
-        if isinstance(node, Chain) and node.cls is not None:
-            yield from _class_ref(node.cls, where, "Chain class")
-        if not isinstance(node, Block):
-            continue
-        yield from _class_ref(node.cls, where, "Block class")
-        for body in (node.body, node.train_body):
-            for _, sub in walk(body) if body is not None else ():
-                if isinstance(sub, Graph):
-                    yield from _functions(sub, where, helpers)
-                yield from _combine(sub, where)
+def helper_names(model: Model) -> frozenset[str]:
+    """The names of the model's FUNCTION helpers: what a ``helpers.<name>`` call may name."""
+    return frozenset(h.name for h in model.helpers if h.kind is HelperKind.FUNCTION)
 
+
+def helper_problems(model: Model) -> list[str]:
+    """The problems of the model's helper names (not of any node)."""
+    return list(_helpers(model))
+
+
+def _ref_ok(ref: ClassRef) -> bool:
+    """True when ``_class_ref`` finds nothing in ``ref`` (a pure function of its two strings, cached)."""
+    if type(ref) is not ClassRef or type(ref.module) is not str or type(ref.qualname) is not str:
+        return False  # checked in full every time
+    return _names_ok(ref.module, ref.qualname)
+
+
+@functools.lru_cache(maxsize=4096)
+def _names_ok(module: str, qualname: str) -> bool:
+    return next(_class_ref(ClassRef(module, qualname), "", ""), None) is None
+
+
+def body_code(sub: Node, where: str, helpers: Set[str]) -> list[str]:
+    """The code problems of one node of a Block body (``where``: the Block's path): a Graph's calls, a join's
+    ``call`` combine. Its own children are not looked at."""
+    if isinstance(sub, Graph):
+        return list(_functions(sub, where, helpers))
+    return list(_combine(sub, where))
+
+
+def node_code_problems(node: Node, where: str, helpers: Set[str], bodies: bool = True) -> list[str]:
+    """The problems ``code_problems`` finds in ``node`` itself (a Block: its class and, with ``bodies``, every
+    node of its bodies, see ``body_code``; not its children, which a walk visits on their own). ``helpers``:
+    ``helper_names(model)``.
+
+    A function of ``node`` and ``helpers`` alone, except for an ``Opaque``, whose check reads
+    ``sys.modules``. (An allow-listed function is looked up in torch's namespaces, which are taken as fixed.)
+    """
+    if not isinstance(node, Block):
+        if isinstance(node, Opaque):
+            return list(_opaque(node, where))
+        if isinstance(node, (Parallel, SkipConnection)):
+            return list(_combine(node, where))
+        if isinstance(node, Chain) and node.cls is not None and not _ref_ok(node.cls):
+            return list(_class_ref(node.cls, where, "Chain class"))
+        return []
+    out = [] if _ref_ok(node.cls) else list(_class_ref(node.cls, where, "Block class"))
+    for body in (node.body, node.train_body) if bodies else ():
+        stack = [] if body is None else [body]
+        while stack:  # a ``walk`` of the body, parents first
+            sub = stack.pop()
+            if isinstance(sub, (Graph, Parallel, SkipConnection)):
+                out += body_code(sub, where, helpers)
+            kids = module_children(sub)
+            if kids:
+                stack.extend([k for _, k in reversed(kids)])
+    return out
+
+
+def code_problems(model: Model) -> Iterator[str]:
+    """Every field ``emit`` would write as code that is not a safe name (see the module docstring).
+
+    A node found clean is remembered by identity (``ir.checkmemo``), with the model's helper names:
+    the model a pass returns is re-checked only where the pass rebuilt it. ``Opaque`` nodes are
+    checked every time (their check reads ``sys.modules``).
+    """
+    helpers = helper_names(model)
+    yield from _helpers(model)
+    clean = checkmemo.tables(("code", helpers))
+    for path, node in walk(model.root):
+        if clean is not None and clean.get(id(node)) is node:
+            continue
+        found = node_code_problems(node, _where(path), helpers)
+        if found:
+            yield from found
+        elif clean is not None and not isinstance(node, Opaque):
+            clean[id(node)] = node
