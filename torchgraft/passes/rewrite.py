@@ -79,25 +79,28 @@ def _graph(g: Node | None, path: str, enclosing: tuple[str, ...], fn: Rewriter, 
 def fmap(model: Model, fn: Rewriter) -> Model:
     """Apply ``fn`` to every primitive site; returns a new Model (the same one if nothing changed)."""
     seen: dict[Node, list[str]] = {}  # leaf names of each distinct structural body
-
-    def visit(node: Node, path: str, enclosing: tuple[str, ...], parent: Node | None) -> Node:
-        if isinstance(node, Primitive):
-            new = fn(Site(path, node, enclosing, parent), "module")
-            return node if new is None else new
-        inner = enclosing + enclosing_label(node)
-        kids = module_children(node)
-        new_kids = tuple((n, visit(c, join(path, n), inner, node)) for n, c in kids)
-        if any(a is not b for (_, a), (_, b) in zip(kids, new_kids)):
-            node = with_children(node, new_kids)
-        if isinstance(node, Block):
-            body = _graph(node.body, path, inner, fn, node, seen)
-            train = _graph(node.train_body, path, inner, fn, node, seen)
-            if body is not node.body or train is not node.train_body:
-                node = with_bodies(node, body, train)  # type: ignore[arg-type]
-        return node
-
-    root = visit(model.root, "", (), None)
+    root = _visit(model.root, "", (), None, fn, seen)
     return model if root is model.root else model.with_root(root)
+
+
+def _visit(node: Node, path: str, enclosing: tuple[str, ...], parent: Node | None, fn: Rewriter,
+           seen: dict[Node, list[str]]) -> Node:
+    """``fmap``'s walk (module-level: a closure that calls itself is a reference cycle, freed only by the
+    cyclic collector, which then scans all it holds)."""
+    if isinstance(node, Primitive):
+        new = fn(Site(path, node, enclosing, parent), "module")
+        return node if new is None else new
+    inner = enclosing + enclosing_label(node)
+    kids = module_children(node)
+    new_kids = tuple((n, _visit(c, join(path, n), inner, node, fn, seen)) for n, c in kids)
+    if any(a is not b for (_, a), (_, b) in zip(kids, new_kids)):
+        node = with_children(node, new_kids)
+    if isinstance(node, Block):
+        body = _graph(node.body, path, inner, fn, node, seen)
+        train = _graph(node.train_body, path, inner, fn, node, seen)
+        if body is not node.body or train is not node.train_body:
+            node = with_bodies(node, body, train)  # type: ignore[arg-type]
+    return node
 
 
 def count_params(model: Model) -> int:
