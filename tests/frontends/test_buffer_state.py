@@ -121,3 +121,38 @@ def test_buffer_read_before_and_after_a_child_that_reassigns_it() -> None:
     _assert_same_stateful(Smooths())  # control: the child alone is faithful
     torch.manual_seed(0)
     _assert_same_stateful(ReadsAroundChild())
+
+
+class _HalvesItsBuffer(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("inv_freq", 1.0 / 10 ** torch.arange(4.0), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inv_freq.mul_(0.5)
+        return x * self.inv_freq.sum()
+
+
+class _Parent(torch.nn.Module):
+    """Its forward is traced by the fallback tracer (``hasattr``), which runs the child for real."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.m = _HalvesItsBuffer()
+        self.a = torch.nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.m(x), self.a(x)) if hasattr(self, "a") else (self.m(x), x)
+
+
+def test_a_buffer_written_in_forward_starts_from_the_users_value() -> None:
+    """Seen in review: the typing replay of the IR wrote into the captured constant itself, so the emitted
+    model started from a halved buffer and every output was off by its first call."""
+    torch.manual_seed(0)
+    model, x = _Parent(), torch.randn(2, 3)
+    start = model.m.inv_freq.clone()
+    emitted = torchgraft.emit(torchgraft.capture(model, (x,))).materialize()
+    assert torch.equal(model.m.inv_freq, start)  # the user's model is untouched
+    for _ in range(3):  # state: three calls in a row, each halving again
+        for got, want in zip(emitted(x), model(x), strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -75,6 +75,7 @@ class _Ctx:
     traces: TraceCache = field(default_factory=TraceCache)  # traces shared by instances that trace alike
     source_first: set[str] = field(default_factory=set)  # paths only a copied source keeps faithfully
     forced: set[str] = field(default_factory=set)  # paths whose examples took different paths: source or fail
+    buffers: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # non-persistent, before any run
 
 
 def _class_ref(mod: nn.Module) -> ClassRef:
@@ -166,7 +167,7 @@ def build_node(mod: nn.Module, path: str, ctx: _Ctx) -> Node:
         return _opaque(mod, path, str(e), ctx)
     ctx.report.add(path, "fx")
     state = own_state(mod)
-    for name, value in {**_nonpersistent(mod), **consts}.items():
+    for name, value in {**_start_buffers(mod, ctx), **consts}.items():
         ctx.constants[join(path, name)] = value
     state += tuple(StateSpec(n, tuple(v.shape), _dtype(v), False, False, False) for n, v in consts.items())
     return Block(_class_ref(mod), kids, body, state, train_body, method="fx")
@@ -218,7 +219,7 @@ def _fallback_block(mod: nn.Module, path: str, kids: tuple[tuple[str, Node], ...
     """The Block of a module captured other than by fx (``trace``/``source``), reported, its
     non-persistent buffers kept as constants."""
     ctx.report.add(path, method, why)
-    ctx.constants.update({join(path, n): v for n, v in _nonpersistent(mod).items()})
+    ctx.constants.update({join(path, n): v for n, v in _start_buffers(mod, ctx).items()})
     return Block(_class_ref(mod), with_child_attrs(mod, body, kids, ctx.helpers), body, own_state(mod), train_body,
                  method=method)
 
@@ -329,6 +330,20 @@ def _own_branches(mod: nn.Module, *bodies: Graph | None) -> list[str]:
     return [s for s in dict.fromkeys(sites) if s.rpartition(":")[0] == own_file]
 
 
+def _copies(constants: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Constants for a replay of the IR: copies, so a forward that writes a buffer in place
+    (``self.inv_freq.mul_(0.5)``) leaves the values the emitted model starts from as they were."""
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in constants.items()}
+
+
+def _start_buffers(mod: nn.Module, ctx: _Ctx) -> dict[str, torch.Tensor]:
+    """``mod``'s non-persistent buffers as they were when capture began: a forward that writes one in place
+    (``self.inv_freq.mul_(0.5)``) has run for real by the time a child is traced (its parent's trace, the
+    recorded inputs), and the emitted model must start from the user's values."""
+    found = ctx.buffers.get(id(mod))
+    return found if found is not None else _nonpersistent(mod)
+
+
 def _nonpersistent(mod: nn.Module) -> dict[str, torch.Tensor]:
     return {n: b.detach().clone() for n, b in mod._buffers.items()
             if b is not None and n in mod._non_persistent_buffers_set}
@@ -393,6 +408,7 @@ def _capture(model: nn.Module, calls: list[Example], forced: set[str]) -> Model:
     symbols = {int(first.shape[0]): "N"} if first is not None and first.dim() > 0 else {}
     ctx = _Ctx(source_first=set(forced), forced=set(forced))
     state, extra_state = split_state(model.state_dict())  # tensors; JSON extra states (else refused, now)
+    ctx.buffers = {id(m): _nonpersistent(m) for m in model.modules() if m._non_persistent_buffers_set}
     optional = optional_arg_paths(model)  # one eager run only when some module needs its inputs
     if optional:
         record_inputs(model, optional, calls, ctx.inputs, ctx.all_inputs)
@@ -407,7 +423,7 @@ def _capture(model: nn.Module, calls: list[Example], forced: set[str]) -> Model:
     out_type, mod_types, op_types = _types(root, model, args, kwargs, ctx, symbols)
     root = map_tree(root, lambda p, n: typed_block(n, op_types, p) if isinstance(n, Block) else n)
     if len(calls) > 1:
-        validate(model, calls, lambda a, kw: Interpreter(ctx.helper_fns, symbols, ctx.constants).run_node(
+        validate(model, calls, lambda a, kw: Interpreter(ctx.helper_fns, symbols, _copies(ctx.constants)).run_node(
             root, model, "", a, kw), lambda: restore_state(model))
     root = honest_root(root) if isinstance(root, Block) else root
     inputs = root.body.inputs if isinstance(root, Block) and isinstance(root.body, Graph) else ()
@@ -450,7 +466,7 @@ def _types(root: Node, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str
             return type_of(out, symbols, device), meta.module_types, meta.types
     with torch.no_grad(), restore_state(model), meta_flags(args, kwargs):
         try:
-            interp = Interpreter(ctx.helper_fns, symbols, ctx.constants)
+            interp = Interpreter(ctx.helper_fns, symbols, _copies(ctx.constants))
             out = interp.run_node(root, model, "", args, kwargs)
         except CaptureError as e:
             with restore_state(model):
